@@ -1,0 +1,230 @@
+//! `Matrix`: a 2-D weight in its stored dtype, viewed in place.
+//!
+//! Row r of a matrix with `rows x cols` elements starts `r * row_stride` elements after
+//! `offset` bytes into its storage. A row prefix (the first n rows) and a column prefix
+//! (the first n columns of every row) are views of the same bytes: this is how MatFormer
+//! slices use the nested FFNs without copying.
+
+use std::sync::Arc;
+
+use crate::dtype::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, DType};
+use crate::storage::{AlignedBytes, Storage};
+use crate::ComputeError;
+
+#[derive(Clone)]
+pub struct Matrix {
+    storage: Arc<Storage>,
+    offset: usize,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matrix({} x {}, {}, stride {})",
+            self.rows, self.cols, self.dtype, self.row_stride
+        )
+    }
+}
+
+impl Matrix {
+    /// A dense row-major matrix at `offset` bytes into `storage`.
+    pub fn new(
+        storage: Arc<Storage>,
+        offset: usize,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, ComputeError> {
+        let need = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .and_then(|n| n.checked_add(offset))
+            .ok_or_else(|| ComputeError::Invalid("matrix size overflows".into()))?;
+        if need > storage.len() {
+            return Err(ComputeError::Invalid(format!(
+                "matrix of {rows}x{cols} {dtype} at byte {offset} needs {need} bytes, storage has {}",
+                storage.len()
+            )));
+        }
+        if offset % dtype.size() != 0 {
+            return Err(ComputeError::Invalid(format!(
+                "matrix data at byte {offset} is not aligned to its {dtype} elements"
+            )));
+        }
+        Ok(Matrix {
+            storage,
+            offset,
+            dtype,
+            rows,
+            cols,
+            row_stride: cols,
+        })
+    }
+
+    /// An owned f32 matrix.
+    pub fn from_f32(data: &[f32], rows: usize, cols: usize) -> Matrix {
+        assert_eq!(data.len(), rows * cols, "from_f32: data length");
+        let mut b = AlignedBytes::zeroed(data.len() * 4);
+        for (c, v) in b.as_mut_slice().chunks_exact_mut(4).zip(data) {
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        Self::owned(b, DType::F32, rows, cols)
+    }
+
+    /// An owned matrix of `dtype` holding `data` rounded to that dtype.
+    pub fn from_f32_as(data: &[f32], rows: usize, cols: usize, dtype: DType) -> Matrix {
+        match dtype {
+            DType::F32 => Self::from_f32(data, rows, cols),
+            DType::BF16 | DType::F16 => {
+                assert_eq!(data.len(), rows * cols, "from_f32_as: data length");
+                let mut b = AlignedBytes::zeroed(data.len() * 2);
+                for (c, &v) in b.as_mut_slice().chunks_exact_mut(2).zip(data) {
+                    let bits = if dtype == DType::BF16 {
+                        f32_to_bf16(v)
+                    } else {
+                        f32_to_f16(v)
+                    };
+                    c.copy_from_slice(&bits.to_le_bytes());
+                }
+                Self::owned(b, dtype, rows, cols)
+            }
+        }
+    }
+
+    /// An owned matrix over raw little-endian bytes of `dtype`.
+    pub fn owned(bytes: AlignedBytes, dtype: DType, rows: usize, cols: usize) -> Matrix {
+        assert_eq!(bytes.as_slice().len(), rows * cols * dtype.size(), "owned: byte length");
+        Matrix {
+            storage: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+            dtype,
+            rows,
+            cols,
+            row_stride: cols,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Elements between the starts of consecutive rows.
+    pub fn row_stride(&self) -> usize {
+        self.row_stride
+    }
+    /// Bytes a full pass over the matrix reads.
+    pub fn nbytes(&self) -> usize {
+        self.rows * self.cols * self.dtype.size()
+    }
+
+    /// The first `n` rows (no copy).
+    pub fn row_prefix(&self, n: usize) -> Matrix {
+        assert!(n <= self.rows, "row_prefix {n} > {}", self.rows);
+        Matrix {
+            rows: n,
+            ..self.clone()
+        }
+    }
+
+    /// Rows `start..start+n` (no copy).
+    pub fn row_range(&self, start: usize, n: usize) -> Matrix {
+        assert!(start + n <= self.rows, "row_range out of bounds");
+        Matrix {
+            offset: self.offset + start * self.row_stride * self.dtype.size(),
+            rows: n,
+            ..self.clone()
+        }
+    }
+
+    /// The first `n` columns of every row (no copy; the row stride is kept).
+    pub fn col_prefix(&self, n: usize) -> Matrix {
+        assert!(n <= self.cols, "col_prefix {n} > {}", self.cols);
+        Matrix {
+            cols: n,
+            ..self.clone()
+        }
+    }
+
+    /// The raw bytes of row `r` (its `cols` elements).
+    #[inline]
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        debug_assert!(r < self.rows);
+        let es = self.dtype.size();
+        let start = self.offset + r * self.row_stride * es;
+        &self.storage.bytes()[start..start + self.cols * es]
+    }
+
+    /// Pointer to the first byte of row `r`.
+    #[inline]
+    pub fn row_ptr(&self, r: usize) -> *const u8 {
+        self.row_bytes(r).as_ptr()
+    }
+
+    /// Converts row `r` to f32 into `out` (length `cols`).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols, "row_to_f32: out length");
+        let b = self.row_bytes(r);
+        match self.dtype {
+            DType::F32 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            DType::BF16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+                }
+            }
+            DType::F16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+                }
+            }
+        }
+    }
+
+    /// The whole matrix as a dense row-major f32 vector.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_to_f32(r, &mut v[r * self.cols..(r + 1) * self.cols]);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_view_the_same_values() {
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            let m = Matrix::from_f32_as(&data, 3, 4, dt);
+            let p = m.row_prefix(2).col_prefix(3);
+            assert_eq!(p.to_f32_vec(), vec![0., 1., 2., 4., 5., 6.]);
+            let r = m.row_range(1, 2);
+            assert_eq!(r.to_f32_vec(), (4..12).map(|i| i as f32).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_is_an_error() {
+        let m = Matrix::from_f32(&[0.0; 4], 2, 2);
+        let s = m.storage.clone();
+        assert!(Matrix::new(s.clone(), 0, DType::F32, 2, 2).is_ok());
+        assert!(Matrix::new(s.clone(), 4, DType::F32, 2, 2).is_err());
+        assert!(Matrix::new(s, 2, DType::F32, 1, 1).is_err());
+    }
+}
