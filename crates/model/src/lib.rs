@@ -1,1 +1,12 @@
+//! gemma3n-model: configuration, checkpoint readers and the Gemma 3n text decoder.
 
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod safetensors;
+pub mod text;
+
+pub use checkpoint::Checkpoint;
+pub use config::{ModelConfig, TextConfig};
+pub use error::{ModelError, Result};
+pub use text::{KvCache, Logits, TextModel};

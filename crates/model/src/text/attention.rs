@@ -1,0 +1,89 @@
+//! Self-attention with q/k/v norms, RoPE, GQA, sliding or full masks and shared KV
+//! (spec §4.2–§4.4).
+
+use gemma3n_compute::cpu::{matmul, ops};
+use rayon::prelude::*;
+
+use super::kv_cache::KvCache;
+use super::rope;
+use super::weights::LayerWeights;
+use crate::config::{KvSource, LayerType, TextConfig};
+
+/// Attention of layer `l` for `n` rows of the normalised input `x` at absolute
+/// positions `pos` (ascending). Owning layers append their K/V to `cache` first;
+/// shared layers read their producer's entry. Returns `n x D` (after `o_proj`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    cfg: &TextConfig,
+    l: usize,
+    w: &LayerWeights,
+    x: &[f32],
+    n: usize,
+    pos: &[usize],
+    inv_freq: &[f32],
+    cache: &mut KvCache,
+) -> Vec<f32> {
+    let (h, g, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let eps = cfg.rms_norm_eps;
+    let mut q = vec![0f32; n * h * hd];
+    matmul(x, n, &w.q_proj, &mut q);
+    ops::rms_norm_rows(&mut q, hd, Some(&w.q_norm), eps);
+    for (t, row) in q.chunks_exact_mut(h * hd).enumerate() {
+        for head in row.chunks_exact_mut(hd) {
+            rope::apply(head, pos[t], inv_freq);
+        }
+    }
+    let source = match cfg.kv_source(l) {
+        KvSource::Own => {
+            let (kp, vp) = (w.k_proj.as_ref().unwrap(), w.v_proj.as_ref().unwrap());
+            let mut k = vec![0f32; n * g * hd];
+            let mut v = vec![0f32; n * g * hd];
+            matmul(x, n, kp, &mut k);
+            matmul(x, n, vp, &mut v);
+            ops::rms_norm_rows(&mut k, hd, w.k_norm.as_deref(), eps);
+            ops::rms_norm_rows(&mut v, hd, None, eps);
+            for (t, row) in k.chunks_exact_mut(g * hd).enumerate() {
+                for head in row.chunks_exact_mut(hd) {
+                    rope::apply(head, pos[t], inv_freq);
+                }
+            }
+            cache.append(l, &k, &v);
+            l
+        }
+        KvSource::Shared(p) => p,
+    };
+    let kv = cache.layer(source);
+    let window = match cfg.layer_types[l] {
+        LayerType::Sliding => Some(cfg.sliding_window),
+        LayerType::Full => None,
+    };
+    let group = h / g;
+    let row = g * hd;
+    let mut out = vec![0f32; n * h * hd];
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (t, head) = (idx / h, idx % h);
+        let p = pos[t];
+        let kvh = head / group;
+        // Allowed absolute key positions: (p − W, p] for sliding, [0, p] for full.
+        let lo = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(kv.start);
+        let hi = p + 1;
+        debug_assert!(hi <= kv.start + kv.len(), "key for position {p} missing");
+        let qh = &q[(t * h + head) * hd..(t * h + head + 1) * hd];
+        let mut scores: Vec<f32> = (lo..hi)
+            .map(|s| {
+                let r = (s - kv.start) * row + kvh * hd;
+                ops::dot(qh, &kv.k[r..r + hd])
+            })
+            .collect();
+        ops::softmax(&mut scores);
+        o.fill(0.0);
+        for (s, &a) in (lo..hi).zip(&scores) {
+            let r = (s - kv.start) * row + kvh * hd;
+            ops::axpy(a, &kv.v[r..r + hd], o);
+        }
+    });
+    let d = w.o_proj.rows();
+    let mut y = vec![0f32; n * d];
+    matmul(&out, n, &w.o_proj, &mut y);
+    y
+}

@@ -1,0 +1,134 @@
+//! The decoder layer and the whole text forward pass (spec §3).
+
+use gemma3n_compute::cpu::{matmul, ops};
+
+use super::kv_cache::KvCache;
+use super::weights::TextWeights;
+use super::{altup, attention, ffn, laurel, ple, TextModel};
+use crate::error::{ModelError, Result};
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation). Layers after the last KV-owning layer then
+    /// process only that position ("fast prefill").
+    Last,
+    /// Every position.
+    All,
+}
+
+/// Observer of the AltUp streams: called with 0 after the stream initialisation and with
+/// l+1 after layer l, with the A stream buffers (`n x D` each).
+pub type StreamHook<'a> = &'a mut dyn FnMut(usize, &[Vec<f32>]);
+
+impl TextModel {
+    /// Runs `ids` (the next tokens of the sequence held by `cache`) through the decoder
+    /// and returns logits: `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`].
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
+        self.forward_with_hook(ids, cache, want, None)
+    }
+
+    pub fn forward_with_hook(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        mut hook: Option<StreamHook<'_>>,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let w: &TextWeights = &self.weights;
+        let (d, p, nl) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.num_hidden_layers);
+        let t_all = ids.len();
+        if t_all == 0 {
+            return Err(ModelError::Invalid("forward called with no tokens".into()));
+        }
+        let pos0 = cache.pos();
+        if pos0 + t_all > cfg.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "sequence of {} tokens exceeds the context length (max_position_embeddings = {})",
+                pos0 + t_all,
+                cfg.max_position_embeddings
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {})",
+                cfg.vocab_size
+            )));
+        }
+        let eps = cfg.rms_norm_eps;
+
+        // Embeddings, scaled by √D in f32.
+        let scale = (d as f32).sqrt();
+        let mut e = vec![0f32; t_all * d];
+        for (t, &id) in ids.iter().enumerate() {
+            let row = &mut e[t * d..(t + 1) * d];
+            w.embed_tokens.row_to_f32(id as usize, row);
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+        let mut pi = ple::per_layer_inputs(cfg, w, ids, &e);
+        let mut streams = altup::init_streams(&w.altup_projections, &e, t_all, d);
+        if let Some(h) = hook.as_mut() {
+            h(0, &streams);
+        }
+        let mut pos: Vec<usize> = (pos0..pos0 + t_all).collect();
+        let mut n = t_all;
+        let first_shared = cfg.first_kv_shared_layer();
+
+        for l in 0..nl {
+            if l == first_shared && want == Logits::Last && n > 1 {
+                // Fast prefill: later layers only feed the last position's logits, and
+                // their K/V come from the producers, which already saw every position.
+                keep_last_row(&mut streams, d, n);
+                pi.drain(..(n - 1) * nl * p);
+                pos.drain(..n - 1);
+                n = 1;
+            }
+            let lw = &w.layers[l];
+            let mut pred = altup::predict(&lw.altup, &streams, n, d, eps);
+            let a = &pred[0];
+            let mut x = a.clone();
+            ops::rms_norm_rows(&mut x, d, Some(&lw.input_layernorm), eps);
+            let lau = laurel::laurel(lw, &x, n, d, eps);
+            let mut o = attention::attention(cfg, l, lw, &x, n, &pos, &self.inv_freq[l], cache);
+            ops::rms_norm_rows(&mut o, d, Some(&lw.post_attention_layernorm), eps);
+            let sqrt2 = std::f32::consts::SQRT_2;
+            let mut hbuf: Vec<f32> = (0..n * d).map(|i| (a[i] + o[i] + lau[i]) / sqrt2).collect();
+            let mut y = hbuf.clone();
+            ops::rms_norm_rows(&mut y, d, Some(&lw.pre_feedforward_layernorm), eps);
+            let mut f = ffn::ffn(lw, &y, n, self.sparsity_z[l]);
+            ops::rms_norm_rows(&mut f, d, Some(&lw.post_feedforward_layernorm), eps);
+            hbuf.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
+            altup::correct(&lw.altup, &mut pred, &hbuf, n, d, eps);
+            let pi_l: Vec<f32> = (0..n)
+                .flat_map(|t| pi[t * nl * p + l * p..t * nl * p + (l + 1) * p].iter().copied())
+                .collect();
+            ple::inject(cfg, lw, &mut pred, &pi_l, n);
+            streams = pred;
+            if let Some(h) = hook.as_mut() {
+                h(l + 1, &streams);
+            }
+        }
+        cache.finish_step(t_all);
+
+        if want == Logits::Last && n > 1 {
+            keep_last_row(&mut streams, d, n);
+            n = 1;
+        }
+        let mut hf = altup::unembed_streams(&w.altup_unembed_projections, &streams, n, d);
+        ops::rms_norm_rows(&mut hf, d, Some(&w.norm), eps);
+        let v = cfg.vocab_size;
+        let mut logits = vec![0f32; n * v];
+        matmul(&hf, n, &w.embed_tokens, &mut logits);
+        if let Some(cap) = cfg.final_logit_softcapping {
+            logits.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+        }
+        Ok(logits)
+    }
+}
+
+fn keep_last_row(streams: &mut [Vec<f32>], d: usize, n: usize) {
+    for s in streams.iter_mut() {
+        s.drain(..(n - 1) * d);
+    }
+}

@@ -1,0 +1,64 @@
+//! The Gemma 3n text decoder. One file per part of the spec:
+//! `ple` (per-layer inputs), `altup` (streams), `laurel`, `attention` (+ `rope`,
+//! `kv_cache`), `ffn` (with activation sparsity), `decoder` (layer loop, output head).
+
+pub mod altup;
+pub mod attention;
+pub mod decoder;
+pub mod ffn;
+pub mod kv_cache;
+pub mod laurel;
+pub mod ple;
+pub mod rope;
+pub mod stats;
+pub mod synthetic;
+pub mod weights;
+
+pub use decoder::{Logits, StreamHook};
+pub use kv_cache::KvCache;
+pub use stats::TextStats;
+pub use weights::{LayerWeights, TextWeights};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::TextConfig;
+use crate::error::Result;
+
+/// A loaded text decoder.
+pub struct TextModel {
+    pub cfg: TextConfig,
+    pub weights: TextWeights,
+    /// RoPE inverse frequencies per layer (θ by layer type).
+    inv_freq: Vec<Vec<f32>>,
+    /// Φ⁻¹(sparsity) per layer, `None` for dense layers.
+    sparsity_z: Vec<Option<f32>>,
+}
+
+impl TextModel {
+    pub fn new(cfg: TextConfig, weights: TextWeights) -> TextModel {
+        let inv_freq = (0..cfg.num_hidden_layers)
+            .map(|l| rope::inv_freq(cfg.rope_theta(l), cfg.head_dim))
+            .collect();
+        let sparsity_z = cfg
+            .activation_sparsity_pattern
+            .iter()
+            .map(|&s| (s > 0.0).then(|| ffn::normal_icdf_f32(s)))
+            .collect();
+        TextModel {
+            cfg,
+            weights,
+            inv_freq,
+            sparsity_z,
+        }
+    }
+
+    /// Loads the text decoder of a checkpoint.
+    pub fn load(ckpt: &Checkpoint, progress: &mut dyn FnMut(usize, usize)) -> Result<TextModel> {
+        let cfg = ckpt.config.text.clone();
+        let weights = TextWeights::load(&ckpt.weights, &ckpt.text_prefix, &cfg, progress)?;
+        Ok(TextModel::new(cfg, weights))
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.cfg)
+    }
+}
