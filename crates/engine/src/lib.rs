@@ -1,1 +1,17 @@
+//! gemma3n-engine: tokenizer, chat template, sampling and the generation loop.
 
+pub mod chat;
+pub mod error;
+pub mod generate;
+pub mod sampling;
+pub mod stream;
+pub mod tokenizer;
+
+pub use chat::{
+    ChatMessage, ChatTemplate, ContentPart, Conversation, MessageContent, Prompt, TurnInput,
+};
+pub use error::{Error, Result};
+pub use generate::{Generation, Session, StopReason};
+pub use sampling::{GenerationConfig, Sampler, SamplingParams};
+pub use stream::TokenStream;
+pub use tokenizer::{SpecialTokens, Tokenizer};

@@ -122,3 +122,27 @@ fn greedy_tokens_match_hf() {
         assert_eq!(got, want, "{}: greedy tokens", dir.display());
     }
 }
+
+/// Truncating the cache and re-feeding gives the same logits as never having gone further.
+#[test]
+fn cache_truncation_matches_a_fresh_run() {
+    let dir = fixtures().into_iter().next().unwrap();
+    let (model, g) = load(&dir);
+    let all = ids(&g, "decode_ids");
+    let w = model.cfg.sliding_window;
+    let v = model.cfg.vocab_size;
+    let mut fresh = model.new_cache();
+    let want = model.forward(&all[..w + 3], &mut fresh, Logits::All).unwrap();
+    // Run everything, then go back to a position whose sliding keys are still cached.
+    let mut cache = model.new_cache();
+    model.forward(&all[..w + 1], &mut cache, Logits::Last).unwrap();
+    model.forward(&all[w + 1..w + 3], &mut cache, Logits::Last).unwrap();
+    assert!(cache.truncate(w + 2));
+    let got = model.forward(&all[w + 2..w + 3], &mut cache, Logits::Last).unwrap();
+    assert!(rel_err(&got, &want[(w + 2) * v..(w + 3) * v]) <= 1e-4);
+    // Too far back for the sliding layers: refused, cache unchanged.
+    let mut cache = model.new_cache();
+    model.forward(&all[..2 * w + 2], &mut cache, Logits::Last).unwrap();
+    assert!(!cache.truncate(1));
+    assert_eq!(cache.pos(), 2 * w + 2);
+}

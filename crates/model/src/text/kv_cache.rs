@@ -1,8 +1,10 @@
 //! The KV cache: one entry per KV-owning layer (KV-shared layers read their producer's).
 //!
-//! Full-attention layers keep every position. Sliding layers keep the last `W − 1`
-//! positions between steps; during a step they hold those plus the step's new tokens,
-//! so every key a query may see (`t − W < s ≤ t`) is present (spec §5.2).
+//! Full-attention layers keep every position. Sliding layers need only the last `W − 1`
+//! positions between steps (spec §5.2); they keep `2W − 1`, so that the cache can be
+//! truncated back by up to `W` positions (multi-turn chat re-using a prefix). During a
+//! step they also hold the step's new tokens, so every key a query may see
+//! (`t − W < s ≤ t`) is present.
 
 use crate::config::{KvSource, LayerType, TextConfig};
 
@@ -33,10 +35,10 @@ impl LayerKv {
         self.v.extend_from_slice(v);
     }
 
-    /// Drops positions no future query can see.
+    /// Drops positions no future query (after a truncation of up to `W`) can see.
     fn trim(&mut self) {
         if let Some(w) = self.window {
-            let keep = w.saturating_sub(1);
+            let keep = 2 * w - 1;
             let n = self.len();
             if n > keep {
                 let drop = (n - keep) * self.row;
@@ -83,6 +85,29 @@ impl KvCache {
             l.start = 0;
         }
         self.pos = 0;
+    }
+
+    /// Keeps only the first `n` positions, so the next token goes to position `n`.
+    /// Returns false (and changes nothing) when a sliding layer has already dropped
+    /// keys that position `n` would need; the caller then starts over.
+    pub fn truncate(&mut self, n: usize) -> bool {
+        if n >= self.pos {
+            return n == self.pos;
+        }
+        let feasible = self.layers.iter().flatten().all(|l| match l.window {
+            Some(w) => l.start <= (n + 1).saturating_sub(w),
+            None => true,
+        });
+        if !feasible {
+            return false;
+        }
+        for l in self.layers.iter_mut().flatten() {
+            let keep = (n - l.start) * l.row;
+            l.k.truncate(keep);
+            l.v.truncate(keep);
+        }
+        self.pos = n;
+        true
     }
 
     /// Bytes held by the cache (f32).

