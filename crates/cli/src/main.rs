@@ -1,1 +1,64 @@
-fn main() {}
+//! The `gemma3n` command-line tool.
+
+mod bench;
+mod chat;
+mod inspect;
+mod load;
+mod logits;
+mod run;
+mod text;
+mod tokenize;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gemma3n", version, about = "Gemma 3n inference engine")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a reply to one prompt, streamed to stdout.
+    Run(run::Args),
+    /// An interactive multi-turn conversation (/reset, /exit).
+    Chat(chat::Args),
+    /// Print the token ids of a text as JSON.
+    Tokenize(tokenize::Args),
+    /// One prefill over token ids; writes every position's logits to a safetensors file.
+    Logits(logits::Args),
+    /// Config summary, parameter counts, bytes per token, memory plan.
+    Inspect(inspect::Args),
+    /// Prefill and decode speed, effective GB/s and % of memory bandwidth.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            std::process::exit(2);
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .expect("the thread pool is configured once, before any work");
+    }
+    let r = match cli.cmd {
+        Cmd::Run(a) => run::main(a),
+        Cmd::Chat(a) => chat::main(a),
+        Cmd::Tokenize(a) => tokenize::main(a),
+        Cmd::Logits(a) => logits::main(a),
+        Cmd::Inspect(a) => inspect::main(a),
+        Cmd::Bench(a) => bench::main(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -51,7 +51,7 @@ impl Matrix {
                 storage.len()
             )));
         }
-        if offset % dtype.size() != 0 {
+        if !offset.is_multiple_of(dtype.size()) {
             return Err(ComputeError::Invalid(format!(
                 "matrix data at byte {offset} is not aligned to its {dtype} elements"
             )));
@@ -98,7 +98,11 @@ impl Matrix {
 
     /// An owned matrix over raw little-endian bytes of `dtype`.
     pub fn owned(bytes: AlignedBytes, dtype: DType, rows: usize, cols: usize) -> Matrix {
-        assert_eq!(bytes.as_slice().len(), rows * cols * dtype.size(), "owned: byte length");
+        assert_eq!(
+            bytes.as_slice().len(),
+            rows * cols * dtype.size(),
+            "owned: byte length"
+        );
         Matrix {
             storage: Arc::new(Storage::Owned(bytes)),
             offset: 0,
@@ -170,6 +174,16 @@ impl Matrix {
         self.row_bytes(r).as_ptr()
     }
 
+    /// Pointer to the first byte of row 0, derived from the whole storage: every element of
+    /// the view (row `r`, column `c` at byte `(r * row_stride + c) * dtype.size()`) is
+    /// reachable from it. Kernels use it to walk rows by `row_stride` without re-slicing.
+    #[inline]
+    pub fn base_ptr(&self) -> *const u8 {
+        // `offset <= storage.len()` was checked at construction (`offset` plus the size of the
+        // view fits), so this stays within (or one past the end of) the storage bytes.
+        self.storage.bytes()[self.offset..].as_ptr()
+    }
+
     /// Converts row `r` to f32 into `out` (length `cols`).
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "row_to_f32: out length");
@@ -215,7 +229,10 @@ mod tests {
             let p = m.row_prefix(2).col_prefix(3);
             assert_eq!(p.to_f32_vec(), vec![0., 1., 2., 4., 5., 6.]);
             let r = m.row_range(1, 2);
-            assert_eq!(r.to_f32_vec(), (4..12).map(|i| i as f32).collect::<Vec<_>>());
+            assert_eq!(
+                r.to_f32_vec(),
+                (4..12).map(|i| i as f32).collect::<Vec<_>>()
+            );
         }
     }
 

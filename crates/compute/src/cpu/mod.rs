@@ -1,6 +1,20 @@
 //! CPU kernels. Activations are f32; weights are read in their stored dtype.
+//!
+//! x86-64 kernels use AVX2 + FMA + F16C when the CPU has them (detected at run time); every
+//! kernel has a portable scalar fallback, which is what other architectures run.
 
+pub mod bandwidth;
 pub mod matmul;
 pub mod ops;
 
-pub use matmul::matmul;
+pub use matmul::{matmul, matmul_scalar, matmul_with, MatmulPath};
+
+/// Whether the AVX2 + FMA + F16C kernels can run on this CPU (detected once by std, then a
+/// relaxed atomic load).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}

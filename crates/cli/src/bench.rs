@@ -1,0 +1,179 @@
+//! `gemma3n bench`: prefill and decode speed, effective GB/s and % of this machine's
+//! memory bandwidth (measured by the command itself).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use gemma3n_compute::DType;
+use gemma3n_model::{Logits, TextConfig, TextModel};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout).
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights with the real shapes, built in memory: e2b or e4b.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Weight dtype for --synthetic: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_len: usize,
+    /// Tokens to decode.
+    #[arg(long, default_value_t = 32)]
+    gen: usize,
+    /// Seed of the synthetic weights and the random prompt.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    dtype: String,
+    threads: usize,
+    prompt_len: usize,
+    gen: usize,
+    prefill_s: f64,
+    prefill_tok_s: f64,
+    decode_s: f64,
+    decode_tok_s: f64,
+    bytes_per_token: f64,
+    decode_gb_s: f64,
+    bandwidth_gb_s: f64,
+    bandwidth_pct: f64,
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn main(a: Args) -> Result<()> {
+    if a.prompt_len == 0 || a.gen == 0 {
+        bail!("--prompt-len and --gen must be at least 1");
+    }
+    let (name, model, dtype) = match (&a.model, &a.synthetic) {
+        (Some(dir), None) => {
+            let (ckpt, m) = crate::load::load_text_model(dir)?;
+            let dt = ckpt
+                .weights
+                .info(&format!("{}embed_tokens.weight", ckpt.text_prefix))
+                .map(|i| i.dtype_name.clone())
+                .unwrap_or_default();
+            (dir.display().to_string(), m, dt)
+        }
+        (None, Some(s)) => {
+            let cfg = match s.as_str() {
+                "e2b" => TextConfig::e2b(),
+                "e4b" => TextConfig::e4b(),
+                other => bail!("--synthetic: unknown shape `{other}` (expected e2b or e4b)"),
+            };
+            let dt = match a.dtype.as_str() {
+                "bf16" => DType::BF16,
+                "f16" => DType::F16,
+                "f32" => DType::F32,
+                other => bail!("--dtype: unknown `{other}` (expected bf16, f16 or f32)"),
+            };
+            let spinner = ProgressBar::new_spinner();
+            spinner.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid"),
+            );
+            spinner.set_message(format!("building random {s} weights ({dt})"));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+            let m = TextModel::synthetic(&cfg, dt, a.seed);
+            spinner.finish_and_clear();
+            (format!("synthetic {s} (random weights)"), m, dt.to_string())
+        }
+        _ => bail!("give either --model DIR or --synthetic e2b|e4b"),
+    };
+    let cfg = &model.cfg;
+    if a.prompt_len + a.gen > cfg.max_position_embeddings {
+        bail!(
+            "--prompt-len + --gen exceeds the context length {}",
+            cfg.max_position_embeddings
+        );
+    }
+    let threads = rayon::current_num_threads();
+    let es = match dtype.as_str() {
+        "F32" | "f32" => 4.0,
+        _ => 2.0,
+    };
+    let bytes_per_token = cfg.stats().params_per_token as f64 * es;
+
+    // A deterministic pseudo-random prompt of ordinary text ids.
+    let mut x = a.seed ^ 0x0005_DEEC_E66D;
+    let prompt: Vec<u32> = std::iter::once(2)
+        .chain((1..a.prompt_len).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (1000 + (x >> 33) % 200_000) as u32
+        }))
+        .collect();
+
+    let mut cache = model.new_cache();
+    let t0 = Instant::now();
+    let mut logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..a.gen {
+        let next = argmax(&logits[..cfg.vocab_size_per_layer_input.min(cfg.vocab_size)]);
+        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    let bandwidth = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, threads);
+    let decode_tok_s = a.gen as f64 / decode_s;
+    let decode_gb_s = decode_tok_s * bytes_per_token / 1e9;
+    let r = Report {
+        model: name,
+        dtype,
+        threads,
+        prompt_len: a.prompt_len,
+        gen: a.gen,
+        prefill_s,
+        prefill_tok_s: a.prompt_len as f64 / prefill_s,
+        decode_s,
+        decode_tok_s,
+        bytes_per_token,
+        decode_gb_s,
+        bandwidth_gb_s: bandwidth,
+        bandwidth_pct: 100.0 * decode_gb_s / bandwidth,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "model      {} ({}), {} threads",
+            r.model, r.dtype, r.threads
+        );
+        println!(
+            "prefill    {} tokens in {:.2} s: {:.1} tok/s",
+            r.prompt_len, r.prefill_s, r.prefill_tok_s
+        );
+        println!(
+            "decode     {} tokens in {:.2} s: {:.2} tok/s",
+            r.gen, r.decode_s, r.decode_tok_s
+        );
+        println!(
+            "bandwidth  {:.2} GB/token -> {:.1} GB/s effective; machine read bandwidth {:.1} GB/s ({:.0}%)",
+            r.bytes_per_token / 1e9,
+            r.decode_gb_s,
+            r.bandwidth_gb_s,
+            r.bandwidth_pct
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `gemma3n inspect`: config summary, parameter counts, bytes per token, memory plan.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use gemma3n_model::config::{KvSource, LayerType};
+use gemma3n_model::Checkpoint;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout).
+    #[arg(long)]
+    model: PathBuf,
+}
+
+/// Bytes in the largest decimal unit that keeps the number >= 1.
+pub fn gb(bytes: f64) -> String {
+    let units = [(1e9, "GB"), (1e6, "MB"), (1e3, "KB")];
+    for (scale, unit) in units {
+        if bytes >= scale {
+            return format!("{:.2} {unit}", bytes / scale);
+        }
+    }
+    format!("{bytes:.0} B")
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let ckpt = Checkpoint::open(&a.model)?;
+    let c = &ckpt.config;
+    let t = &c.text;
+    let dtype = ckpt
+        .weights
+        .info(&format!("{}embed_tokens.weight", ckpt.text_prefix))
+        .map(|i| i.dtype_name.clone())
+        .unwrap_or_default();
+    let es = match dtype.as_str() {
+        "F32" => 4.0,
+        _ => 2.0,
+    };
+    println!("model        {} ({})", a.model.display(), c.model_type);
+    println!("weights      {dtype}, text prefix `{}`", ckpt.text_prefix);
+    println!(
+        "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.head_dim,
+        t.vocab_size
+    );
+    let widths: Vec<String> = t.intermediate_size.iter().map(|w| w.to_string()).collect();
+    println!("ffn widths   [{}]", widths.join(", "));
+    let full: Vec<usize> = (0..t.num_hidden_layers)
+        .filter(|&l| t.layer_types[l] == LayerType::Full)
+        .collect();
+    println!(
+        "full attn    layers {full:?}; sliding window {}",
+        t.sliding_window
+    );
+    let shared: Vec<String> = (0..t.num_hidden_layers)
+        .filter_map(|l| match t.kv_source(l) {
+            KvSource::Shared(p) => Some(format!("{l}<-{p}")),
+            KvSource::Own => None,
+        })
+        .collect();
+    println!(
+        "kv sharing   {} own-cache layers; {}",
+        t.first_kv_shared_layer(),
+        shared.join(" ")
+    );
+    let sparse: Vec<String> = t
+        .activation_sparsity_pattern
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s > 0.0)
+        .map(|(l, s)| format!("{l}:{s}"))
+        .collect();
+    println!("sparsity     {}", sparse.join(" "));
+    println!(
+        "context      {} tokens; eos ids {:?}",
+        t.max_position_embeddings, c.eos_token_ids
+    );
+    println!(
+        "towers       vision: {}, audio: {}",
+        c.has_vision, c.has_audio
+    );
+    let s = t.stats();
+    println!();
+    println!("parameters (text)");
+    println!("  embeddings (tied LM head) {:>15}", s.embed_params);
+    println!("  per-layer embeddings      {:>15}", s.ple_params);
+    println!("  decoder layers            {:>15}", s.layer_params);
+    println!(
+        "  unused shared k/v         {:>15}",
+        s.unused_shared_kv_params
+    );
+    println!("  other (PLE proj, AltUp)   {:>15}", s.other_params);
+    println!("  effective                 {:>15}", s.effective_params());
+    println!("  total                     {:>15}", s.total_params());
+    println!();
+    let per_tok = s.params_per_token as f64 * es;
+    println!("bytes read per decoded token: {} ({dtype})", gb(per_tok));
+    println!("memory plan");
+    println!(
+        "  mapped weights, read every token  {}",
+        gb((s.total_params() - s.ple_params) as f64 * es)
+    );
+    println!(
+        "  PLE table, mapped, {}/token  {}",
+        gb((t.num_hidden_layers * t.hidden_size_per_layer_input) as f64 * es),
+        gb(s.ple_params as f64 * es)
+    );
+    let kv_per_tok = |n: usize| -> f64 {
+        (0..t.first_kv_shared_layer())
+            .map(|l| {
+                let len = if t.layer_types[l] == LayerType::Sliding {
+                    n.min(t.sliding_window)
+                } else {
+                    n
+                };
+                (len * 2 * t.num_key_value_heads * t.head_dim * 4) as f64
+            })
+            .sum()
+    };
+    println!(
+        "  KV cache (f32) at 4096 tokens     {}",
+        gb(kv_per_tok(4096))
+    );
+    println!(
+        "  KV cache (f32) at {} tokens   {}",
+        t.max_position_embeddings,
+        gb(kv_per_tok(t.max_position_embeddings))
+    );
+    Ok(())
+}

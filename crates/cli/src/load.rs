@@ -1,0 +1,26 @@
+//! Opening a checkpoint with a progress bar.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use gemma3n_model::{Checkpoint, TextModel};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Opens the checkpoint at `dir` and loads its text decoder, showing a progress bar on
+/// stderr (hidden when stderr is not a terminal).
+pub fn load_text_model(dir: &Path) -> Result<(Checkpoint, TextModel)> {
+    let ckpt =
+        Checkpoint::open(dir).with_context(|| format!("cannot open model {}", dir.display()))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("loading weights {bar:40} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let model = TextModel::load(&ckpt, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("cannot load the text decoder of {}", dir.display()))?;
+    bar.finish_and_clear();
+    Ok((ckpt, model))
+}

@@ -1,0 +1,51 @@
+//! `gemma3n logits`: one prefill over the given ids, every position's logits to a
+//! safetensors file (tensor `logits`, f32, `[T, vocab_size]`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use gemma3n_model::safetensors::{self, WriteTensor};
+use gemma3n_model::Logits;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated token ids, e.g. 2,105,2364.
+    #[arg(long)]
+    ids: String,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let ids = s
+        .split(',')
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--ids: `{t}` is not a token id"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if ids.is_empty() {
+        bail!("--ids: no token ids given");
+    }
+    Ok(ids)
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let ids = parse_ids(&a.ids)?;
+    let (_ckpt, model) = crate::load::load_text_model(&a.model)?;
+    let mut cache = model.new_cache();
+    let logits = model.forward(&ids, &mut cache, Logits::All)?;
+    let v = model.cfg.vocab_size;
+    safetensors::write(
+        &a.out,
+        &[WriteTensor::f32("logits", vec![ids.len(), v], &logits)],
+    )?;
+    eprintln!("wrote logits [{}, {v}] to {}", ids.len(), a.out.display());
+    Ok(())
+}

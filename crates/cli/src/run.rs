@@ -1,0 +1,55 @@
+//! `gemma3n run`: one prompt, streamed answer.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use gemma3n_engine::{ChatMessage, Session};
+
+use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt (a user message, rendered with the chat template unless --raw).
+    #[arg(long)]
+    prompt: String,
+    /// System prompt (merged into the first user turn, as Gemma's template does).
+    #[arg(long, conflicts_with = "raw")]
+    system: Option<String>,
+    /// Feed the prompt as plain text (BOS + prompt), without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let stack = TextStack::load(&a.model)?;
+    let ids = if a.raw {
+        stack.tokenizer.encode(&a.prompt, true)?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::system(s.as_str()));
+        }
+        msgs.push(ChatMessage::user(a.prompt.as_str()));
+        stack
+            .template()?
+            .render_and_tokenize(&stack.tokenizer, &msgs, true)?
+            .ids
+    };
+    let mut sampler = stack.sampler(&a.sampling)?;
+    let mut session = Session::new(&stack.model);
+    let (g, _) = stream_generation(
+        &stack,
+        &mut session,
+        &mut sampler,
+        &ids,
+        a.sampling.max_tokens,
+    )?;
+    println!();
+    report_speed(&g);
+    Ok(())
+}

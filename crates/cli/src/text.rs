@@ -1,0 +1,176 @@
+//! What `run` and `chat` share: loading the model with its tokenizer, chat template and
+//! generation defaults, sampling flags, and streaming a generation to stdout.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use gemma3n_engine::{
+    ChatTemplate, Generation, GenerationConfig, Sampler, SamplingParams, Session, TokenStream,
+    Tokenizer,
+};
+use gemma3n_model::{Checkpoint, TextModel};
+
+/// Sampling flags; unset ones take the checkpoint's generation_config.json.
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Temperature; 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// A model ready for text generation.
+pub struct TextStack {
+    pub ckpt: Checkpoint,
+    pub model: TextModel,
+    pub tokenizer: Tokenizer,
+    pub gen_config: Option<GenerationConfig>,
+}
+
+impl TextStack {
+    pub fn load(dir: &Path) -> Result<TextStack> {
+        // Cheap checks first, so a missing tokenizer fails before the weights load.
+        let tok_path: PathBuf = dir.join("tokenizer.json");
+        if dir.is_dir() && !tok_path.exists() {
+            anyhow::bail!(
+                "{}: missing (text generation needs the tokenizer)",
+                tok_path.display()
+            );
+        }
+        let gen_config = match dir.join("generation_config.json") {
+            p if p.exists() => Some(GenerationConfig::from_file(&p)?),
+            _ => None,
+        };
+        let (ckpt, model) = crate::load::load_text_model(dir)?;
+        let tokenizer = Tokenizer::from_file(&tok_path)?;
+        Ok(TextStack {
+            ckpt,
+            model,
+            tokenizer,
+            gen_config,
+        })
+    }
+
+    pub fn template(&self) -> Result<ChatTemplate> {
+        ChatTemplate::from_checkpoint_dir(&self.ckpt.dir)
+            .context("this checkpoint has no chat template (use --raw for a plain prompt)")
+    }
+
+    /// Ids that end generation: generation_config's eos ids and config.json's.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut v = self.ckpt.config.eos_token_ids.clone();
+        if let Some(g) = &self.gen_config {
+            v.extend(&g.eos_token_ids);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub fn sampler(&self, a: &SamplingArgs) -> Result<Sampler> {
+        let mut p = match &self.gen_config {
+            Some(g) => g.sampling.clone(),
+            None => SamplingParams::default(),
+        };
+        if let Some(t) = a.temperature {
+            p.temperature = t;
+            if t > 0.0 {
+                p.do_sample = true;
+            }
+        }
+        if let Some(k) = a.top_k {
+            p.top_k = k;
+        }
+        if let Some(x) = a.top_p {
+            p.top_p = x;
+        }
+        if let Some(x) = a.min_p {
+            p.min_p = x;
+        }
+        if let Some(x) = a.repetition_penalty {
+            p.repetition_penalty = x;
+        }
+        p.seed = a.seed;
+        let text_vocab = self
+            .tokenizer
+            .text_vocab_size()
+            .min(self.model.cfg.vocab_size);
+        Ok(Sampler::new(p, text_vocab)?)
+    }
+}
+
+/// Generates from `new_ids` (appended to `session`), streaming text to stdout.
+pub fn stream_generation(
+    stack: &TextStack,
+    session: &mut Session<'_>,
+    sampler: &mut Sampler,
+    new_ids: &[u32],
+    max_tokens: usize,
+) -> Result<(Generation, String)> {
+    let stop = stack.stop_ids();
+    let mut detok = TokenStream::new(&stack.tokenizer, true);
+    let mut text = String::new();
+    let mut err: Option<anyhow::Error> = None;
+    let mut out = std::io::stdout();
+    let mut sample_err = None;
+    let g = session.generate(
+        new_ids,
+        max_tokens,
+        &stop,
+        &mut |logits, prev| match sampler.sample(logits, prev) {
+            Ok(id) => id,
+            Err(e) => {
+                sample_err.get_or_insert(e);
+                stop[0]
+            }
+        },
+        &mut |id| match detok.push(id) {
+            Ok(piece) => {
+                text.push_str(&piece);
+                let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+                true
+            }
+            Err(e) => {
+                err = Some(e.into());
+                false
+            }
+        },
+    )?;
+    if let Some(e) = sample_err {
+        return Err(e.into());
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let tail = detok.flush()?;
+    text.push_str(&tail);
+    print!("{tail}");
+    let _ = out.flush();
+    Ok((g, text))
+}
+
+/// Prefill and decode speed on stderr.
+pub fn report_speed(g: &Generation) {
+    eprintln!(
+        "\n[prefill {} tokens: {:.1} tok/s | decode {} tokens: {:.2} tok/s | stop: {:?}]",
+        g.prompt_tokens,
+        g.prefill_tok_s(),
+        g.tokens.len(),
+        g.decode_tok_s(),
+        g.stop
+    );
+}

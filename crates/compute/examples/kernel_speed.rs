@@ -1,0 +1,147 @@
+//! Prints the speed of the CPU matmul kernels: GEMV GB/s against the measured read bandwidth,
+//! and GEMM GFLOP/s.
+//!
+//! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick]`
+//! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape).
+
+use std::time::Instant;
+
+use gemma3n_compute::cpu::{bandwidth, matmul_with, MatmulPath};
+use gemma3n_compute::storage::AlignedBytes;
+use gemma3n_compute::{DType, Matrix};
+
+/// A `rows x cols` matrix of `dtype` holding small pseudo-random values.
+fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
+    let mut b = AlignedBytes::zeroed(rows * cols * dtype.size());
+    let mut s = seed | 1;
+    for c in b.as_mut_slice().chunks_exact_mut(8) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        // Four 16-bit values in [-1, 1) with random mantissas (bf16: 0x3f00..0x3f7f-ish
+        // exponent range; f16 likewise); two f32 values for f32.
+        let v = match dtype {
+            DType::BF16 => (s & 0x807f_807f_807f_807f) | 0x3e00_3e00_3e00_3e00,
+            DType::F16 => (s & 0x83ff_83ff_83ff_83ff) | 0x3400_3400_3400_3400,
+            DType::F32 => (s & 0x807f_ffff_807f_ffff) | 0x3e00_0000_3e00_0000,
+        };
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+    Matrix::owned(b, dtype, rows, cols)
+}
+
+/// Best seconds of `iters` runs of `f` (after one warm-up run). The best, not the median,
+/// because the machine may be shared: other load only ever makes a run slower.
+fn time(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..iters)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let threads: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("thread pool");
+
+    let bw = bandwidth::measure_read_gb_s(512 << 20, threads);
+    println!("threads {threads}; read bandwidth {bw:.1} GB/s (512 MiB buffer, best of 5)");
+
+    // Kernel throughput with the weights hot in L2 (one thread): how far above the memory
+    // bandwidth the GEMV kernels could go.
+    let k = 2048;
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        let n = (256 << 10) / (k * dtype.size());
+        let w = matrix(n, k, dtype, 9);
+        for t in [1, 4] {
+            let x = vec![0.01f32; t * k];
+            let mut out = vec![0f32; t * n];
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("pool");
+            let s =
+                pool.install(|| time(200, || matmul_with(&x, t, &w, &mut out, MatmulPath::Gemv)));
+            println!(
+                "gemv L2-hot 1 thread {n}x{k} {dtype} t={t}: {:.1} GB/s of weights",
+                w.nbytes() as f64 / s / 1e9
+            );
+        }
+    }
+
+    // GEMV. "cold" cycles through copies totalling 8x the L3 (32 MiB) so every call streams
+    // from DRAM, as a decode step does; "hot" repeats one matrix.
+    for dtype in [DType::BF16, DType::F16, DType::F32] {
+        let n = 8192;
+        let copies = (256 << 20) / (n * k * dtype.size());
+        let ws: Vec<Matrix> = (0..copies as u64)
+            .map(|s| matrix(n, k, dtype, s + 1))
+            .collect();
+        for t in [1, 2, 4] {
+            let x = vec![0.01f32; t * k];
+            let mut out = vec![0f32; t * n];
+            let bytes = ws[0].nbytes() as f64;
+            let mut c = 0;
+            let cold = time(4 * copies, || {
+                c = (c + 1) % copies;
+                matmul_with(&x, t, &ws[c], &mut out, MatmulPath::Gemv)
+            });
+            let hot = time(20, || {
+                matmul_with(&x, t, &ws[0], &mut out, MatmulPath::Gemv)
+            });
+            println!(
+                "gemv {n}x{k} {dtype} t={t}: cold {:.1} GB/s ({:.0}% of bw), hot {:.1} GB/s, {:.2} ms",
+                bytes / cold / 1e9,
+                100.0 * bytes / cold / 1e9 / bw,
+                bytes / hot / 1e9,
+                cold * 1e3
+            );
+        }
+    }
+    if !quick {
+        let n = 262_400;
+        let w = matrix(n, k, DType::BF16, 7);
+        let x = vec![0.01f32; k];
+        let mut out = vec![0f32; n];
+        let s = time(5, || matmul_with(&x, 1, &w, &mut out, MatmulPath::Gemv));
+        let gbs = w.nbytes() as f64 / s / 1e9;
+        println!(
+            "gemv {n}x{k} bf16 t=1 (LM head): {gbs:.1} GB/s ({:.0}% of bw), {:.1} ms",
+            100.0 * gbs / bw,
+            s * 1e3
+        );
+    }
+
+    // GEMM: t x k activations times an n x k weight.
+    for (dtype, n, k) in [
+        (DType::BF16, 8192, 2048),
+        (DType::F32, 8192, 2048),
+        (DType::BF16, 2048, 8192),
+    ] {
+        let w = matrix(n, k, dtype, 3);
+        for t in [8, 16, 32, 64, 128, 512] {
+            let x = vec![0.01f32; t * k];
+            let mut out = vec![0f32; t * n];
+            let iters = if t >= 128 { 3 } else { 5 };
+            for path in [MatmulPath::Gemm, MatmulPath::Gemv] {
+                if path == MatmulPath::Gemv && t > 128 {
+                    continue;
+                }
+                let s = time(iters, || matmul_with(&x, t, &w, &mut out, path));
+                println!(
+                    "{path:?} t={t} k={k} n={n} {dtype}: {:.1} GFLOP/s, {:.2} ms",
+                    2.0 * (t * k * n) as f64 / s / 1e9,
+                    s * 1e3
+                );
+            }
+        }
+    }
+}

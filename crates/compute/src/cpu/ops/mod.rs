@@ -1,0 +1,165 @@
+//! Small element-wise and per-row operations (f32).
+//!
+//! Each public function runs an AVX2/FMA kernel when the CPU has it and the input is long
+//! enough to benefit, and the portable version in [`scalar`] otherwise.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Inputs shorter than this take the portable path (dispatch would cost more than it saves).
+#[cfg(target_arch = "x86_64")]
+const SIMD_MIN: usize = 16;
+
+/// Whether the AVX2 kernels should handle `len` elements.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn use_simd(len: usize) -> bool {
+    len >= SIMD_MIN && super::has_avx2()
+}
+
+/// Evaluates `$simd` (an unsafe call into [`x86`]) when [`use_simd`] allows it, else
+/// `$fallback`.
+macro_rules! dispatch {
+    ($len:expr, $simd:expr, $fallback:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        let r = if use_simd($len) {
+            // SAFETY: AVX2, FMA and F16C were detected by `use_simd`; the kernels in `x86`
+            // need nothing else (slice lengths are checked by the callers below).
+            unsafe { $simd }
+        } else {
+            $fallback
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let r = $fallback;
+        r
+    }};
+}
+
+/// RMSNorm of every `dim`-long row of `x`, in place:
+/// `x · (mean(x²) + eps)^(-1/2)`, times `weight` when given (no `1 + w` offset).
+pub fn rms_norm_rows(x: &mut [f32], dim: usize, weight: Option<&[f32]>, eps: f32) {
+    assert!(dim > 0 || x.is_empty(), "rms_norm_rows: dim 0");
+    if x.is_empty() {
+        return;
+    }
+    assert_eq!(x.len() % dim, 0, "rms_norm_rows: length");
+    if let Some(w) = weight {
+        assert_eq!(w.len(), dim, "rms_norm_rows: weight length");
+    }
+    for row in x.chunks_exact_mut(dim) {
+        let inv = 1.0 / (mean_square(row) + eps).sqrt();
+        match weight {
+            Some(w) => dispatch!(
+                dim,
+                x86::scale_mul(row, inv, w),
+                scalar::scale_mul(row, inv, w)
+            ),
+            None => scale(row, inv),
+        }
+    }
+}
+
+/// `gelu_pytorch_tanh`: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, in place.
+///
+/// Evaluated as the equivalent `x / (1 + exp(-2·√(2/π)·(x + 0.044715·x³)))`, which has no
+/// cancellation for negative `x`: relative error about 1e-7·(1 + x²) against the f64 formula.
+pub fn gelu_tanh(x: &mut [f32]) {
+    dispatch!(x.len(), x86::gelu_tanh(x), scalar::gelu_tanh(x))
+}
+
+/// Softmax in place over the whole slice.
+pub fn softmax(x: &mut [f32]) {
+    dispatch!(x.len(), x86::softmax(x), scalar::softmax(x))
+}
+
+/// Dot product.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: lengths");
+    dispatch!(a.len(), x86::dot(a, b), scalar::dot(a, b))
+}
+
+/// `y += alpha · x`.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: lengths");
+    dispatch!(x.len(), x86::axpy(alpha, x, y), scalar::axpy(alpha, x, y))
+}
+
+/// `x *= s`.
+pub fn scale(x: &mut [f32], s: f32) {
+    dispatch!(x.len(), x86::scale(x, s), scalar::scale(x, s))
+}
+
+/// Mean of squares.
+pub fn mean_square(x: &[f32]) -> f32 {
+    let ss = dispatch!(x.len(), x86::sum_squares(x), scalar::sum_squares(x));
+    ss / x.len() as f32
+}
+
+/// Portable implementations (the reference for the SIMD kernels, and what other
+/// architectures run).
+pub mod scalar {
+    /// `x[i] *= s · w[i]` (the second half of an RMSNorm with weight).
+    pub fn scale_mul(x: &mut [f32], s: f32, w: &[f32]) {
+        x.iter_mut().zip(w).for_each(|(v, w)| *v = *v * s * w);
+    }
+
+    /// See [`super::gelu_tanh`].
+    pub fn gelu_tanh(x: &mut [f32]) {
+        const C2: f32 = -2.0 * 0.797_884_6; // -2·sqrt(2/pi)
+        for v in x.iter_mut() {
+            let u = *v;
+            let e = (C2 * u * (1.0 + 0.044715 * u * u)).exp();
+            *v = u / (1.0 + e);
+        }
+    }
+
+    /// See [`super::softmax`].
+    pub fn softmax(x: &mut [f32]) {
+        let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // The sum is kept in f64 so long rows lose no precision to sequential rounding.
+        let mut s = 0f64;
+        for v in x.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v as f64;
+        }
+        let inv = (1.0 / s) as f32;
+        x.iter_mut().for_each(|v| *v *= inv);
+    }
+
+    /// Dot product with 8 independent partial sums.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let mut ca = a.chunks_exact(8);
+        let mut cb = b.chunks_exact(8);
+        for (p, q) in (&mut ca).zip(&mut cb) {
+            for l in 0..8 {
+                acc[l] += p[l] * q[l];
+            }
+        }
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(p, q)| p * q)
+            .sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// `y += alpha · x`.
+    pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+    }
+
+    /// `x *= s`.
+    pub fn scale(x: &mut [f32], s: f32) {
+        x.iter_mut().for_each(|v| *v *= s);
+    }
+
+    /// Σ x².
+    pub fn sum_squares(x: &[f32]) -> f32 {
+        dot(x, x)
+    }
+}
+
+#[cfg(test)]
+mod tests;
