@@ -113,14 +113,21 @@ pub fn main(a: Args) -> Result<()> {
     };
     let bytes_per_token = cfg.stats().params_per_token as f64 * es;
 
-    // A deterministic pseudo-random prompt of ordinary text ids.
+    // A deterministic pseudo-random prompt of ordinary text ids (above the special ones,
+    // below the multimodal ones).
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
+    let low = if text_vocab > 2000 {
+        1000
+    } else {
+        3.min(text_vocab - 1)
+    };
     let mut x = a.seed ^ 0x0005_DEEC_E66D;
     let prompt: Vec<u32> = std::iter::once(2)
         .chain((1..a.prompt_len).map(|_| {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            (1000 + (x >> 33) % 200_000) as u32
+            (low + (x >> 33) % (text_vocab - low)) as u32
         }))
         .collect();
 

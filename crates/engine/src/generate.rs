@@ -71,7 +71,12 @@ impl<'m> Session<'m> {
     /// then generates from `ids[returned..]`. Used by multi-turn chat, whose prompts
     /// extend the previous ones.
     pub fn reuse_prefix(&mut self, ids: &[u32]) -> usize {
-        let common = self.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let common = self
+            .tokens
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
         let keep = common.min(ids.len().saturating_sub(1));
         if keep < self.tokens.len() {
             if self.cache.truncate(keep) {

@@ -34,7 +34,10 @@ impl WeightFiles {
             let mut shard_names: Vec<String> = Vec::new();
             for (name, f) in map {
                 let f = f.as_str().ok_or_else(|| {
-                    ModelError::file(&index_path, format!("weight_map entry `{name}` is not a file name"))
+                    ModelError::file(
+                        &index_path,
+                        format!("weight_map entry `{name}` is not a file name"),
+                    )
                 })?;
                 if !shard_names.iter().any(|s| s == f) {
                     shard_names.push(f.to_string());
@@ -44,11 +47,17 @@ impl WeightFiles {
             let mut files = Vec::new();
             for s in &shard_names {
                 if s.contains('/') || s.contains("..") {
-                    return Err(ModelError::file(&index_path, format!("shard name `{s}` is not a plain file name")));
+                    return Err(ModelError::file(
+                        &index_path,
+                        format!("shard name `{s}` is not a plain file name"),
+                    ));
                 }
                 let p = dir.join(s);
                 if !p.exists() {
-                    return Err(ModelError::file(&p, "shard listed in model.safetensors.index.json is missing"));
+                    return Err(ModelError::file(
+                        &p,
+                        "shard listed in model.safetensors.index.json is missing",
+                    ));
                 }
                 files.push(SafeTensors::open(&p)?);
             }
@@ -146,7 +155,10 @@ fn check_shape(name: &str, info: &TensorInfo, shape: &[usize]) -> Result<()> {
     if !matches!(info.dtype, StDType::Float(_)) {
         return Err(ModelError::tensor(
             name,
-            format!("dtype {} is not supported (expected BF16, F16 or F32)", info.dtype_name),
+            format!(
+                "dtype {} is not supported (expected BF16, F16 or F32)",
+                info.dtype_name
+            ),
         ));
     }
     if info.shape != shape {
@@ -170,11 +182,17 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn open(dir: &Path) -> Result<Checkpoint> {
         if !dir.is_dir() {
-            return Err(ModelError::file(dir, "model directory does not exist (or is not a directory)"));
+            return Err(ModelError::file(
+                dir,
+                "model directory does not exist (or is not a directory)",
+            ));
         }
         let cfg_path = dir.join("config.json");
         if !cfg_path.exists() {
-            return Err(ModelError::file(&cfg_path, "missing (every checkpoint needs config.json)"));
+            return Err(ModelError::file(
+                &cfg_path,
+                "missing (every checkpoint needs config.json)",
+            ));
         }
         let config = ModelConfig::from_file(&cfg_path)?;
         let weights = WeightFiles::open_dir(dir)?;

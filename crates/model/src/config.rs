@@ -82,10 +82,9 @@ impl<'a> Fields<'a> {
     }
     fn usize_or(&self, field: &str, default: Option<usize>) -> Result<usize> {
         match self.get(field) {
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {v}"))
+            }),
             None => default.ok_or_else(|| self.err(field, "missing")),
         }
     }
@@ -149,8 +148,9 @@ impl ModelConfig {
             .to_string();
         let (text_v, prefix) = match model_type.as_str() {
             "gemma3n" => (
-                top.get("text_config")
-                    .ok_or_else(|| top.err("text_config", "missing (required for model_type gemma3n)"))?,
+                top.get("text_config").ok_or_else(|| {
+                    top.err("text_config", "missing (required for model_type gemma3n)")
+                })?,
                 "text_config.",
             ),
             "gemma3n_text" => (v, ""),
@@ -223,14 +223,25 @@ impl TextConfig {
                 }
                 v
             }
-            Some(v) => return Err(f.err("intermediate_size", format!("expected int or list, got {v}"))),
+            Some(v) => {
+                return Err(f.err(
+                    "intermediate_size",
+                    format!("expected int or list, got {v}"),
+                ))
+            }
         };
         if let Some(i) = intermediate_size.iter().position(|&w| w == 0) {
             return Err(f.err("intermediate_size", format!("entry {i} is 0")));
         }
         let layer_types = match f.get("layer_types") {
             None => (0..l)
-                .map(|i| if (i + 1) % 5 == 0 { LayerType::Full } else { LayerType::Sliding })
+                .map(|i| {
+                    if (i + 1) % 5 == 0 {
+                        LayerType::Full
+                    } else {
+                        LayerType::Sliding
+                    }
+                })
                 .collect(),
             Some(Value::Array(a)) => {
                 let v = a
@@ -256,13 +267,17 @@ impl TextConfig {
             Some(v) => return Err(f.err("layer_types", format!("expected a list, got {v}"))),
         };
         let activation_sparsity_pattern = match f.get("activation_sparsity_pattern") {
-            None => (0..l).map(|i| if l > 10 && i < 10 { 0.95 } else { 0.0 }).collect(),
+            None => (0..l)
+                .map(|i| if l > 10 && i < 10 { 0.95 } else { 0.0 })
+                .collect(),
             Some(Value::Array(a)) => {
                 let v = a
                     .iter()
                     .map(|x| x.as_f64().map(|n| n as f32))
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| f.err("activation_sparsity_pattern", "expected a list of numbers"))?;
+                    .ok_or_else(|| {
+                        f.err("activation_sparsity_pattern", "expected a list of numbers")
+                    })?;
                 if v.len() != l {
                     return Err(f.err(
                         "activation_sparsity_pattern",
@@ -277,7 +292,12 @@ impl TextConfig {
                 }
                 v
             }
-            Some(v) => return Err(f.err("activation_sparsity_pattern", format!("expected a list, got {v}"))),
+            Some(v) => {
+                return Err(f.err(
+                    "activation_sparsity_pattern",
+                    format!("expected a list, got {v}"),
+                ))
+            }
         };
         // RoPE: v5 `rope_parameters` {full_attention: {rope_theta}, sliding_attention: {rope_theta}}
         // or the legacy keys `rope_theta` (full) and `rope_local_base_freq` (sliding).
@@ -287,7 +307,10 @@ impl TextConfig {
                 match rp.get(k) {
                     None | Some(Value::Null) => Ok(None),
                     Some(o) => {
-                        let rt = o.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+                        let rt = o
+                            .get("rope_type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("default");
                         if rt != "default" {
                             return Err(f.err(
                                 &format!("rope_parameters.{k}.rope_type"),
@@ -308,18 +331,27 @@ impl TextConfig {
             full = f.f64_or("rope_theta", Some(full))?;
             sliding = f.f64_or("rope_local_base_freq", Some(sliding))?;
             if let Some(rs) = f.get("rope_scaling") {
-                let rt = rs.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+                let rt = rs
+                    .get("rope_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
                 if rt != "default" {
                     return Err(f.err("rope_scaling", format!("`{rt}` is not supported")));
                 }
             }
         }
         if f.bool_or("attention_bias", false)? {
-            return Err(f.err("attention_bias", "true is not supported (Gemma 3n has no biases)"));
+            return Err(f.err(
+                "attention_bias",
+                "true is not supported (Gemma 3n has no biases)",
+            ));
         }
         if let Some(act) = f.get("hidden_activation").and_then(Value::as_str) {
             if act != "gelu_pytorch_tanh" {
-                return Err(f.err("hidden_activation", format!("`{act}` is not supported (expected gelu_pytorch_tanh)")));
+                return Err(f.err(
+                    "hidden_activation",
+                    format!("`{act}` is not supported (expected gelu_pytorch_tanh)"),
+                ));
             }
         }
         let hidden = f.usize_or("hidden_size", Some(2048))?;
@@ -370,7 +402,11 @@ impl TextConfig {
                 // Absent: the HF default 30.0; an explicit null: no soft-cap.
                 None => Some(30.0),
                 Some(Value::Null) => None,
-                Some(v) => Some(v.as_f64().ok_or_else(|| f.err("final_logit_softcapping", "expected a number"))? as f32),
+                Some(v) => Some(
+                    v.as_f64()
+                        .ok_or_else(|| f.err("final_logit_softcapping", "expected a number"))?
+                        as f32,
+                ),
             },
             altup_active_idx,
             altup_num_inputs,
@@ -387,7 +423,10 @@ impl TextConfig {
             if cfg.kv_producer(cfg.layer_types[l]).is_none() {
                 return Err(f.err(
                     "layer_types",
-                    format!("KV-shared layer {l} is {:?} but no earlier non-shared layer has that type", cfg.layer_types[l]),
+                    format!(
+                        "KV-shared layer {l} is {:?} but no earlier non-shared layer has that type",
+                        cfg.layer_types[l]
+                    ),
                 ));
             }
         }
@@ -401,14 +440,19 @@ impl TextConfig {
 
     /// The last non-shared layer of type `t` (the producer consumers of that type read).
     pub fn kv_producer(&self, t: LayerType) -> Option<usize> {
-        (0..self.first_kv_shared_layer()).rev().find(|&i| self.layer_types[i] == t)
+        (0..self.first_kv_shared_layer())
+            .rev()
+            .find(|&i| self.layer_types[i] == t)
     }
 
     pub fn kv_source(&self, layer: usize) -> KvSource {
         if layer < self.first_kv_shared_layer() {
             KvSource::Own
         } else {
-            KvSource::Shared(self.kv_producer(self.layer_types[layer]).expect("validated"))
+            KvSource::Shared(
+                self.kv_producer(self.layer_types[layer])
+                    .expect("validated"),
+            )
         }
     }
 

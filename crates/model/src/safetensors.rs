@@ -115,7 +115,10 @@ impl SafeTensors {
         let StDType::Float(dt) = info.dtype else {
             return Err(ModelError::tensor(
                 name,
-                format!("dtype {} is not a float type (F32, F16, BF16)", info.dtype_name),
+                format!(
+                    "dtype {} is not a float type (F32, F16, BF16)",
+                    info.dtype_name
+                ),
             ));
         };
         if info.len != rows * cols * dt.size() {

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use gemma3n_model::{Checkpoint, Logits, TextModel};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/text").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/text")
+        .join(name)
 }
 
 /// A fresh copy of a fixture in a temporary directory.
@@ -32,7 +34,8 @@ fn load_err(dir: &Path) -> String {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
@@ -56,7 +59,10 @@ fn edit_header(file: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_js
 #[test]
 fn missing_directory_and_files() {
     let e = load_err(Path::new("/nonexistent/gemma3n-model"));
-    assert!(e.contains("/nonexistent/gemma3n-model") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("/nonexistent/gemma3n-model") && e.contains("does not exist"),
+        "{e}"
+    );
 
     let d = copy_fixture("tiny_text_f32", "nocfg");
     std::fs::remove_file(d.join("config.json")).unwrap();
@@ -72,11 +78,19 @@ fn missing_directory_and_files() {
     let shard = std::fs::read_dir(&d)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("model-0000"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("model-0000")
+        })
         .unwrap();
     std::fs::remove_file(&shard).unwrap();
     let e = load_err(&d);
-    assert!(e.contains(&*shard.file_name().unwrap().to_string_lossy()) && e.contains("missing"), "{e}");
+    assert!(
+        e.contains(&*shard.file_name().unwrap().to_string_lossy()) && e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -86,12 +100,18 @@ fn truncated_safetensors() {
     let data = std::fs::read(&p).unwrap();
     std::fs::write(&p, &data[..data.len() - 1000]).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("model.safetensors") && e.contains("truncated"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
 
     // Cut inside the header, and to a few bytes.
     std::fs::write(&p, &data[..100]).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("model.safetensors") && e.contains("header"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("header"),
+        "{e}"
+    );
     std::fs::write(&p, &data[..3]).unwrap();
     let e = load_err(&d);
     assert!(e.contains("model.safetensors"), "{e}");
@@ -137,7 +157,10 @@ fn inconsistent_config() {
         v["intermediate_size"].as_array_mut().unwrap().pop();
     });
     let e = load_err(&d);
-    assert!(e.contains("intermediate_size") && e.contains("num_hidden_layers"), "{e}");
+    assert!(
+        e.contains("intermediate_size") && e.contains("num_hidden_layers"),
+        "{e}"
+    );
 
     let d = copy_fixture("tiny_text_f32", "modeltype");
     edit_config(&d, |v| v["model_type"] = serde_json::json!("llama"));
@@ -147,7 +170,10 @@ fn inconsistent_config() {
     let d = copy_fixture("tiny_text_f32", "malformed");
     std::fs::write(d.join("config.json"), "{\"model_type\": \"gemma3n_text\",").unwrap();
     let e = load_err(&d);
-    assert!(e.contains("config.json") && e.contains("malformed JSON"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("malformed JSON"),
+        "{e}"
+    );
 
     let d = copy_fixture("tiny_mm_bf16", "notext");
     edit_config(&d, |v| {
@@ -165,7 +191,10 @@ fn inconsistent_config() {
     let d = copy_fixture("tiny_text_f32", "width");
     edit_config(&d, |v| v["intermediate_size"][0] = serde_json::json!(100));
     let e = load_err(&d);
-    assert!(e.contains("layers.0.mlp.gate_proj.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("layers.0.mlp.gate_proj.weight") && e.contains("shape"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -175,16 +204,31 @@ fn prompt_past_the_context_and_bad_ids() {
     let max = model.cfg.max_position_embeddings;
     let ids = vec![5u32; max + 1];
     let mut cache = model.new_cache();
-    let e = model.forward(&ids, &mut cache, Logits::Last).unwrap_err().to_string();
-    assert!(e.contains("context length") && e.contains(&max.to_string()), "{e}");
+    let e = model
+        .forward(&ids, &mut cache, Logits::Last)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("context length") && e.contains(&max.to_string()),
+        "{e}"
+    );
     // A full-length prompt is fine, and then one more token is not.
     let mut cache = model.new_cache();
-    model.forward(&ids[..max], &mut cache, Logits::Last).unwrap();
+    model
+        .forward(&ids[..max], &mut cache, Logits::Last)
+        .unwrap();
     assert!(model.forward(&[5], &mut cache, Logits::Last).is_err());
 
     let mut cache = model.new_cache();
     let v = model.cfg.vocab_size as u32;
-    let e = model.forward(&[2, v], &mut cache, Logits::Last).unwrap_err().to_string();
+    let e = model
+        .forward(&[2, v], &mut cache, Logits::Last)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&v.to_string()) && e.contains("vocab"), "{e}");
-    assert_eq!(cache.pos(), 0, "a refused forward leaves the cache untouched");
+    assert_eq!(
+        cache.pos(),
+        0,
+        "a refused forward leaves the cache untouched"
+    );
 }

@@ -14,7 +14,11 @@ fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("golden.safetensors").exists())
         .collect();
     v.sort();
-    assert!(v.len() >= 3, "expected at least 3 text fixtures in {}", root.display());
+    assert!(
+        v.len() >= 3,
+        "expected at least 3 text fixtures in {}",
+        root.display()
+    );
     v
 }
 
@@ -28,13 +32,21 @@ fn load(dir: &std::path::Path) -> (TextModel, SafeTensors) {
 /// max |a − b| / max |b|
 fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    let num = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
     num / den
 }
 
 fn ids(g: &SafeTensors, name: &str) -> Vec<u32> {
-    g.read_i64(name).unwrap().into_iter().map(|v| v as u32).collect()
+    g.read_i64(name)
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -69,7 +81,11 @@ fn prefill_logits_and_streams_match_hf() {
             .forward_with_hook(&prompt, &mut cache, Logits::All, Some(&mut hook))
             .unwrap();
         for (l, e) in &worst {
-            assert!(*e <= 1e-4, "{}: streams after step {l}: rel err {e}", dir.display());
+            assert!(
+                *e <= 1e-4,
+                "{}: streams after step {l}: rel err {e}",
+                dir.display()
+            );
         }
         let want = g.read_f32("prefill_logits").unwrap();
         let e = rel_err(&logits, &want);
@@ -81,7 +97,11 @@ fn prefill_logits_and_streams_match_hf() {
         let last = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
         let v = cfg.vocab_size;
         let e = rel_err(&last, &want[(t - 1) * v..]);
-        assert!(e <= 1e-4, "{}: last-position logits rel err {e}", dir.display());
+        assert!(
+            e <= 1e-4,
+            "{}: last-position logits rel err {e}",
+            dir.display()
+        );
     }
 }
 
@@ -99,7 +119,11 @@ fn cached_decode_matches_hf() {
         for (step, &id) in all[p..].iter().enumerate() {
             let got = model.forward(&[id], &mut cache, Logits::Last).unwrap();
             let e = rel_err(&got, &want[step * v..(step + 1) * v]);
-            assert!(e <= 1e-4, "{}: decode step {step}: rel err {e}", dir.display());
+            assert!(
+                e <= 1e-4,
+                "{}: decode step {step}: rel err {e}",
+                dir.display()
+            );
         }
         assert_eq!(cache.pos(), all.len());
     }
@@ -132,17 +156,27 @@ fn cache_truncation_matches_a_fresh_run() {
     let w = model.cfg.sliding_window;
     let v = model.cfg.vocab_size;
     let mut fresh = model.new_cache();
-    let want = model.forward(&all[..w + 3], &mut fresh, Logits::All).unwrap();
+    let want = model
+        .forward(&all[..w + 3], &mut fresh, Logits::All)
+        .unwrap();
     // Run everything, then go back to a position whose sliding keys are still cached.
     let mut cache = model.new_cache();
-    model.forward(&all[..w + 1], &mut cache, Logits::Last).unwrap();
-    model.forward(&all[w + 1..w + 3], &mut cache, Logits::Last).unwrap();
+    model
+        .forward(&all[..w + 1], &mut cache, Logits::Last)
+        .unwrap();
+    model
+        .forward(&all[w + 1..w + 3], &mut cache, Logits::Last)
+        .unwrap();
     assert!(cache.truncate(w + 2));
-    let got = model.forward(&all[w + 2..w + 3], &mut cache, Logits::Last).unwrap();
+    let got = model
+        .forward(&all[w + 2..w + 3], &mut cache, Logits::Last)
+        .unwrap();
     assert!(rel_err(&got, &want[(w + 2) * v..(w + 3) * v]) <= 1e-4);
     // Too far back for the sliding layers: refused, cache unchanged.
     let mut cache = model.new_cache();
-    model.forward(&all[..2 * w + 2], &mut cache, Logits::Last).unwrap();
+    model
+        .forward(&all[..2 * w + 2], &mut cache, Logits::Last)
+        .unwrap();
     assert!(!cache.truncate(1));
     assert_eq!(cache.pos(), 2 * w + 2);
 }

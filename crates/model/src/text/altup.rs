@@ -56,8 +56,10 @@ pub fn correct(w: &AltUpWeights, p: &mut [Vec<f32>], h2: &[f32], n: usize, d: us
             .map(|(h, p0)| h - p0)
             .collect();
         for (i, pi) in p.iter_mut().enumerate() {
-            let beta: f32 =
-                (0..a).map(|q| w.correction_coefs[i * a + q] * mt[q]).sum::<f32>() + 1.0;
+            let beta: f32 = (0..a)
+                .map(|q| w.correction_coefs[i * a + q] * mt[q])
+                .sum::<f32>()
+                + 1.0;
             ops::axpy(beta, &delta, &mut pi[t * d..(t + 1) * d]);
         }
     }

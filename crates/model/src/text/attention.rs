@@ -23,7 +23,11 @@ pub fn attention(
     inv_freq: &[f32],
     cache: &mut KvCache,
 ) -> Vec<f32> {
-    let (h, g, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+    let (h, g, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
     let eps = cfg.rms_norm_eps;
     let mut q = vec![0f32; n * h * hd];
     matmul(x, n, &w.q_proj, &mut q);
@@ -65,7 +69,9 @@ pub fn attention(
         let p = pos[t];
         let kvh = head / group;
         // Allowed absolute key positions: (p − W, p] for sliding, [0, p] for full.
-        let lo = window.map_or(0, |w| (p + 1).saturating_sub(w)).max(kv.start);
+        let lo = window
+            .map_or(0, |w| (p + 1).saturating_sub(w))
+            .max(kv.start);
         let hi = p + 1;
         debug_assert!(hi <= kv.start + kv.len(), "key for position {p} missing");
         let qh = &q[(t * h + head) * hd..(t * h + head + 1) * hd];

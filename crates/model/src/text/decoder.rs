@@ -37,7 +37,11 @@ impl TextModel {
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let w: &TextWeights = &self.weights;
-        let (d, p, nl) = (cfg.hidden_size, cfg.hidden_size_per_layer_input, cfg.num_hidden_layers);
+        let (d, p, nl) = (
+            cfg.hidden_size,
+            cfg.hidden_size_per_layer_input,
+            cfg.num_hidden_layers,
+        );
         let t_all = ids.len();
         if t_all == 0 {
             return Err(ModelError::Invalid("forward called with no tokens".into()));
@@ -101,7 +105,11 @@ impl TextModel {
             hbuf.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
             altup::correct(&lw.altup, &mut pred, &hbuf, n, d, eps);
             let pi_l: Vec<f32> = (0..n)
-                .flat_map(|t| pi[t * nl * p + l * p..t * nl * p + (l + 1) * p].iter().copied())
+                .flat_map(|t| {
+                    pi[t * nl * p + l * p..t * nl * p + (l + 1) * p]
+                        .iter()
+                        .copied()
+                })
                 .collect();
             ple::inject(cfg, lw, &mut pred, &pi_l, n);
             streams = pred;

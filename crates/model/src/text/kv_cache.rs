@@ -64,7 +64,8 @@ impl KvCache {
             .map(|l| {
                 (cfg.kv_source(l) == KvSource::Own).then(|| LayerKv {
                     row,
-                    window: (cfg.layer_types[l] == LayerType::Sliding).then_some(cfg.sliding_window),
+                    window: (cfg.layer_types[l] == LayerType::Sliding)
+                        .then_some(cfg.sliding_window),
                     ..Default::default()
                 })
             })
@@ -112,7 +113,11 @@ impl KvCache {
 
     /// Bytes held by the cache (f32).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().flatten().map(|l| (l.k.len() + l.v.len()) * 4).sum()
+        self.layers
+            .iter()
+            .flatten()
+            .map(|l| (l.k.len() + l.v.len()) * 4)
+            .sum()
     }
 
     pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
@@ -123,7 +128,9 @@ impl KvCache {
     }
 
     pub(crate) fn layer(&self, layer: usize) -> &LayerKv {
-        self.layers[layer].as_ref().expect("layer has no KV of its own")
+        self.layers[layer]
+            .as_ref()
+            .expect("layer has no KV of its own")
     }
 
     /// Ends a forward step of `t` tokens.

@@ -16,12 +16,21 @@ pub fn per_layer_inputs(cfg: &TextConfig, w: &TextWeights, ids: &[u32], e: &[f32
     matmul(e, n, &w.per_layer_model_projection, &mut proj);
     let s = 1.0 / (d as f32).sqrt();
     proj.iter_mut().for_each(|v| *v *= s);
-    ops::rms_norm_rows(&mut proj, p, Some(&w.per_layer_projection_norm), cfg.rms_norm_eps);
+    ops::rms_norm_rows(
+        &mut proj,
+        p,
+        Some(&w.per_layer_projection_norm),
+        cfg.rms_norm_eps,
+    );
     let scale_tok = (p as f32).sqrt();
     let scale_sum = std::f32::consts::FRAC_1_SQRT_2;
     let mut row = vec![0f32; lp];
     for (t, &id) in ids.iter().enumerate() {
-        let r = if (id as usize) < cfg.vocab_size_per_layer_input { id as usize } else { 0 };
+        let r = if (id as usize) < cfg.vocab_size_per_layer_input {
+            id as usize
+        } else {
+            0
+        };
         w.embed_tokens_per_layer.row_to_f32(r, &mut row);
         for (o, z) in proj[t * lp..(t + 1) * lp].iter_mut().zip(&row) {
             *o = (*o + z * scale_tok) * scale_sum;
@@ -54,7 +63,12 @@ pub fn inject(
     gate.iter_mut().zip(pi_l).for_each(|(g, x)| *g *= x);
     let mut q = vec![0f32; n * d];
     matmul(&gate, n, &w.per_layer_projection, &mut q);
-    ops::rms_norm_rows(&mut q, d, Some(&w.post_per_layer_input_norm), cfg.rms_norm_eps);
+    ops::rms_norm_rows(
+        &mut q,
+        d,
+        Some(&w.post_per_layer_input_norm),
+        cfg.rms_norm_eps,
+    );
     for s in streams.iter_mut().skip(1) {
         s.iter_mut().zip(&q).for_each(|(a, b)| *a += b);
     }

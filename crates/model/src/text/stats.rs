@@ -35,8 +35,17 @@ impl TextStats {
 impl TextConfig {
     /// Parameter counts of this config (FFN widths as given).
     pub fn stats(&self) -> TextStats {
-        let (d, p, a, r) = (self.hidden_size, self.hidden_size_per_layer_input, self.altup_num_inputs, self.laurel_rank);
-        let (q, kv, hd) = (self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim, self.head_dim);
+        let (d, p, a, r) = (
+            self.hidden_size,
+            self.hidden_size_per_layer_input,
+            self.altup_num_inputs,
+            self.laurel_rank,
+        );
+        let (q, kv, hd) = (
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+            self.head_dim,
+        );
         let mut s = TextStats::default();
         for l in 0..self.num_hidden_layers {
             let f = self.intermediate_size[l];
@@ -57,7 +66,8 @@ impl TextConfig {
         s.embed_params = self.vocab_size * d;
         s.ple_params = self.vocab_size_per_layer_input * self.num_hidden_layers * p;
         s.other_params = self.num_hidden_layers * p * d + p + 2 * (a - 1) * d * d + d;
-        s.params_per_token = s.layer_params + s.other_params + s.embed_params + d + self.num_hidden_layers * p;
+        s.params_per_token =
+            s.layer_params + s.other_params + s.embed_params + d + self.num_hidden_layers * p;
         s
     }
 }

@@ -47,8 +47,12 @@ impl Gen {
                     let v = amp * unit(seed, (r * cols + c) as u64);
                     match dtype {
                         DType::F32 => out.copy_from_slice(&v.to_le_bytes()),
-                        DType::BF16 => out.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()),
-                        DType::F16 => out.copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()),
+                        DType::BF16 => {
+                            out.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
+                        }
+                        DType::F16 => {
+                            out.copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
+                        }
                     }
                 }
             });
@@ -78,8 +82,17 @@ impl TextModel {
             cfg.altup_num_inputs,
             cfg.num_hidden_layers,
         );
-        let (h, g, hd, r) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.laurel_rank);
-        let mut gen = Gen { seed, dtype, next: 0 };
+        let (h, g, hd, r) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.laurel_rank,
+        );
+        let mut gen = Gen {
+            seed,
+            dtype,
+            next: 0,
+        };
         let layers = (0..l)
             .map(|i| {
                 let own = cfg.kv_source(i) == KvSource::Own;

@@ -89,11 +89,20 @@ impl TextWeights {
             .map(|i| w.matrix(&n(&format!("altup_projections.{i}.weight")), &[d, d]))
             .collect::<Result<Vec<_>>>()?;
         let altup_unembed_projections = (0..a - 1)
-            .map(|i| w.matrix(&n(&format!("altup_unembed_projections.{i}.weight")), &[d, d]))
+            .map(|i| {
+                w.matrix(
+                    &n(&format!("altup_unembed_projections.{i}.weight")),
+                    &[d, d],
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let norm = w.vector(&n("norm.weight"), d)?;
         progress(1, total);
-        let (h, g, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (h, g, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let mut layers = Vec::with_capacity(l);
         for i in 0..l {
             let ln = |s: &str| format!("{prefix}layers.{i}.{s}");
@@ -116,7 +125,8 @@ impl TextWeights {
                 input_layernorm: w.vector(&ln("input_layernorm.weight"), d)?,
                 post_attention_layernorm: w.vector(&ln("post_attention_layernorm.weight"), d)?,
                 pre_feedforward_layernorm: w.vector(&ln("pre_feedforward_layernorm.weight"), d)?,
-                post_feedforward_layernorm: w.vector(&ln("post_feedforward_layernorm.weight"), d)?,
+                post_feedforward_layernorm: w
+                    .vector(&ln("post_feedforward_layernorm.weight"), d)?,
                 gate_proj: w.matrix(&ln("mlp.gate_proj.weight"), &[f, d])?,
                 up_proj: w.matrix(&ln("mlp.up_proj.weight"), &[f, d])?,
                 down_proj: w.matrix(&ln("mlp.down_proj.weight"), &[d, f])?,
@@ -126,8 +136,10 @@ impl TextWeights {
                 altup: AltUpWeights {
                     modality_router: w.matrix(&ln("altup.modality_router.weight"), &[a, d])?,
                     router_norm: w.vector(&ln("altup.router_norm.weight"), d)?,
-                    prediction_coefs: w.f32_tensor(&ln("altup.prediction_coefs.weight"), &[a * a, a])?,
-                    correction_coefs: w.f32_tensor(&ln("altup.correction_coefs.weight"), &[a, a])?,
+                    prediction_coefs: w
+                        .f32_tensor(&ln("altup.prediction_coefs.weight"), &[a * a, a])?,
+                    correction_coefs: w
+                        .f32_tensor(&ln("altup.correction_coefs.weight"), &[a, a])?,
                     correct_output_scale: w.vector(&ln("altup.correct_output_scale"), d)?,
                 },
                 per_layer_input_gate: w.matrix(&ln("per_layer_input_gate.weight"), &[p, d])?,

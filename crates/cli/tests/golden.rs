@@ -1,0 +1,218 @@
+//! `gemma3n logits` and greedy `gemma3n run --raw` against the HF transformers goldens of the
+//! fixtures (tests/fixtures/text/*/golden.safetensors).
+
+mod common;
+
+use common::*;
+
+/// `logits` over `prefill_ids` writes F32 `[T, vocab_size]` logits within 1e-4 (relative to
+/// max |ref|) of HF's `prefill_logits`.
+fn check_logits(name: &str, threads: &str) {
+    let info = fixture(name);
+    let g = goldens(name);
+    let ids = g["prefill_ids"].ids();
+    let reference = g["prefill_logits"].f32s();
+    let out = TempDir::new("logits");
+    let f = out.join("logits.safetensors");
+    gemma3n_raw(
+        &[
+            "--threads",
+            threads,
+            "logits",
+            "--model",
+            info.dir.to_str().unwrap(),
+            "--ids",
+            &ids_arg(&ids),
+            "--out",
+            f.to_str().unwrap(),
+        ],
+        None,
+    )
+    .expect_ok(name);
+    let t = read_safetensors(&f);
+    let l = &t["logits"];
+    assert_eq!(l.dtype, "F32", "{name}");
+    assert_eq!(l.shape, vec![ids.len(), info.vocab_size], "{name}");
+    let ours = l.f32s();
+    assert_eq!(ours.len(), reference.len());
+    let max_ref = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let max_diff = ours
+        .iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        ours.iter().all(|x| x.is_finite()),
+        "{name}: non-finite logits"
+    );
+    let rel = max_diff / max_ref;
+    assert!(
+        rel <= 1e-4,
+        "{name}: max|ours-ref|/max|ref| = {rel:e} (max diff {max_diff}, max ref {max_ref})"
+    );
+}
+
+#[test]
+fn logits_tiny_text_f32_match_hf() {
+    check_logits("tiny_text_f32", "1");
+}
+
+#[test]
+fn logits_tiny_mm_bf16_match_hf() {
+    check_logits("tiny_mm_bf16", "1");
+}
+
+#[test]
+fn logits_tiny_text_f16_match_hf() {
+    check_logits("tiny_text_f16", "1");
+}
+
+/// The same through the multi-threaded kernels.
+#[test]
+fn logits_two_threads_match_hf() {
+    check_logits("tiny_text_f32", "2");
+}
+
+/// The tiny tokenizer written by the tests is what the other tests assume: the engine's
+/// `Tokenizer` reads it with every fixture id inside its text vocabulary (so sampling masks
+/// none of them), the Gemma special ids, and the same id <-> text mapping as `tiny_encode` /
+/// `tiny_decode`.
+#[test]
+fn tiny_tokenizer_covers_the_fixture_vocab() {
+    for name in FIXTURES {
+        let info = fixture(name);
+        let dir = model_with_tokenizer(name);
+        let tok = gemma3n_engine::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.text_vocab_size(), info.vocab_size, "{name}");
+        assert_eq!(tok.vocab_size(), info.vocab_size, "{name}");
+        let sp = tok.special();
+        assert_eq!(
+            (sp.pad, sp.eos, sp.bos, sp.start_of_turn, sp.end_of_turn),
+            (0, 1, 2, 105, 106)
+        );
+        let all: Vec<u32> = (0..info.vocab_size as u32).collect();
+        let text = tiny_text(&all);
+        assert_eq!(tok.encode(&text, false).unwrap(), all, "{name}: encode");
+        assert_eq!(tiny_encode(&text), all, "{name}: tiny_encode");
+        assert_eq!(
+            tok.decode(&all, true).unwrap(),
+            tiny_decode(&all),
+            "{name}: decode"
+        );
+        let chat = gemma_render(
+            Some("w9  w20"),
+            &[("user", " w7 w8 "), ("assistant", "w3")],
+            true,
+        );
+        assert_eq!(
+            tok.encode(&chat, false).unwrap(),
+            tiny_encode(&chat),
+            "{name}: chat text"
+        );
+    }
+}
+
+/// `run --raw --temperature 0` continues `greedy_prompt` with HF's greedy tokens, up to the
+/// first stop id (1 or 106), and reports prefill and decode speed.
+fn check_greedy(name: &str) {
+    let g = goldens(name);
+    let prompt = g["greedy_prompt"].ids();
+    let greedy = g["greedy_tokens"].ids();
+    assert_eq!(prompt[0], BOS);
+    let prompt_text = tiny_text(&prompt[1..]);
+    assert_eq!(tiny_encode(&prompt_text), prompt[1..]);
+    let expect_ids: Vec<u32> = greedy
+        .iter()
+        .copied()
+        .take_while(|&i| i != 1 && i != 106)
+        .collect();
+    let expected = tiny_decode(&expect_ids);
+
+    let dir = model_with_tokenizer(name);
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--prompt",
+            &prompt_text,
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+        ],
+        None,
+    );
+    r.expect_ok(name);
+    assert_eq!(
+        r.stdout.trim_end_matches('\n'),
+        expected,
+        "{name}: greedy text\n{}",
+        r.stderr
+    );
+    let lines = speed_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{name}: one speed line\n{}", r.stderr);
+    let (prefill, decoded, stop) = &lines[0];
+    assert_eq!(
+        *prefill,
+        prompt.len(),
+        "{name}: prefill count (BOS + prompt)"
+    );
+    assert_eq!(*decoded, expect_ids.len(), "{name}: decoded count");
+    if expect_ids.len() == 20 {
+        assert_eq!(stop, "MaxTokens");
+    }
+    assert!(r.stderr.contains("tok/s"));
+}
+
+#[test]
+fn run_raw_greedy_tiny_text_f32_matches_hf() {
+    check_greedy("tiny_text_f32");
+}
+
+#[test]
+fn run_raw_greedy_tiny_mm_bf16_matches_hf() {
+    check_greedy("tiny_mm_bf16");
+}
+
+#[test]
+fn run_raw_greedy_tiny_text_f16_matches_hf() {
+    check_greedy("tiny_text_f16");
+}
+
+/// Sampling with `--top-k 1` keeps only the argmax, whatever the temperature and seed: it must
+/// give HF's greedy continuation too.
+#[test]
+fn run_top_k_1_sampling_is_greedy() {
+    let name = "tiny_text_f32";
+    let g = goldens(name);
+    let prompt = g["greedy_prompt"].ids();
+    let greedy = g["greedy_tokens"].ids();
+    let expect_ids: Vec<u32> = greedy
+        .iter()
+        .copied()
+        .take_while(|&i| i != 1 && i != 106)
+        .collect();
+    let dir = model_with_tokenizer(name);
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--prompt",
+            &tiny_text(&prompt[1..]),
+            "--raw",
+            "--temperature",
+            "1.5",
+            "--top-k",
+            "1",
+            "--seed",
+            "123",
+            "--max-tokens",
+            "20",
+        ],
+        None,
+    );
+    r.expect_ok(name);
+    assert_eq!(r.stdout.trim_end_matches('\n'), tiny_decode(&expect_ids));
+}
