@@ -3,10 +3,12 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod matformer;
 pub mod safetensors;
 pub mod text;
 
 pub use checkpoint::Checkpoint;
 pub use config::{ModelConfig, TextConfig};
 pub use error::{ModelError, Result};
+pub use matformer::{Slice, SlicePlan};
 pub use text::{KvCache, Logits, TextModel};

@@ -5,6 +5,7 @@ use gemma3n_compute::cpu::{matmul, ops};
 use super::kv_cache::KvCache;
 use super::weights::TextWeights;
 use super::{altup, attention, ffn, laurel, ple, TextModel};
+use crate::config::KvSource;
 use crate::error::{ModelError, Result};
 
 /// Which positions' logits a forward pass returns.
@@ -18,12 +19,13 @@ pub enum Logits {
 }
 
 /// Observer of the AltUp streams: called with 0 after the stream initialisation and with
-/// l+1 after layer l, with the A stream buffers (`n x D` each).
+/// k+1 after the k-th layer run (layer k of the slice), with the A stream buffers
+/// (`n x D` each).
 pub type StreamHook<'a> = &'a mut dyn FnMut(usize, &[Vec<f32>]);
 
 impl TextModel {
-    /// Runs `ids` (the next tokens of the sequence held by `cache`) through the decoder
-    /// and returns logits: `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`].
+    /// Runs `ids` (the next tokens of the sequence held by `cache`, with the MatFormer slice
+    /// the cache was made for) through the decoder and returns logits: `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`].
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
         self.forward_with_hook(ids, cache, want, None)
     }
@@ -70,21 +72,23 @@ impl TextModel {
             w.embed_tokens.row_to_f32(id as usize, row);
             row.iter_mut().for_each(|v| *v *= scale);
         }
-        let mut pi = ple::per_layer_inputs(cfg, w, ids, &e);
+        let plan = cache.plan().clone();
+        let kept: Vec<usize> = plan.layers.iter().map(|sl| sl.layer).collect();
+        let nk = kept.len();
+        let mut pi = ple::per_layer_inputs(cfg, w, ids, &e, &kept);
         let mut streams = altup::init_streams(&w.altup_projections, &e, t_all, d);
         if let Some(h) = hook.as_mut() {
             h(0, &streams);
         }
         let mut pos: Vec<usize> = (pos0..pos0 + t_all).collect();
         let mut n = t_all;
-        let first_shared = cfg.first_kv_shared_layer();
-
-        for l in 0..nl {
-            if l == first_shared && want == Logits::Last && n > 1 {
+        for (k, sl) in plan.layers.iter().enumerate() {
+            let l = sl.layer;
+            if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
                 // Fast prefill: later layers only feed the last position's logits, and
                 // their K/V come from the producers, which already saw every position.
                 keep_last_row(&mut streams, d, n);
-                pi.drain(..(n - 1) * nl * p);
+                pi.drain(..(n - 1) * nk * p);
                 pos.drain(..n - 1);
                 n = 1;
             }
@@ -100,7 +104,7 @@ impl TextModel {
             let mut hbuf: Vec<f32> = (0..n * d).map(|i| (a[i] + o[i] + lau[i]) / sqrt2).collect();
             let mut y = hbuf.clone();
             ops::rms_norm_rows(&mut y, d, Some(&lw.pre_feedforward_layernorm), eps);
-            let mut f = ffn::ffn(lw, &y, n, self.sparsity_z[l]);
+            let mut f = ffn::ffn(lw, &y, n, sl.ffn_width, sl.sparsity_z);
             ops::rms_norm_rows(&mut f, d, Some(&lw.post_feedforward_layernorm), eps);
             hbuf.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
             altup::correct(&lw.altup, &mut pred, &hbuf, n, d, eps);
@@ -114,7 +118,7 @@ impl TextModel {
             ple::inject(cfg, lw, &mut pred, &pi_l, n);
             streams = pred;
             if let Some(h) = hook.as_mut() {
-                h(l + 1, &streams);
+                h(k + 1, &streams);
             }
         }
         cache.finish_step(t_all);

@@ -43,15 +43,15 @@ fn erfinv(y: f64) -> f64 {
 }
 
 /// `h + RMSNorm(down(gelu(sparse(gate(y))) ⊙ up(y)))` is assembled by the caller; this
-/// returns `down(...)` for `n` rows of the normalised input `y`. `cutoff_z` is Φ⁻¹ of the
-/// layer's sparsity, or `None` for a dense layer.
-pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, cutoff_z: Option<f32>) -> Vec<f32> {
-    let f = w.gate_proj.rows();
+/// returns `down(...)` for `n` rows of the normalised input `y`, using the first `f` hidden
+/// units (the nested MatFormer FFN: prefix rows of gate/up, prefix columns of down, no
+/// copy). `cutoff_z` is Φ⁻¹ of the layer's sparsity, or `None` for a dense layer.
+pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32>) -> Vec<f32> {
     let d = w.down_proj.rows();
     let mut g = vec![0f32; n * f];
     let mut u = vec![0f32; n * f];
-    matmul(y, n, &w.gate_proj, &mut g);
-    matmul(y, n, &w.up_proj, &mut u);
+    matmul(y, n, &w.gate_proj.row_prefix(f), &mut g);
+    matmul(y, n, &w.up_proj.row_prefix(f), &mut u);
     if let Some(z) = cutoff_z {
         for row in g.chunks_exact_mut(f) {
             let mean = row.iter().sum::<f32>() / f as f32;
@@ -63,7 +63,7 @@ pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, cutoff_z: Option<f32>) -> Vec<
     ops::gelu_tanh(&mut g);
     g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
     let mut out = vec![0f32; n * d];
-    matmul(&g, n, &w.down_proj, &mut out);
+    matmul(&g, n, &w.down_proj.col_prefix(f), &mut out);
     out
 }
 

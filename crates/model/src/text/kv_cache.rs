@@ -6,7 +6,10 @@
 //! step they also hold the step's new tokens, so every key a query may see
 //! (`t − W < s ≤ t`) is present.
 
+use std::sync::Arc;
+
 use crate::config::{KvSource, LayerType, TextConfig};
+use crate::matformer::SlicePlan;
 
 /// Keys and values of one layer: rows of `kv_heads · head_dim` values, the first row
 /// at absolute position `start`.
@@ -50,27 +53,39 @@ impl LayerKv {
     }
 }
 
-/// The cache of one sequence.
+/// The cache of one sequence, which runs one MatFormer slice (the whole model by
+/// default): entries are indexed by stored layer, present for the slice's KV-owning layers.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     pos: usize,
+    plan: Arc<SlicePlan>,
 }
 
 impl KvCache {
-    pub fn new(cfg: &TextConfig) -> KvCache {
+    /// A cache for `plan` (a slice of the model of `cfg`).
+    pub fn new(cfg: &TextConfig, plan: Arc<SlicePlan>) -> KvCache {
         let row = cfg.num_key_value_heads * cfg.head_dim;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| {
-                (cfg.kv_source(l) == KvSource::Own).then(|| LayerKv {
+        let mut layers: Vec<Option<LayerKv>> = vec![None; cfg.num_hidden_layers];
+        for sl in &plan.layers {
+            if sl.kv == KvSource::Own {
+                layers[sl.layer] = Some(LayerKv {
                     row,
-                    window: (cfg.layer_types[l] == LayerType::Sliding)
-                        .then_some(cfg.sliding_window),
+                    window: (sl.kind == LayerType::Sliding).then_some(cfg.sliding_window),
                     ..Default::default()
-                })
-            })
-            .collect();
-        KvCache { layers, pos: 0 }
+                });
+            }
+        }
+        KvCache {
+            layers,
+            pos: 0,
+            plan,
+        }
+    }
+
+    /// The slice this sequence runs.
+    pub fn plan(&self) -> &Arc<SlicePlan> {
+        &self.plan
     }
 
     /// Tokens seen so far (the position of the next token).

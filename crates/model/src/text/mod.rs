@@ -19,9 +19,12 @@ pub use kv_cache::KvCache;
 pub use stats::TextStats;
 pub use weights::{LayerWeights, TextWeights};
 
+use std::sync::Arc;
+
 use crate::checkpoint::Checkpoint;
 use crate::config::TextConfig;
 use crate::error::Result;
+use crate::matformer::{Slice, SlicePlan};
 
 /// A loaded text decoder.
 pub struct TextModel {
@@ -29,8 +32,8 @@ pub struct TextModel {
     pub weights: TextWeights,
     /// RoPE inverse frequencies per layer (θ by layer type).
     inv_freq: Vec<Vec<f32>>,
-    /// Φ⁻¹(sparsity) per layer, `None` for dense layers.
-    sparsity_z: Vec<Option<f32>>,
+    /// The plan that runs every layer at its stored width.
+    full: Arc<SlicePlan>,
 }
 
 impl TextModel {
@@ -38,16 +41,12 @@ impl TextModel {
         let inv_freq = (0..cfg.num_hidden_layers)
             .map(|l| rope::inv_freq(cfg.rope_theta(l), cfg.head_dim))
             .collect();
-        let sparsity_z = cfg
-            .activation_sparsity_pattern
-            .iter()
-            .map(|&s| (s > 0.0).then(|| ffn::normal_icdf_f32(s)))
-            .collect();
+        let full = Arc::new(SlicePlan::full(&cfg));
         TextModel {
             cfg,
             weights,
             inv_freq,
-            sparsity_z,
+            full,
         }
     }
 
@@ -58,7 +57,18 @@ impl TextModel {
         Ok(TextModel::new(cfg, weights))
     }
 
+    /// A new sequence running the whole model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.cfg)
+        KvCache::new(&self.cfg, self.full.clone())
+    }
+
+    /// A new sequence running a MatFormer slice of the model (checked here).
+    pub fn new_cache_for(&self, slice: &Slice) -> Result<KvCache> {
+        Ok(self.new_cache_with_plan(Arc::new(SlicePlan::new(&self.cfg, slice)?)))
+    }
+
+    /// A new sequence running an already checked plan.
+    pub fn new_cache_with_plan(&self, plan: Arc<SlicePlan>) -> KvCache {
+        KvCache::new(&self.cfg, plan)
     }
 }

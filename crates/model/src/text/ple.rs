@@ -6,14 +6,43 @@ use gemma3n_compute::cpu::{matmul, ops};
 use super::weights::{LayerWeights, TextWeights};
 use crate::config::TextConfig;
 
-/// `π` for `ids` and their embeddings `e` (`n x D`): `n x (L·P)`, layer l at `[l·P, (l+1)·P)`.
-/// Only the table rows of these tokens are read (ids ≥ Vp use row 0).
-pub fn per_layer_inputs(cfg: &TextConfig, w: &TextWeights, ids: &[u32], e: &[f32]) -> Vec<f32> {
+/// `π` for `ids` and their embeddings `e` (`n x D`), for the stored layers `layers`
+/// (ascending; all of them unless a MatFormer slice skips some): `n x (K·P)` with the
+/// k-th listed layer at `[k·P, (k+1)·P)`. Only the table rows of these tokens are read
+/// (ids ≥ Vp use row 0), and only the projection rows of the listed layers.
+pub fn per_layer_inputs(
+    cfg: &TextConfig,
+    w: &TextWeights,
+    ids: &[u32],
+    e: &[f32],
+    layers: &[usize],
+) -> Vec<f32> {
     let (d, p) = (cfg.hidden_size, cfg.hidden_size_per_layer_input);
-    let lp = cfg.num_hidden_layers * p;
+    let lp = layers.len() * p;
     let n = ids.len();
     let mut proj = vec![0f32; n * lp];
-    matmul(e, n, &w.per_layer_model_projection, &mut proj);
+    // One matmul per run of consecutive layers, into the columns of that run.
+    let mut k = 0;
+    while k < layers.len() {
+        let mut run = 1;
+        while k + run < layers.len() && layers[k + run] == layers[k] + run {
+            run += 1;
+        }
+        let m = w
+            .per_layer_model_projection
+            .row_range(layers[k] * p, run * p);
+        if run == layers.len() {
+            matmul(e, n, &m, &mut proj);
+        } else {
+            let mut part = vec![0f32; n * run * p];
+            matmul(e, n, &m, &mut part);
+            for t in 0..n {
+                proj[t * lp + k * p..t * lp + (k + run) * p]
+                    .copy_from_slice(&part[t * run * p..(t + 1) * run * p]);
+            }
+        }
+        k += run;
+    }
     let s = 1.0 / (d as f32).sqrt();
     proj.iter_mut().for_each(|v| *v *= s);
     ops::rms_norm_rows(
