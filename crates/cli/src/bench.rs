@@ -32,11 +32,14 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
 }
 
 #[derive(serde::Serialize)]
 struct Report {
     model: String,
+    slice: String,
     dtype: String,
     threads: usize,
     prompt_len: usize,
@@ -111,7 +114,9 @@ pub fn main(a: Args) -> Result<()> {
         "F32" | "f32" => 4.0,
         _ => 2.0,
     };
-    let bytes_per_token = cfg.stats().params_per_token as f64 * es;
+    let mut cache = a.slice.cache(&model)?;
+    let plan = cache.plan().clone();
+    let bytes_per_token = plan.sliced_config(cfg).stats().params_per_token as f64 * es;
 
     // A deterministic pseudo-random prompt of ordinary text ids (above the special ones,
     // below the multimodal ones).
@@ -131,7 +136,6 @@ pub fn main(a: Args) -> Result<()> {
         }))
         .collect();
 
-    let mut cache = model.new_cache();
     let t0 = Instant::now();
     let mut logits = model.forward(&prompt, &mut cache, Logits::Last)?;
     let prefill_s = t0.elapsed().as_secs_f64();
@@ -146,6 +150,7 @@ pub fn main(a: Args) -> Result<()> {
     let decode_gb_s = decode_tok_s * bytes_per_token / 1e9;
     let r = Report {
         model: name,
+        slice: plan.name.clone(),
         dtype,
         threads,
         prompt_len: a.prompt_len,
@@ -163,8 +168,8 @@ pub fn main(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "model      {} ({}), {} threads",
-            r.model, r.dtype, r.threads
+            "model      {} ({}), slice {}, {} threads",
+            r.model, r.dtype, r.slice, r.threads
         );
         println!(
             "prefill    {} tokens in {:.2} s: {:.1} tok/s",

@@ -18,6 +18,8 @@ pub struct Args {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
 }
 
 fn new_conversation(system: &Option<String>) -> Conversation {
@@ -31,7 +33,7 @@ pub fn main(a: Args) -> Result<()> {
     let stack = TextStack::load(&a.model)?;
     let template = stack.template()?;
     let mut sampler = stack.sampler(&a.sampling)?;
-    let mut session = Session::new(&stack.model);
+    let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
     let mut conv = new_conversation(&a.system);
     eprintln!("gemma3n chat: type a message; /reset starts over, /exit quits.");
     let stdin = std::io::stdin();

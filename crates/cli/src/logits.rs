@@ -18,6 +18,8 @@ pub struct Args {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -39,7 +41,7 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 pub fn main(a: Args) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
     let (_ckpt, model) = crate::load::load_text_model(&a.model)?;
-    let mut cache = model.new_cache();
+    let mut cache = a.slice.cache(&model)?;
     let logits = model.forward(&ids, &mut cache, Logits::All)?;
     let v = model.cfg.vocab_size;
     safetensors::write(

@@ -6,6 +6,7 @@ mod inspect;
 mod load;
 mod logits;
 mod run;
+mod slice;
 mod text;
 mod tokenize;
 
@@ -27,6 +28,8 @@ enum Cmd {
     Run(run::Args),
     /// An interactive multi-turn conversation (/reset, /exit).
     Chat(chat::Args),
+    /// Write a MatFormer slice of a checkpoint as a standalone checkpoint.
+    Slice(slice::Args),
     /// Print the token ids of a text as JSON.
     Tokenize(tokenize::Args),
     /// One prefill over token ids; writes every position's logits to a safetensors file.
@@ -53,6 +56,7 @@ fn main() {
         Cmd::Run(a) => run::main(a),
         Cmd::Chat(a) => chat::main(a),
         Cmd::Tokenize(a) => tokenize::main(a),
+        Cmd::Slice(a) => slice::main(a),
         Cmd::Logits(a) => logits::main(a),
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Bench(a) => bench::main(a),

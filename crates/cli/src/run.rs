@@ -23,6 +23,8 @@ pub struct Args {
     raw: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -41,7 +43,7 @@ pub fn main(a: Args) -> Result<()> {
             .ids
     };
     let mut sampler = stack.sampler(&a.sampling)?;
-    let mut session = Session::new(&stack.model);
+    let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
     let (g, _) = stream_generation(
         &stack,
         &mut session,

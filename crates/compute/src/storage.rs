@@ -1,6 +1,18 @@
 //! Byte storage behind weights: a memory-mapped file or an owned buffer.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use memmap2::Mmap;
+
+/// Bytes of owned buffers allocated so far in this process (weights built in memory or
+/// copied; mmap'd weights are not counted). Lets tests prove that an operation allocates
+/// no weight memory.
+static OWNED_BYTES_ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+/// Total bytes of [`AlignedBytes`] allocated by this process so far.
+pub fn owned_bytes_allocated() -> usize {
+    OWNED_BYTES_ALLOCATED.load(Ordering::Relaxed)
+}
 
 /// Bytes that weights point into. Owned buffers are 64-byte aligned.
 pub enum Storage {
@@ -34,6 +46,7 @@ pub struct AlignedBytes {
 impl AlignedBytes {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
+        OWNED_BYTES_ALLOCATED.fetch_add(len, Ordering::Relaxed);
         AlignedBytes {
             words: vec![[0u64; 8]; len.div_ceil(64)],
             len,

@@ -48,10 +48,18 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
+    /// A sequence running the whole model.
     pub fn new(model: &'m TextModel) -> Session<'m> {
+        Self::with_cache(model, model.new_cache())
+    }
+
+    /// A sequence running the MatFormer slice `cache` was made for (an empty cache of
+    /// `model`: `model.new_cache_for(&slice)`).
+    pub fn with_cache(model: &'m TextModel, mut cache: KvCache) -> Session<'m> {
+        cache.clear();
         Session {
             model,
-            cache: model.new_cache(),
+            cache,
             tokens: Vec::new(),
         }
     }

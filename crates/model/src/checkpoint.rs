@@ -125,6 +125,11 @@ impl WeightFiles {
             .ok_or_else(|| ModelError::tensor(name, "missing from the checkpoint"))
     }
 
+    /// Raw bytes of a tensor (in place).
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        self.file(name)?.bytes(name)
+    }
+
     /// A float tensor whose shape must equal `shape`, viewed as `rows x cols`
     /// (`rows` = product of all but the last dim).
     pub fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix> {

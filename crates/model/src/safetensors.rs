@@ -276,14 +276,43 @@ impl<'a> WriteTensor<'a> {
 
 /// Writes a safetensors file (tensors in the given order, header padded to 8 bytes).
 pub fn write(path: &Path, tensors: &[WriteTensor<'_>]) -> Result<()> {
+    let entries: Vec<Entry> = tensors
+        .iter()
+        .map(|t| Entry {
+            name: t.name.clone(),
+            dtype: t.dtype.to_string(),
+            shape: t.shape.clone(),
+            len: t.data.len(),
+        })
+        .collect();
+    write_with(path, &entries, &mut |i, w| w.write_all(&tensors[i].data))
+}
+
+/// Header entry of a tensor to be written by [`write_with`].
+pub struct Entry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub len: usize,
+}
+
+/// Writes a safetensors file whose tensor data is produced one tensor at a time by
+/// `fill(index, writer)` (which must write exactly `entries[index].len` bytes), so large
+/// checkpoints are streamed rather than held in memory.
+pub fn write_with(
+    path: &Path,
+    entries: &[Entry],
+    fill: &mut dyn FnMut(usize, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let mut header = serde_json::Map::new();
     let mut off = 0usize;
-    for t in tensors {
+    for t in entries {
         header.insert(
             t.name.clone(),
-            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [off, off + t.data.len()]}),
+            serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [off, off + t.len]}),
         );
-        off += t.data.len();
+        off += t.len;
     }
     let mut h = serde_json::to_vec(&serde_json::Value::Object(header))
         .map_err(|e| ModelError::file(path, e.to_string()))?;
@@ -291,13 +320,45 @@ pub fn write(path: &Path, tensors: &[WriteTensor<'_>]) -> Result<()> {
         h.push(b' ');
     }
     let f = File::create(path).map_err(|e| ModelError::io(path, e))?;
-    let mut w = std::io::BufWriter::new(f);
+    let mut w = CountingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        count: 0,
+    };
     let io = |e| ModelError::io(path, e);
     w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
     w.write_all(&h).map_err(io)?;
-    for t in tensors {
-        w.write_all(&t.data).map_err(io)?;
+    let mut expect = w.count;
+    for (i, t) in entries.iter().enumerate() {
+        fill(i, &mut w).map_err(io)?;
+        expect += t.len;
+        if w.count != expect {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "internal: tensor `{}` wrote {} bytes, header says {}",
+                    t.name,
+                    w.count + t.len - expect,
+                    t.len
+                ),
+            ));
+        }
     }
     w.flush().map_err(io)?;
     Ok(())
+}
+
+struct CountingWriter<W: Write> {
+    inner: W,
+    count: usize,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -39,11 +39,7 @@ impl TextModel {
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let w: &TextWeights = &self.weights;
-        let (d, p, nl) = (
-            cfg.hidden_size,
-            cfg.hidden_size_per_layer_input,
-            cfg.num_hidden_layers,
-        );
+        let (d, p) = (cfg.hidden_size, cfg.hidden_size_per_layer_input);
         let t_all = ids.len();
         if t_all == 0 {
             return Err(ModelError::Invalid("forward called with no tokens".into()));
@@ -110,7 +106,7 @@ impl TextModel {
             altup::correct(&lw.altup, &mut pred, &hbuf, n, d, eps);
             let pi_l: Vec<f32> = (0..n)
                 .flat_map(|t| {
-                    pi[t * nl * p + l * p..t * nl * p + (l + 1) * p]
+                    pi[t * nk * p + k * p..t * nk * p + (k + 1) * p]
                         .iter()
                         .copied()
                 })

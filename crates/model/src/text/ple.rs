@@ -53,7 +53,7 @@ pub fn per_layer_inputs(
     );
     let scale_tok = (p as f32).sqrt();
     let scale_sum = std::f32::consts::FRAC_1_SQRT_2;
-    let mut row = vec![0f32; lp];
+    let mut row = vec![0f32; cfg.num_hidden_layers * p];
     for (t, &id) in ids.iter().enumerate() {
         let r = if (id as usize) < cfg.vocab_size_per_layer_input {
             id as usize
@@ -61,8 +61,11 @@ pub fn per_layer_inputs(
             0
         };
         w.embed_tokens_per_layer.row_to_f32(r, &mut row);
-        for (o, z) in proj[t * lp..(t + 1) * lp].iter_mut().zip(&row) {
-            *o = (*o + z * scale_tok) * scale_sum;
+        for (k, &l) in layers.iter().enumerate() {
+            let out = &mut proj[t * lp + k * p..t * lp + (k + 1) * p];
+            for (o, z) in out.iter_mut().zip(&row[l * p..(l + 1) * p]) {
+                *o = (*o + z * scale_tok) * scale_sum;
+            }
         }
     }
     proj

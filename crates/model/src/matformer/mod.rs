@@ -6,13 +6,16 @@
 
 use std::path::Path;
 
+mod export;
+pub use export::export;
+
 use serde_json::Value;
 
 use crate::config::{KvSource, LayerType, TextConfig};
 use crate::error::{ModelError, Result};
 
 /// The official slicing table (Google's configs.csv; spec §6.3).
-const OFFICIAL_CSV: &str = include_str!("../data/matformer_slicing_configs.csv");
+const OFFICIAL_CSV: &str = include_str!("../../data/matformer_slicing_configs.csv");
 
 /// A slice of a model: which layers run and how wide each one's FFN is.
 #[derive(Clone, Debug, PartialEq, Eq)]
