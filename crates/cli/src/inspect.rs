@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use gemma3n_model::config::{KvSource, LayerType};
-use gemma3n_model::Checkpoint;
+use gemma3n_model::{Checkpoint, ModelConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,20 +25,33 @@ pub fn gb(bytes: f64) -> String {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let ckpt = Checkpoint::open(&a.model)?;
-    let c = &ckpt.config;
+    // The config alone is enough; the weights add their dtype and layout.
+    let c = ModelConfig::from_file(&a.model.join("config.json"))?;
+    let weights = if a.model.join("model.safetensors").exists()
+        || a.model.join("model.safetensors.index.json").exists()
+    {
+        Some(Checkpoint::open(&a.model)?)
+    } else {
+        None
+    };
     let t = &c.text;
-    let dtype = ckpt
-        .weights
-        .info(&format!("{}embed_tokens.weight", ckpt.text_prefix))
-        .map(|i| i.dtype_name.clone())
-        .unwrap_or_default();
+    let dtype = weights
+        .as_ref()
+        .and_then(|ck| {
+            ck.weights
+                .info(&format!("{}embed_tokens.weight", ck.text_prefix))
+                .map(|i| i.dtype_name.clone())
+        })
+        .unwrap_or_else(|| "BF16".into());
     let es = match dtype.as_str() {
         "F32" => 4.0,
         _ => 2.0,
     };
     println!("model        {} ({})", a.model.display(), c.model_type);
-    println!("weights      {dtype}, text prefix `{}`", ckpt.text_prefix);
+    match &weights {
+        Some(ck) => println!("weights      {dtype}, text prefix `{}`", ck.text_prefix),
+        None => println!("weights      none found (config only; sizes assume BF16)"),
+    }
     println!(
         "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
         t.num_hidden_layers,
@@ -102,7 +115,7 @@ pub fn main(a: Args) -> Result<()> {
     println!("bytes read per decoded token: {} ({dtype})", gb(per_tok));
     println!("memory plan");
     println!(
-        "  mapped weights, read every token  {}",
+        "  weights other than PLE (mapped)   {}",
         gb((s.total_params() - s.ple_params) as f64 * es)
     );
     println!(
@@ -114,7 +127,7 @@ pub fn main(a: Args) -> Result<()> {
         (0..t.first_kv_shared_layer())
             .map(|l| {
                 let len = if t.layer_types[l] == LayerType::Sliding {
-                    n.min(t.sliding_window)
+                    n.min(2 * t.sliding_window - 1)
                 } else {
                     n
                 };
@@ -131,5 +144,39 @@ pub fn main(a: Args) -> Result<()> {
         t.max_position_embeddings,
         gb(kv_per_tok(t.max_position_embeddings))
     );
+    print_slices(t, es);
     Ok(())
+}
+
+/// Every official MatFormer slice that fits this model: effective parameters, bytes read
+/// per decoded token and the published MMLU figure.
+fn print_slices(t: &gemma3n_model::TextConfig, es: f64) {
+    use gemma3n_model::matformer::{official_slices, SlicePlan};
+    println!();
+    let fitting: Vec<_> = official_slices()
+        .into_iter()
+        .filter_map(|s| SlicePlan::new(t, &s.slice).ok().map(|p| (s, p)))
+        .collect();
+    if fitting.is_empty() {
+        println!("MatFormer slices: the named slices are for E4B-shaped checkpoints (35 layers); use --slice FILE for a custom one");
+        return;
+    }
+    println!("MatFormer slices (--size NAME)");
+    println!(
+        "  {:<14} {:>6} {:>16} {:>12} {:>7}  official name",
+        "name", "layers", "effective params", "bytes/token", "MMLU"
+    );
+    for (s, plan) in fitting {
+        let c = plan.sliced_config(t);
+        let st = c.stats();
+        println!(
+            "  {:<14} {:>6} {:>16} {:>12} {:>6.1}%  {}",
+            s.short,
+            c.num_hidden_layers,
+            st.effective_params(),
+            gb(st.params_per_token as f64 * es),
+            s.mmlu,
+            s.official
+        );
+    }
 }
