@@ -32,7 +32,14 @@ impl SliceArgs {
     /// A fresh KV cache (a sequence) running the chosen slice of `model`.
     pub fn cache(&self, model: &TextModel) -> Result<KvCache> {
         Ok(match self.slice()? {
-            Some(s) => model.new_cache_for(&s)?,
+            Some(s) => {
+                let r = model.new_cache_for(&s);
+                if self.size.is_some() && r.is_err() {
+                    r.context("the named slices are for E4B-shaped checkpoints (35 layers, FFN 16384); use --slice FILE for other models")?
+                } else {
+                    r?
+                }
+            }
             None => model.new_cache(),
         })
     }

@@ -539,3 +539,62 @@ pub fn ids_arg(ids: &[u32]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+// ---------------------------------------------------------------------------------------
+// MatFormer fixtures (tests/fixtures/matformer)
+// ---------------------------------------------------------------------------------------
+
+/// The slices under tests/fixtures/matformer/slices.
+pub const MATFORMER_SLICES: [&str; 4] = ["e2b_like", "full", "mix_layer_level", "skip_early"];
+
+/// tests/fixtures/matformer/base.
+pub fn matformer_base() -> PathBuf {
+    repo_root().join("tests/fixtures/matformer/base")
+}
+
+/// tests/fixtures/matformer/slices/NAME (reference slice checkpoint, goldens, slice.json).
+pub fn matformer_slice_dir(name: &str) -> PathBuf {
+    repo_root()
+        .join("tests/fixtures/matformer/slices")
+        .join(name)
+}
+
+/// tests/fixtures/matformer/slices/NAME/slice.json.
+pub fn matformer_slice_json(name: &str) -> PathBuf {
+    matformer_slice_dir(name).join("slice.json")
+}
+
+/// A copy of the checkpoint in `src` (everything but golden.safetensors) with the tiny
+/// tokenizer, the Gemma chat template and the same -it style generation_config.json as
+/// [`model_with_tokenizer`].
+pub fn dir_with_tokenizer(src: &Path, vocab_size: usize, tag: &str) -> TempDir {
+    let t = TempDir::new(tag);
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let n = e.file_name();
+        if n == "golden.safetensors" || !e.path().is_file() {
+            continue;
+        }
+        std::fs::copy(e.path(), t.0.join(&n)).unwrap();
+    }
+    std::fs::write(t.join("tokenizer.json"), tokenizer_json(vocab_size)).unwrap();
+    std::fs::copy(
+        repo_root().join("tests/fixtures/tokenizer/chat_template.jinja"),
+        t.join("chat_template.jinja"),
+    )
+    .unwrap();
+    let gen = json!({
+        "bos_token_id": 2,
+        "eos_token_id": [1, 106],
+        "pad_token_id": 0,
+        "do_sample": true,
+        "top_k": 64,
+        "top_p": 0.95
+    });
+    std::fs::write(
+        t.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen).unwrap(),
+    )
+    .unwrap();
+    t
+}
