@@ -9,6 +9,8 @@ use gemma3n_compute::DType;
 use gemma3n_model::{Logits, TextConfig, TextModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::slice::SliceArgs;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint directory (Hugging Face layout).
@@ -114,7 +116,42 @@ pub fn main(a: Args) -> Result<()> {
         "F32" | "f32" => 4.0,
         _ => 2.0,
     };
-    let mut cache = a.slice.cache(&model)?;
+    // `--size A,B,C` measures several slices of one loaded model (one report each).
+    let selections: Vec<SliceArgs> = match &a.slice.size {
+        Some(list) if list.contains(',') => list
+            .split(',')
+            .map(|n| SliceArgs {
+                size: Some(n.trim().to_string()),
+                slice: None,
+            })
+            .collect(),
+        _ => vec![a.slice.clone()],
+    };
+    let mut reports = Vec::new();
+    for sel in &selections {
+        reports.push(measure(&a, &model, sel, &name, &dtype, es)?);
+    }
+    let bandwidth = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, threads);
+    for mut r in reports {
+        r.bandwidth_gb_s = bandwidth;
+        r.bandwidth_pct = 100.0 * r.decode_gb_s / bandwidth;
+        print_report(&r, a.json)?;
+    }
+    Ok(())
+}
+
+/// Prefill and decode of one slice.
+fn measure(
+    a: &Args,
+    model: &TextModel,
+    sel: &SliceArgs,
+    name: &str,
+    dtype: &str,
+    es: f64,
+) -> Result<Report> {
+    let cfg = &model.cfg;
+    let threads = rayon::current_num_threads();
+    let mut cache = sel.cache(model)?;
     let plan = cache.plan().clone();
     let bytes_per_token = plan.sliced_config(cfg).stats().params_per_token as f64 * es;
 
@@ -145,13 +182,12 @@ pub fn main(a: Args) -> Result<()> {
         logits = model.forward(&[next], &mut cache, Logits::Last)?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
-    let bandwidth = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, threads);
     let decode_tok_s = a.gen as f64 / decode_s;
     let decode_gb_s = decode_tok_s * bytes_per_token / 1e9;
     let r = Report {
-        model: name,
+        model: name.to_string(),
         slice: plan.name.clone(),
-        dtype,
+        dtype: dtype.to_string(),
         threads,
         prompt_len: a.prompt_len,
         gen: a.gen,
@@ -161,10 +197,14 @@ pub fn main(a: Args) -> Result<()> {
         decode_tok_s,
         bytes_per_token,
         decode_gb_s,
-        bandwidth_gb_s: bandwidth,
-        bandwidth_pct: 100.0 * decode_gb_s / bandwidth,
+        bandwidth_gb_s: 0.0,
+        bandwidth_pct: 0.0,
     };
-    if a.json {
+    Ok(r)
+}
+
+fn print_report(r: &Report, json: bool) -> Result<()> {
+    if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
