@@ -122,7 +122,7 @@ pub fn main(a: Args) -> Result<()> {
             .split(',')
             .map(|n| SliceArgs {
                 size: Some(n.trim().to_string()),
-                slice: None,
+                ..Default::default()
             })
             .collect(),
         _ => vec![a.slice.clone()],

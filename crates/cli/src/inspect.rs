@@ -11,6 +11,9 @@ pub struct Args {
     /// Checkpoint directory (Hugging Face layout).
     #[arg(long)]
     model: PathBuf,
+    /// Describe this MatFormer slice of the model instead of the whole model.
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
 }
 
 /// Bytes in the largest decimal unit that keeps the number >= 1.
@@ -34,7 +37,17 @@ pub fn main(a: Args) -> Result<()> {
     } else {
         None
     };
-    let t = &c.text;
+    let sliced;
+    let t = match a.slice.slice(&c.text)? {
+        Some(s) => {
+            let plan = gemma3n_model::SlicePlan::new(&c.text, &s)?;
+            let kept: Vec<usize> = plan.layers.iter().map(|l| l.layer).collect();
+            println!("slice        `{}`: stored layers {kept:?}", plan.name);
+            sliced = plan.sliced_config(&c.text);
+            &sliced
+        }
+        None => &c.text,
+    };
     let dtype = weights
         .as_ref()
         .and_then(|ck| {
@@ -144,7 +157,9 @@ pub fn main(a: Args) -> Result<()> {
         t.max_position_embeddings,
         gb(kv_per_tok(t.max_position_embeddings))
     );
-    print_slices(t, es);
+    if a.slice.slice(&c.text)?.is_none() {
+        print_slices(t, es);
+    }
     Ok(())
 }
 

@@ -41,6 +41,14 @@ enum Cmd {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`gemma3n inspect ... | head`), as command-line tools do,
+    // instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if n == 0 {

@@ -5,33 +5,58 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use gemma3n_model::matformer::{self, Slice, SlicePlan};
-use gemma3n_model::{KvCache, TextModel};
+use gemma3n_model::{KvCache, TextConfig, TextModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Which MatFormer slice of the model to run.
 #[derive(clap::Args, Clone, Default)]
 pub struct SliceArgs {
     /// A named slice of an E4B checkpoint: E4B, E2B, E1.96B, E2.54B, ... (see `inspect`).
-    #[arg(long, conflicts_with = "slice")]
+    #[arg(long, conflicts_with_all = ["slice", "skip_layers", "ffn_dims"])]
     pub size: Option<String>,
     /// A custom slice: JSON with `layers_to_skip` and `ffn_hidden_dims`.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["skip_layers", "ffn_dims"])]
     pub slice: Option<PathBuf>,
+    /// A custom slice: stored layers to skip, comma-separated (e.g. 20,21,22,23,24).
+    #[arg(long, value_delimiter = ',')]
+    pub skip_layers: Option<Vec<usize>>,
+    /// A custom slice: the FFN width of each kept layer, comma-separated, or one width for
+    /// all of them (default: the stored widths).
+    #[arg(long, value_delimiter = ',')]
+    pub ffn_dims: Option<Vec<usize>>,
 }
 
 impl SliceArgs {
-    /// The chosen slice, if any.
-    pub fn slice(&self) -> Result<Option<Slice>> {
-        Ok(match (&self.size, &self.slice) {
-            (Some(n), _) => Some(Slice::named(n)?),
-            (None, Some(p)) => Some(Slice::from_file(p)?),
-            (None, None) => None,
-        })
+    /// The chosen slice of a model of config `cfg`, if any.
+    pub fn slice(&self, cfg: &TextConfig) -> Result<Option<Slice>> {
+        if let Some(n) = &self.size {
+            return Ok(Some(Slice::named(n)?));
+        }
+        if let Some(p) = &self.slice {
+            return Ok(Some(Slice::from_file(p)?));
+        }
+        if self.skip_layers.is_none() && self.ffn_dims.is_none() {
+            return Ok(None);
+        }
+        let skip = self.skip_layers.clone().unwrap_or_default();
+        let kept: Vec<usize> = (0..cfg.num_hidden_layers)
+            .filter(|l| !skip.contains(l))
+            .collect();
+        let dims = match self.ffn_dims.as_deref() {
+            None => kept.iter().map(|&l| cfg.intermediate_size[l]).collect(),
+            Some([w]) => vec![*w; kept.len()],
+            Some(v) => v.to_vec(),
+        };
+        Ok(Some(Slice {
+            name: "custom".into(),
+            layers_to_skip: skip,
+            ffn_hidden_dims: dims,
+        }))
     }
 
     /// A fresh KV cache (a sequence) running the chosen slice of `model`.
     pub fn cache(&self, model: &TextModel) -> Result<KvCache> {
-        Ok(match self.slice()? {
+        Ok(match self.slice(&model.cfg)? {
             Some(s) => {
                 let r = model.new_cache_for(&s);
                 if self.size.is_some() && r.is_err() {
@@ -58,11 +83,10 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let slice = a
-        .which
-        .slice()?
-        .context("give the slice to write: --size NAME or --slice FILE")?;
     let ckpt = gemma3n_model::Checkpoint::open(&a.model)?;
+    let slice = a.which.slice(&ckpt.config.text)?.context(
+        "give the slice to write: --size NAME, --slice FILE or --skip-layers/--ffn-dims",
+    )?;
     let plan = SlicePlan::new(&ckpt.config.text, &slice)?;
     let bar = ProgressBar::new(0);
     bar.set_style(

@@ -581,3 +581,56 @@ fn inspect_lists_the_official_slices_of_e4b() {
         r.stdout
     );
 }
+
+/// A custom slice given by flags runs like the same slice given as a JSON file.
+#[test]
+fn slice_flags_equal_the_slice_files() {
+    let (ids, gold) = slice_goldens("e2b_like");
+    let got = logits(
+        &matformer_base(),
+        &["--skip-layers", "10,11,12", "--ffn-dims", "64"],
+        &ids,
+        "logits --skip-layers --ffn-dims",
+    );
+    check_against_golden(
+        "e2b_like",
+        &got,
+        &gold,
+        "logits --skip-layers 10,11,12 --ffn-dims 64",
+    );
+    let (ids, gold) = slice_goldens("skip_early");
+    let got = logits(
+        &matformer_base(),
+        &[
+            "--skip-layers",
+            "1,6",
+            "--ffn-dims",
+            "32,64,32,128,64,32,64,128,64,32,64,32,128",
+        ],
+        &ids,
+        "logits --skip-layers 1,6 --ffn-dims ...",
+    );
+    check_against_golden("skip_early", &got, &gold, "logits --skip-layers 1,6");
+}
+
+/// `inspect --size` describes the slice: the E2B slice of an E4B config has the E2B
+/// layer count and the published effective parameter count (spec §8: 1,905,495,648).
+#[test]
+fn inspect_describes_a_slice() {
+    let dir = std::env::temp_dir().join(format!("gemma3n-inspect-slice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type":"gemma3n","text_config":{"model_type":"gemma3n_text"}}"#,
+    )
+    .unwrap();
+    let r = gemma3n(
+        &["inspect", "--model", dir.to_str().unwrap(), "--size", "E2B"],
+        None,
+    );
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(r.stdout.contains("30 layers"), "{}", r.stdout);
+    assert!(r.stdout.contains("1905495648"), "{}", r.stdout);
+    assert!(r.stdout.contains("4.84 GB"), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
