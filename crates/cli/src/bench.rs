@@ -19,7 +19,8 @@ pub struct Args {
     /// Random weights with the real shapes, built in memory: e2b or e4b.
     #[arg(long)]
     synthetic: Option<String>,
-    /// Weight dtype for --synthetic: bf16, f16 or f32.
+    /// Weight dtype for --synthetic: bf16, f16, f32, q8_0, q4_0, q4_k, q5_k or q6_k
+    /// (block formats for every matrix whose rows hold whole blocks; the others bf16).
     #[arg(long, default_value = "bf16")]
     dtype: String,
     /// Prompt length for the prefill measurement.
@@ -90,7 +91,14 @@ pub fn main(a: Args) -> Result<()> {
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
                 "f32" => DType::F32,
-                other => bail!("--dtype: unknown `{other}` (expected bf16, f16 or f32)"),
+                "q8_0" => DType::Q8_0,
+                "q4_0" => DType::Q4_0,
+                "q4_k" => DType::Q4_K,
+                "q5_k" => DType::Q5_K,
+                "q6_k" => DType::Q6_K,
+                other => bail!(
+                    "--dtype: unknown `{other}` (expected bf16, f16, f32, q8_0, q4_0, q4_k, q5_k or q6_k)"
+                ),
             };
             let spinner = ProgressBar::new_spinner();
             spinner.set_style(
@@ -112,8 +120,14 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     let threads = rayon::current_num_threads();
-    let es = match dtype.as_str() {
-        "F32" | "f32" => 4.0,
+    // Bytes per parameter of the stored format (block formats: block bytes / block size).
+    let es = match dtype.to_ascii_lowercase().as_str() {
+        "f32" => 4.0,
+        "q8_0" => DType::Q8_0.block_bytes() as f64 / DType::Q8_0.block_size() as f64,
+        "q4_0" => DType::Q4_0.block_bytes() as f64 / DType::Q4_0.block_size() as f64,
+        "q4_k" => DType::Q4_K.block_bytes() as f64 / DType::Q4_K.block_size() as f64,
+        "q5_k" => DType::Q5_K.block_bytes() as f64 / DType::Q5_K.block_size() as f64,
+        "q6_k" => DType::Q6_K.block_bytes() as f64 / DType::Q6_K.block_size() as f64,
         _ => 2.0,
     };
     // `--size A,B,C` measures several slices of one loaded model (one report each).

@@ -1,8 +1,9 @@
 //! Prints the speed of the CPU matmul kernels: GEMV GB/s against the measured read bandwidth,
 //! and GEMM GFLOP/s.
 //!
-//! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick]`
-//! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape).
+//! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick] [--quant]`
+//! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape and the float GEMM
+//! table; `--quant` runs only the block-format table).
 
 use std::time::Instant;
 
@@ -10,7 +11,7 @@ use gemma3n_compute::cpu::{bandwidth, matmul_with, MatmulPath};
 use gemma3n_compute::storage::AlignedBytes;
 use gemma3n_compute::{DType, Matrix};
 
-/// A `rows x cols` matrix of `dtype` holding small pseudo-random values.
+/// A `rows x cols` matrix of `dtype` (a float type) holding small pseudo-random values.
 fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
     let mut b = AlignedBytes::zeroed(rows * cols * dtype.size());
     let mut s = seed | 1;
@@ -24,6 +25,7 @@ fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
             DType::BF16 => (s & 0x807f_807f_807f_807f) | 0x3e00_3e00_3e00_3e00,
             DType::F16 => (s & 0x83ff_83ff_83ff_83ff) | 0x3400_3400_3400_3400,
             DType::F32 => (s & 0x807f_ffff_807f_ffff) | 0x3e00_0000_3e00_0000,
+            q => panic!("matrix: {q} is not a float type"),
         };
         c.copy_from_slice(&v.to_le_bytes());
     }
@@ -54,6 +56,10 @@ fn main() {
 
     let bw = bandwidth::measure_read_gb_s(512 << 20, threads);
     println!("threads {threads}; read bandwidth {bw:.1} GB/s (512 MiB buffer, best of 5)");
+    if args.iter().any(|a| a == "--quant") {
+        quant_speed(bw);
+        return;
+    }
 
     // Kernel throughput with the weights hot in L2 (one thread): how far above the memory
     // bandwidth the GEMV kernels could go.
@@ -106,6 +112,7 @@ fn main() {
             );
         }
     }
+    quant_speed(bw);
     if !quick {
         let n = 262_400;
         let w = matrix(n, k, DType::BF16, 7);
@@ -141,6 +148,67 @@ fn main() {
                     2.0 * (t * k * n) as f64 / s / 1e9,
                     s * 1e3
                 );
+            }
+        }
+    }
+}
+
+/// Block formats (GGUF): the integer kernels with int8 activations, weights streamed from DRAM
+/// (GB/s against the read bandwidth `bw`), and batched int8 against dequantize + GEMM.
+fn quant_speed(bw: f64) {
+    // Block formats (GGUF): integer kernels with int8 activations, weights streamed from DRAM.
+    for dtype in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        for (n, k) in [(8192, 2048), (2048, 8192)] {
+            let base = matrix(n, k, DType::BF16, 5).quantize(dtype);
+            let copies = ((256 << 20) / base.nbytes()).max(2);
+            let ws: Vec<Matrix> = (0..copies)
+                .map(|_| {
+                    let bytes: Vec<u8> = (0..n).flat_map(|r| base.row_bytes(r).to_vec()).collect();
+                    Matrix::owned(AlignedBytes::from_bytes(&bytes), dtype, n, k)
+                })
+                .collect();
+            let bytes = ws[0].nbytes() as f64;
+            for t in [1, 2] {
+                let x = vec![0.01f32; t * k];
+                let mut out = vec![0f32; t * n];
+                let mut c = 0;
+                let cold = time(2 * copies, || {
+                    c = (c + 1) % copies;
+                    matmul_with(&x, t, &ws[c], &mut out, MatmulPath::Gemv)
+                });
+                println!(
+                    "quant {n}x{k} {dtype} t={t}: cold {:.1} GB/s ({:.0}% of bw), {:.3} ms",
+                    bytes / cold / 1e9,
+                    100.0 * bytes / cold / 1e9 / bw,
+                    cold * 1e3
+                );
+            }
+            if n == 8192 {
+                for t in [16, 128] {
+                    let x: Vec<f32> = (0..t * k)
+                        .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+                        .collect();
+                    let mut out = vec![0f32; t * n];
+                    for path in [MatmulPath::Gemv, MatmulPath::Gemm] {
+                        let s = time(2, || matmul_with(&x, t, &ws[0], &mut out, path));
+                        let name = if path == MatmulPath::Gemv {
+                            "int8"
+                        } else {
+                            "deq+gemm"
+                        };
+                        println!(
+                            "quant {name} t={t} {n}x{k} {dtype}: {:.1} GFLOP/s, {:.2} ms",
+                            2.0 * (t * k * n) as f64 / s / 1e9,
+                            s * 1e3
+                        );
+                    }
+                }
             }
         }
     }

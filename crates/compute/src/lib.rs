@@ -6,6 +6,7 @@
 pub mod cpu;
 pub mod dtype;
 pub mod matrix;
+pub mod quant;
 pub mod storage;
 
 pub use dtype::DType;

@@ -4,6 +4,10 @@
 //! `offset` bytes into its storage. A row prefix (the first n rows) and a column prefix
 //! (the first n columns of every row) are views of the same bytes: this is how MatFormer
 //! slices use the nested FFNs without copying.
+//!
+//! Block formats (Q8_0, Q4_K, ...) are matrices like any other: a row holds `cols / block`
+//! blocks, `row_stride` (in elements) is a multiple of the block size, and a column prefix
+//! must end on a block boundary.
 
 use std::sync::Arc;
 
@@ -40,9 +44,16 @@ impl Matrix {
         rows: usize,
         cols: usize,
     ) -> Result<Matrix, ComputeError> {
+        let bs = dtype.block_size();
+        if !cols.is_multiple_of(bs) {
+            return Err(ComputeError::Invalid(format!(
+                "matrix of {rows}x{cols} {dtype}: {cols} columns is not a whole number of \
+                 {bs}-element blocks"
+            )));
+        }
         let need = rows
-            .checked_mul(cols)
-            .and_then(|n| n.checked_mul(dtype.size()))
+            .checked_mul(cols / bs)
+            .and_then(|n| n.checked_mul(dtype.block_bytes()))
             .and_then(|n| n.checked_add(offset))
             .ok_or_else(|| ComputeError::Invalid("matrix size overflows".into()))?;
         if need > storage.len() {
@@ -51,7 +62,8 @@ impl Matrix {
                 storage.len()
             )));
         }
-        if !offset.is_multiple_of(dtype.size()) {
+        // Block formats are read with unaligned loads; float elements must be aligned.
+        if !dtype.is_quantized() && !offset.is_multiple_of(dtype.size()) {
             return Err(ComputeError::Invalid(format!(
                 "matrix data at byte {offset} is not aligned to its {dtype} elements"
             )));
@@ -76,11 +88,21 @@ impl Matrix {
         Self::owned(b, DType::F32, rows, cols)
     }
 
-    /// An owned matrix of `dtype` holding `data` rounded to that dtype.
+    /// An owned matrix of `dtype` holding `data` rounded (float types) or quantized (block
+    /// formats; `cols` must be a multiple of the block size) to that dtype.
     pub fn from_f32_as(data: &[f32], rows: usize, cols: usize, dtype: DType) -> Matrix {
         match dtype {
+            q if q.is_quantized() => {
+                assert_eq!(data.len(), rows * cols, "from_f32_as: data length");
+                let rb = q.row_bytes(cols);
+                let mut b = AlignedBytes::zeroed(rows * rb);
+                if rb > 0 {
+                    quantize_rows(q, data, cols, b.as_mut_slice());
+                }
+                Self::owned(b, q, rows, cols)
+            }
             DType::F32 => Self::from_f32(data, rows, cols),
-            DType::BF16 | DType::F16 => {
+            _ => {
                 assert_eq!(data.len(), rows * cols, "from_f32_as: data length");
                 let mut b = AlignedBytes::zeroed(data.len() * 2);
                 for (c, &v) in b.as_mut_slice().chunks_exact_mut(2).zip(data) {
@@ -100,7 +122,7 @@ impl Matrix {
     pub fn owned(bytes: AlignedBytes, dtype: DType, rows: usize, cols: usize) -> Matrix {
         assert_eq!(
             bytes.as_slice().len(),
-            rows * cols * dtype.size(),
+            rows * dtype.row_bytes(cols),
             "owned: byte length"
         );
         Matrix {
@@ -128,7 +150,19 @@ impl Matrix {
     }
     /// Bytes a full pass over the matrix reads.
     pub fn nbytes(&self) -> usize {
-        self.rows * self.cols * self.dtype.size()
+        self.rows * self.dtype.row_bytes(self.cols)
+    }
+
+    /// Bytes between the starts of consecutive rows.
+    #[inline]
+    pub fn row_stride_bytes(&self) -> usize {
+        self.dtype.row_bytes(self.row_stride)
+    }
+
+    /// This matrix converted to `dtype`: quantized to a block format, or rounded / widened to
+    /// a float type (block formats are dequantized first). Always a new owned matrix.
+    pub fn quantize(&self, dtype: DType) -> Matrix {
+        Matrix::from_f32_as(&self.to_f32_vec(), self.rows, self.cols, dtype)
     }
 
     /// The first `n` rows (no copy).
@@ -144,15 +178,24 @@ impl Matrix {
     pub fn row_range(&self, start: usize, n: usize) -> Matrix {
         assert!(start + n <= self.rows, "row_range out of bounds");
         Matrix {
-            offset: self.offset + start * self.row_stride * self.dtype.size(),
+            offset: self.offset + start * self.row_stride_bytes(),
             rows: n,
             ..self.clone()
         }
     }
 
     /// The first `n` columns of every row (no copy; the row stride is kept).
+    ///
+    /// # Panics
+    /// If `n > cols`, or for a block format if `n` is not a multiple of the block size.
     pub fn col_prefix(&self, n: usize) -> Matrix {
         assert!(n <= self.cols, "col_prefix {n} > {}", self.cols);
+        let bs = self.dtype.block_size();
+        assert!(
+            n.is_multiple_of(bs),
+            "col_prefix {n} of a {} matrix: must be a multiple of its {bs}-element blocks",
+            self.dtype
+        );
         Matrix {
             cols: n,
             ..self.clone()
@@ -163,9 +206,8 @@ impl Matrix {
     #[inline]
     pub fn row_bytes(&self, r: usize) -> &[u8] {
         debug_assert!(r < self.rows);
-        let es = self.dtype.size();
-        let start = self.offset + r * self.row_stride * es;
-        &self.storage.bytes()[start..start + self.cols * es]
+        let start = self.offset + r * self.row_stride_bytes();
+        &self.storage.bytes()[start..start + self.dtype.row_bytes(self.cols)]
     }
 
     /// Pointer to the first byte of row `r`.
@@ -175,7 +217,8 @@ impl Matrix {
     }
 
     /// Pointer to the first byte of row 0, derived from the whole storage: every element of
-    /// the view (row `r`, column `c` at byte `(r * row_stride + c) * dtype.size()`) is
+    /// the view (row `r`, column `c` at byte `(r * row_stride + c) * dtype.size()`; for block
+    /// formats, block `c / block_size` of row `r` at `dtype.row_bytes(r * row_stride + c)`) is
     /// reachable from it. Kernels use it to walk rows by `row_stride` without re-slicing.
     #[inline]
     pub fn base_ptr(&self) -> *const u8 {
@@ -204,6 +247,7 @@ impl Matrix {
                     *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
                 }
             }
+            q => crate::quant::dequantize_row(q, b, out),
         }
     }
 
@@ -214,6 +258,21 @@ impl Matrix {
             self.row_to_f32(r, &mut v[r * self.cols..(r + 1) * self.cols]);
         }
         v
+    }
+}
+
+/// Quantizes `rows` of `cols` f32 values each into consecutive rows of `out` (in parallel for
+/// large matrices).
+fn quantize_rows(dtype: DType, data: &[f32], cols: usize, out: &mut [u8]) {
+    use rayon::prelude::*;
+    let rb = dtype.row_bytes(cols);
+    let one = |(x, o): (&[f32], &mut [u8])| crate::quant::quantize_row(dtype, x, o);
+    if data.len() >= 1 << 16 {
+        data.par_chunks(cols)
+            .zip(out.par_chunks_mut(rb))
+            .for_each(one);
+    } else {
+        data.chunks(cols).zip(out.chunks_mut(rb)).for_each(one);
     }
 }
 

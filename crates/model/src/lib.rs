@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod matformer;
 pub mod safetensors;
 pub mod text;

@@ -74,10 +74,11 @@ fn slices_in_place_match_hf_on_the_sliced_checkpoints() {
     }
 }
 
-/// Sequences of different slices interleaved in one process give what each gives alone,
-/// and running a slice allocates no weight memory.
+/// Sequences of different slices interleaved in one process give what each gives alone.
+/// (That running a slice allocates no weight memory is in matformer_memory.rs: it needs a
+/// process of its own.)
 #[test]
-fn interleaved_slices_are_independent_and_copy_no_weights() {
+fn interleaved_slices_are_independent() {
     let (_, model) = base();
     let plans: Vec<Slice> = slices()
         .iter()
@@ -96,7 +97,6 @@ fn interleaved_slices_are_independent_and_copy_no_weights() {
             out
         })
         .collect();
-    let before = gemma3n_compute::storage::owned_bytes_allocated();
     let mut caches: Vec<_> = plans
         .iter()
         .map(|s| model.new_cache_for(s).unwrap())
@@ -110,11 +110,6 @@ fn interleaved_slices_are_independent_and_copy_no_weights() {
             o.extend(model.forward(&[t], c, Logits::Last).unwrap());
         }
     }
-    assert_eq!(
-        gemma3n_compute::storage::owned_bytes_allocated(),
-        before,
-        "running slices allocated weight memory"
-    );
     for (i, (a, b)) in alone.iter().zip(&outs).enumerate() {
         assert_eq!(
             a, b,

@@ -1,6 +1,6 @@
 //! The gated FFN with optional Gaussian top-k activation sparsity (spec §3.4 g).
 
-use gemma3n_compute::cpu::{matmul, ops};
+use gemma3n_compute::cpu::{matmul, ops, sparse};
 
 use super::weights::LayerWeights;
 
@@ -42,6 +42,10 @@ fn erfinv(y: f64) -> f64 {
     x
 }
 
+/// Up to this many rows, sparse layers read only the active rows of `up` and `downᵀ`
+/// (each row has its own active set; beyond a few rows their union is most of the matrix).
+pub const SPARSE_MAX_ROWS: usize = 4;
+
 /// `h + RMSNorm(down(gelu(sparse(gate(y))) ⊙ up(y)))` is assembled by the caller; this
 /// returns `down(...)` for `n` rows of the normalised input `y`, using the first `f` hidden
 /// units (the nested MatFormer FFN: prefix rows of gate/up, prefix columns of down, no
@@ -49,9 +53,7 @@ fn erfinv(y: f64) -> f64 {
 pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32>) -> Vec<f32> {
     let d = w.down_proj.rows();
     let mut g = vec![0f32; n * f];
-    let mut u = vec![0f32; n * f];
     matmul(y, n, &w.gate_proj.row_prefix(f), &mut g);
-    matmul(y, n, &w.up_proj.row_prefix(f), &mut u);
     if let Some(z) = cutoff_z {
         for row in g.chunks_exact_mut(f) {
             let mean = row.iter().sum::<f32>() / f as f32;
@@ -59,11 +61,44 @@ pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32
             let cutoff = mean + var.sqrt() * z;
             row.iter_mut().for_each(|v| *v = (*v - cutoff).max(0.0));
         }
+        if let (Some(down_t), true) = (&w.down_proj_t, n <= SPARSE_MAX_ROWS) {
+            return sparse_rows(w, down_t, y, &g, n, f, d);
+        }
     }
+    let mut u = vec![0f32; n * f];
+    matmul(y, n, &w.up_proj.row_prefix(f), &mut u);
     ops::gelu_tanh(&mut g);
     g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
     let mut out = vec![0f32; n * d];
     matmul(&g, n, &w.down_proj.col_prefix(f), &mut out);
+    out
+}
+
+/// The exact sparse path: gelu(0) = 0, so hidden units whose gate is 0 after the top-k
+/// contribute nothing; only the other units' rows of `up` and `downᵀ` are read.
+fn sparse_rows(
+    w: &LayerWeights,
+    down_t: &gemma3n_compute::Matrix,
+    y: &[f32],
+    g: &[f32],
+    n: usize,
+    f: usize,
+    d: usize,
+) -> Vec<f32> {
+    let dm = y.len() / n;
+    let up = w.up_proj.row_prefix(f);
+    let down_t = down_t.row_prefix(f);
+    let mut out = vec![0f32; n * d];
+    for t in 0..n {
+        let gt = &g[t * f..(t + 1) * f];
+        let active: Vec<usize> = (0..f).filter(|&i| gt[i] > 0.0).collect();
+        let mut u = vec![0f32; active.len()];
+        sparse::gather_dot(&up, &active, &y[t * dm..(t + 1) * dm], &mut u);
+        let mut a: Vec<f32> = active.iter().map(|&i| gt[i]).collect();
+        ops::gelu_tanh(&mut a);
+        a.iter_mut().zip(&u).for_each(|(a, u)| *a *= u);
+        sparse::weighted_row_sum(&down_t, &active, &a, &mut out[t * d..(t + 1) * d]);
+    }
     out
 }
 

@@ -35,25 +35,34 @@ impl Gen {
         self.next += 1;
         let seed = mix(self.seed ^ self.next.wrapping_mul(0xA24B_AED4_963E_E407));
         let amp = (3.0 / cols as f32).sqrt();
-        let es = self.dtype.size();
-        let mut bytes = AlignedBytes::zeroed(rows * cols * es);
-        let dtype = self.dtype;
+        // Block formats need whole blocks per row; narrow matrices stay bf16.
+        let dtype = if self.dtype.is_quantized() && !cols.is_multiple_of(self.dtype.block_size()) {
+            DType::BF16
+        } else {
+            self.dtype
+        };
+        let row_bytes = dtype.row_bytes(cols);
+        let mut bytes = AlignedBytes::zeroed(rows * row_bytes);
         bytes
             .as_mut_slice()
-            .par_chunks_mut(cols * es)
+            .par_chunks_mut(row_bytes)
             .enumerate()
             .for_each(|(r, row)| {
-                for (c, out) in row.chunks_exact_mut(es).enumerate() {
-                    let v = amp * unit(seed, (r * cols + c) as u64);
-                    match dtype {
-                        DType::F32 => out.copy_from_slice(&v.to_le_bytes()),
-                        DType::BF16 => {
-                            out.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes())
-                        }
-                        DType::F16 => {
-                            out.copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes())
-                        }
-                    }
+                let vals: Vec<f32> = (0..cols)
+                    .map(|c| amp * unit(seed, (r * cols + c) as u64))
+                    .collect();
+                match dtype {
+                    DType::F32 => row
+                        .chunks_exact_mut(4)
+                        .zip(&vals)
+                        .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
+                    DType::BF16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
+                        o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                    }),
+                    DType::F16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
+                        o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())
+                    }),
+                    q => gemma3n_compute::quant::quantize_row(q, &vals, row),
                 }
             });
         Matrix::owned(bytes, dtype, rows, cols)
@@ -111,6 +120,7 @@ impl TextModel {
                     gate_proj: gen.matrix(f, d),
                     up_proj: gen.matrix(f, d),
                     down_proj: gen.matrix(d, f),
+                    down_proj_t: None,
                     laurel_left: gen.matrix(r, d),
                     laurel_right: gen.matrix(d, r),
                     laurel_norm: gen.ones_ish(d),
@@ -127,6 +137,12 @@ impl TextModel {
                 }
             })
             .collect();
+        let mut layers: Vec<LayerWeights> = layers;
+        for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
+            if s > 0.0 && !lw.down_proj.dtype().is_quantized() {
+                lw.down_proj_t = Some(gemma3n_compute::cpu::sparse::transpose(&lw.down_proj));
+            }
+        }
         let weights = TextWeights {
             embed_tokens: gen.matrix(cfg.vocab_size, d),
             embed_tokens_per_layer: gen.matrix(cfg.vocab_size_per_layer_input, l * p),

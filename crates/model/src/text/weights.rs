@@ -1,6 +1,7 @@
 //! The text decoder's weights, checked against the config and kept in their stored
 //! dtype (the big matrices are views into the mmap'd checkpoint).
 
+use gemma3n_compute::cpu::sparse;
 use gemma3n_compute::Matrix;
 
 use crate::checkpoint::WeightFiles;
@@ -23,6 +24,9 @@ pub struct LayerWeights {
     pub gate_proj: Matrix,
     pub up_proj: Matrix,
     pub down_proj: Matrix,
+    /// `down_proj` transposed (`[F, D]`), only for layers with activation sparsity: the
+    /// sparse decode path reads the rows of the few active hidden units contiguously.
+    pub down_proj_t: Option<Matrix>,
     pub laurel_left: Matrix,
     pub laurel_right: Matrix,
     pub laurel_norm: Vec<f32>,
@@ -130,6 +134,7 @@ impl TextWeights {
                 gate_proj: w.matrix(&ln("mlp.gate_proj.weight"), &[f, d])?,
                 up_proj: w.matrix(&ln("mlp.up_proj.weight"), &[f, d])?,
                 down_proj: w.matrix(&ln("mlp.down_proj.weight"), &[d, f])?,
+                down_proj_t: None,
                 laurel_left: w.matrix(&ln("laurel.linear_left.weight"), &[r, d])?,
                 laurel_right: w.matrix(&ln("laurel.linear_right.weight"), &[d, r])?,
                 laurel_norm: w.vector(&ln("laurel.post_laurel_norm.weight"), d)?,
@@ -147,6 +152,11 @@ impl TextWeights {
                 post_per_layer_input_norm: w.vector(&ln("post_per_layer_input_norm.weight"), d)?,
             });
             progress(i + 2, total);
+        }
+        for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
+            if s > 0.0 && !lw.down_proj.dtype().is_quantized() {
+                lw.down_proj_t = Some(sparse::transpose(&lw.down_proj));
+            }
         }
         Ok(TextWeights {
             embed_tokens,

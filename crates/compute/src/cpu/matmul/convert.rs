@@ -1,4 +1,4 @@
-//! Widening a row of stored weights (f32, bf16, f16) to f32.
+//! Widening a row of stored weights (f32, bf16, f16; block formats are dequantized) to f32.
 //!
 //! Used by the batched path to turn a panel of weight rows into an f32 scratch buffer, and by
 //! the scalar fallback of the decode path.
@@ -6,12 +6,17 @@
 use crate::dtype::{bf16_to_f32, f16_to_f32, DType};
 
 /// Widens `out.len()` elements of `dtype` read from `bytes` (little-endian) into `out`.
-/// `bytes` must hold at least `out.len() * dtype.size()` bytes.
+/// `bytes` must hold at least `dtype.row_bytes(out.len())` bytes (for block formats,
+/// `out.len()` is a multiple of the block size).
 pub(crate) fn widen(dtype: DType, bytes: &[u8], out: &mut [f32], simd: bool) {
     assert!(
-        bytes.len() >= out.len() * dtype.size(),
+        bytes.len() >= dtype.row_bytes(out.len()),
         "widen: source too short"
     );
+    if dtype.is_quantized() {
+        crate::quant::dequantize_row(dtype, bytes, out);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd && super::has_avx2() {
         // SAFETY: the features the function is compiled for were detected at run time, and
@@ -41,6 +46,7 @@ pub(crate) fn widen_scalar(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
             }
         }
+        q => crate::quant::dequantize_row(q, bytes, out),
     }
 }
 
@@ -80,6 +86,7 @@ unsafe fn widen_avx2(dtype: DType, src: *const u8, out: &mut [f32]) {
                 i += 8;
             }
         }
+        q => unreachable!("widen_avx2: block format {q}"),
     }
     let tail = std::slice::from_raw_parts(src.add(n8 * es), (n - n8) * es);
     widen_scalar(dtype, tail, &mut out[n8..]);

@@ -17,7 +17,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 pub(super) fn gemv(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool) {
     let n = w.rows();
     let k = w.cols();
-    let rows = chunk_rows(n, k * w.dtype().size(), CHUNK_BYTES, 4);
+    let rows = chunk_rows(n, w.dtype().row_bytes(k), CHUNK_BYTES, 4);
     let outp = OutPtr(out.as_mut_ptr());
     let run = |c: usize| {
         let r0 = c * rows;
@@ -57,6 +57,7 @@ unsafe fn gemv_rows(
             DType::F32 => gemv_rows_avx2::<F32>(x, t, w, r0, r1, out),
             DType::BF16 => gemv_rows_avx2::<BF16>(x, t, w, r0, r1, out),
             DType::F16 => gemv_rows_avx2::<F16>(x, t, w, r0, r1, out),
+            d => unreachable!("gemv: block format {d} goes to the integer kernels"),
         }
         return;
     }

@@ -15,6 +15,9 @@
 mod convert;
 mod gemm;
 mod gemv;
+mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_x86;
 
 use crate::matrix::Matrix;
 
@@ -31,16 +34,23 @@ pub(crate) use convert::widen;
 /// Zen 3 with k = 2048, GEMV is ahead up to t = 64 and about even at t = 128.
 pub const GEMV_MAX_T: usize = 64;
 
+/// Largest number of activation rows that [`matmul`] sends to the integer (int8 activation)
+/// kernels for block-format weights; more go to GEMM on dequantized panels.
+pub const QUANT_INT_MAX_T: usize = 64;
+
 /// Which implementation [`matmul_with`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
-    /// GEMV for `t <= GEMV_MAX_T`, GEMM above; SIMD where the CPU has it.
+    /// GEMV for `t <= GEMV_MAX_T`, GEMM above; SIMD where the CPU has it. Block-format
+    /// weights: the integer kernels for `t <= QUANT_INT_MAX_T`, GEMM above.
     Auto,
-    /// The GEMV strategy for any `t`, with SIMD where the CPU has it.
+    /// The GEMV strategy for any `t`, with SIMD where the CPU has it (block formats: the
+    /// integer kernels with int8 activations).
     Gemv,
-    /// The GEMM strategy for any `t`.
+    /// The GEMM strategy for any `t` (block formats: panels dequantized to f32).
     Gemm,
-    /// The portable scalar GEMV kernel for any `t` (no SIMD intrinsics, no `gemm` crate).
+    /// The portable scalar GEMV kernel for any `t` (no SIMD intrinsics, no `gemm` crate;
+    /// block formats: the portable integer kernels).
     Scalar,
 }
 
@@ -77,6 +87,15 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
     }
     if k == 0 {
         out.fill(0.0);
+        return;
+    }
+    if w.dtype().is_quantized() {
+        match path {
+            MatmulPath::Gemm => gemm::gemm(x, t, w, out),
+            MatmulPath::Auto if t > QUANT_INT_MAX_T => gemm::gemm(x, t, w, out),
+            MatmulPath::Scalar => quant::matmul_quant(x, t, w, out, false),
+            _ => quant::matmul_quant(x, t, w, out, true),
+        }
         return;
     }
     let path = match path {

@@ -1,0 +1,300 @@
+//! Matmul with block-format (GGUF) weights: activations are quantized per block to int8
+//! (Q8_0 blocks of 32 for Q8_0/Q4_0 weights, Q8_K blocks of 256 with sums of 16 for the
+//! K-quants) and multiplied by integer dot products, one f32 scale product per block.
+//!
+//! Output rows (weight rows) are split over rayon tasks. Every weight row is read once per
+//! call and multiplied with all `t` activation rows while it is hot in L1, so with several
+//! tokens the quantized activations (about `t · k` bytes) are re-read from L2 instead.
+//!
+//! The result differs from `dequantize(W) · x` in f32 by the activation rounding only:
+//! `|Σ w·(x - x̂)| <= Σ_blocks (Σ|w|) · d_x / 2` where `d_x = max|x_block| / 127`.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::{chunk_rows, OutPtr};
+use crate::dtype::DType;
+use crate::matrix::Matrix;
+use crate::quant::{rd_f16, unpack_scales_mins, QK, QK_K};
+
+/// Weight bytes per rayon task.
+const CHUNK_BYTES: usize = 128 * 1024;
+
+/// `t` activation rows quantized to int8 blocks.
+#[derive(Default)]
+pub(crate) struct QAct {
+    /// `t * k` quantized values.
+    pub(crate) q: Vec<i8>,
+    /// One scale per block (32 or 256 values).
+    pub(crate) d: Vec<f32>,
+    /// Sums of 16 consecutive `q` (Q8_K activations only).
+    pub(crate) s: Vec<i16>,
+}
+
+/// Activation block size used with weights of `dtype` (32 for Q8_0/Q4_0, 256 otherwise).
+pub(crate) fn act_block(dtype: DType) -> usize {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => QK,
+        _ => QK_K,
+    }
+}
+
+/// One activation block, its quantized values, scale and sums of 16 (as zipped by rayon).
+type BlockWithSums<'a> = (((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut [i16]);
+
+impl QAct {
+    /// Quantizes `t` rows of `k` values with blocks of `bs` (32: no sums; 256: sums of 16).
+    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, bs: usize) {
+        let nb = x.len() / bs;
+        self.q.resize(x.len(), 0);
+        self.d.resize(nb, 0.0);
+        let sums = bs == QK_K;
+        self.s.resize(if sums { x.len() / 16 } else { 0 }, 0);
+        let one = |(((xb, q), d), s): BlockWithSums| quantize_act_block(xb, q, d, s);
+        // Enough work to be worth splitting: about a few hundred KB of activations.
+        let par = x.len() >= 64 * 1024 && k > 0;
+        if sums {
+            let it = x
+                .chunks_exact(bs)
+                .zip(self.q.chunks_exact_mut(bs))
+                .zip(self.d.iter_mut())
+                .zip(self.s.chunks_exact_mut(16));
+            if par {
+                x.par_chunks_exact(bs)
+                    .zip(self.q.par_chunks_exact_mut(bs))
+                    .zip(self.d.par_iter_mut())
+                    .zip(self.s.par_chunks_exact_mut(16))
+                    .for_each(one);
+            } else {
+                it.for_each(one);
+            }
+        } else {
+            let one = |((xb, q), d): ((&[f32], &mut [i8]), &mut f32)| {
+                quantize_act_block(xb, q, d, &mut [])
+            };
+            if par {
+                x.par_chunks_exact(bs)
+                    .zip(self.q.par_chunks_exact_mut(bs))
+                    .zip(self.d.par_iter_mut())
+                    .for_each(one);
+            } else {
+                x.chunks_exact(bs)
+                    .zip(self.q.chunks_exact_mut(bs))
+                    .zip(self.d.iter_mut())
+                    .for_each(one);
+            }
+        }
+    }
+}
+
+/// `d = max|x| / 127`, `q = round(x / d)` in -127..=127; `s[g]` = sum of `q[16g..16g+16]`.
+pub(crate) fn quantize_act_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [i16]) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    *d = amax / 127.0;
+    let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+    for (o, &v) in q.iter_mut().zip(x) {
+        *o = (v * id).round().clamp(-127.0, 127.0) as i8;
+    }
+    for (g, o) in s.iter_mut().enumerate() {
+        *o = q[16 * g..16 * g + 16].iter().map(|&v| v as i16).sum();
+    }
+}
+
+thread_local! {
+    /// Quantized activations, reused by every call on this thread.
+    static ACT: RefCell<QAct> = RefCell::new(QAct::default());
+}
+
+/// `out = x · Wᵀ` for a block-format `w` through int8 activations.
+pub(super) fn matmul_quant(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool) {
+    ACT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut a) => run(x, t, w, out, simd, &mut a),
+        // Re-entrant call on this thread (a rayon task waiting inside a matmul): stay correct
+        // with a temporary buffer.
+        Err(_) => run(x, t, w, out, simd, &mut QAct::default()),
+    })
+}
+
+fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut QAct) {
+    let k = w.cols();
+    let n = w.rows();
+    let dtype = w.dtype();
+    assert!(
+        dtype != DType::Q8_K,
+        "matmul: Q8_K is an activation format, not supported as weights"
+    );
+    act.quantize(x, k, act_block(dtype));
+    let act = &*act;
+    let rows = chunk_rows(n, dtype.row_bytes(k), CHUNK_BYTES, 4);
+    let outp = OutPtr(out.as_mut_ptr());
+    let task = |c: usize| {
+        let r0 = c * rows;
+        let r1 = (r0 + rows).min(n);
+        // SAFETY: this task writes only output columns r0..r1, disjoint from other tasks, and
+        // `out` (t * n elements, checked by the caller) outlives the loop.
+        unsafe { rows_dispatch(w, r0, r1, act, t, outp, simd) };
+    };
+    let chunks = n.div_ceil(rows);
+    if chunks == 1 {
+        task(0);
+    } else {
+        (0..chunks).into_par_iter().for_each(task);
+    }
+}
+
+/// Output columns `r0..r1` for all `t` activation rows.
+///
+/// # Safety
+/// `out` valid for `t * w.rows()` floats with columns `r0..r1` owned by the caller; `act`
+/// holds `t` quantized rows of `w.cols()`.
+unsafe fn rows_dispatch(
+    w: &Matrix,
+    r0: usize,
+    r1: usize,
+    act: &QAct,
+    t: usize,
+    out: OutPtr,
+    simd: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && super::has_avx2() {
+        use super::quant_x86::*;
+        // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
+        match w.dtype() {
+            DType::Q8_0 => rows_avx2::<Q8_0>(w, r0, r1, act, t, out),
+            DType::Q4_0 => rows_avx2::<Q4_0>(w, r0, r1, act, t, out),
+            DType::Q4_K => rows_avx2::<Q4_K>(w, r0, r1, act, t, out),
+            DType::Q5_K => rows_avx2::<Q5_K>(w, r0, r1, act, t, out),
+            DType::Q6_K => rows_avx2::<Q6_K>(w, r0, r1, act, t, out),
+            d => unreachable!("{d}"),
+        }
+        return;
+    }
+    let _ = simd;
+    let k = w.cols();
+    let n = w.rows();
+    let dot = match w.dtype() {
+        DType::Q8_0 => dot_q8_0,
+        DType::Q4_0 => dot_q4_0,
+        DType::Q4_K => dot_q4_k,
+        DType::Q5_K => dot_q5_k,
+        DType::Q6_K => dot_q6_k,
+        d => unreachable!("{d}"),
+    };
+    let ab = act_block(w.dtype());
+    for j in r0..r1 {
+        let wr = w.row_bytes(j);
+        for i in 0..t {
+            let q = &act.q[i * k..(i + 1) * k];
+            let d = &act.d[i * k / ab..(i + 1) * k / ab];
+            let s = if ab == QK_K {
+                &act.s[i * k / 16..(i + 1) * k / 16]
+            } else {
+                &[][..]
+            };
+            // SAFETY: (i, j) in bounds; column j is ours.
+            out.write(i * n + j, dot(wr, q, d, s));
+        }
+    }
+}
+
+/// Portable Q8_0 · Q8_0 dot product (`q`, `d`: the activation row's values and scales).
+pub(crate) fn dot_q8_0(w: &[u8], q: &[i8], d: &[f32], _s: &[i16]) -> f32 {
+    let mut acc = 0f32;
+    for ((b, xq), &xd) in w.chunks_exact(34).zip(q.chunks_exact(QK)).zip(d) {
+        let sumi: i32 = b[2..34]
+            .iter()
+            .zip(xq)
+            .map(|(&a, &c)| (a as i8) as i32 * c as i32)
+            .sum();
+        acc += rd_f16(b, 0) * xd * sumi as f32;
+    }
+    acc
+}
+
+/// Portable Q4_0 · Q8_0 dot product.
+pub(crate) fn dot_q4_0(w: &[u8], q: &[i8], d: &[f32], _s: &[i16]) -> f32 {
+    let mut acc = 0f32;
+    for ((b, xq), &xd) in w.chunks_exact(18).zip(q.chunks_exact(QK)).zip(d) {
+        let mut sumi = 0i32;
+        for l in 0..16 {
+            let v = b[2 + l];
+            sumi += ((v & 15) as i32 - 8) * xq[l] as i32;
+            sumi += ((v >> 4) as i32 - 8) * xq[l + 16] as i32;
+        }
+        acc += rd_f16(b, 0) * xd * sumi as f32;
+    }
+    acc
+}
+
+/// Portable Q4_K / Q5_K · Q8_K dot product (`HIGH`: Q5_K's fifth bit).
+fn dot_qk_scale_min<const HIGH: bool>(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
+    let bb = if HIGH { 176 } else { 144 };
+    let mut acc = 0f32;
+    for (((b, xq), &xd), xs) in w
+        .chunks_exact(bb)
+        .zip(q.chunks_exact(QK_K))
+        .zip(d)
+        .zip(s.chunks_exact(16))
+    {
+        let (sc, m) = unpack_scales_mins(&b[4..16]);
+        let (qh, qs) = if HIGH {
+            (&b[16..48], &b[48..176])
+        } else {
+            (&b[0..0], &b[16..144])
+        };
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for sb in 0..8 {
+            let c = sb / 2;
+            let shift = 4 * (sb % 2);
+            let mut p = 0i32;
+            for l in 0..32 {
+                let mut v = (qs[32 * c + l] >> shift) & 15;
+                if HIGH {
+                    v |= ((qh[l] >> sb) & 1) << 4;
+                }
+                p += v as i32 * xq[32 * sb + l] as i32;
+            }
+            sumi += sc[sb] as i32 * p;
+            summ += m[sb] as i32 * (xs[2 * sb] as i32 + xs[2 * sb + 1] as i32);
+        }
+        acc += rd_f16(b, 0) * xd * sumi as f32 - rd_f16(b, 2) * xd * summ as f32;
+    }
+    acc
+}
+
+/// Portable Q4_K · Q8_K dot product.
+pub(crate) fn dot_q4_k(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
+    dot_qk_scale_min::<false>(w, q, d, s)
+}
+
+/// Portable Q5_K · Q8_K dot product.
+pub(crate) fn dot_q5_k(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
+    dot_qk_scale_min::<true>(w, q, d, s)
+}
+
+/// Portable Q6_K · Q8_K dot product.
+pub(crate) fn dot_q6_k(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
+    let mut acc = 0f32;
+    for (((b, xq), &xd), xs) in w
+        .chunks_exact(210)
+        .zip(q.chunks_exact(QK_K))
+        .zip(d)
+        .zip(s.chunks_exact(16))
+    {
+        let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+        let mut sumi = 0i32;
+        for sb in 0..16 {
+            let mut p = 0i32;
+            for l in 0..16 {
+                let e = 16 * sb + l;
+                p += crate::quant::q6_at(ql, qh, e) as i32 * xq[e] as i32;
+            }
+            // q - 32: subtract 32 · (sum of the 16 activation values).
+            sumi += (sc[sb] as i8) as i32 * (p - 32 * xs[sb] as i32);
+        }
+        acc += rd_f16(b, 208) * xd * sumi as f32;
+    }
+    acc
+}
