@@ -167,7 +167,16 @@ fn measure(
     let threads = rayon::current_num_threads();
     let mut cache = sel.cache(model)?;
     let plan = cache.plan().clone();
-    let bytes_per_token = plan.sliced_config(cfg).stats().params_per_token as f64 * es;
+    // Float weights take the exact sparse FFN in decode (only the active rows of up and
+    // downᵀ are read); quantized ones read every row.
+    let st = plan.sliced_config(cfg).stats();
+    let sparse_read = !dtype.to_ascii_lowercase().starts_with('q');
+    let params = if sparse_read {
+        st.sparse_params_per_token
+    } else {
+        st.params_per_token
+    };
+    let bytes_per_token = params as f64 * es;
 
     // A deterministic pseudo-random prompt of ordinary text ids (above the special ones,
     // below the multimodal ones).

@@ -18,6 +18,10 @@ pub struct TextStats {
     /// Parameters read to decode one token: every loaded layer weight, the PLE projection,
     /// the AltUp projections, the norms, the whole LM head and one row of each table.
     pub params_per_token: usize,
+    /// The same with the exact sparse FFN: in a layer of sparsity s only a fraction
+    /// 1 − s of the `up` and `down` rows is read (in expectation: the Gaussian top-k
+    /// keeps the units above the s-quantile).
+    pub sparse_params_per_token: usize,
 }
 
 impl TextStats {
@@ -68,6 +72,13 @@ impl TextConfig {
         s.other_params = self.num_hidden_layers * p * d + p + 2 * (a - 1) * d * d + d;
         s.params_per_token =
             s.layer_params + s.other_params + s.embed_params + d + self.num_hidden_layers * p;
+        let skipped: f64 = (0..self.num_hidden_layers)
+            .map(|l| {
+                self.activation_sparsity_pattern[l] as f64
+                    * (2 * self.intermediate_size[l] * d) as f64
+            })
+            .sum();
+        s.sparse_params_per_token = s.params_per_token - skipped.round() as usize;
         s
     }
 }
