@@ -129,6 +129,7 @@ pub(super) mod x86 {
 
     /// Bytes of activations kept hot while a task's weight rows stream past them.
     const X_BLOCK_BYTES: usize = 128 * 1024;
+    use crate::cpu::ops::x86::hsum;
     use crate::dtype::{bf16_to_f32, f16_to_f32};
     use crate::matrix::Matrix;
 
@@ -181,15 +182,6 @@ pub(super) mod x86 {
                 f16_to_f32(b)
             }
         }
-    }
-
-    /// Sum of the 8 lanes.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-        _mm_cvtss_f32(s)
     }
 
     /// Dot products of `T` activation rows `x[i]` with `R` weight rows `w[r]`, `k` long:

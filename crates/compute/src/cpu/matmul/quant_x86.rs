@@ -10,6 +10,7 @@ use std::arch::x86_64::*;
 
 use super::quant::QAct;
 use super::OutPtr;
+use crate::cpu::ops::x86::hsum;
 use crate::matrix::Matrix;
 use crate::quant::{QK, QK_K};
 
@@ -25,15 +26,6 @@ pub(crate) const Q6_K: u8 = 4;
 unsafe fn f16(p: *const u8) -> f32 {
     let bits = (p as *const u16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-/// Sum of the 8 lanes.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
-    _mm_cvtss_f32(s)
 }
 
 #[inline(always)]

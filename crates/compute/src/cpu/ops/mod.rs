@@ -4,7 +4,7 @@
 //! enough to benefit, and the portable version in [`scalar`] otherwise.
 
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 /// Inputs shorter than this take the portable path (dispatch would cost more than it saves).
 #[cfg(target_arch = "x86_64")]
