@@ -13,7 +13,7 @@ use crate::slice::SliceArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long, conflicts_with = "synthetic")]
     model: Option<PathBuf>,
     /// Random weights with the real shapes, built in memory: e2b or e4b.
@@ -72,14 +72,11 @@ pub fn main(a: Args) -> Result<()> {
         bail!("--prompt-len and --gen must be at least 1");
     }
     let (name, model, dtype) = match (&a.model, &a.synthetic) {
-        (Some(dir), None) => {
-            let (ckpt, m) = crate::load::load_text_model(dir)?;
-            let dt = ckpt
-                .weights
-                .info(&format!("{}embed_tokens.weight", ckpt.text_prefix))
-                .map(|i| i.dtype_name.clone())
-                .unwrap_or_default();
-            (dir.display().to_string(), m, dt)
+        (Some(path), None) => {
+            let m = crate::load::load_any(path)?;
+            // The format of the layer matrices decides the bytes per parameter.
+            let dt = m.weights.layers[0].gate_proj.dtype().to_string();
+            (path.display().to_string(), m, dt)
         }
         (None, Some(s)) => {
             let cfg = match s.as_str() {

@@ -24,3 +24,26 @@ pub fn load_text_model(dir: &Path) -> Result<(Checkpoint, TextModel)> {
     bar.finish_and_clear();
     Ok((ckpt, model))
 }
+
+/// Loads the text decoder from a checkpoint directory or a GGUF file (`*.gguf`).
+pub fn load_any(path: &Path) -> Result<TextModel> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("loading weights {bar:40} {pos}/{len} {msg}")
+                .expect("valid template"),
+        );
+        let (_, model) = TextModel::load_gguf(path, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })
+        .with_context(|| format!("cannot load the GGUF model {}", path.display()))?;
+        bar.finish_and_clear();
+        Ok(model)
+    } else {
+        Ok(load_text_model(path)?.1)
+    }
+}

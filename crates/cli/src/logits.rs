@@ -9,7 +9,7 @@ use gemma3n_model::Logits;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated token ids, e.g. 2,105,2364.
@@ -40,7 +40,7 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 pub fn main(a: Args) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
-    let (_ckpt, model) = crate::load::load_text_model(&a.model)?;
+    let model = crate::load::load_any(&a.model)?;
     let mut cache = a.slice.cache(&model)?;
     let logits = model.forward(&ids, &mut cache, Logits::All)?;
     let v = model.cfg.vocab_size;

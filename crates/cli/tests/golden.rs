@@ -216,3 +216,47 @@ fn run_top_k_1_sampling_is_greedy() {
     r.expect_ok(name);
     assert_eq!(r.stdout.trim_end_matches('\n'), tiny_decode(&expect_ids));
 }
+
+/// `logits --model FILE.gguf` on the GGUF that llama.cpp's converter wrote for
+/// tiny_text_f32 (`--outtype f16`) gives HF's fp32 logits within the f16 rounding of the
+/// weights (2e-2 of the logit range; the library test pins it to the f16-rounded model),
+/// and the same top token at most positions.
+#[test]
+fn logits_from_converter_gguf_match_hf() {
+    let g = goldens("tiny_text_f32");
+    let ids = g["prefill_ids"].ids();
+    let reference = g["prefill_logits"].f32s();
+    let out = TempDir::new("logits-gguf");
+    let f = out.join("logits.safetensors");
+    let gguf = repo_root().join("tests/fixtures/gguf/tiny_text_f16.gguf");
+    gemma3n_raw(
+        &[
+            "logits",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--ids",
+            &ids_arg(&ids),
+            "--out",
+            f.to_str().unwrap(),
+        ],
+        None,
+    )
+    .expect_ok("gguf");
+    let ours = read_safetensors(&f)["logits"].f32s();
+    let max_ref = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let max_diff = ours
+        .iter()
+        .zip(&reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(max_diff / max_ref <= 2e-2, "rel {}", max_diff / max_ref);
+    let v = ours.len() / ids.len();
+    let argmax = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
+    let agree = (0..ids.len())
+        .filter(|&t| argmax(&ours[t * v..(t + 1) * v]) == argmax(&reference[t * v..(t + 1) * v]))
+        .count();
+    assert!(
+        agree * 10 >= ids.len() * 9,
+        "top-1 agrees at {agree}/{} positions",
+        ids.len()
+    );
+}

@@ -156,6 +156,30 @@ impl WeightFiles {
     }
 }
 
+/// Where the text decoder's weights come from: safetensors files or a GGUF file. Names
+/// are HF names (with the source's prefix already applied by the caller for safetensors).
+pub trait TensorSource {
+    /// A float or block-format tensor of exactly `shape`, as a matrix (rows = all but the
+    /// last dim), in place where possible.
+    fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix>;
+    /// A vector of length `n`, converted to f32.
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>>;
+    /// A tensor of `shape`, converted to f32 and flattened.
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+}
+
+impl TensorSource for WeightFiles {
+    fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix> {
+        WeightFiles::matrix(self, name, shape)
+    }
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        WeightFiles::vector(self, name, n)
+    }
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        WeightFiles::f32_tensor(self, name, shape)
+    }
+}
+
 fn check_shape(name: &str, info: &TensorInfo, shape: &[usize]) -> Result<()> {
     if !matches!(info.dtype, StDType::Float(_)) {
         return Err(ModelError::tensor(

@@ -13,8 +13,11 @@
 
 pub mod gemma3n;
 mod ggml;
+mod source;
 mod value;
 mod write;
+
+pub use source::GgufSource;
 
 use std::collections::HashMap;
 use std::fs::File;

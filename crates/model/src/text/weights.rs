@@ -4,7 +4,7 @@
 use gemma3n_compute::cpu::sparse;
 use gemma3n_compute::Matrix;
 
-use crate::checkpoint::WeightFiles;
+use crate::checkpoint::TensorSource;
 use crate::config::{KvSource, TextConfig};
 use crate::error::Result;
 
@@ -68,7 +68,7 @@ impl TextWeights {
     /// Loads every text tensor under `prefix`, checking each shape against `cfg`.
     /// `progress(done, total)` is called once per layer.
     pub fn load(
-        w: &WeightFiles,
+        w: &dyn TensorSource,
         prefix: &str,
         cfg: &TextConfig,
         progress: &mut dyn FnMut(usize, usize),
