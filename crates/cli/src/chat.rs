@@ -10,9 +10,13 @@ use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
+    /// model (default: the GGUF file's directory).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
@@ -30,7 +34,7 @@ fn new_conversation(system: &Option<String>) -> Conversation {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let stack = TextStack::load(&a.model)?;
+    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
     let template = stack.template()?;
     let mut sampler = stack.sampler(&a.sampling)?;
     let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);

@@ -9,9 +9,13 @@ use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long)]
     model: PathBuf,
+    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
+    /// model (default: the GGUF file's directory).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// The prompt (a user message, rendered with the chat template unless --raw).
     #[arg(long)]
     prompt: String,
@@ -28,7 +32,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let stack = TextStack::load(&a.model)?;
+    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
     let ids = if a.raw {
         stack.tokenizer.encode(&a.prompt, true)?
     } else {

@@ -9,7 +9,7 @@ use gemma3n_engine::{
     ChatTemplate, Generation, GenerationConfig, Sampler, SamplingParams, Session, TokenStream,
     Tokenizer,
 };
-use gemma3n_model::{Checkpoint, TextModel};
+use gemma3n_model::TextModel;
 
 /// Sampling flags; unset ones take the checkpoint's generation_config.json.
 #[derive(clap::Args, Clone)]
@@ -35,44 +35,73 @@ pub struct SamplingArgs {
 
 /// A model ready for text generation.
 pub struct TextStack {
-    pub ckpt: Checkpoint,
     pub model: TextModel,
+    /// Where the tokenizer, chat template and generation config were found.
+    pub files_dir: PathBuf,
+    pub eos_token_ids: Vec<u32>,
     pub tokenizer: Tokenizer,
     pub gen_config: Option<GenerationConfig>,
 }
 
 impl TextStack {
-    pub fn load(dir: &Path) -> Result<TextStack> {
+    /// `model` is a checkpoint directory, or a GGUF file with `tokenizer_dir` holding
+    /// tokenizer.json (and the chat template / generation config) — for GGUF files the
+    /// tokenizer directory defaults to the file's directory.
+    pub fn load(model: &Path, tokenizer_dir: Option<&Path>) -> Result<TextStack> {
+        let is_gguf = model
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let files_dir: PathBuf = match (tokenizer_dir, is_gguf) {
+            (Some(d), _) => d.to_path_buf(),
+            (None, true) => model.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            (None, false) => model.to_path_buf(),
+        };
         // Cheap checks first, so a missing tokenizer fails before the weights load.
-        let tok_path: PathBuf = dir.join("tokenizer.json");
-        if dir.is_dir() && !tok_path.exists() {
+        let tok_path = files_dir.join("tokenizer.json");
+        if (is_gguf || model.is_dir()) && !tok_path.exists() {
             anyhow::bail!(
-                "{}: missing (text generation needs the tokenizer)",
-                tok_path.display()
+                "{}: missing (text generation needs the tokenizer{})",
+                tok_path.display(),
+                if is_gguf {
+                    "; pass --tokenizer DIR for a GGUF model"
+                } else {
+                    ""
+                }
             );
         }
-        let gen_config = match dir.join("generation_config.json") {
+        let gen_config = match files_dir.join("generation_config.json") {
             p if p.exists() => Some(GenerationConfig::from_file(&p)?),
             _ => None,
         };
-        let (ckpt, model) = crate::load::load_text_model(dir)?;
+        let (model, eos_token_ids) = if is_gguf {
+            let m = crate::load::load_any(model)?;
+            let eos = gemma3n_model::gguf::gemma3n::model_config(
+                &gemma3n_model::gguf::Gguf::open(model)?,
+            )?
+            .eos_token_ids;
+            (m, eos)
+        } else {
+            let (ckpt, m) = crate::load::load_text_model(model)?;
+            (m, ckpt.config.eos_token_ids)
+        };
         let tokenizer = Tokenizer::from_file(&tok_path)?;
         Ok(TextStack {
-            ckpt,
             model,
+            files_dir,
+            eos_token_ids,
             tokenizer,
             gen_config,
         })
     }
 
     pub fn template(&self) -> Result<ChatTemplate> {
-        ChatTemplate::from_checkpoint_dir(&self.ckpt.dir)
+        ChatTemplate::from_checkpoint_dir(&self.files_dir)
             .context("this checkpoint has no chat template (use --raw for a plain prompt)")
     }
 
     /// Ids that end generation: generation_config's eos ids and config.json's.
     pub fn stop_ids(&self) -> Vec<u32> {
-        let mut v = self.ckpt.config.eos_token_ids.clone();
+        let mut v = self.eos_token_ids.clone();
         if let Some(g) = &self.gen_config {
             v.extend(&g.eos_token_ids);
         }

@@ -260,3 +260,50 @@ fn logits_from_converter_gguf_match_hf() {
         ids.len()
     );
 }
+
+/// `run` on a GGUF model takes its tokenizer from `--tokenizer DIR`; without one (and none
+/// beside the file) it says so before loading anything.
+#[test]
+fn run_from_gguf_with_a_tokenizer_dir() {
+    let tok = model_with_tokenizer("tiny_text_f32");
+    let gguf = repo_root().join("tests/fixtures/gguf/tiny_text_f16.gguf");
+    let g = goldens("tiny_text_f32");
+    let prompt = g["greedy_prompt"].ids();
+    let text = tiny_text(&prompt[1..]);
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--tokenizer",
+            tok.s(),
+            "--raw",
+            "--prompt",
+            &text,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "20",
+        ],
+        None,
+    );
+    assert!(r.ok(), "{}", r.stderr);
+    let lines = speed_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert_eq!(lines[0].0, prompt.len(), "prefill count");
+    // f16 weights: HF's fp32 greedy continuation holds at least for its first tokens.
+    let want = g["greedy_tokens"].ids();
+    let first = tiny_text(&want[..3]);
+    assert!(
+        r.stdout.trim_start().starts_with(&first),
+        "{} vs {first}",
+        r.stdout
+    );
+
+    let r = gemma3n(
+        &["run", "--model", gguf.to_str().unwrap(), "--prompt", "w5"],
+        None,
+    );
+    assert!(!r.ok());
+    assert!(r.stderr.contains("--tokenizer"), "{}", r.stderr);
+}
