@@ -160,6 +160,11 @@ pub fn main(a: Args) -> Result<()> {
     if a.slice.slice(&c.text)?.is_none() {
         print_slices(t, es);
     }
+    println!();
+    println!("quantization presets (gemma3n quantize --type NAME)");
+    for p in gemma3n_model::quantize::QuantPolicy::presets() {
+        println!("  {}", p.describe());
+    }
     Ok(())
 }
 

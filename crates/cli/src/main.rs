@@ -5,6 +5,7 @@ mod chat;
 mod inspect;
 mod load;
 mod logits;
+mod quantize;
 mod run;
 mod slice;
 mod text;
@@ -28,6 +29,8 @@ enum Cmd {
     Run(run::Args),
     /// An interactive multi-turn conversation (/reset, /exit).
     Chat(chat::Args),
+    /// Write a checkpoint as a Gemma 3n GGUF file (f16, bf16, q8_0, q4_0, q4_k_m, ...).
+    Quantize(quantize::Args),
     /// Write a MatFormer slice of a checkpoint as a standalone checkpoint.
     Slice(slice::Args),
     /// Print the token ids of a text as JSON.
@@ -65,6 +68,7 @@ fn main() {
         Cmd::Chat(a) => chat::main(a),
         Cmd::Tokenize(a) => tokenize::main(a),
         Cmd::Slice(a) => slice::main(a),
+        Cmd::Quantize(a) => quantize::main(a),
         Cmd::Logits(a) => logits::main(a),
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Bench(a) => bench::main(a),

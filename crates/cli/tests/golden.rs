@@ -307,3 +307,64 @@ fn run_from_gguf_with_a_tokenizer_dir() {
     assert!(!r.ok());
     assert!(r.stderr.contains("--tokenizer"), "{}", r.stderr);
 }
+
+/// `quantize --type f16` writes the same tensors as llama.cpp's converter did for the same
+/// checkpoint, so `logits` from either file are identical; an unknown type is refused.
+#[test]
+fn quantize_f16_equals_the_converter() {
+    let out = TempDir::new("quantize");
+    let ours = out.join("ours.gguf");
+    let src = fixture("tiny_text_f32").dir;
+    gemma3n_raw(
+        &[
+            "quantize",
+            "--model",
+            src.to_str().unwrap(),
+            "--type",
+            "f16",
+            "--out",
+            ours.to_str().unwrap(),
+        ],
+        None,
+    )
+    .expect_ok("quantize");
+    let theirs = repo_root().join("tests/fixtures/gguf/tiny_text_f16.gguf");
+    let ids = ids_arg(&goldens("tiny_text_f32")["prefill_ids"].ids());
+    let run = |m: &std::path::Path, f: &std::path::Path| {
+        gemma3n_raw(
+            &[
+                "logits",
+                "--model",
+                m.to_str().unwrap(),
+                "--ids",
+                &ids,
+                "--out",
+                f.to_str().unwrap(),
+            ],
+            None,
+        )
+        .expect_ok("logits");
+        read_safetensors(f)["logits"].f32s()
+    };
+    assert_eq!(
+        run(&ours, &out.join("a.st")),
+        run(&theirs, &out.join("b.st"))
+    );
+    let r = gemma3n(
+        &[
+            "quantize",
+            "--model",
+            src.to_str().unwrap(),
+            "--type",
+            "q3",
+            "--out",
+            ours.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !r.ok() && r.stderr.contains("q3") && r.stderr.contains("q8_0"),
+        "{}",
+        r.stderr
+    );
+}
