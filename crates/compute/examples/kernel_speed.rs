@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick] [--quant]`
 //! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape and the float GEMM
-//! table; `--quant` runs only the block-format table).
+//! table; `--quant` runs only the block-format table, `--quant --decode` only its
+//! decode-shaped rows, t = 1, 2, 4).
 
 use std::time::Instant;
 
@@ -57,7 +58,7 @@ fn main() {
     let bw = bandwidth::measure_read_gb_s(512 << 20, threads);
     println!("threads {threads}; read bandwidth {bw:.1} GB/s (512 MiB buffer, best of 5)");
     if args.iter().any(|a| a == "--quant") {
-        quant_speed(bw);
+        quant_speed(bw, args.iter().any(|a| a == "--decode"));
         return;
     }
 
@@ -112,7 +113,7 @@ fn main() {
             );
         }
     }
-    quant_speed(bw);
+    quant_speed(bw, false);
     if !quick {
         let n = 262_400;
         let w = matrix(n, k, DType::BF16, 7);
@@ -155,7 +156,36 @@ fn main() {
 
 /// Block formats (GGUF): the integer kernels with int8 activations, weights streamed from DRAM
 /// (GB/s against the read bandwidth `bw`), and batched int8 against dequantize + GEMM.
-fn quant_speed(bw: f64) {
+fn quant_speed(bw: f64, decode_only: bool) {
+    // Kernel throughput with the weights hot in L2 (one thread, best of many short runs):
+    // the ceiling the DRAM-streaming figures below can reach.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
+    for dtype in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        let k = 2048;
+        let n = (256 << 10) / dtype.row_bytes(k);
+        let w = matrix(n, k, DType::BF16, 11).quantize(dtype);
+        let mut line = format!("quant L2-hot 1 thread {n}x{k} {dtype}:");
+        for t in [1, 2, 4] {
+            let x: Vec<f32> = (0..t * k)
+                .map(|i| ((i % 89) as f32 - 44.0) * 0.01)
+                .collect();
+            let mut out = vec![0f32; t * n];
+            let s =
+                pool.install(|| time(300, || matmul_with(&x, t, &w, &mut out, MatmulPath::Gemv)));
+            line += &format!(" t={t} {:.1} GB/s", w.nbytes() as f64 / s / 1e9);
+        }
+        println!("{line}");
+    }
+
     // Block formats (GGUF): integer kernels with int8 activations, weights streamed from DRAM.
     for dtype in [
         DType::Q8_0,
@@ -174,7 +204,7 @@ fn quant_speed(bw: f64) {
                 })
                 .collect();
             let bytes = ws[0].nbytes() as f64;
-            for t in [1, 2] {
+            for t in [1, 2, 4] {
                 let x = vec![0.01f32; t * k];
                 let mut out = vec![0f32; t * n];
                 let mut c = 0;
@@ -182,14 +212,26 @@ fn quant_speed(bw: f64) {
                     c = (c + 1) % copies;
                     matmul_with(&x, t, &ws[c], &mut out, MatmulPath::Gemv)
                 });
+                // One thread, the same matrix again and again (in L3): the kernel's own speed.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .expect("pool");
+                let hot = pool.install(|| {
+                    time(10, || {
+                        matmul_with(&x, t, &ws[0], &mut out, MatmulPath::Gemv)
+                    })
+                });
                 println!(
-                    "quant {n}x{k} {dtype} t={t}: cold {:.1} GB/s ({:.0}% of bw), {:.3} ms",
+                    "quant {n}x{k} {dtype} t={t}: cold {:.1} GB/s ({:.0}% of bw), {:.3} ms; \
+                     1 thread L3-hot {:.1} GB/s",
                     bytes / cold / 1e9,
                     100.0 * bytes / cold / 1e9 / bw,
-                    cold * 1e3
+                    cold * 1e3,
+                    bytes / hot / 1e9
                 );
             }
-            if n == 8192 {
+            if n == 8192 && !decode_only {
                 for t in [16, 128] {
                     let x: Vec<f32> = (0..t * k)
                         .map(|i| ((i % 97) as f32 - 48.0) * 0.01)

@@ -19,7 +19,7 @@ use crate::matrix::Matrix;
 use crate::quant::{rd_f16, unpack_scales_mins, QK, QK_K};
 
 /// Weight bytes per rayon task.
-const CHUNK_BYTES: usize = 128 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// `t` activation rows quantized to int8 blocks.
 #[derive(Default)]
@@ -30,6 +30,9 @@ pub(crate) struct QAct {
     pub(crate) d: Vec<f32>,
     /// Sums of 16 consecutive `q` (Q8_K activations only).
     pub(crate) s: Vec<i16>,
+    /// `-8 · Σq` per block of 32 (Q8_0 activations only): the offset of Q4_0's unsigned
+    /// nibbles.
+    pub(crate) o: Vec<i32>,
 }
 
 /// Activation block size used with weights of `dtype` (32 for Q8_0/Q4_0, 256 otherwise).
@@ -40,56 +43,81 @@ pub(crate) fn act_block(dtype: DType) -> usize {
     }
 }
 
-/// One activation block, its quantized values, scale and sums of 16 (as zipped by rayon).
-type BlockWithSums<'a> = (((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut [i16]);
+/// One activation block: values, quantized values, scale, sums of 16, offset.
+type Block<'a> = (
+    &'a [f32],
+    &'a mut [i8],
+    &'a mut f32,
+    &'a mut [i16],
+    &'a mut i32,
+);
 
 impl QAct {
-    /// Quantizes `t` rows of `k` values with blocks of `bs` (32: no sums; 256: sums of 16).
-    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, bs: usize) {
+    /// Quantizes `t` rows of `k` values with blocks of `bs` (32: offsets, no sums; 256: sums
+    /// of 16, no offsets). `simd`: through the AVX2 quantizer where the CPU has it (same
+    /// values).
+    pub(crate) fn quantize(&mut self, x: &[f32], k: usize, bs: usize, simd: bool) {
         let nb = x.len() / bs;
         self.q.resize(x.len(), 0);
         self.d.resize(nb, 0.0);
         let sums = bs == QK_K;
         self.s.resize(if sums { x.len() / 16 } else { 0 }, 0);
-        let one = |(((xb, q), d), s): BlockWithSums| quantize_act_block(xb, q, d, s);
+        self.o.resize(if sums { 0 } else { nb }, 0);
+        #[cfg(target_arch = "x86_64")]
+        let simd = simd && super::has_avx2();
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd = {
+            let _ = simd;
+            false
+        };
+        let one = |(xb, q, d, s, o): Block| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX2/FMA detected; the slices have matching lengths.
+                unsafe { super::quant_x86::quantize_act_block_avx2(xb, q, d, s, o) };
+                return;
+            }
+            quantize_act_block(xb, q, d, s, o)
+        };
         // Enough work to be worth splitting: about a few hundred KB of activations.
         let par = x.len() >= 64 * 1024 && k > 0;
+        let mut no_o = vec![0i32; if sums { nb } else { 0 }];
+        let o: &mut [i32] = if sums { &mut no_o } else { &mut self.o };
         if sums {
-            let it = x
-                .chunks_exact(bs)
-                .zip(self.q.chunks_exact_mut(bs))
-                .zip(self.d.iter_mut())
-                .zip(self.s.chunks_exact_mut(16));
             if par {
                 x.par_chunks_exact(bs)
                     .zip(self.q.par_chunks_exact_mut(bs))
                     .zip(self.d.par_iter_mut())
                     .zip(self.s.par_chunks_exact_mut(16))
-                    .for_each(one);
-            } else {
-                it.for_each(one);
-            }
-        } else {
-            let one = |((xb, q), d): ((&[f32], &mut [i8]), &mut f32)| {
-                quantize_act_block(xb, q, d, &mut [])
-            };
-            if par {
-                x.par_chunks_exact(bs)
-                    .zip(self.q.par_chunks_exact_mut(bs))
-                    .zip(self.d.par_iter_mut())
-                    .for_each(one);
+                    .zip(o.par_iter_mut())
+                    .for_each(|((((xb, q), d), s), o)| one((xb, q, d, s, o)));
             } else {
                 x.chunks_exact(bs)
                     .zip(self.q.chunks_exact_mut(bs))
                     .zip(self.d.iter_mut())
-                    .for_each(one);
+                    .zip(self.s.chunks_exact_mut(16))
+                    .zip(o.iter_mut())
+                    .for_each(|((((xb, q), d), s), o)| one((xb, q, d, s, o)));
             }
+        } else if par {
+            x.par_chunks_exact(bs)
+                .zip(self.q.par_chunks_exact_mut(bs))
+                .zip(self.d.par_iter_mut())
+                .zip(o.par_iter_mut())
+                .for_each(|(((xb, q), d), o)| one((xb, q, d, &mut [], o)));
+        } else {
+            x.chunks_exact(bs)
+                .zip(self.q.chunks_exact_mut(bs))
+                .zip(self.d.iter_mut())
+                .zip(o.iter_mut())
+                .for_each(|(((xb, q), d), o)| one((xb, q, d, &mut [], o)));
         }
     }
 }
 
-/// `d = max|x| / 127`, `q = round(x / d)` in -127..=127; `s[g]` = sum of `q[16g..16g+16]`.
-pub(crate) fn quantize_act_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [i16]) {
+/// `d = max|x| / 127`, `q = round(x / d)` in -127..=127; `s[g]` = sum of `q[16g..16g+16]`
+/// (if `s` is not empty); `o = -8 · Σq`.
+pub(crate) fn quantize_act_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [i16], o: &mut i32) {
     let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
     *d = amax / 127.0;
     let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
@@ -99,6 +127,7 @@ pub(crate) fn quantize_act_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut [
     for (g, o) in s.iter_mut().enumerate() {
         *o = q[16 * g..16 * g + 16].iter().map(|&v| v as i16).sum();
     }
+    *o = -8 * q.iter().map(|&v| v as i32).sum::<i32>();
 }
 
 thread_local! {
@@ -124,7 +153,7 @@ fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut Q
         dtype != DType::Q8_K,
         "matmul: Q8_K is an activation format, not supported as weights"
     );
-    act.quantize(x, k, act_block(dtype));
+    act.quantize(x, k, act_block(dtype), simd);
     let act = &*act;
     let rows = chunk_rows(n, dtype.row_bytes(k), CHUNK_BYTES, 4);
     let outp = OutPtr(out.as_mut_ptr());
@@ -297,4 +326,35 @@ pub(crate) fn dot_q6_k(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
         acc += rd_f16(b, 208) * xd * sumi as f32;
     }
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 activation quantizer gives exactly the portable one's values, ties included.
+    #[test]
+    fn simd_activation_quantization_matches_scalar() {
+        let mut x: Vec<f32> = (0..4096)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.013)
+            .collect();
+        // Exact ties (y = n + 0.5 after scaling by 127 / 127) and values just below them.
+        for (i, v) in x[..256].iter_mut().enumerate() {
+            *v = (i as f32 - 128.0) * 0.5;
+            if i % 3 == 0 {
+                *v = f32::from_bits(v.to_bits().saturating_sub(1));
+            }
+        }
+        x[0] = 127.0;
+        x[300..332].fill(0.0);
+        for bs in [QK, QK_K] {
+            let (mut a, mut b) = (QAct::default(), QAct::default());
+            a.quantize(&x, 1024, bs, false);
+            b.quantize(&x, 1024, bs, true);
+            assert_eq!(a.q, b.q, "bs {bs}");
+            assert_eq!(a.d, b.d, "bs {bs}");
+            assert_eq!(a.s, b.s, "bs {bs}");
+            assert_eq!(a.o, b.o, "bs {bs}");
+        }
+    }
 }

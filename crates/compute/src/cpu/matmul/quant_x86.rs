@@ -1,10 +1,16 @@
 //! AVX2 integer dot products of block-format weight rows with int8 activation rows.
 //!
 //! Products of an unsigned and a signed byte are summed in pairs to i16 by
-//! `_mm256_maddubs_epi16` (no saturation is possible: |q_w| <= 63 and |q_x| <= 127), then in
-//! pairs to i32 by `_mm256_madd_epi16`, where the sub-block scales multiply in. Signed Q8_0 /
-//! Q4_0 weights use the sign trick (`|w|` times `x · sign(w)`). One f32 multiply-add per block
-//! combines the weight and activation scales.
+//! `_mm256_maddubs_epi16` (no saturation is possible: |q_w| <= 63 and |q_x| <= 127, or
+//! q_w <= 15 for Q4_0), then in pairs to i32 by `_mm256_madd_epi16`, where the sub-block
+//! scales multiply in. Signed Q8_0 weights use the sign trick (`|w|` times `x · sign(w)`);
+//! Q4_0 weights are multiplied unsigned (0..15) and the `-8` offset is added back with the
+//! activation block's precomputed `-8 · Σq` ([`QAct::o`]). One f32 multiply-add per block (per
+//! 256-element super-block for the K-quants) combines the weight and activation scales.
+//!
+//! The kernels work on tiles of `R` weight rows x `T` activation rows: every weight block is
+//! loaded and unpacked once and multiplied with the `T` activation rows while it is in
+//! registers; the `R` rows give independent dependency chains and memory streams.
 
 use std::arch::x86_64::*;
 
@@ -21,11 +27,39 @@ pub(crate) const Q4_K: u8 = 2;
 pub(crate) const Q5_K: u8 = 3;
 pub(crate) const Q6_K: u8 = 4;
 
-/// An f16 at `p` as f32.
+/// Repeats `body` with `$i` bound to the constants 0, 1, 2, 3 below `$n` (at most 4): loops
+/// over tile rows, activation rows and chunks are unrolled this way so that accumulator
+/// arrays stay in registers.
+macro_rules! unroll {
+    ($n:expr, |$i:ident| $body:block) => {{
+        #[allow(clippy::reversed_empty_ranges, unused_comparisons)]
+        {
+            debug_assert!($n <= 4);
+            {
+                let $i = 0usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 1usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 2usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 3usize;
+                if $i < $n $body
+            }
+        }
+    }};
+}
+
+/// The f16 at `p` converted to f32 in all 8 lanes.
 #[inline(always)]
-unsafe fn f16(p: *const u8) -> f32 {
+unsafe fn f16x8(p: *const u8) -> __m256 {
     let bits = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
 }
 
 #[inline(always)]
@@ -33,173 +67,412 @@ unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
-/// 8 x i32 partial sums of `w · x` for 32 signed bytes each.
-#[inline(always)]
-unsafe fn dot_i8(w: __m256i, x: __m256i) -> __m256i {
-    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+/// Pointers to one quantized activation row.
+#[derive(Clone, Copy)]
+struct Act {
+    q: *const u8,
+    d: *const f32,
+    s: *const i16,
+    o: *const i32,
 }
 
-/// Q8_0 or Q4_0 weights (`D`) · Q8_0 activations, `nb` blocks.
-#[inline(always)]
-unsafe fn dot_q8<const D: u8>(w: *const u8, nb: usize, xq: *const i8, xd: *const f32) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let m4 = _mm_set1_epi8(15);
-    let eight = _mm256_set1_epi8(8);
-    for b in 0..nb {
-        let x = load(xq.add(QK * b) as *const u8);
-        let (wq, d) = if D == Q8_0 {
-            let wb = w.add(34 * b);
-            (load(wb.add(2)), f16(wb))
-        } else {
-            let wb = w.add(18 * b);
-            let qs = _mm_loadu_si128(wb.add(2) as *const __m128i);
-            let lo = _mm_and_si128(qs, m4);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), m4);
-            (_mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight), f16(wb))
-        };
-        let p = _mm256_cvtepi32_ps(dot_i8(wq, x));
-        let s = _mm256_set1_ps(d * *xd.add(b));
-        acc[b & 1] = _mm256_fmadd_ps(s, p, acc[b & 1]);
+impl Act {
+    #[inline(always)]
+    unsafe fn new(act: &QAct, i: usize, k: usize, bs: usize) -> Self {
+        let nb = k / bs;
+        Act {
+            q: act.q.as_ptr().add(i * k) as *const u8,
+            d: act.d.as_ptr().add(i * nb),
+            s: if bs == QK_K {
+                act.s.as_ptr().add(i * k / 16)
+            } else {
+                std::ptr::null()
+            },
+            o: if bs == QK {
+                act.o.as_ptr().add(i * nb)
+            } else {
+                std::ptr::null()
+            },
+        }
     }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
-/// Q4_K or Q5_K weights (`D`) · Q8_K activations, `nb` blocks.
+/// Weight bytes ahead of the current block that the kernels prefetch.
+const PF: usize = 768;
+
+/// One Q8_0 / Q4_0 block `b` of `R` weight rows times `T` activation rows, accumulated into
+/// `acc` with the combined scales `sc` (weight scale times activation scale, all lanes).
 #[inline(always)]
-unsafe fn dot_qk_scale_min<const D: u8>(
-    w: *const u8,
+unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
+    w: &[*const u8; R],
+    b: usize,
+    a: &[Act; T],
+    sc: &[[__m256; T]; R],
+    acc: &mut [[__m256; T]; R],
+) {
+    let bb = if D == Q8_0 { 34 } else { 18 };
+    let ones = _mm256_set1_epi16(1);
+    let mut xs = [_mm256_setzero_si256(); T];
+    unroll!(T, |i| {
+        xs[i] = load(a[i].q.add(QK * b));
+    });
+    unroll!(R, |r| {
+        let wb = w[r].add(bb * b);
+        if b.is_multiple_of(2) || D == Q8_0 {
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF) as *const i8);
+        }
+        if D == Q8_0 {
+            let wq = load(wb.add(2));
+            let aw = _mm256_sign_epi8(wq, wq);
+            unroll!(T, |i| {
+                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xs[i], wq));
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                acc[r][i] = _mm256_fmadd_ps(sc[r][i], p, acc[r][i]);
+            });
+        } else {
+            // Low nibbles (elements 0..16) in the low lane, high nibbles in the high one.
+            let qs = _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.add(2) as *const __m128i));
+            let wq = _mm256_and_si256(
+                _mm256_srlv_epi64(qs, _mm256_setr_epi64x(0, 0, 4, 4)),
+                _mm256_set1_epi8(15),
+            );
+            unroll!(T, |i| {
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wq, xs[i]), ones);
+                // -8 · Σx of the block, in lane 0.
+                let off = _mm256_zextsi128_si256(_mm_cvtsi32_si128(*a[i].o.add(b)));
+                let p = _mm256_cvtepi32_ps(_mm256_add_epi32(p, off));
+                acc[r][i] = _mm256_fmadd_ps(sc[r][i], p, acc[r][i]);
+            });
+        }
+    });
+}
+
+/// Q8_0 or Q4_0 weights (`D`): `R` rows x `T` activation rows of `nb` blocks.
+///
+/// The weight scales of 8 blocks are converted together (one f16 conversion and one
+/// multiply by the 8 activation scales); each block then takes its lane with one permute.
+#[inline(always)]
+unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
+    w: [*const u8; R],
     nb: usize,
-    xq: *const i8,
-    xd: *const f32,
-    xs: *const i16,
-) -> f32 {
+    a: [Act; T],
+) -> [[f32; T]; R] {
+    let bb = if D == Q8_0 { 34 } else { 18 };
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut sc = [[_mm256_setzero_ps(); T]; R];
+    for g in 0..nb / 8 {
+        let mut s8 = [[_mm256_setzero_ps(); T]; R];
+        unroll!(R, |r| {
+            let f = |l: usize| (w[r].add(bb * (8 * g + l)) as *const u16).read_unaligned() as u64;
+            let lo = f(0) | f(1) << 16 | f(2) << 32 | f(3) << 48;
+            let hi = f(4) | f(5) << 16 | f(6) << 32 | f(7) << 48;
+            let dw = _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64));
+            unroll!(T, |i| {
+                s8[r][i] = _mm256_mul_ps(dw, _mm256_loadu_ps(a[i].d.add(8 * g)));
+            });
+        });
+        unroll!(2, |h| {
+            unroll!(4, |m| {
+                let l = 4 * h + m;
+                let idx = _mm256_set1_epi32(l as i32);
+                unroll!(R, |r| {
+                    unroll!(T, |i| {
+                        sc[r][i] = _mm256_permutevar8x32_ps(s8[r][i], idx);
+                    });
+                });
+                block_q8::<D, R, T>(&w, 8 * g + l, &a, &sc, &mut acc);
+            });
+        });
+    }
+    for b in nb / 8 * 8..nb {
+        unroll!(R, |r| {
+            let dw = f16x8(w[r].add(bb * b));
+            unroll!(T, |i| {
+                sc[r][i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*a[i].d.add(b)));
+            });
+        });
+        block_q8::<D, R, T>(&w, b, &a, &sc, &mut acc);
+    }
+    let mut res = [[0f32; T]; R];
+    unroll!(R, |r| {
+        unroll!(T, |i| {
+            res[r][i] = hsum(acc[r][i]);
+        });
+    });
+    res
+}
+
+/// Shuffle that broadcasts i16 element `j` (0..8) of each 128-bit lane to the whole lane.
+#[inline(always)]
+unsafe fn bcast16(j: usize) -> __m256i {
+    let lo = (2 * j) as i8;
+    let hi = lo + 1;
+    _mm256_setr_epi8(
+        lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo,
+        hi, lo, hi, lo, hi, lo, hi, lo, hi,
+    )
+}
+
+/// Shuffle that broadcasts i16 element `j` to the low lane and `j + 1` to the high lane.
+#[inline(always)]
+unsafe fn bcast16_pair(j: usize) -> __m256i {
+    let (a, b) = ((2 * j) as i8, (2 * j + 1) as i8);
+    let (c, d) = (a + 2, b + 2);
+    _mm256_setr_epi8(
+        a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, c, d, c, d, c, d, c, d, c, d, c, d, c, d,
+        c, d,
+    )
+}
+
+/// Bit `K` of every byte of `qh` moved to bit 4 (other bits cleared).
+#[inline(always)]
+unsafe fn bit_to_4(qh: __m256i, k: usize) -> __m256i {
+    let m = _mm256_and_si256(qh, _mm256_set1_epi8((1u8 << k) as i8));
+    match k {
+        0 => _mm256_slli_epi16::<4>(m),
+        1 => _mm256_slli_epi16::<3>(m),
+        2 => _mm256_slli_epi16::<2>(m),
+        3 => _mm256_slli_epi16::<1>(m),
+        4 => m,
+        5 => _mm256_srli_epi16::<1>(m),
+        6 => _mm256_srli_epi16::<2>(m),
+        _ => _mm256_srli_epi16::<3>(m),
+    }
+}
+
+/// Q4_K or Q5_K weights (`D`): `R` rows x `T` activation rows of `nb` super-blocks.
+#[inline(always)]
+unsafe fn tile_qk_scale_min<const D: u8, const R: usize, const T: usize>(
+    w: [*const u8; R],
+    nb: usize,
+    a: [Act; T],
+) -> [[f32; T]; R] {
     let bb = if D == Q5_K { 176 } else { 144 };
     let m4 = _mm256_set1_epi8(15);
-    let one = _mm256_set1_epi8(1);
     // Duplicates each of 8 bytes: [0, 0, 1, 1, ..., 7, 7].
     let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
-        let wb = w.add(bb * b);
-        let xdb = *xd.add(b);
-        let d = f16(wb) * xdb;
-        let dmin = f16(wb.add(2)) * xdb;
-        // 6-bit scales and mins, unpacked four at a time in u32 words.
-        let sp = wb.add(4) as *const u32;
-        let (w0, w1, w2) = (
-            sp.read_unaligned(),
-            sp.add(1).read_unaligned(),
-            sp.add(2).read_unaligned(),
-        );
-        let sc = (w0 & 0x3f3f_3f3f) as u64
-            | ((((w2 & 0x0f0f_0f0f) | ((w0 >> 2) & 0x3030_3030)) as u64) << 32);
-        let mn = (w1 & 0x3f3f_3f3f) as u64
-            | (((((w2 >> 4) & 0x0f0f_0f0f) | ((w1 >> 2) & 0x3030_3030)) as u64) << 32);
-        // Mins against the sums of 16 activations: Σ m[s] · (sums of sub-block s).
-        let mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(mn as i64), dup));
-        let sums = _mm256_loadu_si256(xs.add(16 * b) as *const __m256i);
-        let summ = _mm256_madd_epi16(sums, mins16);
-        acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
-
-        let qs = wb.add(if D == Q5_K { 48 } else { 16 });
-        let mut qh = if D == Q5_K {
-            load(wb.add(16))
-        } else {
-            _mm256_setzero_si256()
-        };
-        let x = xq.add(QK_K * b) as *const u8;
-        let mut sumi = _mm256_setzero_si256();
-        for c in 0..4 {
-            let q = load(qs.add(32 * c));
-            let mut lo = _mm256_and_si256(q, m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-            if D == Q5_K {
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(_mm256_and_si256(qh, one)));
-                qh = _mm256_srli_epi16::<1>(qh);
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(_mm256_and_si256(qh, one)));
-                qh = _mm256_srli_epi16::<1>(qh);
+        let mut dx = [_mm256_setzero_ps(); T];
+        unroll!(T, |i| {
+            dx[i] = _mm256_broadcast_ss(&*a[i].d.add(b));
+        });
+        unroll!(R, |r| {
+            let wb = w[r].add(bb * b);
+            for l in 0..bb.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF + 64 * l) as *const i8);
             }
-            let p0 = _mm256_maddubs_epi16(lo, load(x.add(64 * c)));
-            let p1 = _mm256_maddubs_epi16(hi, load(x.add(64 * c + 32)));
-            let s0 = _mm256_set1_epi16(((sc >> (16 * c)) & 0xff) as i16);
-            let s1 = _mm256_set1_epi16(((sc >> (16 * c + 8)) & 0xff) as i16);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p0, s0));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, s1));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            let d = f16x8(wb);
+            let dmin = f16x8(wb.add(2));
+            // 6-bit scales and mins, unpacked four at a time in u32 words.
+            let sp = wb.add(4) as *const u32;
+            let (w0, w1, w2) = (
+                sp.read_unaligned(),
+                sp.add(1).read_unaligned(),
+                sp.add(2).read_unaligned(),
+            );
+            let sc = (w0 & 0x3f3f_3f3f) as u64
+                | ((((w2 & 0x0f0f_0f0f) | ((w0 >> 2) & 0x3030_3030)) as u64) << 32);
+            let mn = (w1 & 0x3f3f_3f3f) as u64
+                | (((((w2 >> 4) & 0x0f0f_0f0f) | ((w1 >> 2) & 0x3030_3030)) as u64) << 32);
+            let mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(mn as i64), dup));
+            let sc16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64));
+            let scv = _mm256_broadcastsi128_si256(sc16);
+            // Mins against the sums of 16 activations: Σ m[s] · (sums of sub-block s).
+            unroll!(T, |i| {
+                let sums = _mm256_loadu_si256(a[i].s.add(16 * b) as *const __m256i);
+                let summ = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, mins16));
+                acc[r][i] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx[i]), summ, acc[r][i]);
+            });
+            let qs = wb.add(if D == Q5_K { 48 } else { 16 });
+            let qh = if D == Q5_K {
+                load(wb.add(16))
+            } else {
+                _mm256_setzero_si256()
+            };
+            let mut sumi = [_mm256_setzero_si256(); T];
+            unroll!(4, |c| {
+                let q = load(qs.add(32 * c));
+                let mut lo = _mm256_and_si256(q, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                if D == Q5_K {
+                    lo = _mm256_or_si256(lo, bit_to_4(qh, 2 * c));
+                    hi = _mm256_or_si256(hi, bit_to_4(qh, 2 * c + 1));
+                }
+                let s0 = _mm256_shuffle_epi8(scv, bcast16(2 * c));
+                let s1 = _mm256_shuffle_epi8(scv, bcast16(2 * c + 1));
+                unroll!(T, |i| {
+                    let x = a[i].q.add(QK_K * b + 64 * c);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(x)), s0);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(x.add(32))), s1);
+                    sumi[i] = _mm256_add_epi32(sumi[i], _mm256_add_epi32(p0, p1));
+                });
+            });
+            unroll!(T, |i| {
+                acc[r][i] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, dx[i]),
+                    _mm256_cvtepi32_ps(sumi[i]),
+                    acc[r][i],
+                );
+            });
+        });
     }
-    hsum(acc)
+    let mut res = [[0f32; T]; R];
+    unroll!(R, |r| {
+        unroll!(T, |i| {
+            res[r][i] = hsum(acc[r][i]);
+        });
+    });
+    res
 }
 
-/// Q6_K weights · Q8_K activations, `nb` blocks.
+/// Q6_K weights: `R` rows x `T` activation rows of `nb` super-blocks.
 #[inline(always)]
-unsafe fn dot_q6_k(w: *const u8, nb: usize, xq: *const i8, xd: *const f32, xs: *const i16) -> f32 {
+unsafe fn tile_q6_k<const R: usize, const T: usize>(
+    w: [*const u8; R],
+    nb: usize,
+    a: [Act; T],
+) -> [[f32; T]; R] {
     let m4 = _mm256_set1_epi8(15);
     let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
     for b in 0..nb {
-        let wb = w.add(210 * b);
-        let d = f16(wb.add(208)) * *xd.add(b);
-        let scb = _mm_loadu_si128(wb.add(192) as *const __m128i);
-        // The -32 offset: Σ sc[s] · 32 · (sum of sub-block s).
-        let sums = _mm256_loadu_si256(xs.add(16 * b) as *const __m256i);
-        let off = _mm256_madd_epi16(sums, _mm256_cvtepi8_epi16(scb));
-        let mut sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(off));
-        let x = xq.add(QK_K * b) as *const u8;
-        for half in 0..2 {
-            let q4a = load(wb.add(64 * half));
-            let q4b = load(wb.add(64 * half + 32));
-            let qh = load(wb.add(128 + 32 * half));
-            let v = [
-                _mm256_or_si256(
-                    _mm256_and_si256(q4a, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(q4b, m4),
-                    _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(q4a), m4),
-                    _mm256_and_si256(qh, m30),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(q4b), m4),
-                    _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                ),
-            ];
-            for (c, &vc) in v.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(vc, load(x.add(128 * half + 32 * c)));
-                // Sub-blocks s0 = 8·half + 2c (first 16 values) and s0 + 1.
-                let s0 = 8 * half + 2 * c;
-                let sc = *wb.add(192 + s0) as i8 as i16;
-                let sc1 = *wb.add(193 + s0) as i8 as i16;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(sc1), _mm_set1_epi16(sc));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv));
+        let mut dx = [_mm256_setzero_ps(); T];
+        unroll!(T, |i| {
+            dx[i] = _mm256_broadcast_ss(&*a[i].d.add(b));
+        });
+        unroll!(R, |r| {
+            let wb = w[r].add(210 * b);
+            for l in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF + 64 * l) as *const i8);
             }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            let d = f16x8(wb.add(208));
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(192) as *const __m128i));
+            // Scales 0..8 / 8..16 in both lanes.
+            let sch = [
+                _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+                _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+            ];
+            // The -32 offset: Σ sc[s] · 32 · (sum of sub-block s).
+            let mut sumi = [_mm256_setzero_si256(); T];
+            unroll!(T, |i| {
+                let sums = _mm256_loadu_si256(a[i].s.add(16 * b) as *const __m256i);
+                let off = _mm256_madd_epi16(sums, sc16);
+                sumi[i] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(off));
+            });
+            unroll!(2, |half| {
+                let q4a = load(wb.add(64 * half));
+                let q4b = load(wb.add(64 * half + 32));
+                let qh = load(wb.add(128 + 32 * half));
+                let v = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(q4a, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(q4b, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q4a), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q4b), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                unroll!(4, |c| {
+                    let vc = v[c];
+                    // Sub-blocks 8·half + 2c (first 16 values) and the next one.
+                    let scv = _mm256_shuffle_epi8(sch[half], bcast16_pair(2 * c));
+                    unroll!(T, |i| {
+                        let x = a[i].q.add(QK_K * b + 128 * half + 32 * c);
+                        let p = _mm256_maddubs_epi16(vc, load(x));
+                        sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(p, scv));
+                    });
+                });
+            });
+            unroll!(T, |i| {
+                acc[r][i] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, dx[i]),
+                    _mm256_cvtepi32_ps(sumi[i]),
+                    acc[r][i],
+                );
+            });
+        });
     }
-    hsum(acc)
+    let mut res = [[0f32; T]; R];
+    unroll!(R, |r| {
+        unroll!(T, |i| {
+            res[r][i] = hsum(acc[r][i]);
+        });
+    });
+    res
 }
 
-/// Dot product of weight row `w` (format `D`, `k` elements) with activation row `i`.
-#[inline(always)]
-unsafe fn dot<const D: u8>(w: *const u8, k: usize, act: &QAct, i: usize) -> f32 {
-    if D == Q8_0 || D == Q4_0 {
-        let nb = k / QK;
-        dot_q8::<D>(w, nb, act.q.as_ptr().add(i * k), act.d.as_ptr().add(i * nb))
-    } else {
-        let nb = k / QK_K;
-        let xq = act.q.as_ptr().add(i * k);
-        let xd = act.d.as_ptr().add(i * nb);
-        let xs = act.s.as_ptr().add(i * k / 16);
-        if D == Q6_K {
-            dot_q6_k(w, nb, xq, xd, xs)
-        } else {
-            dot_qk_scale_min::<D>(w, nb, xq, xd, xs)
+/// A view of the call's operands for the tiles.
+#[derive(Clone, Copy)]
+struct Ctx {
+    /// Row 0 of the weights.
+    base: *const u8,
+    /// Bytes from one weight row to the next.
+    stride: usize,
+    /// Blocks per row.
+    nb: usize,
+    /// Output row length (weight rows).
+    n: usize,
+    out: OutPtr,
+}
+
+/// Output columns `j..j + R` for activation rows `i0..i0 + T` (`a`).
+///
+/// # Safety
+/// As [`rows_avx2`], with `j + R <= r1` and `i0 + T <= t`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<const D: u8, const R: usize, const T: usize>(
+    cx: Ctx,
+    j: usize,
+    a: [Act; T],
+    i0: usize,
+) {
+    let wp: [*const u8; R] = std::array::from_fn(|r| cx.base.add((j + r) * cx.stride));
+    let res = match D {
+        Q8_0 | Q4_0 => tile_q8::<D, R, T>(wp, cx.nb, a),
+        Q6_K => tile_q6_k::<R, T>(wp, cx.nb, a),
+        _ => tile_qk_scale_min::<D, R, T>(wp, cx.nb, a),
+    };
+    for (r, row) in res.iter().enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            cx.out.write((i0 + i) * cx.n + j + r, v);
         }
+    }
+}
+
+/// Output columns `r0..r1` for activation rows `i0..i0 + T`, `R` weight rows at a time
+/// (the remaining rows one at a time).
+///
+/// # Safety
+/// As [`rows_avx2`].
+#[inline(always)]
+unsafe fn rows_rt<const D: u8, const R: usize, const T: usize>(
+    cx: Ctx,
+    r0: usize,
+    r1: usize,
+    act: &QAct,
+    i0: usize,
+    k: usize,
+) {
+    let bs = if D == Q8_0 || D == Q4_0 { QK } else { QK_K };
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, bs));
+    let mut j = r0;
+    while j + R <= r1 {
+        tile::<D, R, T>(cx, j, a, i0);
+        j += R;
+    }
+    while j < r1 {
+        tile::<D, 1, T>(cx, j, a, i0);
+        j += 1;
     }
 }
 
@@ -209,7 +482,6 @@ unsafe fn dot<const D: u8>(w: *const u8, k: usize, act: &QAct, i: usize) -> f32 
 /// AVX2/FMA/F16C available; `w` of format `D`; `act` holds `t` rows of `w.cols()` quantized
 /// for that format; `out` valid for `t * w.rows()` floats with columns `r0..r1` owned by the
 /// caller.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn rows_avx2<const D: u8>(
     w: &Matrix,
     r0: usize,
@@ -219,11 +491,128 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
     out: OutPtr,
 ) {
     let k = w.cols();
-    let n = w.rows();
+    let bs = if D == Q8_0 || D == Q4_0 { QK } else { QK_K };
+    let cx = Ctx {
+        base: w.base_ptr(),
+        stride: w.row_stride_bytes(),
+        nb: k / bs,
+        n: w.rows(),
+        out,
+    };
+    if t <= 4 {
+        // Weight rows per tile: enough independent work per block, few enough accumulators
+        // to stay in registers.
+        let small_blocks = D == Q8_0 || D == Q4_0;
+        match (t, small_blocks) {
+            (1, true) => rows_rt::<D, 2, 1>(cx, r0, r1, act, 0, k),
+            (1, false) => rows_rt::<D, 1, 1>(cx, r0, r1, act, 0, k),
+            (2, true) => rows_rt::<D, 1, 2>(cx, r0, r1, act, 0, k),
+            (2, false) => rows_rt::<D, 1, 2>(cx, r0, r1, act, 0, k),
+            (3, _) => rows_rt::<D, 1, 3>(cx, r0, r1, act, 0, k),
+            _ => rows_rt::<D, 1, 4>(cx, r0, r1, act, 0, k),
+        }
+        return;
+    }
+    // Many activation rows: each weight row (hot in L1 after the first group) against all of
+    // them, four at a time.
+    let groups: Vec<(usize, usize)> = (0..t).step_by(4).map(|i0| (i0, (t - i0).min(4))).collect();
     for j in r0..r1 {
-        let wp = w.row_ptr(j);
-        for i in 0..t {
-            out.write(i * n + j, dot::<D>(wp, k, act, i));
+        for &(i0, tt) in &groups {
+            match tt {
+                1 => tile::<D, 1, 1>(cx, j, [Act::new(act, i0, k, bs)], i0),
+                2 => tile::<D, 1, 2>(
+                    cx,
+                    j,
+                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
+                    i0,
+                ),
+                3 => tile::<D, 1, 3>(
+                    cx,
+                    j,
+                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
+                    i0,
+                ),
+                _ => tile::<D, 1, 4>(
+                    cx,
+                    j,
+                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
+                    i0,
+                ),
+            }
         }
     }
+}
+
+/// Sum of the 8 i32 lanes.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// AVX2 version of [`super::quant::quantize_act_block`], with the same values: `x * id`
+/// rounded half away from zero (as `f32::round`) and clamped to -127..=127.
+///
+/// # Safety
+/// AVX2/FMA available; `x.len() == q.len()`, a multiple of 32; `s` empty or `x.len() / 16`
+/// long.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_act_block_avx2(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut f32,
+    s: &mut [i16],
+    o: &mut i32,
+) {
+    let n = x.len();
+    assert!(n.is_multiple_of(32) && q.len() == n && (s.is_empty() || s.len() == n / 16));
+    let xp = x.as_ptr();
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for c in (0..n).step_by(8) {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xp.add(c))));
+    }
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+    *d = amax / 127.0;
+    let id = _mm256_set1_ps(if amax == 0.0 { 0.0 } else { 127.0 / amax });
+    let half = _mm256_set1_ps(0.5);
+    let one = _mm256_set1_ps(1.0);
+    let lim = _mm256_set1_ps(127.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let quant = |p: *const f32| {
+        let y = _mm256_mul_ps(_mm256_loadu_ps(p), id);
+        let ti = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        // y - trunc(y) is exact; |frac| >= 0.5 rounds away from zero.
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(y, ti));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, half);
+        let step = _mm256_or_ps(_mm256_and_ps(y, sign), one);
+        let r = _mm256_add_ps(ti, _mm256_and_ps(up, step));
+        let r = _mm256_max_ps(
+            _mm256_min_ps(r, lim),
+            _mm256_sub_ps(_mm256_setzero_ps(), lim),
+        );
+        _mm256_cvttps_epi32(r)
+    };
+    let mut total = _mm256_setzero_si256();
+    for c in (0..n).step_by(32) {
+        let a = quant(xp.add(c));
+        let b = quant(xp.add(c + 8));
+        let e = quant(xp.add(c + 16));
+        let f = quant(xp.add(c + 24));
+        let ab = _mm256_packs_epi32(a, b);
+        let ef = _mm256_packs_epi32(e, f);
+        let v = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, ef), perm);
+        _mm256_storeu_si256(q.as_mut_ptr().add(c) as *mut __m256i, v);
+        let (s0, s1) = (_mm256_add_epi32(a, b), _mm256_add_epi32(e, f));
+        if !s.is_empty() {
+            s[c / 16] = hsum_i32(s0) as i16;
+            s[c / 16 + 1] = hsum_i32(s1) as i16;
+        }
+        total = _mm256_add_epi32(total, _mm256_add_epi32(s0, s1));
+    }
+    *o = -8 * hsum_i32(total);
 }
