@@ -117,16 +117,9 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     let threads = rayon::current_num_threads();
-    // Bytes per parameter of the stored format (block formats: block bytes / block size).
-    let es = match dtype.to_ascii_lowercase().as_str() {
-        "f32" => 4.0,
-        "q8_0" => DType::Q8_0.block_bytes() as f64 / DType::Q8_0.block_size() as f64,
-        "q4_0" => DType::Q4_0.block_bytes() as f64 / DType::Q4_0.block_size() as f64,
-        "q4_k" => DType::Q4_K.block_bytes() as f64 / DType::Q4_K.block_size() as f64,
-        "q5_k" => DType::Q5_K.block_bytes() as f64 / DType::Q5_K.block_size() as f64,
-        "q6_k" => DType::Q6_K.block_bytes() as f64 / DType::Q6_K.block_size() as f64,
-        _ => 2.0,
-    };
+    // Bytes per parameter of the layer matrices' format (block bytes / block size).
+    let main = model.weights.layers[0].gate_proj.dtype();
+    let es = main.block_bytes() as f64 / main.block_size() as f64;
     // `--size A,B,C` measures several slices of one loaded model (one report each).
     let selections: Vec<SliceArgs> = match &a.slice.size {
         Some(list) if list.contains(',') => list
@@ -167,7 +160,7 @@ fn measure(
     // Float weights take the exact sparse FFN in decode (only the active rows of up and
     // downᵀ are read); quantized ones read every row.
     let st = plan.sliced_config(cfg).stats();
-    let sparse_read = !dtype.to_ascii_lowercase().starts_with('q');
+    let sparse_read = !model.weights.layers[0].gate_proj.dtype().is_quantized();
     let params = if sparse_read {
         st.sparse_params_per_token
     } else {
