@@ -18,7 +18,9 @@ Files:
                       values are in all_types.json.
   tiny_text_f16.gguf  tests/fixtures/text/tiny_text_f32 converted by the vendored
                       convert_hf_to_gguf.py (--outtype f16), with a tiny SentencePiece
-                      tokenizer.model trained here (the converter requires one).
+                      tokenizer.model trained here (the converter requires one) plus a
+                      tokenizer_config.json and added_tokens.json; those three files are
+                      kept in tiny_tokenizer/ for the test of our `quantize`'s vocabulary.
 """
 
 import io
@@ -108,7 +110,33 @@ def all_types(gguf):
         f.write("\n")
 
 
+# Tokenizer files beside tokenizer.model, so that the converter's added-token, special-id and
+# chat-template handling is exercised: ids >= 120 are past the SentencePiece pieces.
+TOKENIZER_CONFIG = {
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "added_tokens_decoder": {
+        "0": {"content": "<pad>", "special": True},
+        "1": {"content": "<eos>", "special": True},
+        "2": {"content": "<bos>", "special": True},
+        "3": {"content": "<unk>", "special": True},
+        "120": {"content": "<image_soft_token>", "special": True},
+        "121": {"content": "<unused0>", "special": False},
+        "122": {"content": "\u2581\u2581hi", "special": False},
+    },
+    "chat_template": "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+                     "{{ m['content'] }}<end_of_turn>\n{% endfor %}",
+}
+ADDED_TOKENS = {"<audio_soft_token>": 123}
+
+
 def tiny_tokenizer(path):
+    """Trains the 120-piece SentencePiece model into `path` (a directory) with the
+    tokenizer_config.json and added_tokens.json above."""
     import sentencepiece as spm
 
     lines = [
@@ -120,10 +148,17 @@ def tiny_tokenizer(path):
     m = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=m, vocab_size=120, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, character_coverage=1.0,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], character_coverage=1.0,
         normalization_rule_name="identity", minloglevel=2)
-    with open(path, "wb") as f:
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "tokenizer.model"), "wb") as f:
         f.write(m.getvalue())
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(TOKENIZER_CONFIG, f, indent=1, ensure_ascii=False)
+    with open(os.path.join(path, "added_tokens.json"), "w") as f:
+        json.dump(ADDED_TOKENS, f)
 
 
 def converted_tiny(src):
@@ -138,7 +173,10 @@ def converted_tiny(src):
         os.makedirs(model)
         for f in ("config.json", "generation_config.json", "model.safetensors"):
             shutil.copy(os.path.join(TINY, f), model)
-        tiny_tokenizer(os.path.join(model, "tokenizer.model"))
+        tok = os.path.join(OUT, "tiny_tokenizer")
+        tiny_tokenizer(tok)
+        for f in os.listdir(tok):
+            shutil.copy(os.path.join(tok, f), model)
         out = os.path.join(OUT, "tiny_text_f16.gguf")
         subprocess.run(
             [sys.executable, os.path.join(llama, "convert_hf_to_gguf.py"), model,

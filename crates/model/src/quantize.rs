@@ -7,8 +7,10 @@ use std::io::Write;
 use gemma3n_compute::{quant, DType};
 use rayon::prelude::*;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, TensorSource};
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::gguf::gemma3n::vocab::vocab_metadata;
 use crate::gguf::gemma3n::{gguf_layout, gguf_metadata, GgufTensorLayout};
 use crate::gguf::{write_with, TensorSpec, Value};
 
@@ -181,17 +183,50 @@ impl QuantPolicy {
 const ROWS_PER_BATCH: usize = 2048;
 
 /// Writes `ckpt`'s text decoder to `out` as a Gemma 3n GGUF file under `policy`.
-/// `progress(done, total)` is called per tensor. The tokenizer is not written yet: llama.cpp
-/// needs `tokenizer.ggml.*` to run the file; our loader does not.
+/// `progress(done, total)` is called per tensor. The tokenizer vocabulary comes from the
+/// checkpoint's `tokenizer.model` or `tokenizer.json` ([`vocab_metadata`]); without either the
+/// file has none (our loader does not need it, llama.cpp does) and this returns `false`.
 pub fn quantize(
     ckpt: &Checkpoint,
     policy: &QuantPolicy,
     out: &std::path::Path,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
-    let cfg = &ckpt.config;
+) -> Result<bool> {
     let prefix = &ckpt.text_prefix;
     let has = |n: &str| ckpt.weights.contains(&format!("{prefix}{n}"));
+    let input = QuantizeInput {
+        config: &ckpt.config,
+        source: &ckpt.weights,
+        prefix,
+        has: &has,
+        tokenizer_dir: Some(&ckpt.dir),
+    };
+    quantize_from(&input, policy, out, progress)
+}
+
+/// What [`quantize_from`] converts: a configuration, tensors by HF name, and where the
+/// tokenizer files are.
+pub struct QuantizeInput<'a> {
+    pub config: &'a ModelConfig,
+    pub source: &'a (dyn TensorSource + Sync),
+    /// Prefix of the text decoder's tensor names in `source`.
+    pub prefix: &'a str,
+    /// Whether the optional tensor (name relative to `prefix`) exists.
+    pub has: &'a dyn Fn(&str) -> bool,
+    /// Directory with `tokenizer.model` / `tokenizer.json` (and their config files).
+    pub tokenizer_dir: Option<&'a std::path::Path>,
+}
+
+/// [`quantize`] from any tensor source (a checkpoint, or random weights for benchmarks).
+pub fn quantize_from(
+    input: &QuantizeInput,
+    policy: &QuantPolicy,
+    out: &std::path::Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<bool> {
+    let cfg = input.config;
+    let prefix = input.prefix;
+    let has = input.has;
     let layout: Vec<GgufTensorLayout> = gguf_layout(&cfg.text, &has);
     let specs: Vec<TensorSpec> = layout
         .iter()
@@ -207,6 +242,19 @@ pub fn quantize(
     meta.retain(|(k, _)| k != "general.file_type" && k != "general.quantization_version");
     meta.push(("general.file_type".into(), Value::U32(policy.file_type)));
     meta.push(("general.quantization_version".into(), Value::U32(2)));
+    let vocab = match input.tokenizer_dir {
+        Some(dir) => vocab_metadata(dir, cfg.text.vocab_size)?,
+        None => None,
+    };
+    let has_vocab = match vocab {
+        Some(v) => {
+            // The tokenizer's special ids replace the config-derived ones.
+            meta.retain(|(k, _)| !v.iter().any(|(vk, _)| vk == k));
+            meta.extend(v);
+            true
+        }
+        None => false,
+    };
     let total = layout.len();
     let mut done = 0;
     write_with(out, &meta, &specs, &mut |i, w: &mut dyn Write| {
@@ -217,8 +265,8 @@ pub fn quantize(
         let mut rows_written = 0;
         for part in &t.parts {
             let name = format!("{prefix}{}", part.hf_name);
-            let m = ckpt
-                .weights
+            let m = input
+                .source
                 .matrix(&name, &part.hf_shape)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             if m.cols() != cols {
@@ -240,7 +288,8 @@ pub fn quantize(
         done += 1;
         progress(done, total);
         Ok(())
-    })
+    })?;
+    Ok(has_vocab)
 }
 
 /// Converts `rows` rows produced by `row(r, buf)` to `dtype` and writes them.

@@ -534,3 +534,73 @@ fn normal_cdf_inverts_icdf() {
     assert_eq!(gemma3n::normal_cdf(f64::NEG_INFINITY), 0.0);
     assert!((gemma3n::normal_cdf(-3.5) - 2.3262907903552504e-4).abs() < 1e-16);
 }
+
+#[test]
+fn quantize_writes_the_converters_vocabulary_and_tensors() {
+    // The tiny checkpoint with the SentencePiece model, tokenizer_config.json and
+    // added_tokens.json the converter was given: our `quantize --type f16` must write the
+    // same tokenizer.* metadata (every key, same types and values) and the same tensors.
+    let dir = tmp("quantize-vocab");
+    std::fs::create_dir_all(&dir).unwrap();
+    for src in [tiny_dir(), fixture("tiny_tokenizer")] {
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap() != "golden.safetensors" {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
+    let out = dir.join("ours.gguf");
+    let policy = gemma3n_model::quantize::QuantPolicy::preset("f16").unwrap();
+    assert!(gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {}).unwrap());
+    let ours = Gguf::open(&out).unwrap();
+    let conv = Gguf::open(&fixture("tiny_text_f16.gguf")).unwrap();
+    let keys = |g: &Gguf| {
+        let mut k: Vec<String> = g
+            .metadata()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| k.starts_with("tokenizer."))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&ours), keys(&conv));
+    for k in keys(&conv) {
+        assert_eq!(ours.get(&k), conv.get(&k), "{k}");
+    }
+    for t in conv.tensors() {
+        assert_eq!(
+            ours.tensor_bytes(&t.name).unwrap(),
+            conv.tensor_bytes(&t.name).unwrap(),
+            "{}",
+            t.name
+        );
+    }
+    // Without tokenizer files the file has no vocabulary, and `quantize` says so.
+    for f in [
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "added_tokens.json",
+    ] {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
+    assert!(!gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {}).unwrap());
+    assert!(Gguf::open(&out)
+        .unwrap()
+        .get("tokenizer.ggml.tokens")
+        .is_none());
+    // A corrupt SentencePiece model is a clear error naming the file.
+    std::fs::write(dir.join("tokenizer.model"), [0x0a, 0x40, 1, 2]).unwrap();
+    let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
+    let e = gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.model") && e.contains("truncated"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -34,38 +34,7 @@ impl Gen {
     fn matrix(&mut self, rows: usize, cols: usize) -> Matrix {
         self.next += 1;
         let seed = mix(self.seed ^ self.next.wrapping_mul(0xA24B_AED4_963E_E407));
-        let amp = (3.0 / cols as f32).sqrt();
-        // Block formats need whole blocks per row; narrow matrices stay bf16.
-        let dtype = if self.dtype.is_quantized() && !cols.is_multiple_of(self.dtype.block_size()) {
-            DType::BF16
-        } else {
-            self.dtype
-        };
-        let row_bytes = dtype.row_bytes(cols);
-        let mut bytes = AlignedBytes::zeroed(rows * row_bytes);
-        bytes
-            .as_mut_slice()
-            .par_chunks_mut(row_bytes)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let vals: Vec<f32> = (0..cols)
-                    .map(|c| amp * unit(seed, (r * cols + c) as u64))
-                    .collect();
-                match dtype {
-                    DType::F32 => row
-                        .chunks_exact_mut(4)
-                        .zip(&vals)
-                        .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
-                    DType::BF16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
-                        o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())
-                    }),
-                    DType::F16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
-                        o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())
-                    }),
-                    q => gemma3n_compute::quant::quantize_row(q, &vals, row),
-                }
-            });
-        Matrix::owned(bytes, dtype, rows, cols)
+        random_matrix(seed, rows, cols, self.dtype)
     }
 
     /// A norm-like vector around 1.
@@ -79,6 +48,91 @@ impl Gen {
         self.next += 1;
         let seed = mix(self.seed ^ self.next);
         (0..n).map(|i| amp * unit(seed, i as u64)).collect()
+    }
+}
+
+/// A `rows x cols` matrix of uniform values with the variance of N(0, 1/cols), stored as
+/// `dtype` (block formats need whole blocks per row: narrower matrices stay bf16).
+fn random_matrix(seed: u64, rows: usize, cols: usize, dtype: DType) -> Matrix {
+    let amp = (3.0 / cols as f32).sqrt();
+    let dtype = if dtype.is_quantized() && !cols.is_multiple_of(dtype.block_size()) {
+        DType::BF16
+    } else {
+        dtype
+    };
+    let row_bytes = dtype.row_bytes(cols);
+    let mut bytes = AlignedBytes::zeroed(rows * row_bytes);
+    bytes
+        .as_mut_slice()
+        .par_chunks_mut(row_bytes)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let vals: Vec<f32> = (0..cols)
+                .map(|c| amp * unit(seed, (r * cols + c) as u64))
+                .collect();
+            match dtype {
+                DType::F32 => row
+                    .chunks_exact_mut(4)
+                    .zip(&vals)
+                    .for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
+                DType::BF16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
+                    o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                }),
+                DType::F16 => row.chunks_exact_mut(2).zip(&vals).for_each(|(o, v)| {
+                    o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())
+                }),
+                q => gemma3n_compute::quant::quantize_row(q, &vals, row),
+            }
+        });
+    Matrix::owned(bytes, dtype, rows, cols)
+}
+
+/// Random bf16 weights looked up by Hugging Face tensor name, as a checkpoint would hold them
+/// (norms and scales around 1, AltUp coefficients small, matrices N(0, 1/cols)-like): what
+/// `gemma3n quantize --synthetic` writes to a GGUF file. Each tensor depends only on the
+/// seed and its name.
+pub struct SyntheticSource {
+    pub seed: u64,
+}
+
+impl SyntheticSource {
+    fn seed_of(&self, name: &str) -> u64 {
+        // FNV-1a of the name, mixed with the seed.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        mix(self.seed ^ h)
+    }
+
+    /// The values of a one-dimensional (or coefficient) tensor, or `None` for a matrix.
+    fn small_values(&self, name: &str, n: usize) -> Option<Vec<f32>> {
+        let seed = self.seed_of(name);
+        let (base, amp) = if name.ends_with("norm.weight") || name.ends_with("correct_output_scale")
+        {
+            (1.0, 0.1)
+        } else if name.ends_with("_coefs.weight") {
+            (0.0, 0.1)
+        } else {
+            return None;
+        };
+        Some((0..n).map(|i| base + amp * unit(seed, i as u64)).collect())
+    }
+}
+
+impl crate::checkpoint::TensorSource for SyntheticSource {
+    fn matrix(&self, name: &str, shape: &[usize]) -> crate::error::Result<Matrix> {
+        let cols = *shape.last().unwrap_or(&1);
+        let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+        Ok(match self.small_values(name, rows * cols) {
+            Some(v) => Matrix::from_f32(&v, rows, cols),
+            None => random_matrix(self.seed_of(name), rows, cols, DType::BF16),
+        })
+    }
+    fn vector(&self, name: &str, n: usize) -> crate::error::Result<Vec<f32>> {
+        self.f32_tensor(name, &[n])
+    }
+    fn f32_tensor(&self, name: &str, shape: &[usize]) -> crate::error::Result<Vec<f32>> {
+        Ok(self.matrix(name, shape)?.to_f32_vec())
     }
 }
 

@@ -7,6 +7,7 @@
 //! e.g. `layers.3.mlp.gate_proj.weight`, like `Checkpoint::text_prefix`.
 
 mod config;
+pub mod vocab;
 
 pub use config::{
     gguf_metadata, hf_config_json, model_config, normal_cdf, normal_icdf,
