@@ -29,6 +29,10 @@ pub struct Args {
     /// Tokens to decode.
     #[arg(long, default_value_t = 32)]
     gen: usize,
+    /// Timed repetitions (after one untimed warm-up pass that touches every weight); the
+    /// report gives the median prefill and the median decode speed.
+    #[arg(long, default_value_t = 1)]
+    reps: usize,
     /// Seed of the synthetic weights and the random prompt.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -68,8 +72,8 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    if a.prompt_len == 0 || a.gen == 0 {
-        bail!("--prompt-len and --gen must be at least 1");
+    if a.prompt_len == 0 || a.gen == 0 || a.reps == 0 {
+        bail!("--prompt-len, --gen and --reps must be at least 1");
     }
     let (name, model, dtype) = match (&a.model, &a.synthetic) {
         (Some(path), None) => {
@@ -117,9 +121,6 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     let threads = rayon::current_num_threads();
-    // Bytes per parameter of the layer matrices' format (block bytes / block size).
-    let main = model.weights.layers[0].gate_proj.dtype();
-    let es = main.block_bytes() as f64 / main.block_size() as f64;
     // `--size A,B,C` measures several slices of one loaded model (one report each).
     let selections: Vec<SliceArgs> = match &a.slice.size {
         Some(list) if list.contains(',') => list
@@ -133,7 +134,7 @@ pub fn main(a: Args) -> Result<()> {
     };
     let mut reports = Vec::new();
     for sel in &selections {
-        reports.push(measure(&a, &model, sel, &name, &dtype, es)?);
+        reports.push(measure(&a, &model, sel, &name, &dtype)?);
     }
     let bandwidth = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, threads);
     for mut r in reports {
@@ -151,7 +152,6 @@ fn measure(
     sel: &SliceArgs,
     name: &str,
     dtype: &str,
-    es: f64,
 ) -> Result<Report> {
     let cfg = &model.cfg;
     let threads = rayon::current_num_threads();
@@ -159,14 +159,7 @@ fn measure(
     let plan = cache.plan().clone();
     // Float weights take the exact sparse FFN in decode (only the active rows of up and
     // downᵀ are read); quantized ones read every row.
-    let st = plan.sliced_config(cfg).stats();
-    let sparse_read = !model.weights.layers[0].gate_proj.dtype().is_quantized();
-    let params = if sparse_read {
-        st.sparse_params_per_token
-    } else {
-        st.params_per_token
-    };
-    let bytes_per_token = params as f64 * es;
+    let bytes_per_token = bytes_per_token(model, &plan);
 
     // A deterministic pseudo-random prompt of ordinary text ids (above the special ones,
     // below the multimodal ones).
@@ -186,15 +179,26 @@ fn measure(
         }))
         .collect();
 
-    let t0 = Instant::now();
-    let mut logits = model.forward(&prompt, &mut cache, Logits::Last)?;
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for _ in 0..a.gen {
-        let next = argmax(&logits[..cfg.vocab_size_per_layer_input.min(cfg.vocab_size)]);
-        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+    // Warm-up: a short prompt and two steps read every weight once (page faults of a
+    // memory-mapped file, caches), untimed.
+    model.forward(&prompt[..prompt.len().min(8)], &mut cache, Logits::Last)?;
+    model.forward(&prompt[..1], &mut cache, Logits::Last)?;
+    let mut prefills = Vec::new();
+    let mut decodes = Vec::new();
+    for _ in 0..a.reps {
+        cache = sel.cache(model)?;
+        let t0 = Instant::now();
+        let mut logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+        prefills.push(t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        for _ in 0..a.gen {
+            let next = argmax(&logits[..cfg.vocab_size_per_layer_input.min(cfg.vocab_size)]);
+            logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        }
+        decodes.push(t1.elapsed().as_secs_f64());
     }
-    let decode_s = t1.elapsed().as_secs_f64();
+    let prefill_s = median(&mut prefills);
+    let decode_s = median(&mut decodes);
     let decode_tok_s = a.gen as f64 / decode_s;
     let decode_gb_s = decode_tok_s * bytes_per_token / 1e9;
     let r = Report {
@@ -214,6 +218,57 @@ fn measure(
         bandwidth_pct: 0.0,
     };
     Ok(r)
+}
+
+/// Weight bytes one decode step reads, from the stored formats: every matrix of the kept
+/// layers (FFNs at the slice's width; in sparse layers with a transposed `down` copy only the
+/// active share of `up` and `downᵀ`), the LM head, the per-layer projection, the AltUp
+/// projections and one row of the per-layer table. Norm vectors are left out (< 0.1%).
+fn bytes_per_token(model: &TextModel, plan: &gemma3n_model::SlicePlan) -> f64 {
+    let w = &model.weights;
+    let per_el = |m: &gemma3n_compute::Matrix| {
+        m.dtype().row_bytes(m.dtype().block_size()) as f64 / m.dtype().block_size() as f64
+    };
+    let all = |m: &gemma3n_compute::Matrix| per_el(m) * (m.rows() * m.cols()) as f64;
+    let mut b = 0.0;
+    for sl in &plan.layers {
+        let lw = &w.layers[sl.layer];
+        b += all(&lw.q_proj) + all(&lw.o_proj);
+        if sl.kv == gemma3n_model::config::KvSource::Own {
+            b += lw.k_proj.as_ref().map_or(0.0, all) + lw.v_proj.as_ref().map_or(0.0, all);
+        }
+        let (d, f) = (lw.gate_proj.cols() as f64, sl.ffn_width as f64);
+        let active = if lw.down_proj_t.is_some() && sl.sparsity > 0.0 {
+            1.0 - sl.sparsity as f64
+        } else {
+            1.0
+        };
+        let down = lw.down_proj_t.as_ref().unwrap_or(&lw.down_proj);
+        b += per_el(&lw.gate_proj) * d * f
+            + active * (per_el(&lw.up_proj) * d * f + per_el(down) * d * f);
+        b += all(&lw.laurel_left) + all(&lw.laurel_right);
+        b += all(&lw.per_layer_input_gate) + all(&lw.per_layer_projection);
+        b += all(&lw.altup.modality_router);
+    }
+    b += all(&w.embed_tokens) + all(&w.per_layer_model_projection);
+    b += w
+        .altup_projections
+        .iter()
+        .chain(&w.altup_unembed_projections)
+        .map(all)
+        .sum::<f64>();
+    b += per_el(&w.embed_tokens_per_layer) * w.embed_tokens_per_layer.cols() as f64;
+    b
+}
+
+fn median(x: &mut [f64]) -> f64 {
+    x.sort_by(f64::total_cmp);
+    let n = x.len();
+    if n % 2 == 1 {
+        x[n / 2]
+    } else {
+        (x[n / 2 - 1] + x[n / 2]) / 2.0
+    }
 }
 
 fn print_report(r: &Report, json: bool) -> Result<()> {

@@ -11,9 +11,14 @@ use crate::matrix::Matrix;
 const ROWS_PER_TASK: usize = 64;
 
 /// `out[j] = w[rows[j]] · x` for each selected row (`x` has `w.cols()` elements).
+/// Block-format rows go through the int8 kernels: the same values as the dense quantized
+/// matmul gives those rows.
 pub fn gather_dot(w: &Matrix, rows: &[usize], x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), w.cols(), "gather_dot: x length");
     assert_eq!(out.len(), rows.len(), "gather_dot: out length");
+    if w.dtype().is_quantized() {
+        return super::matmul::gather_rows_quant(x, w, rows, out, true);
+    }
     out.par_chunks_mut(ROWS_PER_TASK)
         .zip(rows.par_chunks(ROWS_PER_TASK))
         .for_each(|(o, r)| {
@@ -52,8 +57,13 @@ pub fn weighted_row_sum(w: &Matrix, rows: &[usize], a: &[f32], out: &mut [f32]) 
     }
 }
 
-/// The transpose of `w` in its own dtype (float dtypes only): `[cols, rows]`.
+/// The transpose of `w`, `[cols, rows]`: in its own dtype for float dtypes, in f32 for block
+/// formats (a block value `d · q` is exact in f32, so the copy holds the same numbers).
 pub fn transpose(w: &Matrix) -> Matrix {
+    if w.dtype().is_quantized() {
+        let (r, c) = (w.rows(), w.cols());
+        return transpose(&Matrix::from_f32(&w.to_f32_vec(), r, c));
+    }
     let (r, c) = (w.rows(), w.cols());
     let es = w.dtype().size();
     let mut bytes = crate::storage::AlignedBytes::zeroed(r * c * es);

@@ -193,7 +193,7 @@ impl TextModel {
             .collect();
         let mut layers: Vec<LayerWeights> = layers;
         for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
-            if s > 0.0 && !lw.down_proj.dtype().is_quantized() {
+            if s > 0.0 {
                 lw.down_proj_t = Some(gemma3n_compute::cpu::sparse::transpose(&lw.down_proj));
             }
         }

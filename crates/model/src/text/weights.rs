@@ -154,7 +154,7 @@ impl TextWeights {
             progress(i + 2, total);
         }
         for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
-            if s > 0.0 && !lw.down_proj.dtype().is_quantized() {
+            if s > 0.0 {
                 lw.down_proj_t = Some(sparse::transpose(&lw.down_proj));
             }
         }

@@ -19,6 +19,7 @@ mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 
+use crate::dtype::DType;
 use crate::matrix::Matrix;
 
 #[cfg(target_arch = "x86_64")]
@@ -35,14 +36,15 @@ pub(crate) use convert::widen;
 pub const GEMV_MAX_T: usize = 64;
 
 /// Largest number of activation rows that [`matmul`] sends to the integer (int8 activation)
-/// kernels for block-format weights; more go to GEMM on dequantized panels.
+/// kernels for Q8_0/Q4_0 weights; more go to GEMM on dequantized panels. K-quant weights
+/// always take the integer kernels.
 pub const QUANT_INT_MAX_T: usize = 64;
 
 /// Which implementation [`matmul_with`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
     /// GEMV for `t <= GEMV_MAX_T`, GEMM above; SIMD where the CPU has it. Block-format
-    /// weights: the integer kernels for `t <= QUANT_INT_MAX_T`, GEMM above.
+    /// weights: the integer kernels (Q8_0/Q4_0 only up to `QUANT_INT_MAX_T`, GEMM above).
     Auto,
     /// The GEMV strategy for any `t`, with SIMD where the CPU has it (block formats: the
     /// integer kernels with int8 activations).
@@ -92,7 +94,14 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
     if w.dtype().is_quantized() {
         match path {
             MatmulPath::Gemm => gemm::gemm(x, t, w, out),
-            MatmulPath::Auto if t > QUANT_INT_MAX_T => gemm::gemm(x, t, w, out),
+            // Q8_0/Q4_0 dequantize cheaply and the f32 GEMM wins for long batches; the
+            // K-quants' unpacking makes dequantized panels slower than the integer kernels at
+            // any t (kernel_speed --quant: Q4_K 88 vs 62 GFLOP/s, Q6_K 150 vs 77 at t = 128).
+            MatmulPath::Auto
+                if t > QUANT_INT_MAX_T && matches!(w.dtype(), DType::Q8_0 | DType::Q4_0) =>
+            {
+                gemm::gemm(x, t, w, out)
+            }
             MatmulPath::Scalar => quant::matmul_quant(x, t, w, out, false),
             _ => quant::matmul_quant(x, t, w, out, true),
         }
@@ -108,6 +117,24 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
         MatmulPath::Scalar => gemv::gemv(x, t, w, out, false),
         _ => gemv::gemv(x, t, w, out, true),
     }
+}
+
+/// `out[j] = w[rows[j]] · x` for the selected rows of a block-format `w` and one activation
+/// row `x` (`w.cols()` long): the values [`matmul`] gives those rows at `t = 1`, reading only
+/// them. `simd: false` forces the portable kernels.
+pub fn gather_rows_quant(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool) {
+    assert!(
+        w.dtype().is_quantized(),
+        "gather_rows_quant: {} weights",
+        w.dtype()
+    );
+    assert_eq!(x.len(), w.cols(), "gather_rows_quant: x length");
+    assert_eq!(out.len(), rows.len(), "gather_rows_quant: out length");
+    assert!(
+        rows.iter().all(|&r| r < w.rows()),
+        "gather_rows_quant: row out of range"
+    );
+    quant::gather_quant(x, w, rows, out, simd)
 }
 
 /// The output of a matmul shared by the rayon tasks that fill disjoint parts of it.

@@ -145,6 +145,53 @@ pub(super) fn matmul_quant(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], sim
     })
 }
 
+/// Selected rows per rayon task in [`gather_quant`].
+const GATHER_ROWS_PER_TASK: usize = 64;
+
+/// `out[j] = w[rows[j]] · x` for a block-format `w` and one activation row, through int8
+/// activations: each value equals the corresponding output of [`matmul_quant`] with `t = 1`.
+pub(super) fn gather_quant(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool) {
+    let mut act = QAct::default();
+    act.quantize(x, w.cols(), act_block(w.dtype()), simd);
+    let act = &act;
+    out.par_chunks_mut(GATHER_ROWS_PER_TASK)
+        .zip(rows.par_chunks(GATHER_ROWS_PER_TASK))
+        .for_each(|(o, r)| {
+            #[cfg(target_arch = "x86_64")]
+            if simd && super::has_avx2() {
+                use super::quant_x86::*;
+                // SAFETY: AVX2/FMA/F16C detected; rows checked by the caller; o matches r.
+                unsafe {
+                    match w.dtype() {
+                        DType::Q8_0 => gather_avx2::<Q8_0>(w, r, act, o),
+                        DType::Q4_0 => gather_avx2::<Q4_0>(w, r, act, o),
+                        DType::Q4_K => gather_avx2::<Q4_K>(w, r, act, o),
+                        DType::Q5_K => gather_avx2::<Q5_K>(w, r, act, o),
+                        DType::Q6_K => gather_avx2::<Q6_K>(w, r, act, o),
+                        d => unreachable!("{d}"),
+                    }
+                }
+                return;
+            }
+            let dot = match w.dtype() {
+                DType::Q8_0 => dot_q8_0,
+                DType::Q4_0 => dot_q4_0,
+                DType::Q4_K => dot_q4_k,
+                DType::Q5_K => dot_q5_k,
+                DType::Q6_K => dot_q6_k,
+                d => unreachable!("{d}"),
+            };
+            let s: &[i16] = if act_block(w.dtype()) == QK_K {
+                &act.s
+            } else {
+                &[]
+            };
+            for (o, &row) in o.iter_mut().zip(r) {
+                *o = dot(w.row_bytes(row), &act.q, &act.d, s);
+            }
+        });
+}
+
 fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut QAct) {
     let k = w.cols();
     let n = w.rows();

@@ -97,8 +97,9 @@ impl Act {
     }
 }
 
-/// Weight bytes ahead of the current block that the kernels prefetch.
-const PF: usize = 768;
+/// Bounds of the prefetch distance (weight bytes ahead of the current block).
+const PF_MIN: usize = 768;
+const PF_MAX: usize = 8192;
 
 /// One Q8_0 / Q4_0 block `b` of `R` weight rows times `T` activation rows, accumulated into
 /// `acc` with the combined scales `sc` (weight scale times activation scale, all lanes).
@@ -109,6 +110,7 @@ unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
     a: &[Act; T],
     sc: &[[__m256; T]; R],
     acc: &mut [[__m256; T]; R],
+    pf: usize,
 ) {
     let bb = if D == Q8_0 { 34 } else { 18 };
     let ones = _mm256_set1_epi16(1);
@@ -119,7 +121,7 @@ unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
     unroll!(R, |r| {
         let wb = w[r].add(bb * b);
         if b.is_multiple_of(2) || D == Q8_0 {
-            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(pf) as *const i8);
         }
         if D == Q8_0 {
             let wq = load(wb.add(2));
@@ -156,6 +158,7 @@ unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
     w: [*const u8; R],
     nb: usize,
     a: [Act; T],
+    pf: usize,
 ) -> [[f32; T]; R] {
     let bb = if D == Q8_0 { 34 } else { 18 };
     let mut acc = [[_mm256_setzero_ps(); T]; R];
@@ -180,7 +183,7 @@ unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
                         sc[r][i] = _mm256_permutevar8x32_ps(s8[r][i], idx);
                     });
                 });
-                block_q8::<D, R, T>(&w, 8 * g + l, &a, &sc, &mut acc);
+                block_q8::<D, R, T>(&w, 8 * g + l, &a, &sc, &mut acc, pf);
             });
         });
     }
@@ -191,7 +194,7 @@ unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
                 sc[r][i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*a[i].d.add(b)));
             });
         });
-        block_q8::<D, R, T>(&w, b, &a, &sc, &mut acc);
+        block_q8::<D, R, T>(&w, b, &a, &sc, &mut acc, pf);
     }
     let mut res = [[0f32; T]; R];
     unroll!(R, |r| {
@@ -246,6 +249,7 @@ unsafe fn tile_qk_scale_min<const D: u8, const R: usize, const T: usize>(
     w: [*const u8; R],
     nb: usize,
     a: [Act; T],
+    pf: usize,
 ) -> [[f32; T]; R] {
     let bb = if D == Q5_K { 176 } else { 144 };
     let m4 = _mm256_set1_epi8(15);
@@ -260,7 +264,7 @@ unsafe fn tile_qk_scale_min<const D: u8, const R: usize, const T: usize>(
         unroll!(R, |r| {
             let wb = w[r].add(bb * b);
             for l in 0..bb.div_ceil(64) {
-                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(pf + 64 * l) as *const i8);
             }
             let d = f16x8(wb);
             let dmin = f16x8(wb.add(2));
@@ -332,6 +336,7 @@ unsafe fn tile_q6_k<const R: usize, const T: usize>(
     w: [*const u8; R],
     nb: usize,
     a: [Act; T],
+    pf: usize,
 ) -> [[f32; T]; R] {
     let m4 = _mm256_set1_epi8(15);
     let m30 = _mm256_set1_epi8(0x30);
@@ -344,7 +349,7 @@ unsafe fn tile_q6_k<const R: usize, const T: usize>(
         unroll!(R, |r| {
             let wb = w[r].add(210 * b);
             for l in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PF + 64 * l) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(pf + 64 * l) as *const i8);
             }
             let d = f16x8(wb.add(208));
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(192) as *const __m128i));
@@ -425,6 +430,51 @@ struct Ctx {
     out: OutPtr,
 }
 
+/// The dot products of the `R` weight rows at `wp` with the `T` activation rows `a`.
+#[inline(always)]
+unsafe fn tile_res<const D: u8, const R: usize, const T: usize>(
+    wp: [*const u8; R],
+    nb: usize,
+    a: [Act; T],
+    pf: usize,
+) -> [[f32; T]; R] {
+    match D {
+        Q8_0 | Q4_0 => tile_q8::<D, R, T>(wp, nb, a, pf),
+        Q6_K => tile_q6_k::<R, T>(wp, nb, a, pf),
+        _ => tile_qk_scale_min::<D, R, T>(wp, nb, a, pf),
+    }
+}
+
+/// `out[j] = w[rows[j]] · x` for one activation row (`act` row 0), weights of format `D`:
+/// the selected rows two at a time.
+///
+/// # Safety
+/// AVX2/FMA/F16C available; `w` of format `D`; every `rows[j] < w.rows()`;
+/// `out.len() == rows.len()`; `act` holds one row of `w.cols()` quantized for `D`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gather_avx2<const D: u8>(
+    w: &Matrix,
+    rows: &[usize],
+    act: &QAct,
+    out: &mut [f32],
+) {
+    let k = w.cols();
+    let bs = if D == Q8_0 || D == Q4_0 { QK } else { QK_K };
+    let nb = k / bs;
+    let a = [Act::new(act, 0, k, bs)];
+    let mut j = 0;
+    while j + 2 <= rows.len() {
+        let wp = [w.row_ptr(rows[j]), w.row_ptr(rows[j + 1])];
+        let res = tile_res::<D, 2, 1>(wp, nb, a, PF_MIN);
+        out[j] = res[0][0];
+        out[j + 1] = res[1][0];
+        j += 2;
+    }
+    if j < rows.len() {
+        out[j] = tile_res::<D, 1, 1>([w.row_ptr(rows[j])], nb, a, PF_MIN)[0][0];
+    }
+}
+
 /// Output columns `j..j + R` for activation rows `i0..i0 + T` (`a`).
 ///
 /// # Safety
@@ -437,11 +487,10 @@ unsafe fn tile<const D: u8, const R: usize, const T: usize>(
     i0: usize,
 ) {
     let wp: [*const u8; R] = std::array::from_fn(|r| cx.base.add((j + r) * cx.stride));
-    let res = match D {
-        Q8_0 | Q4_0 => tile_q8::<D, R, T>(wp, cx.nb, a),
-        Q6_K => tile_q6_k::<R, T>(wp, cx.nb, a),
-        _ => tile_qk_scale_min::<D, R, T>(wp, cx.nb, a),
-    };
+    // Prefetch the same position R rows further on: the next tile's rows when the rows are
+    // short (a whole tile ahead hides the memory latency), at most PF_MAX bytes ahead.
+    let pf = (R * cx.stride).clamp(PF_MIN, PF_MAX);
+    let res = tile_res::<D, R, T>(wp, cx.nb, a, pf);
     for (r, row) in res.iter().enumerate() {
         for (i, &v) in row.iter().enumerate() {
             cx.out.write((i0 + i) * cx.n + j + r, v);

@@ -180,3 +180,43 @@ fn widen_matches_scalar() {
         }
     }
 }
+
+#[test]
+fn gathered_quant_rows_equal_the_dense_matmul() {
+    // The sparse FFN reads selected rows only; each must equal what the dense t = 1 matmul
+    // gives that row (same activation quantization, same kernel), SIMD and scalar.
+    let (n, k) = (203, 512);
+    let x = values(k, 4);
+    for dt in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        let w = Matrix::from_f32(&values(n * k, 9), n, k).quantize(dt);
+        let rows: Vec<usize> = (0..n).filter(|r| r % 5 == 1 || r % 17 == 0).rev().collect();
+        for simd in [true, false] {
+            let path = if simd {
+                MatmulPath::Gemv
+            } else {
+                MatmulPath::Scalar
+            };
+            let mut dense = vec![0f32; n];
+            matmul_with(&x, 1, &w, &mut dense, path);
+            let mut got = vec![0f32; rows.len()];
+            gather_rows_quant(&x, &w, &rows, &mut got, simd);
+            for (g, &r) in got.iter().zip(&rows) {
+                assert_eq!(*g, dense[r], "{dt} simd={simd} row {r}");
+            }
+            // Row views (a MatFormer prefix) keep their row indices.
+            let v = w.row_prefix(100);
+            let sub: Vec<usize> = rows.iter().copied().filter(|&r| r < 100).collect();
+            let mut got = vec![0f32; sub.len()];
+            gather_rows_quant(&x, &v, &sub, &mut got, simd);
+            for (g, &r) in got.iter().zip(&sub) {
+                assert_eq!(*g, dense[r], "{dt} view row {r}");
+            }
+        }
+    }
+}
