@@ -5,7 +5,8 @@ For each shape (synthetic E2B / E4B: random weights, real shapes) and each prese
 `gemma3n quantize --synthetic` writes one GGUF file (with the real Gemma tokenizer's
 vocabulary, so llama.cpp can load it); then llama.cpp (built from the `llama-cpp-python`
 package, see bench/README.md) and `gemma3n bench` each time prefill of a random prompt and
-greedy-free decode on it: one untimed warm-up, then --reps repetitions, median.
+greedy decode after it: one untimed warm-up each, then --reps repetitions alternating
+between the two engines (drift of a shared machine hits both alike), medians.
 
 Usage (from the repository root, after `cargo build --release`):
   python bench/compare_llama_cpp.py [--shapes e2b,e4b] [--types q4_k_m,q8_0]
@@ -40,42 +41,44 @@ def make_file(args, shape, kind):
     return path
 
 
-def llama_cpp(args, path):
-    """Prefill and decode speed of llama.cpp through llama-cpp-python's low-level API."""
-    import llama_cpp
-    from llama_cpp import Llama
+class LlamaCpp:
+    """llama.cpp through llama-cpp-python's low-level API, one model loaded."""
 
-    m = Llama(model_path=path, n_ctx=args.prompt + args.gen + 16, n_batch=args.prompt,
-              n_ubatch=args.prompt, n_threads=args.threads, n_threads_batch=args.threads,
-              verbose=False)
-    rng = random.Random(0)
-    prompt = [2] + [rng.randrange(1000, 262144) for _ in range(args.prompt - 1)]
+    def __init__(self, args, path):
+        import llama_cpp
+        from llama_cpp import Llama
 
-    import numpy as np
+        self.args = args
+        self.m = Llama(model_path=path, n_ctx=args.prompt + args.gen + 16, n_batch=args.prompt,
+                       n_ubatch=args.prompt, n_threads=args.threads,
+                       n_threads_batch=args.threads, verbose=False)
+        rng = random.Random(0)
+        self.prompt = [2] + [rng.randrange(1000, 262144) for _ in range(args.prompt - 1)]
+        self.info = {"system": llama_cpp.llama_print_system_info().decode().strip(),
+                     "version": llama_cpp.__version__}
+        # Warm-up (page faults of the mmap, caches), untimed.
+        self.m.reset()
+        self.m.eval(self.prompt[:8])
+        self.m.eval([self.prompt[1]])
 
-    def argmax():
+    def argmax(self):
+        import numpy as np
+
         # Only the last position has logits (logits_all is off, as in generation).
-        row = np.ctypeslib.as_array(m._ctx.get_logits(), shape=(m.n_vocab(),))
+        row = np.ctypeslib.as_array(self.m._ctx.get_logits(), shape=(self.m.n_vocab(),))
         return int(row[:262144].argmax())
 
-    # Warm-up (page faults of the mmap, caches), untimed.
-    m.reset()
-    m.eval(prompt[:8])
-    m.eval([prompt[1]])
-    pre, dec = [], []
-    for _ in range(args.reps):
+    def rep(self):
+        """One prefill and decode: (prefill s, decode s)."""
+        m = self.m
         m.reset()
         t0 = time.perf_counter()
-        m.eval(prompt)
-        pre.append(time.perf_counter() - t0)
+        m.eval(self.prompt)
+        pre = time.perf_counter() - t0
         t1 = time.perf_counter()
-        for _ in range(args.gen):
-            m.eval([argmax()])
-        dec.append(time.perf_counter() - t1)
-    info = {"system": llama_cpp.llama_print_system_info().decode().strip(),
-            "version": llama_cpp.__version__}
-    del m
-    return (args.prompt / statistics.median(pre), args.gen / statistics.median(dec), info)
+        for _ in range(self.args.gen):
+            m.eval([self.argmax()])
+        return pre, time.perf_counter() - t1
 
 
 def check_tokenizer(path):
@@ -91,11 +94,12 @@ def check_tokenizer(path):
 
 
 def ours(args, path):
+    """One `gemma3n bench` process (its own warm-up, one timed repetition)."""
     out = sh([args.gemma3n, "bench", "--model", path, "--prompt-len", str(args.prompt),
-              "--gen", str(args.gen), "--reps", str(args.reps), "--threads", str(args.threads),
-              "--json"], stdout=subprocess.PIPE, text=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
-    return r["prefill_tok_s"], r["decode_tok_s"], r
+              "--gen", str(args.gen), "--reps", "1", "--threads", str(args.threads),
+              "--json"] + (["--no-mmap"] if args.no_mmap else []),
+             stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
@@ -111,6 +115,8 @@ def main():
     ap.add_argument("--tokenizer",
                     default=os.path.join(ROOT, ".cache", "tokenizer-gemma3", "gemma3n"))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--no-mmap", action="store_true",
+                    help="run gemma3n with --no-mmap (weights read into huge pages)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     rows = []
@@ -120,8 +126,25 @@ def main():
             same, total = check_tokenizer(path)
             print(f"{shape} {kind}: llama.cpp tokenizes {same}/{total} golden texts like HF",
                   flush=True)
-            lp, ld, info = llama_cpp(args, path)
-            op, od, rep = ours(args, path)
+            # Repetitions alternate between the engines, so that drift of a shared machine
+            # hits both alike.
+            lc = LlamaCpp(args, path)
+            lpre, ldec, reps = [], [], []
+            for _ in range(args.reps):
+                p, d = lc.rep()
+                lpre.append(p)
+                ldec.append(d)
+                reps.append(ours(args, path))
+            info = lc.info
+            del lc
+            lp = args.prompt / statistics.median(lpre)
+            ld = args.gen / statistics.median(ldec)
+            op = statistics.median(r["prefill_tok_s"] for r in reps)
+            od = statistics.median(r["decode_tok_s"] for r in reps)
+            rep = reps[0]
+            rep["bandwidth_gb_s"] = statistics.median(r["bandwidth_gb_s"] for r in reps)
+            rep["decode_gb_s"] = od * rep["bytes_per_token"] / 1e9
+            rep["bandwidth_pct"] = 100 * rep["decode_gb_s"] / rep["bandwidth_gb_s"]
             rows.append({"shape": shape, "type": kind, "file_gb": os.path.getsize(path) / 1e9,
                          "llama_cpp": {"prefill_tok_s": lp, "decode_tok_s": ld},
                          "gemma3n": {"prefill_tok_s": op, "decode_tok_s": od,

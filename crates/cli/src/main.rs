@@ -19,6 +19,10 @@ struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Read weight files into memory (on transparent huge pages where the kernel has them)
+    /// instead of memory-mapping them: a slower load, a faster decode (fewer TLB misses).
+    #[arg(long, global = true)]
+    no_mmap: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -63,6 +67,7 @@ fn main() {
             .build_global()
             .expect("the thread pool is configured once, before any work");
     }
+    gemma3n_compute::storage::set_read_files(cli.no_mmap);
     let r = match cli.cmd {
         Cmd::Run(a) => run::main(a),
         Cmd::Chat(a) => chat::main(a),

@@ -8,27 +8,29 @@ use common::*;
 /// `logits` over `prefill_ids` writes F32 `[T, vocab_size]` logits within 1e-4 (relative to
 /// max |ref|) of HF's `prefill_logits`.
 fn check_logits(name: &str, threads: &str) {
+    check_logits_with(name, &["--threads", threads]);
+}
+
+/// HF's prefill logits through `gemma3n <global> logits`.
+fn check_logits_with(name: &str, global: &[&str]) {
     let info = fixture(name);
     let g = goldens(name);
     let ids = g["prefill_ids"].ids();
     let reference = g["prefill_logits"].f32s();
     let out = TempDir::new("logits");
     let f = out.join("logits.safetensors");
-    gemma3n_raw(
-        &[
-            "--threads",
-            threads,
-            "logits",
-            "--model",
-            info.dir.to_str().unwrap(),
-            "--ids",
-            &ids_arg(&ids),
-            "--out",
-            f.to_str().unwrap(),
-        ],
-        None,
-    )
-    .expect_ok(name);
+    let ids_s = ids_arg(&ids);
+    let mut args: Vec<&str> = global.to_vec();
+    args.extend([
+        "logits",
+        "--model",
+        info.dir.to_str().unwrap(),
+        "--ids",
+        &ids_s,
+        "--out",
+        f.to_str().unwrap(),
+    ]);
+    gemma3n_raw(&args, None).expect_ok(name);
     let t = read_safetensors(&f);
     let l = &t["logits"];
     assert_eq!(l.dtype, "F32", "{name}");
@@ -49,6 +51,12 @@ fn check_logits(name: &str, threads: &str) {
         rel <= 1e-4,
         "{name}: max|ours-ref|/max|ref| = {rel:e} (max diff {max_diff}, max ref {max_ref})"
     );
+}
+
+#[test]
+fn logits_without_mmap_match_hf() {
+    // Weights read into memory (sharded bf16 checkpoint) instead of mapped.
+    check_logits_with("tiny_mm_bf16", &["--no-mmap"]);
 }
 
 #[test]
@@ -231,6 +239,8 @@ fn logits_from_converter_gguf_match_hf() {
     let gguf = repo_root().join("tests/fixtures/gguf/tiny_text_f16.gguf");
     gemma3n_raw(
         &[
+            // The GGUF read into memory (the other GGUF tests map it).
+            "--no-mmap",
             "logits",
             "--model",
             gguf.to_str().unwrap(),

@@ -14,6 +14,14 @@ pub fn owned_bytes_allocated() -> usize {
     OWNED_BYTES_ALLOCATED.load(Ordering::Relaxed)
 }
 
+static READ_FILES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`Storage::open_file`] reads files into owned memory (`true`) or maps them
+/// (`false`, the default). Process-wide: a command-line setting.
+pub fn set_read_files(read: bool) {
+    READ_FILES.store(read, Ordering::Relaxed);
+}
+
 /// Bytes that weights point into. Owned buffers are 64-byte aligned.
 pub enum Storage {
     Mmap(Mmap),
@@ -21,6 +29,23 @@ pub enum Storage {
 }
 
 impl Storage {
+    /// The bytes of the file at `path`: memory-mapped, or read into an owned buffer (on huge
+    /// pages where available) after [`set_read_files`]`(true)`.
+    pub fn open_file(path: &std::path::Path) -> std::io::Result<Storage> {
+        let file = std::fs::File::open(path)?;
+        if READ_FILES.load(Ordering::Relaxed) {
+            use std::io::Read;
+            let len = file.metadata()?.len() as usize;
+            let mut b = AlignedBytes::zeroed(len);
+            let mut f = std::io::BufReader::with_capacity(1 << 20, file);
+            f.read_exact(b.as_mut_slice())?;
+            return Ok(Storage::Owned(b));
+        }
+        // SAFETY: the file is opened read-only and not modified while mapped (weights are
+        // read-only files; a concurrent writer is outside our contract).
+        Ok(Storage::Mmap(unsafe { memmap2::Mmap::map(&file) }?))
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mmap(m) => &m[..],
@@ -47,10 +72,14 @@ impl AlignedBytes {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
         OWNED_BYTES_ALLOCATED.fetch_add(len, Ordering::Relaxed);
-        AlignedBytes {
-            words: vec![[0u64; 8]; len.div_ceil(64)],
-            len,
+        let words = vec![[0u64; 8]; len.div_ceil(64)];
+        // Large buffers (weights) on transparent huge pages where the kernel offers them:
+        // decode streams every weight per token, and 4 KiB pages cost a TLB miss per page and
+        // stop the hardware prefetchers at every page boundary.
+        if len >= HUGE_PAGE {
+            advise_huge_pages(words.as_ptr() as *const u8, len);
         }
+        AlignedBytes { words, len }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Self {
@@ -67,5 +96,22 @@ impl AlignedBytes {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr() as *mut u8, self.len) }
+    }
+}
+
+/// Asks the kernel to back the 2 MiB-aligned part of a large buffer with transparent huge
+/// pages before it is first touched.
+const HUGE_PAGE: usize = 2 << 20;
+
+fn advise_huge_pages(p: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let start = (p as usize).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let end = (p as usize + len) / HUGE_PAGE * HUGE_PAGE;
+        if end > start {
+            // SAFETY: the range lies inside this live allocation; MADV_HUGEPAGE changes only
+            // how the kernel backs it.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
     }
 }

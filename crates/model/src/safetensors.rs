@@ -72,14 +72,11 @@ pub struct SafeTensors {
 
 impl SafeTensors {
     pub fn open(path: &Path) -> Result<SafeTensors> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: the file is opened read-only; as with any mmap, another process
-        // truncating it while we run is outside what we can defend against.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let tensors = parse_header(path, &mmap)?;
+        let storage = Storage::open_file(path).map_err(|e| ModelError::io(path, e))?;
+        let tensors = parse_header(path, storage.bytes())?;
         Ok(SafeTensors {
             path: path.to_path_buf(),
-            storage: Arc::new(Storage::Mmap(mmap)),
+            storage: Arc::new(storage),
             tensors,
         })
     }

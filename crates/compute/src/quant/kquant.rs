@@ -11,6 +11,17 @@ use super::{pack_scales_mins, wr_f16, QK_K};
 use crate::dtype::f16_to_f32;
 use crate::dtype::f32_to_f16;
 
+/// `y.round()` (half away from zero) without the libm call: the searches below round millions
+/// of candidates, and without SSE4.1 in the baseline target `f32::round` is a function call.
+/// Exact for |y| < 2^30; larger magnitudes (callers clamp to a few dozen levels) saturate.
+#[inline(always)]
+fn round(y: f32) -> f32 {
+    let y = y.clamp(-1e9, 1e9);
+    let i = y as i32;
+    let f = y - i as f32;
+    (i + (f >= 0.5) as i32 - (f <= -0.5) as i32) as f32
+}
+
 /// Rounds through f16 (the value a stored f16 scale decodes to).
 fn via_f16(v: f32) -> f32 {
     f16_to_f32(f32_to_f16(v))
@@ -28,7 +39,7 @@ fn fit_scale_min(x: &[f32], w: &[f32], nmax: f32) -> (f32, f32) {
         x.iter()
             .zip(w)
             .map(|(&v, &wi)| {
-                let q = (iscale * (v - mn)).round().clamp(0.0, nmax);
+                let q = round(iscale * (v - mn)).clamp(0.0, nmax);
                 let e = scale * q + mn - v;
                 wi * e * e
             })
@@ -41,7 +52,7 @@ fn fit_scale_min(x: &[f32], w: &[f32], nmax: f32) -> (f32, f32) {
         let iscale = (nmax - 1.0 + 0.1 * step as f32) / (hi - lo);
         let (mut sw, mut sq, mut sqq, mut sx, mut sqx) = (0f32, 0f32, 0f32, 0f32, 0f32);
         for (&v, &wi) in x.iter().zip(w) {
-            let q = (iscale * (v - lo)).round().clamp(0.0, nmax);
+            let q = round(iscale * (v - lo)).clamp(0.0, nmax);
             sw += wi;
             sq += wi * q;
             sqq += wi * q * q;
@@ -92,10 +103,10 @@ fn quantize_scale_min(x: &[f32], nmax: f32) -> (f32, f32, [u8; 8], [u8; 8], [u8;
     let mut m = [0u8; 8];
     for s in 0..8 {
         if d > 0.0 {
-            sc[s] = (scales[s] / d).round().clamp(0.0, 63.0) as u8;
+            sc[s] = round(scales[s] / d).clamp(0.0, 63.0) as u8;
         }
         if dmin > 0.0 {
-            m[s] = (mins[s] / dmin).round().clamp(0.0, 63.0) as u8;
+            m[s] = round(mins[s] / dmin).clamp(0.0, 63.0) as u8;
         }
     }
     let mut q = [0u8; QK_K];
@@ -107,7 +118,7 @@ fn quantize_scale_min(x: &[f32], nmax: f32) -> (f32, f32, [u8; 8], [u8; 8], [u8;
         }
         for l in 0..32 {
             let v = x[32 * s + l];
-            q[32 * s + l] = ((v + dm) / ds).round().clamp(0.0, nmax) as u8;
+            q[32 * s + l] = round((v + dm) / ds).clamp(0.0, nmax) as u8;
         }
     }
     (d, dmin, sc, m, q)
@@ -159,7 +170,7 @@ fn fit_scale_q6(x: &[f32]) -> f32 {
         let iscale = -(32.0 + 0.1 * step as f32) / mx;
         let (mut sqx, mut sqq) = (0f32, 0f32);
         for &v in x {
-            let q = (iscale * v).round().clamp(-32.0, 31.0);
+            let q = round(iscale * v).clamp(-32.0, 31.0);
             let w = v * v;
             sqx += w * q * v;
             sqq += w * q * q;
@@ -171,7 +182,7 @@ fn fit_scale_q6(x: &[f32]) -> f32 {
         let err: f32 = x
             .iter()
             .map(|&v| {
-                let q = (v / scale).round().clamp(-32.0, 31.0);
+                let q = round(v / scale).clamp(-32.0, 31.0);
                 let e = scale * q - v;
                 v * v * e * e
             })
@@ -200,7 +211,7 @@ pub(crate) fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
     let mut isc = [0i8; 16];
     if d != 0.0 {
         for s in 0..16 {
-            isc[s] = (scales[s] / d).round().clamp(-128.0, 127.0) as i8;
+            isc[s] = round(scales[s] / d).clamp(-128.0, 127.0) as i8;
         }
     }
     let mut q = [32u8; QK_K];
@@ -211,7 +222,7 @@ pub(crate) fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
         }
         for l in 0..16 {
             let v = x[16 * s + l];
-            q[16 * s + l] = ((v / ds).round().clamp(-32.0, 31.0) + 32.0) as u8;
+            q[16 * s + l] = (round(v / ds).clamp(-32.0, 31.0) + 32.0) as u8;
         }
     }
     let (ql, rest) = b.split_at_mut(128);
@@ -231,4 +242,25 @@ pub(crate) fn quantize_q6_k(x: &[f32], b: &mut [u8]) {
         rest[s] = isc[s] as u8;
     }
     wr_f16(rest, 16, d);
+}
+
+#[cfg(test)]
+mod round_tests {
+    #[test]
+    fn fast_round_equals_f32_round() {
+        let mut vals: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.25).collect();
+        vals.extend((-1000..1000).map(|i| i as f32 * 0.013_7 + 0.000_1));
+        vals.extend([
+            0.499_999_97,
+            -0.499_999_97,
+            0.5,
+            -0.5,
+            1e6 + 0.5,
+            -0.0,
+            63.5,
+        ]);
+        for v in vals {
+            assert_eq!(super::round(v), v.round(), "{v}");
+        }
+    }
 }

@@ -20,7 +20,6 @@ mod write;
 pub use source::GgufSource;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -97,11 +96,8 @@ pub struct Gguf {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf> {
-        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
-        // SAFETY: read-only mapping; another process truncating the file while we run is
-        // outside what we can defend against (same as the safetensors reader).
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        Self::from_storage(path, Arc::new(Storage::Mmap(mmap)))
+        let storage = Storage::open_file(path).map_err(|e| ModelError::io(path, e))?;
+        Self::from_storage(path, Arc::new(storage))
     }
 
     /// Parses a GGUF image held in memory (`path` is only used in error messages).
