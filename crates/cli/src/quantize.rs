@@ -66,21 +66,7 @@ pub fn main(a: Args) -> Result<()> {
     let has_vocab = match (&a.model, &a.synthetic) {
         (Some(dir), None) => {
             let ckpt = Checkpoint::open(dir)?;
-            match &a.tokenizer {
-                None => quantize(&ckpt, policy, &a.out, &mut progress),
-                Some(t) => {
-                    let prefix = &ckpt.text_prefix;
-                    let has = |n: &str| ckpt.weights.contains(&format!("{prefix}{n}"));
-                    let input = QuantizeInput {
-                        config: &ckpt.config,
-                        source: &ckpt.weights,
-                        prefix,
-                        has: &has,
-                        tokenizer_dir: Some(t),
-                    };
-                    quantize_from(&input, policy, &a.out, &mut progress)
-                }
-            }
+            quantize(&ckpt, policy, &a.out, a.tokenizer.as_deref(), &mut progress)
         }
         (None, Some(s)) => {
             let config = synthetic_config(s)?;

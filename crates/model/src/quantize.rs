@@ -184,12 +184,14 @@ const ROWS_PER_BATCH: usize = 2048;
 
 /// Writes `ckpt`'s text decoder to `out` as a Gemma 3n GGUF file under `policy`.
 /// `progress(done, total)` is called per tensor. The tokenizer vocabulary comes from the
-/// checkpoint's `tokenizer.model` or `tokenizer.json` ([`vocab_metadata`]); without either the
+/// `tokenizer.model` or `tokenizer.json` in `tokenizer_dir` (default: the checkpoint's
+/// directory; see [`vocab_metadata`]); without either the
 /// file has none (our loader does not need it, llama.cpp does) and this returns `false`.
 pub fn quantize(
     ckpt: &Checkpoint,
     policy: &QuantPolicy,
     out: &std::path::Path,
+    tokenizer_dir: Option<&std::path::Path>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<bool> {
     let prefix = &ckpt.text_prefix;
@@ -199,7 +201,7 @@ pub fn quantize(
         source: &ckpt.weights,
         prefix,
         has: &has,
-        tokenizer_dir: Some(&ckpt.dir),
+        tokenizer_dir: Some(tokenizer_dir.unwrap_or(&ckpt.dir)),
     };
     quantize_from(&input, policy, out, progress)
 }

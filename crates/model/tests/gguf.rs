@@ -553,7 +553,7 @@ fn quantize_writes_the_converters_vocabulary_and_tensors() {
     let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
     let out = dir.join("ours.gguf");
     let policy = gemma3n_model::quantize::QuantPolicy::preset("f16").unwrap();
-    assert!(gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {}).unwrap());
+    assert!(gemma3n_model::quantize::quantize(&ckpt, policy, &out, None, &mut |_, _| {}).unwrap());
     let ours = Gguf::open(&out).unwrap();
     let conv = Gguf::open(&fixture("tiny_text_f16.gguf")).unwrap();
     let keys = |g: &Gguf| {
@@ -587,7 +587,7 @@ fn quantize_writes_the_converters_vocabulary_and_tensors() {
         std::fs::remove_file(dir.join(f)).unwrap();
     }
     let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
-    assert!(!gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {}).unwrap());
+    assert!(!gemma3n_model::quantize::quantize(&ckpt, policy, &out, None, &mut |_, _| {}).unwrap());
     assert!(Gguf::open(&out)
         .unwrap()
         .get("tokenizer.ggml.tokens")
@@ -595,7 +595,7 @@ fn quantize_writes_the_converters_vocabulary_and_tensors() {
     // A corrupt SentencePiece model is a clear error naming the file.
     std::fs::write(dir.join("tokenizer.model"), [0x0a, 0x40, 1, 2]).unwrap();
     let ckpt = gemma3n_model::Checkpoint::open(&dir).unwrap();
-    let e = gemma3n_model::quantize::quantize(&ckpt, policy, &out, &mut |_, _| {})
+    let e = gemma3n_model::quantize::quantize(&ckpt, policy, &out, None, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(

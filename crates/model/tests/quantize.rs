@@ -28,6 +28,7 @@ fn f16_output_equals_the_converters_file() {
         &ck,
         QuantPolicy::preset("f16").unwrap(),
         &path,
+        None,
         &mut |_, _| {},
     )
     .unwrap();
@@ -88,6 +89,7 @@ fn block_formats_stay_close_to_hf() {
             &ck,
             QuantPolicy::preset(preset).unwrap(),
             &path,
+            None,
             &mut |_, _| {},
         )
         .unwrap();

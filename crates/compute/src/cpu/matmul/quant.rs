@@ -173,14 +173,7 @@ pub(super) fn gather_quant(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32
                 }
                 return;
             }
-            let dot = match w.dtype() {
-                DType::Q8_0 => dot_q8_0,
-                DType::Q4_0 => dot_q4_0,
-                DType::Q4_K => dot_q4_k,
-                DType::Q5_K => dot_q5_k,
-                DType::Q6_K => dot_q6_k,
-                d => unreachable!("{d}"),
-            };
+            let dot = scalar_dot(w.dtype());
             let s: &[i16] = if act_block(w.dtype()) == QK_K {
                 &act.s
             } else {
@@ -250,14 +243,7 @@ unsafe fn rows_dispatch(
     let _ = simd;
     let k = w.cols();
     let n = w.rows();
-    let dot = match w.dtype() {
-        DType::Q8_0 => dot_q8_0,
-        DType::Q4_0 => dot_q4_0,
-        DType::Q4_K => dot_q4_k,
-        DType::Q5_K => dot_q5_k,
-        DType::Q6_K => dot_q6_k,
-        d => unreachable!("{d}"),
-    };
+    let dot = scalar_dot(w.dtype());
     let ab = act_block(w.dtype());
     for j in r0..r1 {
         let wr = w.row_bytes(j);
@@ -272,6 +258,21 @@ unsafe fn rows_dispatch(
             // SAFETY: (i, j) in bounds; column j is ours.
             out.write(i * n + j, dot(wr, q, d, s));
         }
+    }
+}
+
+/// A weight row's portable dot product with a quantized activation row (values, block
+/// scales, sums of 16), by weight format.
+type DotFn = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
+
+fn scalar_dot(dtype: DType) -> DotFn {
+    match dtype {
+        DType::Q8_0 => dot_q8_0,
+        DType::Q4_0 => dot_q4_0,
+        DType::Q4_K => dot_q4_k,
+        DType::Q5_K => dot_q5_k,
+        DType::Q6_K => dot_q6_k,
+        d => unreachable!("{d}"),
     }
 }
 

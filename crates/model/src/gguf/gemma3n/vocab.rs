@@ -43,19 +43,8 @@ pub struct SpmVocab {
 pub fn vocab_metadata(dir: &Path, vocab_size: usize) -> Result<Option<Vec<(String, Value)>>> {
     let spm = dir.join("tokenizer.model");
     let hf = dir.join("tokenizer.json");
-    let tokenizer_json = if hf.is_file() {
-        Some(read_json(&hf)?)
-    } else {
-        None
-    };
-    let tokenizer_config = {
-        let p = dir.join("tokenizer_config.json");
-        if p.is_file() {
-            Some(read_json(&p)?)
-        } else {
-            None
-        }
-    };
+    let tokenizer_json = read_json_if_present(&hf)?;
+    let tokenizer_config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
     let vocab = if spm.is_file() {
         let bytes = std::fs::read(&spm).map_err(|e| ModelError::io(&spm, e))?;
         let pieces = parse_sentencepiece(&bytes).map_err(|m| ModelError::file(&spm, m))?;
@@ -73,14 +62,7 @@ pub fn vocab_metadata(dir: &Path, vocab_size: usize) -> Result<Option<Vec<(Strin
     } else {
         return Ok(None);
     };
-    let config = {
-        let p = dir.join("config.json");
-        if p.is_file() {
-            Some(read_json(&p)?)
-        } else {
-            None
-        }
-    };
+    let config = read_json_if_present(&dir.join("config.json"))?;
     let special = special_vocab(
         tokenizer_json.as_ref(),
         tokenizer_config.as_ref(),
@@ -116,6 +98,14 @@ pub fn vocab_metadata(dir: &Path, vocab_size: usize) -> Result<Option<Vec<(Strin
     m.extend(special);
     m.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)));
     Ok(Some(m))
+}
+
+fn read_json_if_present(p: &Path) -> Result<Option<Json>> {
+    if p.is_file() {
+        read_json(p).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 fn read_json(p: &Path) -> Result<Json> {
