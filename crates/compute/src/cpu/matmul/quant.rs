@@ -18,8 +18,9 @@ use crate::dtype::DType;
 use crate::matrix::Matrix;
 use crate::quant::{rd_f16, unpack_scales_mins, QK, QK_K};
 
-/// Weight bytes per rayon task.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Weight bytes per rayon task: 1 MiB (E2B Q8_0 decode +3-10% over 256 KiB in alternating
+/// runs: fewer task starts, each with its first tile not yet prefetched).
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// `t` activation rows quantized to int8 blocks.
 #[derive(Default)]
