@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use gemma3n_compute::DType;
-use gemma3n_model::{Logits, TextConfig, TextModel};
+use gemma3n_model::{Logits, TextModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::slice::SliceArgs;
@@ -83,11 +83,7 @@ pub fn main(a: Args) -> Result<()> {
             (path.display().to_string(), m, dt)
         }
         (None, Some(s)) => {
-            let cfg = match s.as_str() {
-                "e2b" => TextConfig::e2b(),
-                "e4b" => TextConfig::e4b(),
-                other => bail!("--synthetic: unknown shape `{other}` (expected e2b or e4b)"),
-            };
+            let cfg = crate::load::synthetic_shape(s)?;
             let dt = match a.dtype.as_str() {
                 "bf16" => DType::BF16,
                 "f16" => DType::F16,
@@ -227,7 +223,7 @@ fn measure(
 fn bytes_per_token(model: &TextModel, plan: &gemma3n_model::SlicePlan) -> f64 {
     let w = &model.weights;
     let per_el = |m: &gemma3n_compute::Matrix| {
-        m.dtype().row_bytes(m.dtype().block_size()) as f64 / m.dtype().block_size() as f64
+        m.dtype().block_bytes() as f64 / m.dtype().block_size() as f64
     };
     let all = |m: &gemma3n_compute::Matrix| per_el(m) * (m.rows() * m.cols()) as f64;
     let mut b = 0.0;

@@ -26,6 +26,15 @@ pub fn load_text_model(dir: &Path) -> Result<(Checkpoint, TextModel)> {
 }
 
 /// Loads the text decoder from a checkpoint directory or a GGUF file (`*.gguf`).
+/// The text configuration of `--synthetic NAME` (random weights of the real shapes).
+pub fn synthetic_shape(name: &str) -> Result<gemma3n_model::TextConfig> {
+    match name {
+        "e2b" => Ok(gemma3n_model::TextConfig::e2b()),
+        "e4b" => Ok(gemma3n_model::TextConfig::e4b()),
+        other => anyhow::bail!("--synthetic: unknown shape `{other}` (expected e2b or e4b)"),
+    }
+}
+
 pub fn load_any(path: &Path) -> Result<TextModel> {
     if path
         .extension()

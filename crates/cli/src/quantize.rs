@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use gemma3n_model::quantize::{quantize, quantize_from, QuantPolicy, QuantizeInput};
 use gemma3n_model::text::synthetic::SyntheticSource;
-use gemma3n_model::{Checkpoint, ModelConfig, TextConfig};
+use gemma3n_model::{Checkpoint, ModelConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -35,11 +35,7 @@ pub struct Args {
 
 /// The configuration of a synthetic model: Gemma 3n's shapes and special ids, text only.
 fn synthetic_config(name: &str) -> Result<ModelConfig> {
-    let text = match name {
-        "e2b" => TextConfig::e2b(),
-        "e4b" => TextConfig::e4b(),
-        other => bail!("--synthetic: unknown shape `{other}` (expected e2b or e4b)"),
-    };
+    let text = crate::load::synthetic_shape(name)?;
     Ok(ModelConfig {
         text,
         model_type: "gemma3n_text".into(),

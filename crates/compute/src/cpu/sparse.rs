@@ -60,11 +60,21 @@ pub fn weighted_row_sum(w: &Matrix, rows: &[usize], a: &[f32], out: &mut [f32]) 
 /// The transpose of `w`, `[cols, rows]`: in its own dtype for float dtypes, in f32 for block
 /// formats (a block value `d · q` is exact in f32, so the copy holds the same numbers).
 pub fn transpose(w: &Matrix) -> Matrix {
-    if w.dtype().is_quantized() {
-        let (r, c) = (w.rows(), w.cols());
-        return transpose(&Matrix::from_f32(&w.to_f32_vec(), r, c));
-    }
     let (r, c) = (w.rows(), w.cols());
+    if w.dtype().is_quantized() {
+        let dense = w.to_f32_vec();
+        let mut bytes = crate::storage::AlignedBytes::zeroed(r * c * 4);
+        bytes
+            .as_mut_slice()
+            .par_chunks_mut(r * 4)
+            .enumerate()
+            .for_each(|(j, orow)| {
+                for (i, o) in orow.chunks_exact_mut(4).enumerate() {
+                    o.copy_from_slice(&dense[i * c + j].to_le_bytes());
+                }
+            });
+        return Matrix::owned(bytes, crate::DType::F32, c, r);
+    }
     let es = w.dtype().size();
     let mut bytes = crate::storage::AlignedBytes::zeroed(r * c * es);
     let out = bytes.as_mut_slice();

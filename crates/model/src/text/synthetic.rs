@@ -192,11 +192,7 @@ impl TextModel {
             })
             .collect();
         let mut layers: Vec<LayerWeights> = layers;
-        for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
-            if s > 0.0 {
-                lw.down_proj_t = Some(gemma3n_compute::cpu::sparse::transpose(&lw.down_proj));
-            }
-        }
+        super::weights::add_sparse_down_copies(&mut layers, &cfg.activation_sparsity_pattern);
         let weights = TextWeights {
             embed_tokens: gen.matrix(cfg.vocab_size, d),
             embed_tokens_per_layer: gen.matrix(cfg.vocab_size_per_layer_input, l * p),

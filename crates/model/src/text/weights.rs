@@ -153,11 +153,7 @@ impl TextWeights {
             });
             progress(i + 2, total);
         }
-        for (lw, &s) in layers.iter_mut().zip(&cfg.activation_sparsity_pattern) {
-            if s > 0.0 {
-                lw.down_proj_t = Some(sparse::transpose(&lw.down_proj));
-            }
-        }
+        add_sparse_down_copies(&mut layers, &cfg.activation_sparsity_pattern);
         Ok(TextWeights {
             embed_tokens,
             embed_tokens_per_layer,
@@ -168,5 +164,15 @@ impl TextWeights {
             norm,
             layers,
         })
+    }
+}
+
+/// Gives every activation-sparse layer the transposed `down` copy that the exact sparse FFN
+/// reads (f32 for block formats, where the block values are exact in f32).
+pub(crate) fn add_sparse_down_copies(layers: &mut [LayerWeights], sparsity: &[f32]) {
+    for (lw, &s) in layers.iter_mut().zip(sparsity) {
+        if s > 0.0 {
+            lw.down_proj_t = Some(sparse::transpose(&lw.down_proj));
+        }
     }
 }

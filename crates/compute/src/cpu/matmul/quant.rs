@@ -138,11 +138,16 @@ thread_local! {
 
 /// `out = x · Wᵀ` for a block-format `w` through int8 activations.
 pub(super) fn matmul_quant(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool) {
+    with_act(|act| run(x, t, w, out, simd, act))
+}
+
+/// Runs `f` with this thread's activation buffer (no allocation per call in decode).
+fn with_act<R>(f: impl FnOnce(&mut QAct) -> R) -> R {
     ACT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut a) => run(x, t, w, out, simd, &mut a),
+        Ok(mut a) => f(&mut a),
         // Re-entrant call on this thread (a rayon task waiting inside a matmul): stay correct
         // with a temporary buffer.
-        Err(_) => run(x, t, w, out, simd, &mut QAct::default()),
+        Err(_) => f(&mut QAct::default()),
     })
 }
 
@@ -152,9 +157,12 @@ const GATHER_ROWS_PER_TASK: usize = 64;
 /// `out[j] = w[rows[j]] · x` for a block-format `w` and one activation row, through int8
 /// activations: each value equals the corresponding output of [`matmul_quant`] with `t = 1`.
 pub(super) fn gather_quant(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool) {
-    let mut act = QAct::default();
+    with_act(|act| gather(x, w, rows, out, simd, act))
+}
+
+fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, act: &mut QAct) {
     act.quantize(x, w.cols(), act_block(w.dtype()), simd);
-    let act = &act;
+    let act = &*act;
     out.par_chunks_mut(GATHER_ROWS_PER_TASK)
         .zip(rows.par_chunks(GATHER_ROWS_PER_TASK))
         .for_each(|(o, r)| {
