@@ -25,7 +25,6 @@ pub fn load_text_model(dir: &Path) -> Result<(Checkpoint, TextModel)> {
     Ok((ckpt, model))
 }
 
-/// Loads the text decoder from a checkpoint directory or a GGUF file (`*.gguf`).
 /// The text configuration of `--synthetic NAME` (random weights of the real shapes).
 pub fn synthetic_shape(name: &str) -> Result<gemma3n_model::TextConfig> {
     match name {
@@ -35,6 +34,7 @@ pub fn synthetic_shape(name: &str) -> Result<gemma3n_model::TextConfig> {
     }
 }
 
+/// Loads the text decoder from a checkpoint directory or a GGUF file (`*.gguf`).
 pub fn load_any(path: &Path) -> Result<TextModel> {
     if path
         .extension()
