@@ -43,6 +43,7 @@ fn synthetic_config(name: &str) -> Result<ModelConfig> {
         bos_token_id: 2,
         pad_token_id: 0,
         has_vision: false,
+        vision: None,
         has_audio: false,
     })
 }

@@ -61,6 +61,26 @@ pub struct ModelConfig {
     pub pad_token_id: u32,
     pub has_vision: bool,
     pub has_audio: bool,
+    /// The vision tower and its token ids (multimodal checkpoints).
+    pub vision: Option<VisionConfig>,
+}
+
+/// `vision_config` and the image token ids of the top level (spec/multimodal.md §0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    /// The tower's blocks: `mobilenetv5_300m_enc`, or the `arch_def` a test variant writes.
+    pub arch: crate::vision::arch::VisionArch,
+    /// Width of the tower output and of the embedder input (2048).
+    pub hidden_size: usize,
+    /// Hard-token rows of the vision embedder (128) and the first id they serve (262144).
+    pub vocab_size: usize,
+    pub vocab_offset: u32,
+    pub rms_norm_eps: f32,
+    /// Soft tokens per image (256).
+    pub soft_tokens_per_image: usize,
+    pub image_token_id: u32,
+    pub boi_token_id: u32,
+    pub eoi_token_id: u32,
 }
 
 struct Fields<'a> {
@@ -190,7 +210,81 @@ impl ModelConfig {
             pad_token_id: first("pad_token_id", 0)?,
             has_vision: model_type == "gemma3n" && top.get("vision_config").is_some(),
             has_audio: model_type == "gemma3n" && top.get("audio_config").is_some(),
+            vision: match (model_type.as_str(), top.get("vision_config")) {
+                ("gemma3n", Some(vv)) => Some(VisionConfig::from_fields(&top, vv, file)?),
+                _ => None,
+            },
             text,
+        })
+    }
+}
+
+impl VisionConfig {
+    fn from_fields(top: &Fields<'_>, v: &Value, file: &str) -> Result<VisionConfig> {
+        let f = Fields {
+            v,
+            file,
+            prefix: "vision_config.",
+        };
+        let soft = top.usize_or("vision_soft_tokens_per_image", Some(256))?;
+        let side = (soft as f64).sqrt().round() as usize;
+        if side * side != soft || soft == 0 {
+            return Err(top.err(
+                "vision_soft_tokens_per_image",
+                format!("{soft} is not a positive square number (the tower outputs a square grid)"),
+            ));
+        }
+        let hidden_size = f.usize_or("hidden_size", Some(2048))?;
+        let arch_name = f
+            .get("architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("mobilenetv5_300m_enc");
+        let arch = match (arch_name, f.get("arch_def")) {
+            (_, Some(def)) => {
+                // Our extension for test variants: timm block strings, one list per stage.
+                let stages: Vec<Vec<String>> = serde_json::from_value(def.clone()).map_err(|e| {
+                    f.err("arch_def", format!("expected lists of block strings: {e}"))
+                })?;
+                let stem = f.usize_or("stem_size", Some(64))?;
+                let res = f.usize_or("msfa_output_resolution", Some(side))?;
+                if res != side {
+                    return Err(f.err(
+                        "msfa_output_resolution",
+                        format!("{res}x{res} tokens, but vision_soft_tokens_per_image is {soft}"),
+                    ));
+                }
+                crate::vision::arch::VisionArch::from_strings(stem, &stages, res, hidden_size)
+                    .map_err(|e| f.err("arch_def", e.to_string()))?
+            }
+            ("mobilenetv5_300m_enc", None) => {
+                if side != 16 || hidden_size != 2048 {
+                    return Err(f.err(
+                        "hidden_size",
+                        "mobilenetv5_300m_enc gives 2048 x 16 x 16 (256 soft tokens of width 2048)",
+                    ));
+                }
+                crate::vision::arch::VisionArch::mobilenetv5_300m_enc()
+            }
+            (other, None) => {
+                return Err(f.err(
+                    "architecture",
+                    format!("unknown vision tower `{other}` (supported: mobilenetv5_300m_enc)"),
+                ))
+            }
+        };
+        let id = |field: &str, d: u32| -> Result<u32> {
+            Ok(top.ids(field)?.and_then(|v| v.first().copied()).unwrap_or(d))
+        };
+        Ok(VisionConfig {
+            arch,
+            hidden_size,
+            vocab_size: f.usize_or("vocab_size", Some(128))?,
+            vocab_offset: f.usize_or("vocab_offset", Some(262_144))? as u32,
+            rms_norm_eps: f.f64_or("rms_norm_eps", Some(1e-6))? as f32,
+            soft_tokens_per_image: soft,
+            image_token_id: id("image_token_id", 262_145)?,
+            boi_token_id: id("boi_token_id", 255_999)?,
+            eoi_token_id: id("eoi_token_id", 262_144)?,
         })
     }
 }

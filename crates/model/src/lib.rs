@@ -1,13 +1,16 @@
-//! gemma3n-model: configuration, checkpoint readers and the Gemma 3n text decoder.
+//! gemma3n-model: configuration, checkpoint readers, the Gemma 3n text decoder and the vision
+//! tower.
 
 pub mod checkpoint;
 pub mod config;
+pub mod embedder;
 pub mod error;
 pub mod gguf;
 pub mod matformer;
 pub mod quantize;
 pub mod safetensors;
 pub mod text;
+pub mod vision;
 
 pub use checkpoint::Checkpoint;
 pub use config::{ModelConfig, TextConfig};

@@ -23,6 +23,9 @@ pub enum Logits {
 /// (`n x D` each).
 pub type StreamHook<'a> = &'a mut dyn FnMut(usize, &[Vec<f32>]);
 
+/// Replaces the embedding row of a multimodal position: `(absolute position, id, row)`.
+pub type EmbedFn<'a> = &'a dyn Fn(usize, u32, &mut [f32]) -> Result<()>;
+
 impl TextModel {
     /// Runs `ids` (the next tokens of the sequence held by `cache`, with the MatFormer slice
     /// the cache was made for) through the decoder and returns logits: `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`].
@@ -30,11 +33,37 @@ impl TextModel {
         self.forward_with_hook(ids, cache, want, None)
     }
 
+    /// [`TextModel::forward`] where `embed` may replace the embedding row of each position
+    /// whose id is outside the base vocabulary (ids ≥ `vocab_size_per_layer_input`: image
+    /// and audio tokens). It is called with the absolute position, the id and the row
+    /// (holding the scaled text embedding). The per-layer inputs then see the merged rows
+    /// (spec/multimodal.md §6).
+    pub fn forward_embedded(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+    ) -> Result<Vec<f32>> {
+        self.run(ids, cache, want, embed, None)
+    }
+
     pub fn forward_with_hook(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
         want: Logits,
+        hook: Option<StreamHook<'_>>,
+    ) -> Result<Vec<f32>> {
+        self.run(ids, cache, want, None, hook)
+    }
+
+    fn run(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
         mut hook: Option<StreamHook<'_>>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
@@ -67,6 +96,11 @@ impl TextModel {
             let row = &mut e[t * d..(t + 1) * d];
             w.embed_tokens.row_to_f32(id as usize, row);
             row.iter_mut().for_each(|v| *v *= scale);
+            if let Some(f) = embed {
+                if id as usize >= cfg.vocab_size_per_layer_input {
+                    f(pos0 + t, id, row)?;
+                }
+            }
         }
         let plan = cache.plan().clone();
         let kept: Vec<usize> = plan.layers.iter().map(|sl| sl.layer).collect();

@@ -14,7 +14,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod weights;
 
-pub use decoder::{Logits, StreamHook};
+pub use decoder::{EmbedFn, Logits, StreamHook};
 pub use kv_cache::KvCache;
 pub use stats::TextStats;
 pub use weights::{LayerWeights, TextWeights};

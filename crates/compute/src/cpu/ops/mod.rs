@@ -6,6 +6,16 @@
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+use rayon::prelude::*;
+
+/// Inputs of at least this many elements are split over rayon threads by the functions that
+/// support it ([`rms_norm_rows`], [`gelu_tanh`]).
+const PAR_MIN: usize = 1 << 18;
+
+/// Elements per rayon task in those functions (a multiple of 8; rounded to whole rows for
+/// the norm).
+const PAR_CHUNK: usize = 1 << 16;
+
 /// Inputs shorter than this take the portable path (dispatch would cost more than it saves).
 #[cfg(target_arch = "x86_64")]
 const SIMD_MIN: usize = 16;
@@ -46,16 +56,25 @@ pub fn rms_norm_rows(x: &mut [f32], dim: usize, weight: Option<&[f32]>, eps: f32
     if let Some(w) = weight {
         assert_eq!(w.len(), dim, "rms_norm_rows: weight length");
     }
-    for row in x.chunks_exact_mut(dim) {
-        let inv = 1.0 / (mean_square(row) + eps).sqrt();
-        match weight {
-            Some(w) => dispatch!(
-                dim,
-                x86::scale_mul(row, inv, w),
-                scalar::scale_mul(row, inv, w)
-            ),
-            None => scale(row, inv),
+    let rows = |x: &mut [f32]| {
+        for row in x.chunks_exact_mut(dim) {
+            let inv = 1.0 / (mean_square(row) + eps).sqrt();
+            match weight {
+                Some(w) => dispatch!(
+                    dim,
+                    x86::scale_mul(row, inv, w),
+                    scalar::scale_mul(row, inv, w)
+                ),
+                None => scale(row, inv),
+            }
         }
+    };
+    if x.len() >= PAR_MIN {
+        // Whole rows per task: every row is computed exactly as in the sequential loop.
+        let chunk = dim * (PAR_CHUNK / dim).max(1);
+        x.par_chunks_mut(chunk).for_each(rows);
+    } else {
+        rows(x);
     }
 }
 
@@ -64,7 +83,22 @@ pub fn rms_norm_rows(x: &mut [f32], dim: usize, weight: Option<&[f32]>, eps: f32
 /// Evaluated as the equivalent `x / (1 + exp(-2·√(2/π)·(x + 0.044715·x³)))`, which has no
 /// cancellation for negative `x`: relative error about 1e-7·(1 + x²) against the f64 formula.
 pub fn gelu_tanh(x: &mut [f32]) {
-    dispatch!(x.len(), x86::gelu_tanh(x), scalar::gelu_tanh(x))
+    if x.len() < PAR_MIN {
+        return dispatch!(x.len(), x86::gelu_tanh(x), scalar::gelu_tanh(x));
+    }
+    // Chunks of a multiple of 8 elements, all through the kernel the whole slice would take:
+    // every element goes through the same code (8-lane body or scalar tail) as sequentially.
+    #[cfg(target_arch = "x86_64")]
+    let simd = use_simd(x.len());
+    x.par_chunks_mut(PAR_CHUNK).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2, FMA and F16C were detected by `use_simd`.
+            unsafe { x86::gelu_tanh(c) };
+            return;
+        }
+        scalar::gelu_tanh(c)
+    });
 }
 
 /// Softmax in place over the whole slice.
