@@ -124,6 +124,8 @@ TINY_ARCH = [
 TINY_STEM = 8
 TINY_IMAGE = 128  # stem 64, stages 32 / 16 / 8 (K/V 4) / 4; fusion at 8x8 -> 4x4 = 16 tokens
 TINY_RES = 4
+# Image files (from make_image_fixtures.py) for the end-to-end golden through the processor.
+CLI_IMAGES = ["coffee_97x61.bmp", "camera_grey_512x512.png"]
 
 # Token ids of the tiny checkpoint: base vocabulary 256, then 8 vision ids, then 8 audio ids.
 TINY_IDS = dict(
@@ -281,6 +283,24 @@ def make_tiny(root: Path) -> None:
     ids_t = torch.tensor([ids])
     logits = model(input_ids=ids_t, pixel_values=pix, use_cache=False).logits[0]
 
+    # End to end through the HF image processor, as `gemma3n logits --image` runs it: two
+    # committed image files (tests/fixtures/vision/images) at the processor's 768x768.
+    from PIL import Image
+    from transformers import SiglipImageProcessorFast
+
+    proc = SiglipImageProcessorFast(
+        size={"height": 768, "width": 768},
+        resample=Image.BILINEAR,
+        do_normalize=False,
+        image_mean=(0.5,) * 3,
+        image_std=(0.5,) * 3,
+    )
+    files = [root / "images" / f for f in CLI_IMAGES]
+    cli_pix = proc([Image.open(f) for f in files], return_tensors="pt")["pixel_values"].float()
+    cli_ids = [2] + words(3) + img + words(2) + img + words(3)
+    cli_ids_t = torch.tensor([cli_ids])
+    cli_logits = model(input_ids=cli_ids_t, pixel_values=cli_pix, use_cache=False).logits[0]
+
     # Write the checkpoint: config as Gemma3nConfig writes it; tower and embedders; text.
     cfg.architectures = ["Gemma3nForConditionalGeneration"]
     cfg.dtype = torch.bfloat16
@@ -306,6 +326,8 @@ def make_tiny(root: Path) -> None:
         "image_features": feats.contiguous(),
         "input_ids": ids_t[0].to(torch.int64),
         "logits": logits.contiguous(),
+        "cli_input_ids": cli_ids_t[0].to(torch.int64),
+        "cli_logits": cli_logits.contiguous(),
     }
     for k, v in block_out.items():
         gold[k] = v.contiguous()

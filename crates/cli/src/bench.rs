@@ -13,12 +13,16 @@ use crate::slice::SliceArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Time the vision tower on one 768x768 image instead of the text decoder (--model: the
+    /// checkpoint's tower; --synthetic: the real architecture on pseudo-random weights).
+    #[arg(long)]
+    pub vision: bool,
     /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long, conflicts_with = "synthetic")]
-    model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// Random weights with the real shapes, built in memory: e2b or e4b.
     #[arg(long)]
-    synthetic: Option<String>,
+    pub synthetic: Option<String>,
     /// Weight dtype for --synthetic: bf16, f16, f32, q8_0, q4_0, q4_k, q5_k or q6_k
     /// (block formats for every matrix whose rows hold whole blocks; the others bf16).
     #[arg(long, default_value = "bf16")]
@@ -32,13 +36,13 @@ pub struct Args {
     /// Timed repetitions (after one untimed warm-up pass that touches every weight); the
     /// report gives the median prefill and the median decode speed.
     #[arg(long, default_value_t = 1)]
-    reps: usize,
+    pub reps: usize,
     /// Seed of the synthetic weights and the random prompt.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -72,6 +76,12 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    if a.vision {
+        if a.reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        return crate::bench_vision::run(&a);
+    }
     if a.prompt_len == 0 || a.gen == 0 || a.reps == 0 {
         bail!("--prompt-len, --gen and --reps must be at least 1");
     }

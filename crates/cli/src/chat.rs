@@ -84,6 +84,7 @@ pub fn main(a: Args) -> Result<()> {
             &mut session,
             &mut sampler,
             new_ids,
+            None,
             a.sampling.max_tokens,
         )?;
         println!();

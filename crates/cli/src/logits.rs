@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use gemma3n_model::safetensors::{self, WriteTensor};
+use gemma3n_model::vision::ImagePrompt;
 use gemma3n_model::Logits;
 
 #[derive(clap::Args)]
@@ -18,6 +19,9 @@ pub struct Args {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
+    /// An image whose soft tokens fill the ids' image placeholders (in order); repeatable.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -40,9 +44,17 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 pub fn main(a: Args) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
+    let pixels = crate::images::read_images(&a.images)?;
     let model = crate::load::load_any(&a.model)?;
     let mut cache = a.slice.cache(&model)?;
-    let logits = model.forward(&ids, &mut cache, Logits::All)?;
+    let logits = if pixels.is_empty() {
+        model.forward(&ids, &mut cache, Logits::All)?
+    } else {
+        let (vision, images) = crate::images::encode_images(&a.model, &pixels)?;
+        let p = ImagePrompt::new(&vision, images, &ids, 0, model.cfg.hidden_size)?;
+        let f = |pos: usize, id: u32, row: &mut [f32]| p.embed(pos, id, row);
+        model.forward_embedded(&ids, &mut cache, Logits::All, Some(&f))?
+    };
     let v = model.cfg.vocab_size;
     safetensors::write(
         &a.out,

@@ -1,7 +1,9 @@
 //! The `gemma3n` command-line tool.
 
 mod bench;
+mod bench_vision;
 mod chat;
+mod images;
 mod inspect;
 mod load;
 mod logits;

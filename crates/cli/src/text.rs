@@ -9,6 +9,7 @@ use gemma3n_engine::{
     ChatTemplate, Generation, GenerationConfig, Sampler, SamplingParams, Session, TokenStream,
     Tokenizer,
 };
+use gemma3n_model::text::EmbedFn;
 use gemma3n_model::TextModel;
 
 /// Sampling flags; unset ones take the checkpoint's generation_config.json.
@@ -148,6 +149,7 @@ pub fn stream_generation(
     session: &mut Session<'_>,
     sampler: &mut Sampler,
     new_ids: &[u32],
+    embed: Option<EmbedFn<'_>>,
     max_tokens: usize,
 ) -> Result<(Generation, String)> {
     let stop = stack.stop_ids();
@@ -156,8 +158,9 @@ pub fn stream_generation(
     let mut err: Option<anyhow::Error> = None;
     let mut out = std::io::stdout();
     let mut sample_err = None;
-    let g = session.generate(
+    let g = session.generate_embedded(
         new_ids,
+        embed,
         max_tokens,
         &stop,
         &mut |logits, prev| match sampler.sample(logits, prev) {

@@ -15,6 +15,20 @@ use crate::tokenizer::Tokenizer;
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// The image placeholder a chat template writes for each image item.
+pub const IMAGE_PLACEHOLDER: &str = "<image_soft_token>";
+
+/// Replaces every `<image_soft_token>` of `text` by the block the model sees for one image:
+/// `"\n\n<start_of_image>"`, `tokens` placeholders, `"<end_of_image>\n\n"` (the HF
+/// processor's expansion, spec/multimodal.md §5).
+pub fn expand_image_placeholders(text: &str, tokens: usize) -> String {
+    let block = format!(
+        "\n\n<start_of_image>{}<end_of_image>\n\n",
+        IMAGE_PLACEHOLDER.repeat(tokens)
+    );
+    text.replace(IMAGE_PLACEHOLDER, &block)
+}
+
 /// One item of a list-valued message content, as chat templates see it:
 /// `{"type": "text", "text": ...}`, `{"type": "image", ...}`, `{"type": "audio", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,7 +292,27 @@ impl ChatTemplate {
         add_generation_prompt: bool,
     ) -> Result<Prompt> {
         let (prompt, _) =
-            self.render_tokenize_offsets(tokenizer, messages, add_generation_prompt)?;
+            self.render_tokenize_offsets(tokenizer, messages, add_generation_prompt, 0)?;
+        Ok(prompt)
+    }
+
+    /// [`ChatTemplate::render_and_tokenize`] for messages with images: every
+    /// `<image_soft_token>` the template writes (one per image item) is expanded to the
+    /// image's block of `image_tokens` placeholders (spec/multimodal.md §5) before
+    /// tokenization.
+    pub fn render_and_tokenize_with_images(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        image_tokens: usize,
+    ) -> Result<Prompt> {
+        let (prompt, _) = self.render_tokenize_offsets(
+            tokenizer,
+            messages,
+            add_generation_prompt,
+            image_tokens,
+        )?;
         Ok(prompt)
     }
 
@@ -287,8 +321,12 @@ impl ChatTemplate {
         tokenizer: &Tokenizer,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        image_tokens: usize,
     ) -> Result<(Prompt, Vec<(usize, usize)>)> {
         let mut text = self.render(messages, add_generation_prompt)?;
+        if image_tokens > 0 {
+            text = expand_image_placeholders(&text, image_tokens);
+        }
         let (mut ids, mut offsets) = tokenizer.encode_with_offsets(&text)?;
         let bos = tokenizer.special().bos;
         let leading_bos = ids.iter().take_while(|&&id| id == bos).count();
@@ -416,7 +454,7 @@ impl Conversation {
         content: impl Into<MessageContent>,
     ) -> Result<TurnInput> {
         self.messages.push(ChatMessage::user(content));
-        let rendered = template.render_tokenize_offsets(tokenizer, &self.messages, true);
+        let rendered = template.render_tokenize_offsets(tokenizer, &self.messages, true, 0);
         let (prompt, offsets) = match rendered {
             Ok(r) => r,
             Err(e) => {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use gemma3n_model::text::EmbedFn;
 use gemma3n_model::{KvCache, Logits, ModelError, TextModel};
 
 /// Why generation stopped.
@@ -114,6 +115,20 @@ impl<'m> Session<'m> {
         pick: &mut dyn FnMut(&[f32], &[u32]) -> u32,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Generation, ModelError> {
+        self.generate_embedded(prompt, None, max_new_tokens, stop_ids, pick, on_token)
+    }
+
+    /// [`Session::generate`] with the embeddings of the prompt's image (or audio) positions
+    /// given by `embed` (see [`TextModel::forward_embedded`]).
+    pub fn generate_embedded(
+        &mut self,
+        prompt: &[u32],
+        embed: Option<EmbedFn<'_>>,
+        max_new_tokens: usize,
+        stop_ids: &[u32],
+        pick: &mut dyn FnMut(&[f32], &[u32]) -> u32,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Generation, ModelError> {
         if prompt.is_empty() {
             return Err(ModelError::Invalid("empty prompt".into()));
         }
@@ -126,7 +141,9 @@ impl<'m> Session<'m> {
             )));
         }
         let t0 = Instant::now();
-        let mut logits = self.model.forward(prompt, &mut self.cache, Logits::Last)?;
+        let mut logits =
+            self.model
+                .forward_embedded(prompt, &mut self.cache, Logits::Last, embed)?;
         self.tokens.extend_from_slice(prompt);
         let prefill_time = t0.elapsed();
         let t1 = Instant::now();

@@ -8,7 +8,8 @@ pub mod stream;
 pub mod tokenizer;
 
 pub use chat::{
-    ChatMessage, ChatTemplate, ContentPart, Conversation, MessageContent, Prompt, TurnInput,
+    expand_image_placeholders, ChatMessage, ChatTemplate, ContentPart, Conversation,
+    MessageContent, Prompt, TurnInput, IMAGE_PLACEHOLDER,
 };
 pub use error::{Error, Result};
 pub use generate::{Generation, Session, StopReason};

@@ -11,16 +11,42 @@
 //! - [`multi_query_attention`]: softmax attention of many query heads against one shared
 //!   K/V head, as two GEMMs per block of query rows.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
-use crate::matrix::Matrix;
+/// Target size of the im2col rows one [`Conv2d`] task builds and multiplies (bytes): a few
+/// hundred output pixels, so the block stays in the core's L2/L3 share while the GEMM reads it.
+const TASK_COL_BYTES: usize = 2 << 20;
 
-/// Largest im2col buffer [`Conv2d::forward`] builds at once (bytes). Small enough that the
-/// GEMM's repeated reads of it (one per weight panel) mostly hit the shared L3.
-const IM2COL_BYTES: usize = 8 << 20;
+/// Bytes of the packed input rows of one channel slab of the depthwise kernel (kept in L2).
+const DW_PACK_BYTES: usize = 128 << 10;
 
-/// Largest score block [`multi_query_attention`] holds per task (bytes).
+/// Output pixels the depthwise AVX2 kernel computes together in the interior of a row.
+const DW_SPAN: usize = 4;
+
+/// Largest score block one [`multi_query_attention`] task holds (bytes).
 const SCORES_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Scratch (im2col rows, attention scores) reused by every task this thread runs.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer, grown to at least `n` floats (contents
+/// unspecified).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
+            f(&mut buf[..n])
+        }
+        // Only a re-entrant task on this thread would find the buffer taken.
+        Err(_) => f(&mut vec![0f32; n]),
+    })
+}
 
 /// TF "SAME" padding of one spatial dimension of size `i` for kernel `k` and stride `s`
 /// (dilation 1): `(pad before, pad after, output size)`. The output size is `ceil(i / s)`
@@ -45,11 +71,95 @@ fn tap_range(base: isize, k: usize, n: usize) -> (usize, usize, usize) {
     (lo, hi, (base + lo as isize).max(0) as usize)
 }
 
+/// A zeroed output buffer of `n` floats; large ones are backed by transparent huge pages
+/// where the kernel offers them (a fresh 4 KiB page fault costs about as much as writing the
+/// page, and the tower writes gigabytes of fresh activations).
+fn output(n: usize) -> Vec<f32> {
+    const HUGE: usize = 2 << 20;
+    let v = vec![0f32; n];
+    #[cfg(target_os = "linux")]
+    if n * 4 >= 2 * HUGE {
+        let p = v.as_ptr() as usize;
+        let start = p.div_ceil(HUGE) * HUGE;
+        let end = (p + n * 4) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside this live allocation; MADV_HUGEPAGE changes only
+            // how the kernel backs it (the zeroed contents are kept).
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
+/// `dst[i·ldd + j] = Σ_p a[i·lda + p] · b[p·b_rs + j·b_cs]` for `i < m`, `j < n`, `p < kk`:
+/// one single-threaded call of the `gemm` crate (callers parallelise over blocks of rows).
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    m: usize,
+    n: usize,
+    kk: usize,
+    dst: &mut [f32],
+    ldd: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        n <= ldd && dst.len() >= (m - 1) * ldd + n,
+        "sgemm: dst too short"
+    );
+    if kk == 0 {
+        for r in dst.chunks_mut(ldd).take(m) {
+            r[..n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        kk <= lda && a.len() >= (m - 1) * lda + kk,
+        "sgemm: a too short"
+    );
+    assert!(
+        b.len() > (kk - 1) * b_rs + (n - 1) * b_cs,
+        "sgemm: b too short"
+    );
+    // SAFETY: the asserts above bound every element the call reads (a: rows < m, columns
+    // < kk; b: (p, j) with p < kk, j < n) and writes (dst: rows < m, columns < n); `dst` is
+    // uniquely borrowed. With `read_dst = false` the crate computes dst = 1 · a · b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            kk,
+            dst.as_mut_ptr(),
+            1,
+            ldd as isize,
+            false,
+            a.as_ptr(),
+            1,
+            lda as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    };
+}
+
 /// A full convolution (groups = 1), square kernel, TF "SAME" padding, weights repacked once.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     /// `[cout, k·k·cin]`: column `(ky·k + kx)·cin + ci`, the im2col order.
-    w: Matrix,
+    w: Vec<f32>,
     cout: usize,
     cin: usize,
     k: usize,
@@ -88,8 +198,8 @@ impl Conv2d {
         }
         let kk = k * k;
         let cols = kk * cin;
-        let mut packed = vec![0f32; cout * cols];
-        for (o, row) in packed.chunks_exact_mut(cols).enumerate() {
+        let mut w = vec![0f32; cout * cols];
+        for (o, row) in w.chunks_exact_mut(cols).enumerate() {
             for ci in 0..cin {
                 let src = &weight[(o * cin + ci) * kk..][..kk];
                 for (t, &v) in src.iter().enumerate() {
@@ -98,7 +208,7 @@ impl Conv2d {
             }
         }
         Conv2d {
-            w: Matrix::from_f32(&packed, cout, cols),
+            w,
             cout,
             cin,
             k,
@@ -126,7 +236,18 @@ impl Conv2d {
     }
 
     /// `x`: `[h, w, cin]`; returns `[ho, wo, cout]`.
+    ///
+    /// Output pixels are split into blocks of about [`TASK_COL_BYTES`] of im2col rows; each
+    /// rayon task builds its block's rows (`k·k·cin` per pixel) in a per-thread buffer and
+    /// multiplies them by the repacked weight with a single-threaded GEMM.
     pub fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let cols = self.k * self.k * self.cin;
+        let pixels = (TASK_COL_BYTES / (4 * cols)).clamp(16, 1024);
+        self.forward_blocked(x, h, w, pixels)
+    }
+
+    /// [`Self::forward`] with `pixels` output pixels per task.
+    fn forward_blocked(&self, x: &[f32], h: usize, w: usize, pixels: usize) -> Vec<f32> {
         let (cin, cout, k, s) = (self.cin, self.cout, self.k, self.stride);
         assert_eq!(
             x.len(),
@@ -136,130 +257,81 @@ impl Conv2d {
         );
         let (pt, _, ho) = same_padding(h, k, s);
         let (pl, _, wo) = same_padding(w, k, s);
-        let mut out = vec![0f32; ho * wo * cout];
-        if out.is_empty() {
-            return out;
-        }
-        if k == 1 && s == 1 {
-            // A 1×1 convolution is a per-pixel matmul: x is already the im2col matrix.
-            crate::cpu::matmul(x, h * w, &self.w, &mut out);
-        } else {
-            let cols = k * k * cin;
-            let rows_per_block = (IM2COL_BYTES / (4 * wo * cols)).clamp(1, ho);
-            let mut col = vec![0f32; rows_per_block * wo * cols];
-            for (b, out_block) in out.chunks_mut(rows_per_block * wo * cout).enumerate() {
-                let oy0 = b * rows_per_block;
-                let npix = out_block.len() / cout;
-                let col = &mut col[..npix * cols];
-                col.par_chunks_mut(wo * cols)
-                    .enumerate()
-                    .for_each(|(r, dst)| {
-                        self.im2col_row(x, h, w, oy0 + r, pt, pl, wo, dst);
-                    });
-                crate::cpu::matmul(col, npix, &self.w, out_block);
-            }
-        }
-        if let Some(bias) = &self.bias {
-            out.par_chunks_mut(cout * ((1 << 16) / cout).max(1))
-                .for_each(|chunk| {
-                    for px in chunk.chunks_exact_mut(cout) {
-                        px.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                    }
-                });
-        }
-        out
-    }
-
-    /// EXPERIMENT: per-task im2col + single-threaded GEMM.
-    pub(crate) fn forward_tasks(&self, x: &[f32], h: usize, w: usize, rows_per_task: usize) -> Vec<f32> {
-        let (cin, cout, k, s) = (self.cin, self.cout, self.k, self.stride);
-        let (pt, _, ho) = same_padding(h, k, s);
-        let (pl, _, wo) = same_padding(w, k, s);
-        let mut out = vec![0f32; ho * wo * cout];
+        let mut out = output(ho * wo * cout);
         let cols = k * k * cin;
-        let wptr = self.w.base_ptr() as *const f32;
-        let wp = WPtr(wptr);
-        out.par_chunks_mut(rows_per_task * wo * cout)
-            .enumerate()
-            .for_each(|(b, ob)| {
-                let wp = wp;
-                let npix = ob.len() / cout;
-                let mut col = vec![0f32; npix * cols];
-                for (r, dst) in col.chunks_mut(wo * cols).enumerate() {
-                    self.im2col_row(x, h, w, b * rows_per_task + r, pt, pl, wo, dst);
+        let task = |(b, ob): (usize, &mut [f32])| {
+            let p0 = b * pixels;
+            let np = ob.len() / cout;
+            if k == 1 && s == 1 {
+                // A 1×1 convolution: x is already the im2col matrix.
+                sgemm(
+                    np,
+                    cout,
+                    cols,
+                    ob,
+                    cout,
+                    &x[p0 * cin..],
+                    cin,
+                    &self.w,
+                    1,
+                    cols,
+                );
+            } else {
+                with_scratch(np * cols, |col| {
+                    for (i, dst) in col.chunks_exact_mut(cols).enumerate() {
+                        let p = p0 + i;
+                        self.im2col_pixel(x, h, w, p / wo, p % wo, pt, pl, dst);
+                    }
+                    sgemm(np, cout, cols, ob, cout, col, cols, &self.w, 1, cols);
+                });
+            }
+            if let Some(bias) = &self.bias {
+                for px in ob.chunks_exact_mut(cout) {
+                    px.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }
-                unsafe {
-                    gemm::gemm(
-                        npix,
-                        cout,
-                        cols,
-                        ob.as_mut_ptr(),
-                        1,
-                        cout as isize,
-                        false,
-                        col.as_ptr(),
-                        1,
-                        cols as isize,
-                        wp.0,
-                        cols as isize,
-                        1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                };
-            });
+            }
+        };
+        out.par_chunks_mut(pixels * cout).enumerate().for_each(task);
         out
     }
 
-    /// The im2col rows of output row `oy` (`wo` rows of `k·k·cin`) into `dst`.
+    /// The im2col row (`k·k·cin` floats) of output pixel `(oy, ox)` into `dst`.
     #[allow(clippy::too_many_arguments)]
-    fn im2col_row(
+    #[inline]
+    fn im2col_pixel(
         &self,
         x: &[f32],
         h: usize,
         w: usize,
         oy: usize,
+        ox: usize,
         pt: usize,
         pl: usize,
-        wo: usize,
         dst: &mut [f32],
     ) {
         let (cin, k, s) = (self.cin, self.k, self.stride);
-        let cols = k * k * cin;
         let (ky0, ky1, iy0) = tap_range((oy * s) as isize - pt as isize, k, h);
-        for (ox, px) in dst.chunks_exact_mut(cols).take(wo).enumerate() {
-            let (kx0, kx1, ix0) = tap_range((ox * s) as isize - pl as isize, k, w);
-            for ky in 0..k {
-                let row = &mut px[ky * k * cin..(ky + 1) * k * cin];
-                if ky < ky0 || ky >= ky1 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let iy = iy0 + (ky - ky0);
-                row[..kx0 * cin].fill(0.0);
-                // Taps kx0..kx1 read consecutive input pixels: one contiguous copy.
-                let n = (kx1 - kx0) * cin;
-                let src = (iy * w + ix0) * cin;
-                row[kx0 * cin..kx1 * cin].copy_from_slice(&x[src..src + n]);
-                row[kx1 * cin..].fill(0.0);
+        let (kx0, kx1, ix0) = tap_range((ox * s) as isize - pl as isize, k, w);
+        for (ky, row) in dst.chunks_exact_mut(k * cin).enumerate() {
+            if ky < ky0 || ky >= ky1 {
+                row.fill(0.0);
+                continue;
             }
+            let iy = iy0 + (ky - ky0);
+            row[..kx0 * cin].fill(0.0);
+            // Taps kx0..kx1 read consecutive input pixels: one contiguous copy.
+            let src = (iy * w + ix0) * cin;
+            row[kx0 * cin..kx1 * cin].copy_from_slice(&x[src..src + (kx1 - kx0) * cin]);
+            row[kx1 * cin..].fill(0.0);
         }
     }
 }
 
-#[derive(Clone, Copy)]
-struct WPtr(*const f32);
-unsafe impl Send for WPtr {}
-unsafe impl Sync for WPtr {}
-
 /// Depthwise convolution (groups = channels), square kernel, TF "SAME" padding.
 #[derive(Clone, Debug)]
 pub struct DepthwiseConv2d {
-    /// `[k·k, c]`: row `ky·k + kx` holds that tap for every channel.
+    /// `[k·k, cp]` with `cp = c` rounded up to 16: row `ky·k + kx` holds that tap for every
+    /// channel, zeros past `c`.
     w: Vec<f32>,
     c: usize,
     k: usize,
@@ -272,11 +344,22 @@ struct DwShape {
     h: usize,
     w: usize,
     c: usize,
+    /// `c` rounded up to 16: the weight row stride.
+    cp: usize,
     k: usize,
     s: usize,
     pt: usize,
     pl: usize,
     wo: usize,
+}
+
+impl DwShape {
+    /// Kernel rows `ky0..ky1` of output row `oy` that fall inside the image, and the input
+    /// row of `ky0`.
+    #[inline]
+    fn rows(&self, oy: usize) -> (usize, usize, usize) {
+        tap_range((oy * self.s) as isize - self.pt as isize, self.k, self.h)
+    }
 }
 
 impl DepthwiseConv2d {
@@ -294,10 +377,11 @@ impl DepthwiseConv2d {
             weight.len()
         );
         let kk = k * k;
-        let mut w = vec![0f32; kk * c];
+        let cp = c.next_multiple_of(16);
+        let mut w = vec![0f32; kk * cp];
         for ch in 0..c {
             for t in 0..kk {
-                w[t * c + ch] = weight[ch * kk + t];
+                w[t * cp + ch] = weight[ch * kk + t];
             }
         }
         DepthwiseConv2d { w, c, k, stride }
@@ -327,6 +411,15 @@ impl DepthwiseConv2d {
     }
 
     fn forward_with(&self, x: &[f32], h: usize, w: usize, simd: bool) -> Vec<f32> {
+        let (ho, wo) = self.out_size(h, w);
+        let mut out = output(ho * wo * self.c);
+        self.forward_into(x, h, w, &mut out, simd);
+        out
+    }
+
+    /// [`Self::forward`] into `out` (`[ho, wo, c]`, overwritten); `simd: false` forces the
+    /// portable kernel. Parallel over output rows.
+    fn forward_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32], simd: bool) {
         let (c, k, s) = (self.c, self.k, self.stride);
         assert_eq!(
             x.len(),
@@ -336,14 +429,19 @@ impl DepthwiseConv2d {
         );
         let (pt, _, ho) = same_padding(h, k, s);
         let (pl, _, wo) = same_padding(w, k, s);
-        let mut out = vec![0f32; ho * wo * c];
+        assert_eq!(
+            out.len(),
+            ho * wo * c,
+            "DepthwiseConv2d::forward: out length"
+        );
         if out.is_empty() {
-            return out;
+            return;
         }
         let sh = DwShape {
             h,
             w,
             c,
+            cp: c.next_multiple_of(16),
             k,
             s,
             pt,
@@ -351,52 +449,43 @@ impl DepthwiseConv2d {
             wo,
         };
         #[cfg(target_arch = "x86_64")]
-        let simd = simd && c >= 8 && crate::cpu::has_avx2();
+        let simd = simd && crate::cpu::has_avx2();
         #[cfg(not(target_arch = "x86_64"))]
         let simd = {
             let _ = simd;
             false
         };
-        out.par_chunks_mut(wo * c)
-            .enumerate()
-            .for_each(|(oy, row)| {
-                if simd {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: AVX2 and FMA were detected above; `x` holds h·w·c floats (checked),
-                    // `self.w` k·k·c, `row` wo·c.
-                    unsafe {
-                        dw_row_avx2(&sh, x, &self.w, oy, row)
-                    };
-                } else {
-                    dw_row_scalar(&sh, x, &self.w, oy, row, 0, c);
-                }
-            });
-        out
+        let run = |(oy, row): (usize, &mut [f32])| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                let slab = dw_slab(&sh);
+                with_scratch(k * dw_wp(&sh) * slab, |pack| {
+                    // SAFETY: AVX2 and FMA were detected above; `x` holds h·w·c floats
+                    // (checked), `self.w` k·k·cp, `row` wo·c, `pack` k·wp·slab.
+                    unsafe { dw_row_avx2(&sh, x, &self.w, oy, row, pack, slab) }
+                });
+                return;
+            }
+            dw_row_scalar(&sh, x, &self.w, oy, row);
+        };
+        out.par_chunks_mut(wo * c).enumerate().for_each(run);
     }
 }
 
-/// Output row `oy` of a depthwise convolution, channels `c0..c1` only, portable code.
-fn dw_row_scalar(
-    sh: &DwShape,
-    x: &[f32],
-    wt: &[f32],
-    oy: usize,
-    row: &mut [f32],
-    c0: usize,
-    c1: usize,
-) {
+/// Output row `oy` of a depthwise convolution, portable code: pixel by pixel, every tap
+/// added over all channels (contiguous) in turn.
+fn dw_row_scalar(sh: &DwShape, x: &[f32], wt: &[f32], oy: usize, row: &mut [f32]) {
     let (c, k) = (sh.c, sh.k);
-    let (ky0, ky1, iy0) = tap_range((oy * sh.s) as isize - sh.pt as isize, k, sh.h);
-    for (ox, px) in row.chunks_exact_mut(c).enumerate() {
+    let (ky0, ky1, iy0) = sh.rows(oy);
+    for (ox, acc) in row.chunks_exact_mut(c).enumerate() {
         let (kx0, kx1, ix0) = tap_range((ox * sh.s) as isize - sh.pl as isize, k, sh.w);
-        let acc = &mut px[c0..c1];
         acc.fill(0.0);
         for ky in ky0..ky1 {
             let iy = iy0 + (ky - ky0);
             for kx in kx0..kx1 {
                 let ix = ix0 + (kx - kx0);
-                let xs = &x[(iy * sh.w + ix) * c..][c0..c1];
-                let ws = &wt[(ky * k + kx) * c..][c0..c1];
+                let xs = &x[(iy * sh.w + ix) * c..][..c];
+                let ws = &wt[(ky * k + kx) * sh.cp..][..c];
                 for ((a, &xv), &wv) in acc.iter_mut().zip(xs).zip(ws) {
                     *a += xv * wv;
                 }
@@ -405,72 +494,150 @@ fn dw_row_scalar(
     }
 }
 
-/// Output row `oy` of a depthwise convolution (`row`: `wo · c` floats): blocks of 32 and 8
-/// channels in AVX2 registers, the last `c % 8` channels by [`dw_row_scalar`].
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA; `x` must hold `h·w·c` floats, `wt` `k·k·c`, `row` `wo·c`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dw_row_avx2(sh: &DwShape, x: &[f32], wt: &[f32], oy: usize, row: &mut [f32]) {
-    debug_assert!(x.len() >= sh.h * sh.w * sh.c);
-    debug_assert!(wt.len() >= sh.k * sh.k * sh.c && row.len() >= sh.wo * sh.c);
-    let c8 = sh.c & !7;
-    let mut cb = 0;
-    while cb + 32 <= c8 {
-        dw_block_avx2::<4>(sh, x, wt, oy, row, cb);
-        cb += 32;
-    }
-    while cb + 8 <= c8 {
-        dw_block_avx2::<1>(sh, x, wt, oy, row, cb);
-        cb += 8;
-    }
-    if c8 < sh.c {
-        dw_row_scalar(sh, x, wt, oy, row, c8, sh.c);
-    }
+/// Width of a zero-padded input row as the kernel reads it: `(wo − 1)·s + k` columns,
+/// column `j` holding input column `j − pl`.
+fn dw_wp(sh: &DwShape) -> usize {
+    (sh.wo - 1) * sh.s + sh.k
 }
 
-/// Channels `cb..cb + 8·NV` of output row `oy`.
+/// Channels (a multiple of 16) per slab of the AVX2 depthwise kernel: the packed `k` rows of
+/// a slab take about [`DW_PACK_BYTES`].
+fn dw_slab(sh: &DwShape) -> usize {
+    ((DW_PACK_BYTES / (4 * sh.k * dw_wp(sh))) & !15).clamp(16, sh.cp)
+}
+
+/// Output row `oy` of a depthwise convolution (`row`: `wo · c` floats) with AVX2.
+///
+/// Channels go in slabs of `slab`. For each slab, the kernel rows of the input that the
+/// output row reads are first copied into `pack`, zero-padded left and right and grouped by
+/// 16 channels (`[group][row][column][16]`): the copy reads long runs of each input pixel,
+/// and the multiply then reads small contiguous blocks with no border cases and no cache-set
+/// conflicts (the channel stride of the image is often a multiple of 4 KiB). Each 16-channel
+/// group is computed [`DW_SPAN`] output pixels at a time, so every weight load feeds that
+/// many FMAs; channels past `c` are computed on zeros and not stored.
 ///
 /// # Safety
-/// As [`dw_row_avx2`], and `cb + 8·NV <= c`.
+/// The CPU must have AVX2 and FMA; `x` must hold `h·w·c` floats, `wt` `k·k·cp`, `row` `wo·c`,
+/// `pack` `k·wp·slab` with `slab` a multiple of 16.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn dw_block_avx2<const NV: usize>(
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_row_avx2(
     sh: &DwShape,
     x: &[f32],
     wt: &[f32],
     oy: usize,
     row: &mut [f32],
-    cb: usize,
+    pack: &mut [f32],
+    slab: usize,
 ) {
     use std::arch::x86_64::*;
-    let (c, k) = (sh.c, sh.k);
-    let (ky0, ky1, iy0) = tap_range((oy * sh.s) as isize - sh.pt as isize, k, sh.h);
-    let (xp, wp, op) = (x.as_ptr(), wt.as_ptr(), row.as_mut_ptr());
-    for ox in 0..sh.wo {
-        let (kx0, kx1, ix0) = tap_range((ox * sh.s) as isize - sh.pl as isize, k, sh.w);
-        let mut acc = [_mm256_setzero_ps(); NV];
-        for ky in ky0..ky1 {
-            let iy = iy0 + (ky - ky0);
-            // Input pixel (iy, ix0) and weight tap (ky, kx0), channel cb: iy < h, and the
-            // kx1 - kx0 taps read pixels ix0..ix0 + (kx1 - kx0) <= w of that row.
-            let xrow = xp.add((iy * sh.w + ix0) * c + cb);
-            let wrow = wp.add((ky * k + kx0) * c + cb);
-            for t in 0..kx1 - kx0 {
-                let (xi, wi) = (xrow.add(t * c), wrow.add(t * c));
-                for (v, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(xi.add(8 * v)),
-                        _mm256_loadu_ps(wi.add(8 * v)),
-                        *a,
-                    );
+    let (c, cp, k, s, wo) = (sh.c, sh.cp, sh.k, sh.s, sh.wo);
+    let wp = dw_wp(sh);
+    debug_assert!(x.len() >= sh.h * sh.w * c && wt.len() >= k * k * cp);
+    debug_assert!(row.len() >= wo * c && pack.len() >= k * wp * slab && slab % 16 == 0);
+    let (ky0, ky1, iy0) = sh.rows(oy);
+    let kr = ky1 - ky0;
+    let mut s0 = 0;
+    while s0 < cp {
+        let s1 = (s0 + slab).min(cp);
+        let groups = (s1 - s0) / 16;
+        // Pack rows iy0..iy0 + kr, channels s0..s1.
+        for r in 0..kr {
+            let iy = iy0 + r;
+            for j in 0..wp {
+                let ix = j as isize - sh.pl as isize;
+                let inside = ix >= 0 && (ix as usize) < sh.w;
+                let src = if inside {
+                    &x[(iy * sh.w + ix as usize) * c..][..c]
+                } else {
+                    &[]
+                };
+                for g in 0..groups {
+                    let dst = &mut pack[((g * kr + r) * wp + j) * 16..][..16];
+                    let ch0 = s0 + 16 * g;
+                    let n = if inside {
+                        c.saturating_sub(ch0).min(16)
+                    } else {
+                        0
+                    };
+                    dst[..n].copy_from_slice(&src[ch0.min(c)..ch0.min(c) + n]);
+                    dst[n..].fill(0.0);
                 }
             }
         }
-        let o = op.add(ox * c + cb);
-        for (v, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(o.add(8 * v), *a);
+        for g in 0..groups {
+            let ch0 = s0 + 16 * g;
+            let pg = pack.as_ptr().add(g * kr * wp * 16);
+            let wg = wt.as_ptr().add(ky0 * k * cp + ch0);
+            let n = c.saturating_sub(ch0).min(16);
+            let mut ox = 0;
+            while ox < wo {
+                let span = (wo - ox).min(DW_SPAN);
+                let mut acc = [[_mm256_setzero_ps(); 2]; DW_SPAN];
+                if span == DW_SPAN {
+                    dw_span::<DW_SPAN>(pg, wg, kr, k, wp, s, cp, ox, &mut acc);
+                } else {
+                    dw_span::<1>(pg, wg, kr, k, wp, s, cp, ox, &mut acc);
+                    if span > 1 {
+                        // Remainder pixels: one at a time, each into its own slot.
+                        for p in 1..span {
+                            let mut one = [[_mm256_setzero_ps(); 2]; DW_SPAN];
+                            dw_span::<1>(pg, wg, kr, k, wp, s, cp, ox + p, &mut one);
+                            acc[p] = one[0];
+                        }
+                    }
+                }
+                for (p, a) in acc.iter().enumerate().take(span) {
+                    let o = row.as_mut_ptr().add((ox + p) * c + ch0);
+                    if n == 16 {
+                        _mm256_storeu_ps(o, a[0]);
+                        _mm256_storeu_ps(o.add(8), a[1]);
+                    } else {
+                        let mut tmp = [0f32; 16];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), a[0]);
+                        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), a[1]);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, n);
+                    }
+                }
+                ox += span;
+            }
+        }
+        s0 = s1;
+    }
+}
+
+/// Accumulates 16 channels of the `P` output pixels `ox..ox + P` into `acc[..P]` from a
+/// packed group `pg` (`[kr][wp][16]`) and its weights `wg` (tap `(r, kx)` at
+/// `(r·k + kx)·cp`).
+///
+/// # Safety
+/// AVX2 and FMA; `(ox + P − 1)·s + k <= wp`, `pg` holds `kr·wp·16` floats, `wg` the taps.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_span<const P: usize>(
+    pg: *const f32,
+    wg: *const f32,
+    kr: usize,
+    k: usize,
+    wp: usize,
+    s: usize,
+    cp: usize,
+    ox: usize,
+    acc: &mut [[std::arch::x86_64::__m256; 2]; DW_SPAN],
+) {
+    use std::arch::x86_64::*;
+    for r in 0..kr {
+        let xr = pg.add((r * wp + ox * s) * 16);
+        let wr = wg.add(r * k * cp);
+        for kx in 0..k {
+            let w0 = _mm256_loadu_ps(wr.add(kx * cp));
+            let w1 = _mm256_loadu_ps(wr.add(kx * cp + 8));
+            for (p, a) in acc.iter_mut().enumerate().take(P) {
+                let xi = xr.add((p * s + kx) * 16);
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(xi), w0, a[0]);
+                a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(xi.add(8)), w1, a[1]);
+            }
         }
     }
 }
@@ -488,7 +655,7 @@ pub fn upsample_nearest(x: &[f32], h: usize, w: usize, c: usize, ho: usize, wo: 
         (h > 0 && w > 0) || ho * wo * c == 0,
         "upsample_nearest: empty input {h}x{w} to non-empty output {ho}x{wo}"
     );
-    let mut out = vec![0f32; ho * wo * c];
+    let mut out = output(ho * wo * c);
     if out.is_empty() {
         return out;
     }
@@ -532,7 +699,7 @@ pub fn resize_bilinear(x: &[f32], h: usize, w: usize, c: usize, ho: usize, wo: u
         (h > 0 && w > 0) || ho * wo * c == 0,
         "resize_bilinear: empty input {h}x{w} to non-empty output {ho}x{wo}"
     );
-    let mut out = vec![0f32; ho * wo * c];
+    let mut out = output(ho * wo * c);
     if out.is_empty() {
         return out;
     }
@@ -572,7 +739,7 @@ pub fn avg_pool(x: &[f32], h: usize, w: usize, c: usize, kh: usize, kw: usize) -
         x.len()
     );
     let (ho, wo) = (h / kh, w / kw);
-    let mut out = vec![0f32; ho * wo * c];
+    let mut out = output(ho * wo * c);
     if out.is_empty() {
         return out;
     }
@@ -599,7 +766,8 @@ pub fn avg_pool(x: &[f32], h: usize, w: usize, c: usize, kh: usize, kw: usize) -
 /// `softmax(q_h · kᵀ / √d) · v` per head, no mask.
 ///
 /// `q` viewed as `[n·heads, d]` rows is multiplied by `kᵀ` and then, after the softmax, by
-/// `v`, in blocks of rows (the score block stays below [`SCORES_BYTES`]) run in parallel.
+/// `v`: two single-threaded GEMMs per block of rows (the score block stays below
+/// [`SCORES_BYTES`]), blocks in parallel.
 pub fn multi_query_attention(
     q: &[f32],
     k: &[f32],
@@ -629,35 +797,30 @@ pub fn multi_query_attention(
         v.len()
     );
     let rows = n * heads;
-    let mut out = vec![0f32; rows * d];
+    let mut out = output(rows * d);
     if out.is_empty() {
         return out;
     }
     assert!(m > 0, "multi_query_attention: no keys");
-    let km = Matrix::from_f32(k, m, d);
-    let mut vt = vec![0f32; d * m];
-    for (j, vr) in v.chunks_exact(d).enumerate() {
-        for (dd, &val) in vr.iter().enumerate() {
-            vt[dd * m + j] = val;
-        }
-    }
-    let vtm = Matrix::from_f32(&vt, d, m);
     let scale = 1.0 / (d as f32).sqrt();
     let threads = rayon::current_num_threads().max(1);
     let block = (SCORES_BYTES / (4 * m))
-        .min(rows.div_ceil(threads))
+        .min(rows.div_ceil(4 * threads))
         .clamp(1, rows);
     out.par_chunks_mut(block * d)
         .zip(q.par_chunks(block * d))
         .for_each(|(ob, qb)| {
             let t = qb.len() / d;
-            let mut scores = vec![0f32; t * m];
-            crate::cpu::matmul(qb, t, &km, &mut scores);
-            for r in scores.chunks_exact_mut(m) {
-                crate::cpu::ops::scale(r, scale);
-                crate::cpu::ops::softmax(r);
-            }
-            crate::cpu::matmul(&scores, t, &vtm, ob);
+            with_scratch(t * m, |scores| {
+                // scores = q · kᵀ: b(p, j) = k[j·d + p].
+                sgemm(t, m, d, scores, m, qb, d, k, 1, d);
+                for r in scores.chunks_exact_mut(m) {
+                    crate::cpu::ops::scale(r, scale);
+                    crate::cpu::ops::softmax(r);
+                }
+                // out = P · v: b(p, j) = v[p·d + j].
+                sgemm(t, d, m, ob, d, scores, m, v, d, 1);
+            });
         });
     out
 }

@@ -23,10 +23,11 @@
 //!   (`v >> 8`), but opens 16-bit greyscale as mode `I;16`, whose conversion to RGB *clips*
 //!   (`min(v, 255)`, so almost every pixel is 255). Both are reproduced: that is what the
 //!   reference model sees.
-//! - **Resize**: a transcription of Pillow's `ImagingResample` (Resample.c) for `BILINEAR`:
-//!   triangle filter whose support grows with the downscale factor, coefficients normalised in
-//!   f64 then rounded to 22-bit fixed point, horizontal pass then vertical pass, each clipped
-//!   to u8. It equals `PIL.Image.resize((768, 768), BILINEAR)` bit for bit. The reference
+//! - **Resize**: a transcription of Pillow 13's `ImagingResample` (Resample.c) for
+//!   `BILINEAR`: triangle filter whose support grows with the downscale factor, coefficients
+//!   normalised in f64 then rounded to 22-bit fixed point, a horizontal and a vertical pass
+//!   (horizontal first unless the height shrinks by more than twice what the width does),
+//!   each clipped to u8. It equals `PIL.Image.resize((768, 768), BILINEAR)` bit for bit. The reference
 //!   uses torchvision's uint8 antialiased bilinear kernel instead, which differs from Pillow by
 //!   at most 1 LSB on a small fraction of values.
 //! - **Rescale**: torch computes `uint8_tensor * (1/255)` as `f32(v) * f32(1/255)`; so do we
@@ -499,30 +500,31 @@ pub fn resize_rgb8_to(rgb: &[u8], w: usize, h: usize, out_w: usize, out_h: usize
     assert_eq!(rgb.len(), w * h * 3, "resize_rgb8: buffer is not {w}x{h}x3");
     let need_h = out_w != w;
     let need_v = out_h != h;
-    if !need_h && !need_v {
-        return rgb.to_vec();
-    }
-    let mut vert = precompute_coeffs(h, out_h);
-    if !need_h {
-        return resample_vertical(rgb, w * 3, out_h, &vert);
-    }
-    let horiz = precompute_coeffs(w, out_w);
-    // Only the input rows the vertical pass reads go through the horizontal pass.
-    let (first, last) = if need_v {
-        let first = vert.bounds[0].0;
-        let last = vert.bounds.iter().map(|&(a, n)| a + n).max().unwrap_or(h);
-        for b in &mut vert.bounds {
-            b.0 -= first;
+    // Pillow 13's ImagingResampleInner: "if height is being scaled down more than twice
+    // the amount the width is, run the vertical pass first". The order changes the result
+    // (each pass rounds to u8), so it is part of the algorithm.
+    let (dh, dw) = (h as i64 - out_h as i64, w as i64 - out_w as i64);
+    let horizontal_first = !(dh > 0 && dh > dw * 2);
+    match (need_h, need_v) {
+        (false, false) => rgb.to_vec(),
+        (false, true) => resample_vertical(rgb, w * 3, out_h, &precompute_coeffs(h, out_h)),
+        (true, false) => resample_horizontal(rgb, w, 0..h, out_w, &precompute_coeffs(w, out_w)),
+        (true, true) if horizontal_first => {
+            let mut vert = precompute_coeffs(h, out_h);
+            // Only the input rows the vertical pass reads go through the horizontal pass.
+            let first = vert.bounds[0].0;
+            let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
+            for b in &mut vert.bounds {
+                b.0 -= first;
+            }
+            let tmp = resample_horizontal(rgb, w, first..last, out_w, &precompute_coeffs(w, out_w));
+            resample_vertical(&tmp, out_w * 3, out_h, &vert)
         }
-        (first, last)
-    } else {
-        (0, h)
-    };
-    let tmp = resample_horizontal(rgb, w, first..last, out_w, &horiz);
-    if !need_v {
-        return tmp;
+        (true, true) => {
+            let tmp = resample_vertical(rgb, w * 3, out_h, &precompute_coeffs(h, out_h));
+            resample_horizontal(&tmp, w, 0..out_h, out_w, &precompute_coeffs(w, out_w))
+        }
     }
-    resample_vertical(&tmp, out_w * 3, out_h, &vert)
 }
 
 /// The resized 8-bit RGB image before rescaling (`[size, size, 3]` interleaved): Pillow's

@@ -132,8 +132,7 @@ fn conv2d_matches_direct_convolution() {
 
 #[test]
 fn conv2d_multi_block_and_gemm_sizes() {
-    // Enough pixels for the GEMM path (and, at k = 3 with 96 channels, more than one im2col
-    // block of rows).
+    // Larger images: many tasks, blocks of pixels across row ends.
     for &(h, w, cin, cout, k, s) in &[
         (40, 34, 24, 20, 3, 1),
         (33, 30, 19, 12, 3, 2),
@@ -178,6 +177,26 @@ fn depthwise_matches_direct_convolution_simd_and_scalar() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn depthwise_wide_rows_use_several_channel_slabs() {
+    // Wide rows make the channel slabs of the SIMD kernel narrower than c (16 channels at
+    // w = 401, k = 5), with a last group partly past c.
+    for &(h, w, c, k, s) in &[(3, 401, 77, 5, 1), (4, 700, 45, 3, 2), (5, 333, 100, 5, 2)] {
+        let x = values(h * w * c, (w + c) as u64);
+        let wt = values(c * k * k, 11);
+        let dw = DepthwiseConv2d::new(&wt, c, k, s);
+        let want = naive_conv(&x, h, w, c, &wt, c, k, s, None, true);
+        check(
+            &dw.forward(&x, h, w),
+            &want,
+            1e-5,
+            &format!("dw {h}x{w} c{c} k{k} s{s}"),
+        );
+        let scalar = dw.forward_scalar(&x, h, w);
+        check(&scalar, &want, 1e-5, &format!("dw {h}x{w} c{c} scalar"));
     }
 }
 
@@ -534,19 +553,40 @@ fn conv_speed() {
 #[test]
 #[ignore]
 fn zz_explore() {
-    let (h, w, cin, cout) = (192, 192, 128, 512);
-    let x = values(h * w * cin, 1);
-    let conv = Conv2d::new(&values(cout * cin * 9, 2), cout, cin, 3, 1, None);
-    let fl = 2.0 * (h * w * cout * cin * 9) as f64;
-    let r0 = conv.forward(&x, h, w);
-    for rep in 0..2 {
-        let s = time(|| { std::hint::black_box(conv.forward(&x, h, w)); });
-        println!("{rep} forward: {}", rate(s, fl));
-        for rpt in [1, 2, 4] {
-            let r = conv.forward_tasks(&x, h, w, rpt);
-            assert!(r.iter().zip(&r0).all(|(a, b)| (a - b).abs() < 1e-3));
-            let s = time(|| { std::hint::black_box(conv.forward_tasks(&x, h, w, rpt)); });
-            println!("{rep} tasks rows {rpt}: {}", rate(s, fl));
+    for &(h, w, c, s) in &[
+        (96, 96, 256, 1),
+        (96, 96, 272, 1),
+        (96, 96, 240, 1),
+        (96, 96, 32, 1),
+        (96, 96, 16, 1),
+        (48, 48, 3840, 2),
+        (48, 48, 3856, 2),
+    ] {
+        let x = values(h * w * c, 3);
+        let dw = DepthwiseConv2d::new(&values(c * 25, 4), c, 5, s);
+        let (ho, wo) = dw.out_size(h, w);
+        let n = ho * wo * c;
+        let fl = 2.0 * (n * 25) as f64;
+        let mut out = vec![0f32; n];
+        for simd in [true, false] {
+            let t = time(|| dw.forward_into(&x, h, w, &mut out, simd));
+            println!("dw {h}x{w}x{c} s{s} into simd={simd}: {}", rate(t, fl));
         }
+        let t = time(|| {
+            std::hint::black_box(dw.forward(&x, h, w));
+        });
+        println!("dw {h}x{w}x{c} s{s} forward: {}", rate(t, fl));
+        let t = time(|| {
+            let mut v = output(n);
+            v.par_chunks_mut(1 << 14).for_each(|c| c.fill(1.0));
+            std::hint::black_box(v);
+        });
+        println!("  output()+touch {} MB: {:.2} ms", n * 4 >> 20, t.0 * 1e3);
+        let t = time(|| {
+            let mut v = vec![0f32; n];
+            v.par_chunks_mut(1 << 14).for_each(|c| c.fill(1.0));
+            std::hint::black_box(v);
+        });
+        println!("  vec+touch {} MB: {:.2} ms", n * 4 >> 20, t.0 * 1e3);
     }
 }

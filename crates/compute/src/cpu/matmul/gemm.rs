@@ -14,6 +14,9 @@ use crate::matrix::Matrix;
 /// once per call) over more weight rows; 1 MiB (128 rows at k = 2048) measured best here.
 const PANEL_BYTES: usize = 1024 * 1024;
 
+/// f32 weights with at least this many activation rows go to the crate in one call.
+const WHOLE_MIN_T: usize = 1024;
+
 thread_local! {
     /// Widened weight panel, reused by every panel this thread computes.
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -30,6 +33,27 @@ pub(super) fn gemm(x: &[f32], t: usize, w: &Matrix, out: &mut [f32]) {
     let outp = OutPtr(out.as_mut_ptr());
     // f32 weights whose rows are 4-byte aligned can be read in place.
     let direct = w.dtype() == DType::F32 && (w.base_ptr() as usize).is_multiple_of(4);
+    if direct && t >= WHOLE_MIN_T && std::env::var_os("G3N_NOWHOLE").is_none() {
+        // Many activation rows (a convolution's pixels): one call, parallel inside the
+        // crate, packs each operand once instead of re-packing `x` for every weight panel.
+        // SAFETY: as below with the whole matrix as one panel; the crate's threads write
+        // disjoint blocks of `out`.
+        unsafe {
+            panel_gemm_with(
+                x,
+                t,
+                k,
+                w.base_ptr() as *const f32,
+                w.row_stride(),
+                0,
+                n,
+                n,
+                outp,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        };
+        return;
+    }
     let run = |p: usize| {
         let j0 = p * nb;
         let j1 = (j0 + nb).min(n);
@@ -95,6 +119,37 @@ unsafe fn panel_gemm(
     n: usize,
     out: OutPtr,
 ) {
+    panel_gemm_with(
+        x,
+        t,
+        k,
+        rhs,
+        stride,
+        j0,
+        j1,
+        n,
+        out,
+        gemm::Parallelism::None,
+    )
+}
+
+/// [`panel_gemm`] with the crate's own parallelism.
+///
+/// # Safety
+/// As [`panel_gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_gemm_with(
+    x: &[f32],
+    t: usize,
+    k: usize,
+    rhs: *const f32,
+    stride: usize,
+    j0: usize,
+    j1: usize,
+    n: usize,
+    out: OutPtr,
+    par: gemm::Parallelism,
+) {
     debug_assert!(x.len() >= t * k);
     // dst (t x m) = lhs (t x k, row-major x) · rhs (k x m; element (kk, j) at j*stride + kk).
     // With `read_dst = false` the crate computes dst = beta · lhs · rhs.
@@ -117,6 +172,6 @@ unsafe fn panel_gemm(
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        par,
     );
 }
