@@ -3,23 +3,16 @@
 //! with `--outtype f16`) gives HF's fp32 logits within the error of rounding the weight
 //! matrices to f16 (norms and AltUp coefficients stay f32 in the file).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::rel_err;
 use gemma3n_model::safetensors::SafeTensors;
 use gemma3n_model::{Checkpoint, Logits, TextModel};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
 }
 
 /// f16 keeps 11 significant bits (relative rounding 2^-11 ≈ 4.9e-4 per weight); through

@@ -2,8 +2,11 @@
 //! MatFormer Lab way (tests/fixtures/matformer, made by
 //! tools/reference/make_matformer_fixtures.py), and `export` against those checkpoints.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::{ids, rel_err};
 use gemma3n_model::matformer::{self, Slice, SlicePlan};
 use gemma3n_model::safetensors::SafeTensors;
 use gemma3n_model::{Checkpoint, Logits, TextModel};
@@ -26,24 +29,6 @@ fn base() -> (Checkpoint, TextModel) {
     let ckpt = Checkpoint::open(&root().join("base")).unwrap();
     let model = TextModel::load(&ckpt, &mut |_, _| {}).unwrap();
     (ckpt, model)
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
-}
-
-fn ids(g: &SafeTensors, name: &str) -> Vec<u32> {
-    g.read_i64(name)
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! llama.cpp's own converter wrote for the same checkpoint, tensor for tensor; its block
 //! formats load back and stay within stated bounds of HF's fp32 logits.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{argmax, rel_err};
 use gemma3n_model::gguf::Gguf;
 use gemma3n_model::quantize::{quantize, QuantPolicy};
 use gemma3n_model::safetensors::SafeTensors;
@@ -49,19 +52,6 @@ fn f16_output_equals_the_converters_file() {
         );
     }
     let _ = std::fs::remove_file(&path);
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    num / b.iter().map(|y| y.abs()).fold(0f32, f32::max)
-}
-
-fn argmax(x: &[f32]) -> usize {
-    (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })
 }
 
 /// Per format: max relative logit error against HF fp32 and top-1 agreement over the 20

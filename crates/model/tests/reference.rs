@@ -1,8 +1,11 @@
 //! The text decoder against HF transformers (fp32) on the committed tiny random models
 //! of tests/fixtures/text (made by tools/reference/make_text_fixtures.py).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{argmax, ids, rel_err};
 use gemma3n_model::safetensors::SafeTensors;
 use gemma3n_model::{Checkpoint, Logits, TextModel};
 
@@ -27,36 +30,6 @@ fn load(dir: &std::path::Path) -> (TextModel, SafeTensors) {
     let model = TextModel::load(&ckpt, &mut |_, _| {}).unwrap();
     let golden = SafeTensors::open(&dir.join("golden.safetensors")).unwrap();
     (model, golden)
-}
-
-/// max |a − b| / max |b|
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    let den = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
-    num / den
-}
-
-fn ids(g: &SafeTensors, name: &str) -> Vec<u32> {
-    g.read_i64(name)
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]
@@ -139,7 +112,7 @@ fn greedy_tokens_match_hf() {
         let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
         let mut got = Vec::new();
         for _ in 0..want.len() {
-            let next = argmax(&logits);
+            let next = argmax(&logits) as u32;
             got.push(next);
             logits = model.forward(&[next], &mut cache, Logits::Last).unwrap();
         }

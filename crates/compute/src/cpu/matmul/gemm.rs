@@ -33,7 +33,7 @@ pub(super) fn gemm(x: &[f32], t: usize, w: &Matrix, out: &mut [f32]) {
     let outp = OutPtr(out.as_mut_ptr());
     // f32 weights whose rows are 4-byte aligned can be read in place.
     let direct = w.dtype() == DType::F32 && (w.base_ptr() as usize).is_multiple_of(4);
-    if direct && t >= WHOLE_MIN_T && std::env::var_os("G3N_NOWHOLE").is_none() {
+    if direct && t >= WHOLE_MIN_T {
         // Many activation rows (a convolution's pixels): one call, parallel inside the
         // crate, packs each operand once instead of re-packing `x` for every weight panel.
         // SAFETY: as below with the whole matrix as one panel; the crate's threads write
