@@ -19,10 +19,7 @@ pub fn read_images(files: &[PathBuf]) -> Result<Vec<PixelValues>> {
 
 /// Loads the vision tower of the checkpoint at `model` and encodes `images` (soft tokens
 /// in text-embedding space, one `[tokens, width]` block per image).
-pub fn encode_images(
-    model: &Path,
-    images: &[PixelValues],
-) -> Result<(VisionModel, Vec<Vec<f32>>)> {
+pub fn encode_images(model: &Path, images: &[PixelValues]) -> Result<(VisionModel, Vec<Vec<f32>>)> {
     if !model.is_dir() {
         bail!(
             "{}: images need a Hugging Face checkpoint directory with the vision tower (GGUF files hold the text decoder only)",

@@ -307,12 +307,8 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         image_tokens: usize,
     ) -> Result<Prompt> {
-        let (prompt, _) = self.render_tokenize_offsets(
-            tokenizer,
-            messages,
-            add_generation_prompt,
-            image_tokens,
-        )?;
+        let (prompt, _) =
+            self.render_tokenize_offsets(tokenizer, messages, add_generation_prompt, image_tokens)?;
         Ok(prompt)
     }
 

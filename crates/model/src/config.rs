@@ -242,9 +242,10 @@ impl VisionConfig {
         let arch = match (arch_name, f.get("arch_def")) {
             (_, Some(def)) => {
                 // Our extension for test variants: timm block strings, one list per stage.
-                let stages: Vec<Vec<String>> = serde_json::from_value(def.clone()).map_err(|e| {
-                    f.err("arch_def", format!("expected lists of block strings: {e}"))
-                })?;
+                let stages: Vec<Vec<String>> =
+                    serde_json::from_value(def.clone()).map_err(|e| {
+                        f.err("arch_def", format!("expected lists of block strings: {e}"))
+                    })?;
                 let stem = f.usize_or("stem_size", Some(64))?;
                 let res = f.usize_or("msfa_output_resolution", Some(side))?;
                 if res != side {
@@ -273,7 +274,10 @@ impl VisionConfig {
             }
         };
         let id = |field: &str, d: u32| -> Result<u32> {
-            Ok(top.ids(field)?.and_then(|v| v.first().copied()).unwrap_or(d))
+            Ok(top
+                .ids(field)?
+                .and_then(|v| v.first().copied())
+                .unwrap_or(d))
         };
         Ok(VisionConfig {
             arch,

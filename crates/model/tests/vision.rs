@@ -60,7 +60,10 @@ fn tiny_tower_matches_timm_block_by_block() {
     for (i, out) in [out0, out1].iter().enumerate() {
         let want = chw_to_hwc(&tower[i * c * n..(i + 1) * c * n], c, n);
         let e = rel_err(out, &want);
-        assert!(e <= 1e-4, "image {i}: tower output max relative error {e:e}");
+        assert!(
+            e <= 1e-4,
+            "image {i}: tower output max relative error {e:e}"
+        );
     }
 }
 

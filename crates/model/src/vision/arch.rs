@@ -193,7 +193,11 @@ pub fn parse_block(s: &str) -> Result<(Block, usize)> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| bad(&format!("option `{p}` is not a letter followed by a number")))?;
+            .ok_or_else(|| {
+                bad(&format!(
+                    "option `{p}` is not a letter followed by a number"
+                ))
+            })?;
         if opt.insert(key.to_string(), v).is_some() {
             return Err(bad(&format!("option `{key}` given twice")));
         }
@@ -201,7 +205,9 @@ pub fn parse_block(s: &str) -> Result<(Block, usize)> {
     let int = |key: &str, default: Option<usize>| -> Result<usize> {
         match opt.get(key) {
             Some(&v) if v >= 0.0 && v.fract() == 0.0 => Ok(v as usize),
-            Some(_) => Err(bad(&format!("option `{key}` must be a non-negative integer"))),
+            Some(_) => Err(bad(&format!(
+                "option `{key}` must be a non-negative integer"
+            ))),
             None => default.ok_or_else(|| bad(&format!("option `{key}` missing"))),
         }
     };
@@ -253,7 +259,9 @@ pub fn parse_block(s: &str) -> Result<(Block, usize)> {
             let kv_stride = int("v", Some(1))?;
             let kernel = int("k", Some(3))?;
             if stride != 1 || !(1..=2).contains(&kv_stride) || kernel == 0 || !odd(kernel) {
-                return Err(bad("attention blocks have stride 1, K/V stride 1 or 2, an odd kernel"));
+                return Err(bad(
+                    "attention blocks have stride 1, K/V stride 1 or 2, an odd kernel",
+                ));
             }
             Block::MultiQueryAttention {
                 heads: int("h", None)?,
