@@ -8,7 +8,7 @@ use gemma3n_model::{Checkpoint, ModelConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout).
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// Describe this MatFormer slice of the model instead of the whole model.
@@ -27,7 +27,70 @@ pub fn gb(bytes: f64) -> String {
     format!("{bytes:.0} B")
 }
 
+/// A GGUF file: its config (from the metadata), and its tensors by storage type.
+fn inspect_gguf(path: &std::path::Path) -> Result<()> {
+    use gemma3n_model::gguf::{gemma3n, Gguf};
+    use std::collections::BTreeMap;
+    let g = Gguf::open(path)?;
+    let c = gemma3n::model_config(&g)?;
+    let t = &c.text;
+    println!(
+        "model        {} (GGUF v{}, {})",
+        path.display(),
+        g.version(),
+        g.architecture()?
+    );
+    println!(
+        "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.head_dim,
+        t.vocab_size
+    );
+    let widths: Vec<String> = t.intermediate_size.iter().map(|w| w.to_string()).collect();
+    println!("ffn widths   [{}]", widths.join(", "));
+    // (count, elements, bytes) per storage type, and per role.
+    let mut by_type: BTreeMap<String, (usize, u64, usize)> = BTreeMap::new();
+    let (mut total, mut ple) = (0usize, 0usize);
+    for ti in g.tensors() {
+        let e = by_type.entry(ti.type_name()).or_default();
+        e.0 += 1;
+        e.1 += ti.n_elements();
+        e.2 += ti.len;
+        total += ti.len;
+        if ti.name == "per_layer_token_embd.weight" {
+            ple += ti.len;
+        }
+    }
+    println!();
+    println!("tensors by storage type");
+    println!(
+        "  {:<8} {:>7} {:>16} {:>12}",
+        "type", "tensors", "elements", "bytes"
+    );
+    for (ty, (n, el, b)) in &by_type {
+        println!("  {ty:<8} {n:>7} {el:>16} {:>12}", gb(*b as f64));
+    }
+    println!();
+    println!("file data                         {}", gb(total as f64));
+    println!("  PLE table (one row read/token)  {}", gb(ple as f64));
+    println!(
+        "  everything else (read per token before sparsity and KV sharing) {}",
+        gb((total - ple) as f64)
+    );
+    println!("(exact bytes per token, with the sparse FFN reads: gemma3n bench --model FILE)");
+    Ok(())
+}
+
 pub fn main(a: Args) -> Result<()> {
+    if a.model
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return inspect_gguf(&a.model);
+    }
     // The config alone is enough; the weights add their dtype and layout.
     let c = ModelConfig::from_file(&a.model.join("config.json"))?;
     let weights = if a.model.join("model.safetensors").exists()

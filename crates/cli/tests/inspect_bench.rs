@@ -165,3 +165,30 @@ fn bench_json_tiny_text_f32() {
 fn bench_json_tiny_mm_bf16() {
     check_bench("tiny_mm_bf16");
 }
+
+#[test]
+fn inspect_reads_a_gguf_file() {
+    let path = repo_root().join("tests/fixtures/gguf/tiny_text_f16.gguf");
+    let r = gemma3n(&["inspect", "--model", path.to_str().unwrap()], None);
+    r.expect_ok("inspect gguf");
+    // The file is tiny_text_f32 converted to f16 by llama.cpp's converter.
+    let info = fixture("tiny_text_f32");
+    assert!(
+        r.stdout
+            .contains(&format!("{} layers", info.num_hidden_layers)),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("vocab {}", info.vocab_size)),
+        "{}",
+        r.stdout
+    );
+    for ty in ["F16", "F32"] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_start().starts_with(ty)),
+            "no {ty} row:\n{}",
+            r.stdout
+        );
+    }
+}
