@@ -27,6 +27,21 @@ pub fn gb(bytes: f64) -> String {
     format!("{bytes:.0} B")
 }
 
+/// Layers, widths, heads and vocabulary of the text decoder.
+fn print_shape(t: &gemma3n_model::TextConfig) {
+    println!(
+        "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
+        t.num_hidden_layers,
+        t.hidden_size,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.head_dim,
+        t.vocab_size
+    );
+    let widths: Vec<String> = t.intermediate_size.iter().map(|w| w.to_string()).collect();
+    println!("ffn widths   [{}]", widths.join(", "));
+}
+
 /// A GGUF file: its config (from the metadata), and its tensors by storage type.
 fn inspect_gguf(path: &std::path::Path) -> Result<()> {
     use gemma3n_model::gguf::{gemma3n, Gguf};
@@ -40,17 +55,7 @@ fn inspect_gguf(path: &std::path::Path) -> Result<()> {
         g.version(),
         g.architecture()?
     );
-    println!(
-        "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
-        t.num_hidden_layers,
-        t.hidden_size,
-        t.num_attention_heads,
-        t.num_key_value_heads,
-        t.head_dim,
-        t.vocab_size
-    );
-    let widths: Vec<String> = t.intermediate_size.iter().map(|w| w.to_string()).collect();
-    println!("ffn widths   [{}]", widths.join(", "));
+    print_shape(t);
     // (count, elements, bytes) per storage type, and per role.
     let mut by_type: BTreeMap<String, (usize, u64, usize)> = BTreeMap::new();
     let (mut total, mut ple) = (0usize, 0usize);
@@ -128,17 +133,7 @@ pub fn main(a: Args) -> Result<()> {
         Some(ck) => println!("weights      {dtype}, text prefix `{}`", ck.text_prefix),
         None => println!("weights      none found (config only; sizes assume BF16)"),
     }
-    println!(
-        "text         {} layers, hidden {}, heads {}/{} (kv), head_dim {}, vocab {}",
-        t.num_hidden_layers,
-        t.hidden_size,
-        t.num_attention_heads,
-        t.num_key_value_heads,
-        t.head_dim,
-        t.vocab_size
-    );
-    let widths: Vec<String> = t.intermediate_size.iter().map(|w| w.to_string()).collect();
-    println!("ffn widths   [{}]", widths.join(", "));
+    print_shape(t);
     let full: Vec<usize> = (0..t.num_hidden_layers)
         .filter(|&l| t.layer_types[l] == LayerType::Full)
         .collect();

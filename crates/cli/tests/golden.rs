@@ -35,22 +35,8 @@ fn check_logits_with(name: &str, global: &[&str]) {
     let l = &t["logits"];
     assert_eq!(l.dtype, "F32", "{name}");
     assert_eq!(l.shape, vec![ids.len(), info.vocab_size], "{name}");
-    let ours = l.f32s();
-    assert_eq!(ours.len(), reference.len());
-    let max_ref = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let max_diff = ours
-        .iter()
-        .zip(&reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        ours.iter().all(|x| x.is_finite()),
-        "{name}: non-finite logits"
-    );
-    let rel = max_diff / max_ref;
-    assert!(
-        rel <= 1e-4,
-        "{name}: max|ours-ref|/max|ref| = {rel:e} (max diff {max_diff}, max ref {max_ref})"
-    );
+    let rel = max_rel_diff(&l.f32s(), &reference);
+    assert!(rel <= 1e-4, "{name}: max|ours-ref|/max|ref| = {rel:e}");
 }
 
 #[test]

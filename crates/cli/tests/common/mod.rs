@@ -598,3 +598,15 @@ pub fn dir_with_tokenizer(src: &Path, vocab_size: usize, tag: &str) -> TempDir {
     .unwrap();
     t
 }
+
+/// max |ours − reference| / max |reference|, after checking every value is finite.
+pub fn max_rel_diff(ours: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(ours.len(), reference.len(), "lengths differ");
+    assert!(ours.iter().all(|x| x.is_finite()), "non-finite values");
+    let max_ref = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let max_diff = ours
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    max_diff / max_ref
+}
