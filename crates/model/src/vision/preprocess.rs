@@ -5,10 +5,15 @@
 //! `SiglipImageProcessorFast`, torchvision backend) fed a `PIL.Image.open(path)` image. Every
 //! step below states what that reference does and how it is matched:
 //!
-//! - **Decoding** uses the `image` crate (format from the content, never the extension). PNG,
-//!   lossless WebP, GIF and BMP decode to the same pixels as Pillow; JPEG goes through
-//!   zune-jpeg, which is not bit-identical to Pillow's libjpeg-turbo (a few LSB on some
-//!   pixels; see tests/fixtures/vision/images/README.md for the measured numbers).
+//! - **Decoding** uses the `image` crate (format from the content, never the extension; GIF:
+//!   first frame; EXIF orientation and ICC profiles ignored, as Pillow's `open` does). PNG
+//!   (all colour types and bit depths, interlaced), WebP (lossless and, on the fixture, lossy),
+//!   GIF and BMP decode to the same pixels as Pillow. JPEG goes through zune-jpeg, which is not
+//!   bit-identical to Pillow's libjpeg-turbo (IDCT/upsampling rounding: up to a few LSB on a
+//!   few % of the values; numbers in tools/reference/README.md). A JPEG without its
+//!   end-of-image marker is refused, as Pillow does ("image file is truncated"). Not checked
+//!   against Pillow (may differ): CMYK JPEGs, GIFs whose first frame does not cover the
+//!   logical screen, 16-bit RGB PNGs with a colour key, 32-bit BMPs with an alpha bitfield.
 //! - **To RGB** (`transformers.image_transforms.convert_to_rgb`, PIL branch): if the PIL image
 //!   has an alpha band or a `transparency` entry (palette/grey/RGB colour key), it is converted
 //!   to RGBA and `PIL.Image.alpha_composite`d over opaque white, then converted to RGB;
@@ -27,8 +32,8 @@
 //!   `BILINEAR`: triangle filter whose support grows with the downscale factor, coefficients
 //!   normalised in f64 then rounded to 22-bit fixed point, a horizontal and a vertical pass
 //!   (horizontal first unless the height shrinks by more than twice what the width does),
-//!   each clipped to u8. It equals `PIL.Image.resize((768, 768), BILINEAR)` bit for bit. The reference
-//!   uses torchvision's uint8 antialiased bilinear kernel instead, which differs from Pillow by
+//!   each clipped to u8. It equals `PIL.Image.resize((768, 768), BILINEAR)` bit for bit. The
+//!   reference uses torchvision's uint8 antialiased bilinear kernel instead, which differs from Pillow by
 //!   at most 1 LSB on a small fraction of values.
 //! - **Rescale**: torch computes `uint8_tensor * (1/255)` as `f32(v) * f32(1/255)`; so do we
 //!   (this differs from the correctly rounded `v/255` for 126 of the 256 values).
