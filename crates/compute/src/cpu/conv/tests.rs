@@ -182,9 +182,18 @@ fn depthwise_matches_direct_convolution_simd_and_scalar() {
 
 #[test]
 fn depthwise_wide_rows_use_several_channel_slabs() {
-    // Wide rows make the channel slabs of the SIMD kernel narrower than c (16 channels at
-    // w = 401, k = 5), with a last group partly past c.
-    for &(h, w, c, k, s) in &[(3, 401, 77, 5, 1), (4, 700, 45, 3, 2), (5, 333, 100, 5, 2)] {
+    // Wide rows make the channel slabs of the SIMD kernel narrower than c: 1 MiB of k
+    // packed rows holds 64 channels at w = 700, k = 5 and 48 at w = 1500, k = 3, s = 2, so
+    // these run 3 slabs, the last one a partial group of channels (the last case: 1 slab).
+    let cases: [(usize, usize, usize, usize, usize, bool); 3] = [
+        (3, 700, 150, 5, 1, true),
+        (4, 1500, 100, 3, 2, true),
+        (5, 333, 100, 5, 2, false),
+    ];
+    for (h, w, c, k, s, several) in cases {
+        let wp = (w.div_ceil(s) - 1) * s + k;
+        let slab = (DW_RING_BYTES / (4 * k * wp)) & !15;
+        assert_eq!(slab < c, several, "{h}x{w} c{c}: slab of {slab} channels");
         let x = values(h * w * c, (w + c) as u64);
         let wt = values(c * k * k, 11);
         let dw = DepthwiseConv2d::new(&wt, c, k, s);
@@ -471,7 +480,11 @@ fn cpu_seconds() -> f64 {
 fn time(mut f: impl FnMut()) -> (f64, f64) {
     f();
     let mut best = (f64::INFINITY, 0.0);
-    for _ in 0..3 {
+    let reps: usize = std::env::var("CONV_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for _ in 0..reps {
         let (t0, c0) = (std::time::Instant::now(), cpu_seconds());
         f();
         let (t, c) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
@@ -495,14 +508,22 @@ fn rate(t: (f64, f64), flops: f64) -> String {
 #[test]
 #[ignore = "timing run: cargo test --release -p gemma3n-compute conv -- --ignored --nocapture"]
 fn conv_speed() {
-    let (h, w, cin, cout) = (192, 192, 128, 512);
-    let x = values(h * w * cin, 1);
-    let conv = Conv2d::new(&values(cout * cin * 9, 2), cout, cin, 3, 1, None);
-    let t = time(|| {
-        std::hint::black_box(conv.forward(&x, h, w));
-    });
-    let fl = 2.0 * (h * w * cout * cin * 9) as f64;
-    println!("Conv2d {h}x{w}x{cin} -> {cout} k3 s1: {}", rate(t, fl));
+    // The three full convolutions of the tower: 0.1/0.2 conv_exp, 0.0 conv_exp, the stem.
+    for &(h, w, cin, cout, s) in &[
+        (192, 192, 128, 512, 1),
+        (384, 384, 64, 256, 2),
+        (768, 768, 3, 64, 2),
+    ] {
+        let x = values(h * w * cin, 1);
+        let bias = (cin == 3).then(|| values(cout, 9));
+        let conv = Conv2d::new(&values(cout * cin * 9, 2), cout, cin, 3, s, bias);
+        let (ho, wo) = conv.out_size(h, w);
+        let t = time(|| {
+            std::hint::black_box(conv.forward(&x, h, w));
+        });
+        let fl = 2.0 * (ho * wo * cout * cin * 9) as f64;
+        println!("Conv2d {h}x{w}x{cin} -> {cout} k3 s{s}: {}", rate(t, fl));
+    }
 
     for &(h, w, c, s) in &[
         (48, 48, 3840, 2),
@@ -548,45 +569,4 @@ fn conv_speed() {
     println!("rms_norm_rows 147456x64: {:.2} ms", t.0 * 1e3);
     let t = time(|| ops::gelu_tanh(&mut x));
     println!("gelu_tanh 147456x64: {:.2} ms", t.0 * 1e3);
-}
-
-#[test]
-#[ignore]
-fn zz_explore() {
-    for &(h, w, c, s) in &[
-        (96, 96, 256, 1),
-        (96, 96, 272, 1),
-        (96, 96, 240, 1),
-        (96, 96, 32, 1),
-        (96, 96, 16, 1),
-        (48, 48, 3840, 2),
-        (48, 48, 3856, 2),
-    ] {
-        let x = values(h * w * c, 3);
-        let dw = DepthwiseConv2d::new(&values(c * 25, 4), c, 5, s);
-        let (ho, wo) = dw.out_size(h, w);
-        let n = ho * wo * c;
-        let fl = 2.0 * (n * 25) as f64;
-        let mut out = vec![0f32; n];
-        for simd in [true, false] {
-            let t = time(|| dw.forward_into(&x, h, w, &mut out, simd));
-            println!("dw {h}x{w}x{c} s{s} into simd={simd}: {}", rate(t, fl));
-        }
-        let t = time(|| {
-            std::hint::black_box(dw.forward(&x, h, w));
-        });
-        println!("dw {h}x{w}x{c} s{s} forward: {}", rate(t, fl));
-        let t = time(|| {
-            let mut v = output(n);
-            v.par_chunks_mut(1 << 14).for_each(|c| c.fill(1.0));
-            std::hint::black_box(v);
-        });
-        println!("  output()+touch {} MB: {:.2} ms", n * 4 >> 20, t.0 * 1e3);
-        let t = time(|| {
-            let mut v = vec![0f32; n];
-            v.par_chunks_mut(1 << 14).for_each(|c| c.fill(1.0));
-            std::hint::black_box(v);
-        });
-        println!("  vec+touch {} MB: {:.2} ms", n * 4 >> 20, t.0 * 1e3);
-    }
 }
