@@ -136,3 +136,32 @@ fn real_architecture_matches_timm_on_pseudo_random_weights() {
     let e = rel_err(&got, &want);
     assert!(e <= 1e-4, "tower output max relative error {e:e}");
 }
+
+/// Where the real tower spends its time, per stage (run with --ignored --nocapture).
+#[test]
+#[ignore]
+fn real_architecture_time_per_stage() {
+    let arch = VisionArch::mobilenetv5_300m_enc();
+    let src = PseudoRandomTower {
+        prefix: String::new(),
+    };
+    let tower = VisionTower::load(&src, "", &arch).unwrap();
+    let px = pixel_values(768);
+    tower.forward(&px, 768).unwrap();
+    let mut last = std::time::Instant::now();
+    let mut per: std::collections::BTreeMap<String, f64> = Default::default();
+    let mut hook = |name: &str, _m: &Map| {
+        let key = name.rsplit_once('.').map_or(name, |(a, _)| a).to_string();
+        *per.entry(key).or_default() += last.elapsed().as_secs_f64();
+        last = std::time::Instant::now();
+    };
+    let t0 = std::time::Instant::now();
+    tower.forward_with_hook(&px, 768, Some(&mut hook)).unwrap();
+    let total = t0.elapsed().as_secs_f64();
+    let mut sum = 0.0;
+    for (k, v) in &per {
+        eprintln!("{k:10} {v:6.2} s");
+        sum += v;
+    }
+    eprintln!("fusion     {:6.2} s\ntotal      {total:6.2} s", total - sum);
+}
