@@ -8,6 +8,8 @@ pub mod dtype;
 pub mod matrix;
 pub mod quant;
 pub mod storage;
+#[doc(hidden)]
+pub mod testing;
 
 pub use dtype::DType;
 pub use matrix::Matrix;

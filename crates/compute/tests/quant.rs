@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use gemma3n_compute::cpu::{matmul_with, MatmulPath};
 use gemma3n_compute::quant::{dequantize_row, quantize_row};
+use gemma3n_compute::testing::values;
 use gemma3n_compute::{DType, Matrix};
 
 const QTYPES: [DType; 5] = [
@@ -25,19 +26,6 @@ fn data(name: &str) -> Vec<u8> {
 fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
         .collect()
 }
 

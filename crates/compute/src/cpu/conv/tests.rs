@@ -3,19 +3,7 @@
 
 use super::*;
 use crate::cpu::ops;
-
-/// Deterministic values in [-1, 1) (xorshift64).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::testing::values;
 
 /// `got` against `(value, Σ|terms|)` references: error within `tol` of the term scale.
 fn check(got: &[f32], want: &[(f64, f64)], tol: f64, what: &str) {

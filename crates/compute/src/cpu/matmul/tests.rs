@@ -2,19 +2,7 @@
 
 use super::*;
 use crate::dtype::DType;
-
-/// Deterministic values in [-1, 1).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use crate::testing::values;
 
 /// Checks `got` against the f64 reference computed from the weight values the view holds.
 /// The bound is relative to Σ|x·w| (the scale of the rounding errors of any summation order).

@@ -3,15 +3,9 @@
 use super::*;
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
+    let mut v = crate::testing::values(n, seed);
+    v.iter_mut().for_each(|x| *x *= scale);
+    v
 }
 
 /// The tanh formula in f64, written as `x / (1 + e^(-2u))` (the same function) because
