@@ -217,3 +217,34 @@ fn the_sampler_never_picks_multimodal_ids() {
         assert!(s.sample(&logits, &[]).unwrap() < 262_144);
     }
 }
+
+/// Chat prompts with images rendered and expanded like HF's Gemma3nProcessor (template,
+/// `<image_soft_token>` -> image block, one BOS): goldens of
+/// tools/reference/make_processor_goldens.py.
+#[test]
+fn image_prompts_match_the_hf_processor() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let text = std::fs::read_to_string(common::fixtures().join("image_prompts.json")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n = g["image_tokens"].as_u64().unwrap() as usize;
+    let t = template();
+    for case in g["cases"].as_array().unwrap() {
+        let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let p = t
+            .render_and_tokenize_with_images(&tok, &msgs, true, n)
+            .unwrap();
+        assert_eq!(
+            p.text,
+            case["text"].as_str().unwrap().replace(
+                "<image_soft_token>",
+                &format!(
+                    "\n\n<start_of_image>{}<end_of_image>\n\n",
+                    "<image_soft_token>".repeat(n)
+                ),
+            )
+        );
+        assert_eq!(p.ids, ids(&case["ids"]), "{}", case["text"]);
+    }
+}
