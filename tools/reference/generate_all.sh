@@ -3,6 +3,8 @@
 # (see tools/reference/README.md):
 #   tests/fixtures/text/       make_text_fixtures.py     (names: tiny_text_f32, tiny_mm_bf16, tiny_text_f16)
 #   tests/fixtures/matformer/  make_matformer_fixtures.py (name: matformer)
+#   tests/fixtures/vision/     make_vision_fixtures.py, make_image_fixtures.py (no names only)
+#   tests/fixtures/tokenizer/image_prompts.json  make_processor_goldens.py (no names only)
 # No names: everything. `--out DIR` writes the text fixtures to DIR and the MatFormer ones to DIR/matformer.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,6 +25,11 @@ while [[ $# -gt 0 ]]; do
 done
 if [[ $names -eq 0 || ${#text_names[@]} -gt 0 ]]; then
     "$py" "$here/make_text_fixtures.py" ${out[@]+"${out[@]}"} ${text_names[@]+"${text_names[@]}"}
+fi
+if [[ $names -eq 0 ]]; then
+    "$py" "$here/make_vision_fixtures.py"
+    "$py" "$here/make_image_fixtures.py"
+    "$py" "$here/make_processor_goldens.py"
 fi
 if [[ $names -eq 0 || $matformer -eq 1 ]]; then
     mout=()
