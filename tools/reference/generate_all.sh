@@ -5,6 +5,7 @@
 #   tests/fixtures/matformer/  make_matformer_fixtures.py (name: matformer)
 #   tests/fixtures/vision/     make_vision_fixtures.py, make_image_fixtures.py (no names only)
 #   tests/fixtures/tokenizer/image_prompts.json  make_processor_goldens.py (no names only)
+#   tests/fixtures/audio/      make_audio_fixtures.py (no names only; needs apt espeak-ng ffmpeg flac lame vorbis-tools)
 # No names: everything. `--out DIR` writes the text fixtures to DIR and the MatFormer ones to DIR/matformer.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,6 +31,7 @@ if [[ $names -eq 0 ]]; then
     "$py" "$here/make_vision_fixtures.py"
     "$py" "$here/make_image_fixtures.py"
     "$py" "$here/make_processor_goldens.py"
+    "$py" "$here/make_audio_fixtures.py"
 fi
 if [[ $names -eq 0 || $matformer -eq 1 ]]; then
     mout=()

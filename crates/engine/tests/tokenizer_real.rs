@@ -233,7 +233,7 @@ fn image_prompts_match_the_hf_processor() {
     for case in g["cases"].as_array().unwrap() {
         let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
         let p = t
-            .render_and_tokenize_with_images(&tok, &msgs, true, n)
+            .render_and_tokenize_with_images(tok, &msgs, true, n)
             .unwrap();
         assert_eq!(
             p.text,

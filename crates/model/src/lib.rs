@@ -1,6 +1,7 @@
-//! gemma3n-model: configuration, checkpoint readers, the Gemma 3n text decoder and the vision
-//! tower.
+//! gemma3n-model: configuration, checkpoint readers, the Gemma 3n text decoder, the vision
+//! tower and the audio front end (decoding, log-mel features).
 
+pub mod audio;
 pub mod checkpoint;
 pub mod config;
 pub mod embedder;

@@ -288,7 +288,7 @@ impl VisionTower {
         let oc = self.out_channels;
         let mut out = if y.h == r && y.w == r {
             y.data
-        } else if y.h % r == 0 && y.w % r == 0 {
+        } else if y.h.is_multiple_of(r) && y.w.is_multiple_of(r) {
             avg_pool(&y.data, y.h, y.w, oc, y.h / r, y.w / r)
         } else {
             resize_bilinear(&y.data, y.h, y.w, oc, r, r)
