@@ -1,6 +1,8 @@
 //! Audio front end against HF `Gemma3nAudioFeatureExtractor` goldens
 //! (tests/fixtures/audio, made by tools/reference/make_audio_fixtures.py) and decoding tests.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use gemma3n_model::audio::decode::{decode_audio_bytes, load_audio, AudioError, SAMPLE_RATE};
@@ -390,15 +392,7 @@ fn bad_inputs_are_errors() {
         AudioError::Empty
     ));
     // random bytes
-    let mut s = 0x1234_5678_u64;
-    let random: Vec<u8> = (0..4096)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect();
+    let random = common::random_bytes(4096, 0x1234_5678);
     expect_err("random bytes", decode_audio_bytes(&random));
     // truncated headers
     let wav = std::fs::read(fixtures().join("codec_s16.wav")).unwrap();

@@ -1,6 +1,8 @@
 //! Image preprocessing (spec/multimodal.md §1.1) against the goldens of
 //! tools/reference/make_image_fixtures.py (tests/fixtures/vision/images/), and bad inputs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use gemma3n_model::vision::preprocess::{
@@ -288,15 +290,7 @@ fn bad_empty_file() {
 #[test]
 fn bad_random_bytes() {
     // Deterministic xorshift bytes; not a known format.
-    let mut s = 0x9E3779B97F4A7C15u64;
-    let bytes: Vec<u8> = (0..4096)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect();
+    let bytes = common::random_bytes(4096, 0x9E37_79B9_7F4A_7C15);
     let p = tmp_dir("random").join("photo.jpg"); // extension lies: content decides
     std::fs::write(&p, &bytes).unwrap();
     let e = load_err(&p);

@@ -41,3 +41,16 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
+
+/// `n` deterministic pseudo-random bytes (xorshift64 from `seed`), for bad-input tests.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
