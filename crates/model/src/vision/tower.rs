@@ -236,7 +236,9 @@ impl VisionTower {
         if let Some(f) = hook.as_mut() {
             f("stem", &m);
         }
-        let mut outs: Vec<Map> = Vec::new();
+        // The fusion adapter takes the last two stages' outputs: keep a copy of the
+        // second-to-last one, the last one is `m` itself.
+        let mut hi: Option<Map> = None;
         let n_stages = self.stages.len();
         for (si, stage) in self.stages.iter().enumerate() {
             for (bi, layer) in stage.iter().enumerate() {
@@ -245,8 +247,8 @@ impl VisionTower {
                     f(&format!("block.{si}.{bi}"), &m);
                 }
             }
-            if si + 2 >= n_stages {
-                outs.push(Map {
+            if si + 2 == n_stages {
+                hi = Some(Map {
                     h: m.h,
                     w: m.w,
                     c: m.c,
@@ -254,9 +256,8 @@ impl VisionTower {
                 });
             }
         }
-        let hi = outs.remove(0);
-        let lo = outs.remove(0);
-        Ok(self.fuse(hi, lo))
+        let hi = hi.expect("architectures have at least two stages");
+        Ok(self.fuse(hi, m))
     }
 
     /// The multi-scale fusion adapter: the last stage brought to the previous one's
