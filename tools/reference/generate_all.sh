@@ -32,6 +32,7 @@ if [[ $names -eq 0 ]]; then
     "$py" "$here/make_image_fixtures.py"
     "$py" "$here/make_processor_goldens.py"
     "$py" "$here/make_audio_fixtures.py"
+    "$py" "$here/make_audio_tower_fixtures.py"
 fi
 if [[ $names -eq 0 || $matformer -eq 1 ]]; then
     mout=()

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::safetensors::{self, WriteTensor};
-use gemma3n_model::vision::ImagePrompt;
 use gemma3n_model::Logits;
 
 #[derive(clap::Args)]
@@ -51,7 +51,13 @@ pub fn main(a: Args) -> Result<()> {
         model.forward(&ids, &mut cache, Logits::All)?
     } else {
         let (vision, images) = crate::images::encode_images(&a.model, &pixels)?;
-        let p = ImagePrompt::new(&vision, images, &ids, 0, model.cfg.hidden_size)?;
+        let p = MediaPrompt::new(
+            &ids,
+            0,
+            model.cfg.hidden_size,
+            Some((&vision, images)),
+            None,
+        )?;
         let f = |pos: usize, id: u32, row: &mut [f32]| p.embed(pos, id, row);
         model.forward_embedded(&ids, &mut cache, Logits::All, Some(&f))?
     };

@@ -44,6 +44,7 @@ fn synthetic_config(name: &str) -> Result<ModelConfig> {
         pad_token_id: 0,
         has_vision: false,
         vision: None,
+        audio: None,
         has_audio: false,
     })
 }

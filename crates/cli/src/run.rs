@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 use gemma3n_engine::{
     expand_image_placeholders, ChatMessage, ContentPart, Session, IMAGE_PLACEHOLDER,
 };
+use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::text::EmbedFn;
-use gemma3n_model::vision::ImagePrompt;
 
 use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
 
@@ -92,12 +92,12 @@ pub fn main(a: Args) -> Result<()> {
     let mut sampler = stack.sampler(&a.sampling)?;
     let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
     let prompt = match &vision {
-        Some((v, images)) => Some(ImagePrompt::new(
-            v,
-            images.clone(),
+        Some((v, images)) => Some(MediaPrompt::new(
             &ids,
             0,
             stack.model.cfg.hidden_size,
+            Some((v, images.clone())),
+            None,
         )?),
         None => None,
     };

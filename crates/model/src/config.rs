@@ -63,6 +63,45 @@ pub struct ModelConfig {
     pub has_audio: bool,
     /// The vision tower and its token ids (multimodal checkpoints).
     pub vision: Option<VisionConfig>,
+    /// The audio tower and its token ids (multimodal checkpoints).
+    pub audio: Option<AudioConfig>,
+}
+
+/// `audio_config` and the audio token ids of the top level (spec/multimodal.md §0.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AudioConfig {
+    /// Mel bins of the input features (128).
+    pub input_feat_size: usize,
+    /// Conformer width (1536).
+    pub hidden_size: usize,
+    pub rms_norm_eps: f32,
+    /// The bound of the reference's clamps (1e10).
+    pub gradient_clipping: f32,
+    /// Keys a query sees: itself and `context_left − 1` past frames (13).
+    pub context_left: usize,
+    pub logit_cap: f32,
+    pub num_heads: usize,
+    pub num_layers: usize,
+    /// Kernel of the causal depthwise convolution (5).
+    pub conv_kernel_size: usize,
+    /// Output decimation (4).
+    pub reduction_factor: usize,
+    /// Weight of the half-step feed-forward residuals (0.5).
+    pub residual_weight: f32,
+    /// Channels of the two sub-sampling convolutions (128, 32).
+    pub sscp_channels: [usize; 2],
+    /// Square kernel and stride of each sub-sampling convolution (3, 2).
+    pub sscp_kernel: [usize; 2],
+    pub sscp_stride: [usize; 2],
+    pub sscp_eps: f32,
+    /// Hard-token rows of the audio embedder (128) and the first id they serve (262272).
+    pub vocab_size: usize,
+    pub vocab_offset: u32,
+    /// Positions every clip takes in a prompt (188).
+    pub soft_tokens_per_clip: usize,
+    pub audio_token_id: u32,
+    pub boa_token_id: u32,
+    pub eoa_token_id: u32,
 }
 
 /// `vision_config` and the image token ids of the top level (spec/multimodal.md §0).
@@ -214,6 +253,10 @@ impl ModelConfig {
                 ("gemma3n", Some(vv)) => Some(VisionConfig::from_fields(&top, vv, file)?),
                 _ => None,
             },
+            audio: match (model_type.as_str(), top.get("audio_config")) {
+                ("gemma3n", Some(av)) => Some(AudioConfig::from_fields(&top, av, file)?),
+                _ => None,
+            },
             text,
         })
     }
@@ -291,6 +334,115 @@ impl VisionConfig {
             eoi_token_id: id("eoi_token_id", 262_144)?,
         })
     }
+}
+
+impl AudioConfig {
+    fn from_fields(top: &Fields<'_>, v: &Value, file: &str) -> Result<AudioConfig> {
+        let f = Fields {
+            v,
+            file,
+            prefix: "audio_config.",
+        };
+        let positive = |field: &str, d: usize| -> Result<usize> {
+            let n = f.usize_or(field, Some(d))?;
+            if n == 0 {
+                return Err(f.err(field, "must be at least 1"));
+            }
+            Ok(n)
+        };
+        let hidden_size = positive("hidden_size", 1536)?;
+        let num_heads = positive("conf_num_attention_heads", 8)?;
+        if hidden_size % num_heads != 0 {
+            return Err(f.err(
+                "conf_num_attention_heads",
+                format!("{num_heads} heads do not divide hidden_size {hidden_size}"),
+            ));
+        }
+        if hidden_size % 2 != 0 {
+            return Err(f.err("hidden_size", "must be even (sin and cos halves)"));
+        }
+        let right = f.usize_or("conf_attention_context_right", Some(0))?;
+        if right != 0 {
+            return Err(f.err(
+                "conf_attention_context_right",
+                format!("{right}: only causal attention (0) is supported"),
+            ));
+        }
+        let context_left = positive("conf_attention_context_left", 13)?;
+        if context_left > 64 {
+            return Err(f.err("conf_attention_context_left", "at most 64 is supported"));
+        }
+        let pair = |field: &str, d: [usize; 2]| -> Result<[usize; 2]> {
+            match f.get(field) {
+                None => Ok(d),
+                Some(v) => serde_json::from_value::<[usize; 2]>(v.clone())
+                    .map_err(|e| f.err(field, format!("expected two integers: {e}"))),
+            }
+        };
+        let square = |field: &str, d: usize| -> Result<[usize; 2]> {
+            match f.get(field) {
+                None => Ok([d, d]),
+                Some(v) => {
+                    let p: [[usize; 2]; 2] = serde_json::from_value(v.clone()).map_err(|e| {
+                        f.err(field, format!("expected two (time, freq) pairs: {e}"))
+                    })?;
+                    if p.iter().any(|q| q[0] != q[1] || q[0] == 0) {
+                        return Err(f.err(
+                            field,
+                            "only equal, positive time and frequency sizes are supported",
+                        ));
+                    }
+                    Ok([p[0][0], p[1][0]])
+                }
+            }
+        };
+        let id = |field: &str, d: u32| -> Result<u32> {
+            Ok(top
+                .ids(field)?
+                .and_then(|v| v.first().copied())
+                .unwrap_or(d))
+        };
+        let sscp_channels = pair("sscp_conv_channel_size", [128, 32])?;
+        if sscp_channels.contains(&0) {
+            return Err(f.err("sscp_conv_channel_size", "channels must be positive"));
+        }
+        Ok(AudioConfig {
+            input_feat_size: positive("input_feat_size", 128)?,
+            hidden_size,
+            rms_norm_eps: f.f64_or("rms_norm_eps", Some(1e-6))? as f32,
+            gradient_clipping: f.f64_or("gradient_clipping", Some(1e10))? as f32,
+            context_left,
+            logit_cap: f.f64_or("conf_attention_logit_cap", Some(50.0))? as f32,
+            num_heads,
+            num_layers: f.usize_or("conf_num_hidden_layers", Some(12))?,
+            conv_kernel_size: positive("conf_conv_kernel_size", 5)?,
+            reduction_factor: positive("conf_reduction_factor", 4)?,
+            residual_weight: f.f64_or("conf_residual_weight", Some(0.5))? as f32,
+            sscp_channels,
+            sscp_kernel: square("sscp_conv_kernel_size", 3)?,
+            sscp_stride: square("sscp_conv_stride_size", 2)?,
+            sscp_eps: f.f64_or("sscp_conv_group_norm_eps", Some(1e-3))? as f32,
+            vocab_size: positive("vocab_size", 128)?,
+            vocab_offset: f.usize_or("vocab_offset", Some(262_272))? as u32,
+            soft_tokens_per_clip: positive_top(top, "audio_soft_tokens_per_image", 188)?,
+            audio_token_id: id("audio_token_id", 262_273)?,
+            boa_token_id: id("boa_token_id", 256_000)?,
+            eoa_token_id: id("eoa_token_id", 262_272)?,
+        })
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+}
+
+fn positive_top(top: &Fields<'_>, field: &str, d: usize) -> Result<usize> {
+    let n = top.usize_or(field, Some(d))?;
+    if n == 0 {
+        return Err(top.err(field, "must be at least 1"));
+    }
+    Ok(n)
 }
 
 impl TextConfig {

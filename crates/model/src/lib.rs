@@ -8,8 +8,10 @@ pub mod embedder;
 pub mod error;
 pub mod gguf;
 pub mod matformer;
+pub mod prompt;
 pub mod quantize;
 pub mod safetensors;
+pub mod synthetic;
 pub mod text;
 pub mod vision;
 

@@ -5,12 +5,13 @@
 mod common;
 
 use common::{ids, rel_err, root};
+use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::safetensors::SafeTensors;
 use gemma3n_model::text::EmbedFn;
 use gemma3n_model::vision::arch::VisionArch;
 use gemma3n_model::vision::synthetic::{pixel_values, PseudoRandomTower};
 use gemma3n_model::vision::tower::{Map, VisionTower};
-use gemma3n_model::vision::{ImagePrompt, VisionModel};
+use gemma3n_model::vision::VisionModel;
 use gemma3n_model::{Checkpoint, Logits, TextModel};
 
 fn tiny() -> (Checkpoint, SafeTensors) {
@@ -86,7 +87,7 @@ fn tiny_image_features_and_logits_match_hf() {
     }
     let prompt = ids(&g, "input_ids");
     let d = text.cfg.hidden_size;
-    let mm = ImagePrompt::new(&vm, images, &prompt, 0, d).unwrap();
+    let mm = MediaPrompt::new(&prompt, 0, d, Some((&vm, images)), None).unwrap();
     let f = |pos: usize, id: u32, row: &mut [f32]| mm.embed(pos, id, row);
     let embed: EmbedFn = &f;
     let mut cache = text.new_cache();
@@ -100,7 +101,7 @@ fn tiny_image_features_and_logits_match_hf() {
     // Without the images' content the logits after the first image differ: the soft
     // tokens matter (a check that the merge is not a no-op).
     let blank: Vec<Vec<f32>> = (0..2).map(|_| vec![0.5; per]).collect();
-    let mm2 = ImagePrompt::new(&vm, blank, &prompt, 0, d).unwrap();
+    let mm2 = MediaPrompt::new(&prompt, 0, d, Some((&vm, blank)), None).unwrap();
     let f2 = |pos: usize, id: u32, row: &mut [f32]| mm2.embed(pos, id, row);
     let mut cache = text.new_cache();
     let other = text
@@ -109,7 +110,7 @@ fn tiny_image_features_and_logits_match_hf() {
     assert!(rel_err(&other, &want) > 1e-2);
 
     // Placeholder count and image count must agree.
-    let err = ImagePrompt::new(&vm, vec![vec![0.0; per]], &prompt, 0, d)
+    let err = MediaPrompt::new(&prompt, 0, d, Some((&vm, vec![vec![0.0; per]])), None)
         .err()
         .expect("one image for two images' placeholders");
     assert!(err.to_string().contains("placeholder"), "{err}");

@@ -249,13 +249,47 @@ impl Conv2d {
     /// rayon task builds its block's rows (`k·k·cin` per pixel) in a per-thread buffer and
     /// multiplies them by the repacked weight with a single-threaded GEMM.
     pub fn forward(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
-        let cols = self.k * self.k * self.cin;
-        let pixels = (TASK_COL_BYTES / (4 * cols)).clamp(16, 1024);
-        self.forward_blocked(x, h, w, pixels)
+        let (pt, _, ho) = same_padding(h, self.k, self.stride);
+        let (pl, _, wo) = same_padding(w, self.k, self.stride);
+        self.forward_blocked(x, h, w, (pt, pl, ho, wo), self.task_pixels())
     }
 
-    /// [`Self::forward`] with `pixels` output pixels per task.
-    fn forward_blocked(&self, x: &[f32], h: usize, w: usize, pixels: usize) -> Vec<f32> {
+    /// The convolution with explicit zero padding `[top, bottom, left, right]` instead of
+    /// "SAME": returns `([ho, wo, cout], ho, wo)` with `ho = (h + top + bottom − k)/s + 1`
+    /// (no output when the padded input is smaller than the kernel).
+    pub fn forward_padded(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pad: [usize; 4],
+    ) -> (Vec<f32>, usize, usize) {
+        let out_len = |n: usize, a: usize, b: usize| {
+            (n + a + b)
+                .checked_sub(self.k)
+                .map_or(0, |span| span / self.stride + 1)
+        };
+        let ho = out_len(h, pad[0], pad[1]);
+        let wo = out_len(w, pad[2], pad[3]);
+        let y = self.forward_blocked(x, h, w, (pad[0], pad[2], ho, wo), self.task_pixels());
+        (y, ho, wo)
+    }
+
+    fn task_pixels(&self) -> usize {
+        let cols = self.k * self.k * self.cin;
+        (TASK_COL_BYTES / (4 * cols)).clamp(16, 1024)
+    }
+
+    /// The convolution with padding `pt` on top and `pl` on the left and output size
+    /// `ho × wo` (zeros read past the input), `pixels` output pixels per task.
+    fn forward_blocked(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        (pt, pl, ho, wo): (usize, usize, usize, usize),
+        pixels: usize,
+    ) -> Vec<f32> {
         let (cin, cout, k, s) = (self.cin, self.cout, self.k, self.stride);
         assert_eq!(
             x.len(),
@@ -263,14 +297,12 @@ impl Conv2d {
             "Conv2d::forward: x has {} elements, expected [{h}, {w}, {cin}]",
             x.len()
         );
-        let (pt, _, ho) = same_padding(h, k, s);
-        let (pl, _, wo) = same_padding(w, k, s);
         let mut out = output(ho * wo * cout);
         let cols = k * k * cin;
         let task = |(b, ob): (usize, &mut [f32])| {
             let p0 = b * pixels;
             let np = ob.len() / cout;
-            if k == 1 && s == 1 {
+            if k == 1 && s == 1 && pt == 0 && pl == 0 && ho == h && wo == w {
                 // A 1×1 convolution: x is already the im2col matrix.
                 sgemm(
                     np,
@@ -321,7 +353,7 @@ impl Conv2d {
         let (ky0, ky1, iy0) = tap_range((oy * s) as isize - pt as isize, k, h);
         let (kx0, kx1, ix0) = tap_range((ox * s) as isize - pl as isize, k, w);
         for (ky, row) in dst.chunks_exact_mut(k * cin).enumerate() {
-            if ky < ky0 || ky >= ky1 {
+            if ky < ky0 || ky >= ky1 || kx0 == kx1 {
                 row.fill(0.0);
                 continue;
             }

@@ -4,6 +4,7 @@
 //! kernel has a portable scalar fallback, which is what other architectures run.
 
 pub mod bandwidth;
+pub mod conformer;
 pub mod conv;
 pub mod matmul;
 pub mod ops;

@@ -558,3 +558,65 @@ fn conv_speed() {
     let t = time(|| ops::gelu_tanh(&mut x));
     println!("gelu_tanh 147456x64: {:.2} ms", t.0 * 1e3);
 }
+
+#[test]
+fn conv2d_with_explicit_padding_matches_direct_convolution() {
+    // The audio sub-sampling layout: time padded (0, k−1), frequency (1, 1), stride 2; plus
+    // other asymmetric pads and a 1×1 kernel with padding.
+    let mut seed = 77;
+    for (k, s, pad) in [
+        (3, 2, [0, 2, 1, 1]),
+        (3, 1, [2, 0, 0, 1]),
+        (1, 1, [1, 0, 0, 2]),
+        (3, 2, [0, 0, 0, 0]),
+    ] {
+        for &(h, w) in &[(1, 1), (2, 5), (9, 8), (13, 7)] {
+            for &(cin, cout) in &[(1, 6), (5, 3)] {
+                seed += 1;
+                let x = values(h * w * cin, seed);
+                let wt = values(cout * cin * k * k, seed + 500);
+                let conv = Conv2d::new(&wt, cout, cin, k, s, None);
+                let (got, ho, wo) = conv.forward_padded(&x, h, w, pad);
+                let len = |n: usize, a: usize, b: usize| {
+                    if n + a + b < k {
+                        0
+                    } else {
+                        (n + a + b - k) / s + 1
+                    }
+                };
+                assert_eq!((ho, wo), (len(h, pad[0], pad[1]), len(w, pad[2], pad[3])));
+                let mut want = vec![(0f64, 0f64); ho * wo * cout];
+                for o in 0..cout {
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let (mut acc, mut mag) = (0f64, 0f64);
+                            for ci in 0..cin {
+                                for ky in 0..k {
+                                    for kx in 0..k {
+                                        let iy = (oy * s + ky) as i64 - pad[0] as i64;
+                                        let ix = (ox * s + kx) as i64 - pad[2] as i64;
+                                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                            continue;
+                                        }
+                                        let xv = x[(iy as usize * w + ix as usize) * cin + ci];
+                                        let p = xv as f64
+                                            * wt[((o * cin + ci) * k + ky) * k + kx] as f64;
+                                        acc += p;
+                                        mag += p.abs();
+                                    }
+                                }
+                            }
+                            want[(oy * wo + ox) * cout + o] = (acc, mag);
+                        }
+                    }
+                }
+                check(
+                    &got,
+                    &want,
+                    1e-6,
+                    &format!("padded conv k{k} s{s} {pad:?} {h}x{w}"),
+                );
+            }
+        }
+    }
+}

@@ -101,6 +101,45 @@ pub fn gelu_tanh(x: &mut [f32]) {
     });
 }
 
+/// SiLU, `x · sigmoid(x)`, in place (computed as `x / (1 + e^(-x))`).
+pub fn silu(x: &mut [f32]) {
+    if x.len() < PAR_MIN {
+        return dispatch!(x.len(), x86::silu(x), scalar::silu(x));
+    }
+    #[cfg(target_arch = "x86_64")]
+    let simd = use_simd(x.len());
+    x.par_chunks_mut(PAR_CHUNK).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2, FMA and F16C were detected by `use_simd`.
+            unsafe { x86::silu(c) };
+            return;
+        }
+        scalar::silu(c)
+    });
+}
+
+/// Gated linear unit over rows: each `2·dim`-long row `[a, b]` of `x` gives the `dim`-long
+/// row `a · sigmoid(b)` of the result (PyTorch's `glu` on the last axis).
+pub fn glu_rows(x: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0, "glu_rows: dim 0");
+    assert_eq!(x.len() % (2 * dim), 0, "glu_rows: length");
+    let mut out = vec![0f32; x.len() / 2];
+    let row = |(src, dst): (&[f32], &mut [f32])| {
+        let (a, b) = src.split_at(dim);
+        dispatch!(dim, x86::glu(a, b, dst), scalar::glu(a, b, dst))
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks(2 * dim)
+            .zip(out.par_chunks_mut(dim))
+            .with_min_len((PAR_CHUNK / dim).max(1))
+            .for_each(row);
+    } else {
+        x.chunks(2 * dim).zip(out.chunks_mut(dim)).for_each(row);
+    }
+    out
+}
+
 /// Softmax in place over the whole slice.
 pub fn softmax(x: &mut [f32]) {
     dispatch!(x.len(), x86::softmax(x), scalar::softmax(x))
@@ -144,6 +183,20 @@ pub mod scalar {
             let u = *v;
             let e = (C2 * u * (1.0 + 0.044715 * u * u)).exp();
             *v = u / (1.0 + e);
+        }
+    }
+
+    /// See [`super::silu`].
+    pub fn silu(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v /= 1.0 + (-*v).exp();
+        }
+    }
+
+    /// One row of [`super::glu_rows`].
+    pub fn glu(a: &[f32], b: &[f32], out: &mut [f32]) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = a / (1.0 + (-b).exp());
         }
     }
 

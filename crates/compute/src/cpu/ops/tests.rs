@@ -187,3 +187,44 @@ fn rms_norm_matches_f64() {
     let mut empty: Vec<f32> = vec![];
     rms_norm_rows(&mut empty, 0, None, 1e-6);
 }
+
+#[test]
+fn silu_and_glu_are_accurate() {
+    let mut xs: Vec<f32> = (-20_000..=20_000).map(|i| i as f32 * 5e-3).collect();
+    xs.extend(values(4099, 7, 4.0));
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 200.0, -200.0]);
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    for simd in [true, false] {
+        let mut y = xs.clone();
+        if simd {
+            silu(&mut y);
+        } else {
+            scalar::silu(&mut y);
+        }
+        for (&x, &s) in xs.iter().zip(&y) {
+            let r = x as f64 * sig(x as f64);
+            let err = (s as f64 - r).abs();
+            assert!(
+                err <= 4e-7 * r.abs() + 1e-30,
+                "simd={simd} silu({x}) = {s}, expected {r}"
+            );
+        }
+    }
+    // glu on rows [a, b] of several widths (SIMD body and scalar tails).
+    for dim in [1usize, 7, 8, 37, 1536] {
+        let x = values(3 * 2 * dim, dim as u64, 3.0);
+        let g = glu_rows(&x, dim);
+        assert_eq!(g.len(), 3 * dim);
+        for r in 0..3 {
+            for i in 0..dim {
+                let (a, b) = (x[r * 2 * dim + i] as f64, x[r * 2 * dim + dim + i] as f64);
+                let want = a * sig(b);
+                let got = g[r * dim + i] as f64;
+                assert!(
+                    (got - want).abs() <= 4e-7 * want.abs() + 1e-37,
+                    "glu dim {dim}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}

@@ -104,6 +104,40 @@ pub(super) unsafe fn gelu_tanh(x: &mut [f32]) {
     scalar::gelu_tanh(&mut x[n8..]);
 }
 
+/// `silu` in place (see `super::silu`).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn silu(x: &mut [f32]) {
+    let n8 = x.len() & !7;
+    let p = x.as_mut_ptr();
+    let one = _mm256_set1_ps(1.0);
+    let zero = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n8 {
+        let u = _mm256_loadu_ps(p.add(i));
+        let e = exp8(_mm256_sub_ps(zero, u));
+        _mm256_storeu_ps(p.add(i), _mm256_div_ps(u, _mm256_add_ps(one, e)));
+        i += 8;
+    }
+    scalar::silu(&mut x[n8..]);
+}
+
+/// `glu` of one row (see `super::glu_rows`): `out[i] = a[i] · sigmoid(b[i])`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn glu(a: &[f32], b: &[f32], out: &mut [f32]) {
+    let n8 = out.len() & !7;
+    let (pa, pb, po) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+    let one = _mm256_set1_ps(1.0);
+    let zero = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n8 {
+        let e = exp8(_mm256_sub_ps(zero, _mm256_loadu_ps(pb.add(i))));
+        let g = _mm256_div_ps(_mm256_loadu_ps(pa.add(i)), _mm256_add_ps(one, e));
+        _mm256_storeu_ps(po.add(i), g);
+        i += 8;
+    }
+    scalar::glu(&a[n8..], &b[n8..], &mut out[n8..]);
+}
+
 /// Softmax in place (see `super::softmax`).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn softmax(x: &mut [f32]) {
