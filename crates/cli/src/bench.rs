@@ -17,6 +17,13 @@ pub struct Args {
     /// checkpoint's tower; --synthetic: the real architecture on pseudo-random weights).
     #[arg(long)]
     pub vision: bool,
+    /// Time the audio tower on --audio-seconds of audio instead of the text decoder (--model:
+    /// the checkpoint's tower; --synthetic: the real size on pseudo-random weights).
+    #[arg(long, conflicts_with = "vision")]
+    pub audio: bool,
+    /// Length of the clip for --audio (at most 30: one clip).
+    #[arg(long, default_value_t = 30.0)]
+    pub audio_seconds: f64,
     /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
     #[arg(long, conflicts_with = "synthetic")]
     pub model: Option<PathBuf>,
@@ -81,6 +88,12 @@ pub fn main(a: Args) -> Result<()> {
             bail!("--reps must be at least 1");
         }
         return crate::bench_vision::run(&a);
+    }
+    if a.audio {
+        if a.reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        return crate::bench_audio::run(&a);
     }
     if a.prompt_len == 0 || a.gen == 0 || a.reps == 0 {
         bail!("--prompt-len, --gen and --reps must be at least 1");

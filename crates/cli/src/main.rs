@@ -1,6 +1,7 @@
 //! The `gemma3n` command-line tool.
 
 mod bench;
+mod bench_audio;
 mod bench_vision;
 mod chat;
 mod images;

@@ -29,6 +29,39 @@ pub fn expand_image_placeholders(text: &str, tokens: usize) -> String {
     text.replace(IMAGE_PLACEHOLDER, &block)
 }
 
+/// The audio placeholder a chat template writes for each audio item.
+pub const AUDIO_PLACEHOLDER: &str = "<audio_soft_token>";
+
+/// Replaces every `<audio_soft_token>` of `text` by the block the model sees for one clip:
+/// `"\n\n<start_of_audio>"`, `tokens` placeholders, `"<end_of_audio>\n\n"` (the HF
+/// processor's expansion, spec/multimodal.md §5; Gemma 3n always uses 188 per clip).
+pub fn expand_audio_placeholders(text: &str, tokens: usize) -> String {
+    let block = format!(
+        "\n\n<start_of_audio>{}<end_of_audio>\n\n",
+        AUDIO_PLACEHOLDER.repeat(tokens)
+    );
+    text.replace(AUDIO_PLACEHOLDER, &block)
+}
+
+/// Expands the image placeholders (when `image_tokens > 0`) and the audio placeholders (when
+/// `audio_tokens > 0`) of a rendered prompt, as HF's processor does in one left-to-right pass.
+/// Two passes give the same string: each block starts and ends with `"\n\n"` and neither
+/// placeholder holds a newline, so no occurrence can straddle a block's edge, and a block
+/// holds only its own kind of placeholder, so the second pass finds exactly the placeholders
+/// of its kind that the template wrote.
+fn expand_media_placeholders(text: String, image_tokens: usize, audio_tokens: usize) -> String {
+    let text = if image_tokens > 0 {
+        expand_image_placeholders(&text, image_tokens)
+    } else {
+        text
+    };
+    if audio_tokens > 0 {
+        expand_audio_placeholders(&text, audio_tokens)
+    } else {
+        text
+    }
+}
+
 /// One item of a list-valued message content, as chat templates see it:
 /// `{"type": "text", "text": ...}`, `{"type": "image", ...}`, `{"type": "audio", ...}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,15 +324,34 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<Prompt> {
-        let (prompt, _) =
-            self.render_tokenize_offsets(tokenizer, messages, add_generation_prompt, 0)?;
+        self.render_and_tokenize_with_media(tokenizer, messages, add_generation_prompt, 0, 0)
+    }
+
+    /// [`ChatTemplate::render_and_tokenize`] for messages with images and audio clips: every
+    /// `<image_soft_token>` the template writes (one per image item) is expanded to the
+    /// image's block of `image_tokens` placeholders, and every `<audio_soft_token>` (one per
+    /// audio item) to the clip's block of `audio_tokens` placeholders (spec/multimodal.md §5),
+    /// before tokenization. A count of 0 leaves that kind of placeholder as the template
+    /// wrote it.
+    pub fn render_and_tokenize_with_media(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        image_tokens: usize,
+        audio_tokens: usize,
+    ) -> Result<Prompt> {
+        let (prompt, _) = self.render_tokenize_offsets(
+            tokenizer,
+            messages,
+            add_generation_prompt,
+            image_tokens,
+            audio_tokens,
+        )?;
         Ok(prompt)
     }
 
-    /// [`ChatTemplate::render_and_tokenize`] for messages with images: every
-    /// `<image_soft_token>` the template writes (one per image item) is expanded to the
-    /// image's block of `image_tokens` placeholders (spec/multimodal.md §5) before
-    /// tokenization.
+    /// [`ChatTemplate::render_and_tokenize_with_media`] without audio expansion.
     pub fn render_and_tokenize_with_images(
         &self,
         tokenizer: &Tokenizer,
@@ -307,9 +359,13 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         image_tokens: usize,
     ) -> Result<Prompt> {
-        let (prompt, _) =
-            self.render_tokenize_offsets(tokenizer, messages, add_generation_prompt, image_tokens)?;
-        Ok(prompt)
+        self.render_and_tokenize_with_media(
+            tokenizer,
+            messages,
+            add_generation_prompt,
+            image_tokens,
+            0,
+        )
     }
 
     fn render_tokenize_offsets(
@@ -318,11 +374,10 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
         image_tokens: usize,
+        audio_tokens: usize,
     ) -> Result<(Prompt, Vec<(usize, usize)>)> {
-        let mut text = self.render(messages, add_generation_prompt)?;
-        if image_tokens > 0 {
-            text = expand_image_placeholders(&text, image_tokens);
-        }
+        let text = self.render(messages, add_generation_prompt)?;
+        let mut text = expand_media_placeholders(text, image_tokens, audio_tokens);
         let (mut ids, mut offsets) = tokenizer.encode_with_offsets(&text)?;
         let bos = tokenizer.special().bos;
         let leading_bos = ids.iter().take_while(|&&id| id == bos).count();
@@ -406,10 +461,17 @@ pub struct TurnInput {
 /// prefix of the rendering of its continuation, only the new turn's tokens are prefilled. When
 /// the two differ (the model's reply was trimmed by the template, or sampled a tokenization
 /// that re-encoding does not reproduce) the cache is kept up to the first difference.
+///
+/// Image and audio items are left as the template's single placeholders unless the
+/// conversation is given the block sizes with [`Conversation::with_media_tokens`]; every turn
+/// then expands every placeholder of the whole history the same way, so earlier turns keep
+/// their ids.
 #[derive(Debug, Clone, Default)]
 pub struct Conversation {
     messages: Vec<ChatMessage>,
     cached_ids: Vec<u32>,
+    image_tokens: usize,
+    audio_tokens: usize,
 }
 
 impl Conversation {
@@ -422,8 +484,17 @@ impl Conversation {
     pub fn with_system(content: impl Into<MessageContent>) -> Self {
         Conversation {
             messages: vec![ChatMessage::system(content)],
-            cached_ids: Vec::new(),
+            ..Self::default()
         }
+    }
+
+    /// Sets how many placeholders an image item and an audio item expand to in every turn's
+    /// prompt (as [`ChatTemplate::render_and_tokenize_with_media`]; 0, the default, leaves
+    /// that kind unexpanded).
+    pub fn with_media_tokens(mut self, image_tokens: usize, audio_tokens: usize) -> Self {
+        self.image_tokens = image_tokens;
+        self.audio_tokens = audio_tokens;
+        self
     }
 
     /// The messages so far.
@@ -450,7 +521,13 @@ impl Conversation {
         content: impl Into<MessageContent>,
     ) -> Result<TurnInput> {
         self.messages.push(ChatMessage::user(content));
-        let rendered = template.render_tokenize_offsets(tokenizer, &self.messages, true, 0);
+        let rendered = template.render_tokenize_offsets(
+            tokenizer,
+            &self.messages,
+            true,
+            self.image_tokens,
+            self.audio_tokens,
+        );
         let (prompt, offsets) = match rendered {
             Ok(r) => r,
             Err(e) => {
@@ -697,5 +774,110 @@ impl JsonStyle {
             }
         }
         out.push('"');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemma_template() -> ChatTemplate {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tokenizer/chat_template.jinja");
+        ChatTemplate::from_file(path).unwrap()
+    }
+
+    fn audio_block(n: usize) -> String {
+        format!(
+            "\n\n<start_of_audio>{}<end_of_audio>\n\n",
+            "<audio_soft_token>".repeat(n)
+        )
+    }
+
+    fn image_block(n: usize) -> String {
+        format!(
+            "\n\n<start_of_image>{}<end_of_image>\n\n",
+            "<image_soft_token>".repeat(n)
+        )
+    }
+
+    #[test]
+    fn audio_placeholders_expand_to_one_block_each() {
+        assert_eq!(AUDIO_PLACEHOLDER, "<audio_soft_token>");
+        let text = "a<audio_soft_token>b<audio_soft_token>";
+        let out = expand_audio_placeholders(text, 3);
+        assert_eq!(out, format!("a{}b{}", audio_block(3), audio_block(3)));
+        assert_eq!(out.matches(AUDIO_PLACEHOLDER).count(), 6);
+        assert_eq!(out.matches("<start_of_audio>").count(), 2);
+        assert_eq!(out.matches("<end_of_audio>").count(), 2);
+        // Image placeholders and text without placeholders are left alone.
+        assert_eq!(
+            expand_audio_placeholders("x<image_soft_token>y", 188),
+            "x<image_soft_token>y"
+        );
+        assert_eq!(expand_audio_placeholders("plain", 188), "plain");
+        // The Gemma 3n block: 188 placeholders between the markers.
+        let one = expand_audio_placeholders(AUDIO_PLACEHOLDER, 188);
+        assert_eq!(one.matches(AUDIO_PLACEHOLDER).count(), 188);
+        assert!(one.starts_with("\n\n<start_of_audio><audio_soft_token>"));
+        assert!(one.ends_with("<audio_soft_token><end_of_audio>\n\n"));
+    }
+
+    #[test]
+    fn image_expansion_leaves_audio_placeholders_alone() {
+        let text = "<image_soft_token><audio_soft_token>";
+        assert_eq!(
+            expand_image_placeholders(text, 2),
+            format!("{}<audio_soft_token>", image_block(2))
+        );
+    }
+
+    #[test]
+    fn mixed_image_and_audio_items_expand_in_place() {
+        let msgs = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user(vec![
+                ContentPart::Text {
+                    text: "Look:".into(),
+                },
+                ContentPart::Image { url: None },
+                ContentPart::Audio { url: None },
+                ContentPart::Text {
+                    text: "and listen:".into(),
+                },
+                ContentPart::Audio { url: None },
+                ContentPart::Image { url: None },
+            ]),
+        ];
+        let rendered = gemma_template().render(&msgs, true).unwrap();
+        assert_eq!(
+            rendered,
+            "<bos><start_of_turn>user\nBe brief.\n\nLook:<image_soft_token><audio_soft_token>\
+             and listen:<audio_soft_token><image_soft_token><end_of_turn>\n<start_of_turn>model\n"
+        );
+        let (ib, ab) = (image_block(256), audio_block(188));
+        let want = format!(
+            "<bos><start_of_turn>user\nBe brief.\n\nLook:{ib}{ab}and listen:{ab}{ib}\
+             <end_of_turn>\n<start_of_turn>model\n"
+        );
+        let both = expand_media_placeholders(rendered.clone(), 256, 188);
+        assert_eq!(both, want);
+        assert_eq!(both.matches(IMAGE_PLACEHOLDER).count(), 2 * 256);
+        assert_eq!(both.matches(AUDIO_PLACEHOLDER).count(), 2 * 188);
+        assert_eq!(both.matches("<start_of_image>").count(), 2);
+        assert_eq!(both.matches("<start_of_audio>").count(), 2);
+        // The order of the two passes does not matter.
+        assert_eq!(
+            expand_image_placeholders(&expand_audio_placeholders(&rendered, 188), 256),
+            want
+        );
+        // A zero count leaves that kind as written.
+        let audio_only = expand_media_placeholders(rendered.clone(), 0, 188);
+        assert_eq!(audio_only.matches(IMAGE_PLACEHOLDER).count(), 2);
+        assert_eq!(audio_only.matches(AUDIO_PLACEHOLDER).count(), 2 * 188);
+        let image_only = expand_media_placeholders(rendered.clone(), 256, 0);
+        assert_eq!(image_only.matches(IMAGE_PLACEHOLDER).count(), 2 * 256);
+        assert_eq!(image_only.matches(AUDIO_PLACEHOLDER).count(), 2);
+        assert_eq!(expand_media_placeholders(rendered.clone(), 0, 0), rendered);
     }
 }

@@ -8,8 +8,8 @@ pub mod stream;
 pub mod tokenizer;
 
 pub use chat::{
-    expand_image_placeholders, ChatMessage, ChatTemplate, ContentPart, Conversation,
-    MessageContent, Prompt, TurnInput, IMAGE_PLACEHOLDER,
+    expand_audio_placeholders, expand_image_placeholders, ChatMessage, ChatTemplate, ContentPart,
+    Conversation, MessageContent, Prompt, TurnInput, AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER,
 };
 pub use error::{Error, Result};
 pub use generate::{Generation, Session, StopReason};

@@ -9,7 +9,8 @@ mod common;
 
 use gemma3n_engine::tokenizer::GEMMA3N_SPECIAL_TOKENS;
 use gemma3n_engine::{
-    ChatMessage, ChatTemplate, Conversation, Sampler, SamplingParams, TokenStream,
+    ChatMessage, ChatTemplate, ContentPart, Conversation, MessageContent, Sampler, SamplingParams,
+    TokenStream,
 };
 
 fn goldens() -> serde_json::Value {
@@ -247,4 +248,105 @@ fn image_prompts_match_the_hf_processor() {
         );
         assert_eq!(p.ids, ids(&case["ids"]), "{}", case["text"]);
     }
+}
+
+fn audio_goldens() -> serde_json::Value {
+    let text = std::fs::read_to_string(common::fixtures().join("audio_prompts.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Chat prompts with audio clips (and one with an image next to a clip) rendered and expanded
+/// like HF's Gemma3nProcessor (template, `<audio_soft_token>` -> 188-placeholder block,
+/// `<image_soft_token>` -> image block, one BOS): goldens of
+/// tools/reference/make_processor_goldens.py.
+#[test]
+fn audio_prompts_match_the_hf_processor() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let g = audio_goldens();
+    let n_img = g["image_tokens"].as_u64().unwrap() as usize;
+    let n_aud = g["audio_tokens"].as_u64().unwrap() as usize;
+    assert_eq!((n_img, n_aud), (256, 188));
+    let t = template();
+    let cases = g["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    let mut mixed_seen = false;
+    for case in cases {
+        let msgs: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let images = case["images"].as_u64().unwrap() as usize;
+        let audios = case["audios"].as_u64().unwrap() as usize;
+        mixed_seen |= images > 0 && audios > 0;
+        let rendered = case["text"].as_str().unwrap();
+        assert_eq!(t.render(&msgs, true).unwrap(), rendered);
+        let p = t
+            .render_and_tokenize_with_media(tok, &msgs, true, n_img, n_aud)
+            .unwrap();
+        let want_text = rendered
+            .replace(
+                "<image_soft_token>",
+                &format!(
+                    "\n\n<start_of_image>{}<end_of_image>\n\n",
+                    "<image_soft_token>".repeat(n_img)
+                ),
+            )
+            .replace(
+                "<audio_soft_token>",
+                &format!(
+                    "\n\n<start_of_audio>{}<end_of_audio>\n\n",
+                    "<audio_soft_token>".repeat(n_aud)
+                ),
+            );
+        assert_eq!(p.text, want_text, "{rendered:?}");
+        assert_eq!(p.ids, ids(&case["ids"]), "{rendered:?}");
+        let count = |id: u32| p.ids.iter().filter(|&&i| i == id).count();
+        assert_eq!(count(262_273), n_aud * audios, "{rendered:?}");
+        assert_eq!(count(262_145), n_img * images, "{rendered:?}");
+        // <start_of_audio> / <end_of_audio>, <start_of_image> / <end_of_image>, <bos>.
+        assert_eq!((count(256_000), count(262_272)), (audios, audios));
+        assert_eq!((count(255_999), count(262_144)), (images, images));
+        assert_eq!(count(2), 1);
+    }
+    assert!(mixed_seen, "the goldens must hold an image next to a clip");
+}
+
+/// A two-turn chat with a clip in each user turn, fed through `Conversation`, ends with the
+/// processor's prompt for the whole history, and the second turn only prefills its own tokens.
+#[test]
+fn conversation_with_audio_builds_the_processor_prompt() {
+    let Some(tok) = common::real_tokenizer() else {
+        return;
+    };
+    let g = audio_goldens();
+    let golden = &g["cases"][2];
+    let msgs: Vec<ChatMessage> = serde_json::from_value(golden["messages"].clone()).unwrap();
+    assert_eq!(msgs.len(), 3);
+    let MessageContent::Text(reply) = &msgs[1].content else {
+        panic!("the golden's reply must be plain text");
+    };
+    let t = template();
+    let mut conv = Conversation::new().with_media_tokens(256, 188);
+    let first = conv.add_user(&t, tok, msgs[0].content.clone()).unwrap();
+    assert_eq!(first.keep, 0);
+    assert_eq!(
+        first.prompt.ids.iter().filter(|&&i| i == 262_273).count(),
+        188
+    );
+    conv.add_assistant(reply.clone(), &tok.encode(reply, false).unwrap());
+    let cached = conv.cached_ids().len();
+    let second = conv.add_user(&t, tok, msgs[2].content.clone()).unwrap();
+    assert_eq!(second.keep, cached);
+    assert_eq!(second.prompt.ids, ids(&golden["ids"]));
+    assert_eq!(second.ids, second.prompt.ids[cached..]);
+    assert_eq!(second.ids.iter().filter(|&&i| i == 262_273).count(), 188);
+    assert!(second.text.starts_with(
+        "<end_of_turn>\n<start_of_turn>user\nTranslate this one too:\n\n<start_of_audio>"
+    ));
+
+    // Without block sizes the placeholders stay single tokens.
+    let mut plain = Conversation::new();
+    let turn = plain
+        .add_user(&t, tok, vec![ContentPart::Audio { url: None }])
+        .unwrap();
+    assert_eq!(turn.prompt.ids.iter().filter(|&&i| i == 262_273).count(), 1);
 }
