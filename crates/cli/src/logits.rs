@@ -22,6 +22,10 @@ pub struct Args {
     /// An image whose soft tokens fill the ids' image placeholders (in order); repeatable.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// An audio file whose soft tokens fill the ids' audio placeholders (in order; 188 per
+    /// window of at most 30 s); repeatable.
+    #[arg(long = "audio")]
+    audio: Vec<PathBuf>,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -45,18 +49,26 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 pub fn main(a: Args) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
     let pixels = crate::images::read_images(&a.images)?;
+    let sound = crate::audio::read_audio(&a.audio)?;
     let model = crate::load::load_any(&a.model)?;
     let mut cache = a.slice.cache(&model)?;
-    let logits = if pixels.is_empty() {
+    let logits = if pixels.is_empty() && sound.clips.is_empty() {
         model.forward(&ids, &mut cache, Logits::All)?
     } else {
-        let (vision, images) = crate::images::encode_images(&a.model, &pixels)?;
+        let vision = match pixels.is_empty() {
+            true => None,
+            false => Some(crate::images::encode_images(&a.model, &pixels)?),
+        };
+        let audio = match sound.clips.is_empty() {
+            true => None,
+            false => Some(crate::audio::encode_audio(&a.model, &sound)?),
+        };
         let p = MediaPrompt::new(
             &ids,
             0,
             model.cfg.hidden_size,
-            Some((&vision, images)),
-            None,
+            vision.as_ref().map(|(v, x)| (v, x.clone())),
+            audio.as_ref().map(|(m, x)| (m, x.clone())),
         )?;
         let f = |pos: usize, id: u32, row: &mut [f32]| p.embed(pos, id, row);
         model.forward_embedded(&ids, &mut cache, Logits::All, Some(&f))?

@@ -1,5 +1,6 @@
 //! The `gemma3n` command-line tool.
 
+mod audio;
 mod bench;
 mod bench_audio;
 mod bench_vision;

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use gemma3n_engine::{
-    expand_image_placeholders, ChatMessage, ContentPart, Session, IMAGE_PLACEHOLDER,
+    expand_audio_placeholders, expand_image_placeholders, ChatMessage, ContentPart, Session,
+    AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER,
 };
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::text::EmbedFn;
@@ -34,6 +35,12 @@ pub struct Args {
     /// in the prompt where each image goes.
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// An audio file for the model to hear (WAV, FLAC, MP3, Ogg/Vorbis; any rate, mono or
+    /// stereo); repeatable. Audio longer than 30 s becomes consecutive 30 s windows, one audio
+    /// block (188 tokens) each. In a chat prompt the audio comes after the images, before the
+    /// text; with --raw, write one `<audio_soft_token>` where each file goes.
+    #[arg(long = "audio")]
+    audio: Vec<PathBuf>,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -43,6 +50,16 @@ pub struct Args {
 pub fn main(a: Args) -> Result<()> {
     // Images are read before any model work: a bad file fails fast.
     let pixels = crate::images::read_images(&a.images)?;
+    let sound = crate::audio::read_audio(&a.audio)?;
+    if a.raw && !a.audio.is_empty() {
+        let n = a.prompt.matches(AUDIO_PLACEHOLDER).count();
+        if n != a.audio.len() {
+            bail!(
+                "--raw with {} audio file(s): the prompt must hold one {AUDIO_PLACEHOLDER} per file (it has {n})",
+                a.audio.len()
+            );
+        }
+    }
     if a.raw && !a.images.is_empty() {
         let n = a.prompt.matches(IMAGE_PLACEHOLDER).count();
         if n != a.images.len() {
@@ -61,15 +78,36 @@ pub fn main(a: Args) -> Result<()> {
     let image_tokens = vision
         .as_ref()
         .map_or(0, |(v, _)| v.cfg.soft_tokens_per_image);
+    let audio = if sound.clips.is_empty() {
+        None
+    } else {
+        Some(crate::audio::encode_audio(&a.model, &sound)?)
+    };
+    let audio_tokens = audio
+        .as_ref()
+        .map_or(0, |(m, _)| m.cfg.soft_tokens_per_clip);
     let ids = if a.raw {
-        let text = expand_image_placeholders(&a.prompt, image_tokens);
+        // One placeholder per file stands for all of the file's windows.
+        let mut text = String::new();
+        let mut rest = a.prompt.as_str();
+        for &k in &sound.windows_per_file {
+            let at = rest.find(AUDIO_PLACEHOLDER).expect("counted above");
+            text.push_str(&rest[..at]);
+            text.push_str(&AUDIO_PLACEHOLDER.repeat(k));
+            rest = &rest[at + AUDIO_PLACEHOLDER.len()..];
+        }
+        text.push_str(rest);
+        let text = expand_audio_placeholders(
+            &expand_image_placeholders(&text, image_tokens),
+            audio_tokens,
+        );
         stack.tokenizer.encode(&text, true)?
     } else {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(ChatMessage::system(s.as_str()));
         }
-        if pixels.is_empty() {
+        if pixels.is_empty() && sound.clips.is_empty() {
             msgs.push(ChatMessage::user(a.prompt.as_str()));
         } else {
             let mut parts: Vec<ContentPart> = a
@@ -79,6 +117,13 @@ pub fn main(a: Args) -> Result<()> {
                     url: Some(p.display().to_string()),
                 })
                 .collect();
+            for (f, &k) in a.audio.iter().zip(&sound.windows_per_file) {
+                for _ in 0..k {
+                    parts.push(ContentPart::Audio {
+                        url: Some(f.display().to_string()),
+                    });
+                }
+            }
             parts.push(ContentPart::Text {
                 text: a.prompt.clone(),
             });
@@ -86,20 +131,27 @@ pub fn main(a: Args) -> Result<()> {
         }
         stack
             .template()?
-            .render_and_tokenize_with_images(&stack.tokenizer, &msgs, true, image_tokens)?
+            .render_and_tokenize_with_media(
+                &stack.tokenizer,
+                &msgs,
+                true,
+                image_tokens,
+                audio_tokens,
+            )?
             .ids
     };
     let mut sampler = stack.sampler(&a.sampling)?;
     let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
-    let prompt = match &vision {
-        Some((v, images)) => Some(MediaPrompt::new(
+    let prompt = if vision.is_some() || audio.is_some() {
+        Some(MediaPrompt::new(
             &ids,
             0,
             stack.model.cfg.hidden_size,
-            Some((v, images.clone())),
-            None,
-        )?),
-        None => None,
+            vision.as_ref().map(|(v, x)| (v, x.clone())),
+            audio.as_ref().map(|(m, x)| (m, x.clone())),
+        )?)
+    } else {
+        None
     };
     let f = |pos: usize, id: u32, row: &mut [f32]| match &prompt {
         Some(p) => p.embed(pos, id, row),

@@ -22,7 +22,8 @@ use crate::config::AudioConfig;
 use crate::error::{ModelError, Result};
 
 /// Observer of intermediate outputs (`"sscp"`, `"block.I"`: `[frames, width]` of the frames
-/// computed by one call), for tests against the reference.
+/// computed by one call; the last block gives only the frames the decimation keeps), for
+/// tests against the reference.
 pub type AudioHook<'a> = dyn FnMut(&str, &[f32]) + 'a;
 
 fn clamp(x: &mut [f32], bound: f32) {
@@ -52,9 +53,8 @@ struct FeedForward {
 
 struct Attention {
     pre_norm: Vec<f32>,
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
+    /// `q_proj`, `k_proj` and `v_proj` stacked: `[3·width, width]`, one matmul.
+    qkv: Matrix,
     /// Per-dimension query factor `q_scale · softplus(per_dim_scale)`, repeated per head.
     q_factor: Vec<f32>,
     /// `[left + 1, width]`: row `d` is the projected sinusoid of distance `d`.
@@ -103,6 +103,25 @@ fn sinusoid(d: usize, width: usize) -> Vec<f32> {
         s[half + i] = a.cos();
     }
     s
+}
+
+/// Matrices `[d, d]` stacked by rows, kept in the first one's dtype (bf16 and f32 round-trip
+/// exactly through f32).
+fn stacked(src: &dyn TensorSource, names: &[String], d: usize) -> Result<Matrix> {
+    let mut all = Vec::with_capacity(names.len() * d * d);
+    let mut dtype = None;
+    for n in names {
+        let m = src.matrix(n, &[d, d])?;
+        dtype.get_or_insert(m.dtype());
+        all.extend(m.to_f32_vec());
+    }
+    let rows = names.len() * d;
+    Ok(match dtype {
+        Some(gemma3n_compute::DType::BF16) => {
+            Matrix::from_f32_as(&all, rows, d, gemma3n_compute::DType::BF16)
+        }
+        _ => Matrix::from_f32(&all, rows, d),
+    })
 }
 
 impl AudioTower {
@@ -179,9 +198,12 @@ impl AudioTower {
             )?;
             let attention = Attention {
                 pre_norm: src.vector(&b("attention.pre_attn_norm.weight"), d)?,
-                q: src.matrix(&b("attention.attn.q_proj.weight"), &[d, d])?,
-                k: src.matrix(&b("attention.attn.k_proj.weight"), &[d, d])?,
-                v: src.matrix(&b("attention.attn.v_proj.weight"), &[d, d])?,
+                qkv: stacked(
+                    src,
+                    &["q_proj", "k_proj", "v_proj"]
+                        .map(|m| b(&format!("attention.attn.{m}.weight"))),
+                    d,
+                )?,
                 q_factor: factor.iter().cycle().take(d).copied().collect(),
                 rel: project(&sinusoids, left + 1, &pos_proj),
                 post: src.matrix(&b("attention.post.weight"), &[d, d])?,
@@ -261,11 +283,11 @@ impl AudioTower {
             Some(h) => h,
             None => &mut noop,
         };
-        let (mut x, mut m) = s.push_hooked(mel, valid, &mut *hook)?;
-        let (x2, m2) = s.finish_hooked(hook)?;
-        x.extend(x2);
-        m.extend(m2);
-        Ok((x, m))
+        // One pass over the whole clip: the same as pushing it and finishing, without a
+        // second pass for the last frames.
+        s.append(mel, valid)?;
+        s.finished = true;
+        s.step(true, hook)
     }
 }
 
@@ -317,6 +339,12 @@ impl AudioStream<'_> {
         valid: &[bool],
         hook: &mut AudioHook<'_>,
     ) -> Result<(Vec<f32>, Vec<bool>)> {
+        self.append(mel, valid)?;
+        self.step(false, hook)
+    }
+
+    /// Checks and stores input frames.
+    fn append(&mut self, mel: &[f32], valid: &[bool]) -> Result<()> {
         let fdim = self.tower.cfg.input_feat_size;
         if self.finished {
             return Err(ModelError::Invalid(
@@ -337,7 +365,7 @@ impl AudioStream<'_> {
         }
         self.mel.extend_from_slice(mel);
         self.mel_valid.extend_from_slice(valid);
-        self.step(false, hook)
+        Ok(())
     }
 
     fn finish_hooked(&mut self, hook: &mut AudioHook<'_>) -> Result<(Vec<f32>, Vec<bool>)> {
@@ -412,26 +440,31 @@ impl AudioStream<'_> {
                     .unwrap_or(false)
             })
             .collect();
+        // Decimation: frames 0, r, 2r, … of the whole stream are kept. The last layer computes
+        // the parts after its light convolution's depthwise step only for them.
+        let r = t.cfg.reduction_factor;
+        let keep: Vec<usize> = (0..n)
+            .filter(|j| (self.frames + j).is_multiple_of(r))
+            .collect();
+        let layers = t.layers.len();
         for (i, (layer, state)) in t.layers.iter().zip(&mut self.layers).enumerate() {
-            layer.forward(&t.cfg, &mut x, &valid, state);
+            let rows = (i + 1 == layers).then_some(keep.as_slice());
+            x = layer.forward(&t.cfg, x, &valid, state, rows);
             hook(&format!("block.{i}"), &x);
         }
-        // Decimation: frames 0, r, 2r, … of the whole stream; padding frames zeroed.
-        let r = t.cfg.reduction_factor;
-        let mut out = Vec::new();
-        let mut out_valid = Vec::new();
-        for (j, &ok) in valid.iter().enumerate() {
-            if (self.frames + j).is_multiple_of(r) {
-                if ok {
-                    out.extend_from_slice(&x[j * d..(j + 1) * d]);
-                } else {
-                    out.extend(std::iter::repeat_n(0.0, d));
-                }
-                out_valid.push(ok);
+        if layers == 0 {
+            x = gather(&x, d, &keep);
+        }
+        // Padding frames zeroed.
+        let mut out_valid = Vec::with_capacity(keep.len());
+        for (row, &j) in x.chunks_exact_mut(d).zip(&keep) {
+            if !valid[j] {
+                row.fill(0.0);
             }
+            out_valid.push(valid[j]);
         }
         self.frames += n;
-        Ok((out, out_valid))
+        Ok((x, out_valid))
     }
 }
 
@@ -451,25 +484,42 @@ impl FeedForward {
     }
 }
 
+/// Rows `rows` of `x` (`d` wide).
+fn gather(x: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter()
+        .flat_map(|&j| &x[j * d..(j + 1) * d])
+        .copied()
+        .collect()
+}
+
 impl Conformer {
-    /// One block over the `n` frames of `x` (`[n, width]`), in place.
-    fn forward(&self, cfg: &AudioConfig, x: &mut [f32], valid: &[bool], st: &mut LayerState) {
+    /// One block over the `n` frames of `x` (`[n, width]`). With `rows`, only those frames'
+    /// outputs are computed and returned (the layer's state still advances over every frame).
+    fn forward(
+        &self,
+        cfg: &AudioConfig,
+        mut x: Vec<f32>,
+        valid: &[bool],
+        st: &mut LayerState,
+        rows: Option<&[usize]>,
+    ) -> Vec<f32> {
         let d = cfg.hidden_size;
         let n = valid.len();
         let eps = cfg.rms_norm_eps;
-        self.ffw_start.forward(cfg, x, n, cfg.residual_weight);
+        self.ffw_start.forward(cfg, &mut x, n, cfg.residual_weight);
 
         // Local self-attention (the residual is the unclamped input).
         let a = &self.attention;
         let mut h = x.to_vec();
         clamp(&mut h, cfg.gradient_clipping);
         ops::rms_norm_rows(&mut h, d, Some(&a.pre_norm), eps);
-        let mut q = project(&h, n, &a.q);
-        for row in q.chunks_exact_mut(d) {
-            row.iter_mut().zip(&a.q_factor).for_each(|(v, f)| *v *= f);
+        let qkv = project(&h, n, &a.qkv);
+        let mut q = Vec::with_capacity(n * d);
+        for row in qkv.chunks_exact(3 * d) {
+            q.extend(row[..d].iter().zip(&a.q_factor).map(|(v, f)| v * f));
+            st.k.extend_from_slice(&row[d..2 * d]);
+            st.v.extend_from_slice(&row[2 * d..]);
         }
-        st.k.extend(project(&h, n, &a.k));
-        st.v.extend(project(&h, n, &a.v));
         st.valid.extend_from_slice(valid);
         let att = LocalAttention {
             heads: cfg.num_heads,
@@ -501,18 +551,24 @@ impl Conformer {
         ops::rms_norm_rows(&mut h, d, Some(&l.pre_norm), eps);
         let g = ops::glu_rows(&project(&h, n, &l.start), d);
         let k = cfg.conv_kernel_size;
-        let mut c = causal_depthwise_conv1d(&g, d, &l.depthwise, k, &st.conv);
+        let c = causal_depthwise_conv1d(&g, d, &l.depthwise, k, &st.conv);
         let mut hist = std::mem::take(&mut st.conv);
         hist.extend_from_slice(&g);
         st.conv = hist.split_off(hist.len() - (k - 1) * d);
+        // From here on every frame is on its own: compute only the wanted ones.
+        let (mut c, mut x, n) = match rows {
+            Some(r) => (gather(&c, d, r), gather(&x, d, r), r.len()),
+            None => (c, x, n),
+        };
         clamp(&mut c, cfg.gradient_clipping);
         ops::rms_norm_rows(&mut c, d, Some(&l.conv_norm), eps);
         ops::silu(&mut c);
         let e = project(&c, n, &l.end);
         x.iter_mut().zip(&e).for_each(|(a, b)| *a += b);
 
-        self.ffw_end.forward(cfg, x, n, cfg.residual_weight);
-        clamp(x, cfg.gradient_clipping);
-        ops::rms_norm_rows(x, d, Some(&self.norm), eps);
+        self.ffw_end.forward(cfg, &mut x, n, cfg.residual_weight);
+        clamp(&mut x, cfg.gradient_clipping);
+        ops::rms_norm_rows(&mut x, d, Some(&self.norm), eps);
+        x
     }
 }
