@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gemma3n_model::audio::features::{num_frames, padded_len, MAX_SAMPLES};
-use gemma3n_model::audio::synthetic::{features, PseudoRandomAudioTower};
+use gemma3n_model::audio::synthetic::{features, tower_weights};
 use gemma3n_model::audio::{AudioModel, AudioTower};
 use gemma3n_model::config::ModelConfig;
 use gemma3n_model::Checkpoint;
@@ -49,9 +49,7 @@ pub fn run(a: &super::bench::Args) -> Result<()> {
             )?
             .audio
             .context("default audio config")?;
-            let src = PseudoRandomAudioTower {
-                prefix: String::new(),
-            };
+            let src = tower_weights("");
             let t = AudioTower::load(&src, "", &cfg)?;
             (
                 "synthetic Gemma 3n audio tower (pseudo-random weights)".into(),

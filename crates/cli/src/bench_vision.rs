@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gemma3n_model::vision::arch::VisionArch;
-use gemma3n_model::vision::synthetic::{pixel_values, PseudoRandomTower};
+use gemma3n_model::vision::synthetic::{pixel_values, tower_weights};
 use gemma3n_model::vision::{VisionModel, VisionTower};
 use gemma3n_model::Checkpoint;
 
@@ -31,9 +31,7 @@ pub fn run(a: &super::bench::Args) -> Result<()> {
             (dir.display().to_string(), VisionModel::load(&ckpt)?.tower)
         }
         (None, Some(_)) => {
-            let src = PseudoRandomTower {
-                prefix: String::new(),
-            };
+            let src = tower_weights("");
             let t = VisionTower::load(&src, "", &VisionArch::mobilenetv5_300m_enc())?;
             (
                 "synthetic mobilenetv5_300m_enc (pseudo-random weights)".into(),

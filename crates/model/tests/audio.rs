@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use gemma3n_model::audio::decode::load_audio;
 use gemma3n_model::audio::features::windows;
-use gemma3n_model::audio::synthetic::{features, PseudoRandomAudioTower};
+use gemma3n_model::audio::synthetic::{features, tower_weights};
 use gemma3n_model::audio::{AudioModel, AudioTower};
 use gemma3n_model::config::ModelConfig;
 use gemma3n_model::prompt::MediaPrompt;
@@ -263,9 +263,7 @@ fn real_size_tower_matches_hf_on_pseudo_random_weights() {
         (cfg.num_layers, cfg.hidden_size, cfg.num_heads),
         (12, 1536, 8)
     );
-    let src = PseudoRandomAudioTower {
-        prefix: String::new(),
-    };
+    let src = tower_weights("");
     let tower = AudioTower::load(&src, "", &cfg).unwrap();
     let frames = 497;
     let mel = features(frames);

@@ -9,7 +9,7 @@ use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::safetensors::SafeTensors;
 use gemma3n_model::text::EmbedFn;
 use gemma3n_model::vision::arch::VisionArch;
-use gemma3n_model::vision::synthetic::{pixel_values, PseudoRandomTower};
+use gemma3n_model::vision::synthetic::{pixel_values, tower_weights};
 use gemma3n_model::vision::tower::{Map, VisionTower};
 use gemma3n_model::vision::VisionModel;
 use gemma3n_model::{Checkpoint, Logits, TextModel};
@@ -121,9 +121,7 @@ fn real_architecture_matches_timm_on_pseudo_random_weights() {
     let g = SafeTensors::open(&root().join("tests/fixtures/vision/mnv5_300m_golden.safetensors"))
         .unwrap();
     let arch = VisionArch::mobilenetv5_300m_enc();
-    let src = PseudoRandomTower {
-        prefix: String::new(),
-    };
+    let src = tower_weights("");
     let tower = VisionTower::load(&src, "", &arch).unwrap();
     let out = tower.forward(&pixel_values(768), 768).unwrap();
     // The golden is every `stride`-th value of the flattened [2048, 16, 16] output.
@@ -143,9 +141,7 @@ fn real_architecture_matches_timm_on_pseudo_random_weights() {
 #[ignore]
 fn real_architecture_time_per_stage() {
     let arch = VisionArch::mobilenetv5_300m_enc();
-    let src = PseudoRandomTower {
-        prefix: String::new(),
-    };
+    let src = tower_weights("");
     let tower = VisionTower::load(&src, "", &arch).unwrap();
     let px = pixel_values(768);
     tower.forward(&px, 768).unwrap();

@@ -2,11 +2,7 @@
 //! `tools/reference/make_audio_tower_fixtures.py` gives HF's `Gemma3nAudioEncoder`: the real
 //! 12-layer, 1536-wide tower is tested and benchmarked without storing its 681 M weights.
 
-use gemma3n_compute::Matrix;
-
-use crate::checkpoint::TensorSource;
-use crate::error::{ModelError, Result};
-use crate::synthetic::prand;
+use crate::synthetic::{prand, PseudoRandomWeights};
 
 /// `(scale, offset)` of a tower tensor by its name (relative to the tower) and shape:
 /// weights of two or more dimensions `√(3 / fan_in)` (fan_in: all but the first dimension),
@@ -22,32 +18,11 @@ fn rule(name: &str, shape: &[usize]) -> (f32, f32) {
     }
 }
 
-/// Tower weights by name (`prefix` + the encoder's own name), generated on request.
-pub struct PseudoRandomAudioTower {
-    pub prefix: String,
-}
-
-impl PseudoRandomAudioTower {
-    fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let own = name.strip_prefix(&self.prefix).ok_or_else(|| {
-            ModelError::Invalid(format!("{name}: not under the prefix `{}`", self.prefix))
-        })?;
-        let (scale, offset) = rule(own, shape);
-        Ok(prand(own, shape.iter().product(), scale, offset))
-    }
-}
-
-impl TensorSource for PseudoRandomAudioTower {
-    fn matrix(&self, name: &str, shape: &[usize]) -> Result<Matrix> {
-        let v = self.values(name, shape)?;
-        let cols = *shape.last().unwrap_or(&1);
-        Ok(Matrix::from_f32(&v, v.len() / cols.max(1), cols))
-    }
-    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
-        self.values(name, &[n])
-    }
-    fn f32_tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.values(name, shape)
+/// The tower's weights under `prefix` (+ the encoder's own name), generated on request.
+pub fn tower_weights(prefix: &str) -> PseudoRandomWeights {
+    PseudoRandomWeights {
+        prefix: prefix.to_string(),
+        rule,
     }
 }
 
