@@ -11,6 +11,7 @@ mod load;
 mod logits;
 mod quantize;
 mod run;
+mod serve;
 mod slice;
 mod text;
 mod tokenize;
@@ -49,6 +50,8 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Prefill and decode speed, effective GB/s and % of memory bandwidth.
     Bench(bench::Args),
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(serve::Args),
 }
 
 fn main() {
@@ -81,7 +84,22 @@ fn main() {
     // starts with the caller already working and the other workers spinning nearby, instead
     // of a thread outside the pool handing the job over and sleeping until it is done (two
     // wake-ups per matmul; E2B Q8_0 decode does about 250 per token).
-    let r = pool.install(move || match cli.cmd {
+    let r = match cli.cmd {
+        // The server's own threads handle HTTP; its generation worker runs on the pool.
+        Cmd::Serve(a) => {
+            let pool = std::sync::Arc::new(pool);
+            serve::main(a, Box::new(move |f| pool.spawn(f)))
+        }
+        cmd => pool.install(move || run_command(cmd)),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {}", describe(&e));
+        std::process::exit(1);
+    }
+}
+
+fn run_command(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
         Cmd::Run(a) => run::main(a),
         Cmd::Chat(a) => chat::main(a),
         Cmd::Tokenize(a) => tokenize::main(a),
@@ -90,10 +108,7 @@ fn main() {
         Cmd::Logits(a) => logits::main(a),
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Bench(a) => bench::main(a),
-    });
-    if let Err(e) = r {
-        eprintln!("error: {}", describe(&e));
-        std::process::exit(1);
+        Cmd::Serve(_) => unreachable!("handled in main"),
     }
 }
 

@@ -1,0 +1,67 @@
+//! `gemma3n serve`: the OpenAI-compatible HTTP server (crates/server).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use gemma3n_engine::SamplingParams;
+use gemma3n_server::{Model, Options};
+
+use crate::text::TextStack;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
+    /// model (default: the GGUF file's directory).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests that may wait while one runs; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mib: usize,
+    /// Base of the model ids (`NAME-E4B`, `NAME-E2B`, ... for an E4B-shaped model).
+    #[arg(long, default_value = "gemma-3n")]
+    served_model_name: String,
+}
+
+pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
+    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
+    let template = stack.template().ok();
+    let stop_ids = stack.stop_ids();
+    let defaults = match &stack.gen_config {
+        Some(g) => g.sampling.clone(),
+        None => SamplingParams::default(),
+    };
+    let model = Model {
+        text: stack.model,
+        tokenizer: stack.tokenizer,
+        template,
+        stop_ids,
+        defaults,
+        name: a.served_model_name,
+    };
+    gemma3n_server::run(
+        model,
+        Options {
+            host: a.host,
+            port: a.port,
+            api_key: a.api_key,
+            max_queue: a.max_queue.max(1),
+            max_body: a.max_body_mib.max(1) << 20,
+        },
+        spawn,
+    )
+}

@@ -1,0 +1,306 @@
+//! `gemma3n serve` over HTTP on the tiny fixture with the tiny tokenizer: the OpenAI API's
+//! shapes (chat and text completions, streamed and not, usage, logprobs, models), exactness
+//! against `gemma3n run` (greedy), stop strings, and the error cases (OpenAI error bodies).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+const NAME: &str = "tiny_text_f32";
+
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> Server {
+    let dir = model_with_tokenizer(NAME);
+    let mut args = vec!["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma3n"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gemma3n serve");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("gemma3n serve exited before listening");
+        }
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("gemma3n serve: listening on http://")
+        {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+    });
+    Server {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, headers, body).
+fn http(
+    s: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> (u16, String, String) {
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let body = body.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        s.addr,
+        body.len()
+    );
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    c.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    c.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn post(s: &Server, path: &str, v: &Value) -> (u16, Value) {
+    let (st, _, body) = http(s, "POST", path, Some(&v.to_string()), &[]);
+    (
+        st,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")),
+    )
+}
+
+/// The `data:` payloads of a server-sent-event body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn model_id(s: &Server) -> String {
+    let (st, _, body) = http(s, "GET", "/v1/models", None, &[]);
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "list");
+    v["data"][0]["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn chat_completion_equals_run_and_streams_the_same_text() {
+    let s = start(&[]);
+    let model = model_id(&s);
+    let req = json!({"model": model, "messages": [{"role": "user", "content": "w40 w41 w42"}],
+        "temperature": 0, "max_tokens": 8});
+    let (st, v) = post(&s, "/v1/chat/completions", &req);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eprintln!("chat completion: {v}");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let usage = &v["usage"];
+    let ct = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&ct));
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + ct
+    );
+    let fr = v["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(fr == "stop" || fr == "length", "{fr}");
+    if fr == "length" {
+        assert_eq!(ct, 8);
+    }
+
+    // The same prompt through `gemma3n run` (greedy): the same text.
+    let dir = model_with_tokenizer(NAME);
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--prompt",
+            "w40 w41 w42",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+        ],
+        None,
+    );
+    r.expect_ok("run");
+    assert_eq!(r.stdout.trim_end_matches('\n'), text);
+
+    // Streamed: chunks that add up to the same text, then usage, then [DONE].
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({"include_usage": true});
+    let (st, head, body) = http(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&sreq.to_string()),
+        &[],
+    );
+    assert_eq!(st, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let data = sse_data(&body);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut streamed = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(t);
+        }
+    }
+    assert_eq!(streamed, text);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(last["usage"]["completion_tokens"].as_u64().unwrap(), ct);
+    let fin = &chunks[chunks.len() - 2];
+    assert_eq!(fin["choices"][0]["finish_reason"], fr);
+}
+
+#[test]
+fn completions_logprobs_and_stop_strings() {
+    let s = start(&[]);
+    let model = model_id(&s);
+    let req = json!({"model": model, "prompt": "w7 w8 w9", "temperature": 0, "max_tokens": 6, "logprobs": 3});
+    let (st, v) = post(&s, "/v1/completions", &req);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(tokens.len(), n);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one, its logprob the largest; all <= 0.
+        let best = top
+            .values()
+            .map(|x| x.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(
+            (chosen - best).abs() < 1e-5 && chosen <= 0.0,
+            "{chosen} vs {best}"
+        );
+    }
+    // A stop string cuts the text before it, finish_reason stop.
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.len() >= 2 {
+        let stop = words[1];
+        let req = json!({"model": model, "prompt": "w7 w8 w9", "temperature": 0, "max_tokens": 6, "stop": [stop]});
+        let (st, v) = post(&s, "/v1/completions", &req);
+        assert_eq!(st, 200);
+        let cut = v["choices"][0]["text"].as_str().unwrap();
+        assert_eq!(cut, &text[..text.find(stop).unwrap()]);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+}
+
+#[test]
+fn errors_use_the_openai_error_body() {
+    let s = start(&["--api-key", "sekret"]);
+    let auth = "Authorization: Bearer sekret";
+    let (st, _, body) = http(&s, "GET", "/v1/models", None, &[]);
+    assert_eq!(st, 401, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let (st, _, body) = http(&s, "GET", "/v1/models", None, &[auth]);
+    assert_eq!(st, 200, "{body}");
+    let model = serde_json::from_str::<Value>(&body).unwrap()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{not json".into(), 400, "invalid_request_error"),
+        (json!({"model": "nope", "messages": [{"role": "user", "content": "w1"}]}).to_string(), 404, "invalid_request_error"),
+        (json!({"model": model, "messages": []}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": "w1"}], "n": 2}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": "w1"}], "temperature": 5}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": "w1"}], "max_tokens": 0}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "wizard", "content": "w1"}]}).to_string(), 400, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": [{"type": "video_url"}]}]}).to_string(), 422, "invalid_request_error"),
+        (json!({"model": model, "messages": [{"role": "user", "content": "w1 ".repeat(5000)}]}).to_string(), 400, "invalid_request_error"),
+    ];
+    for (body, want, kind) in cases {
+        let (st, _, out) = http(&s, "POST", "/v1/chat/completions", Some(&body), &[auth]);
+        assert_eq!(st, want, "{body:.80} -> {out}");
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(v["error"]["type"], kind, "{out}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // Unknown endpoint; health and metrics need no key.
+    let (st, _, _) = http(&s, "GET", "/v1/nothing", None, &[auth]);
+    assert_eq!(st, 404);
+    let (st, _, body) = http(&s, "GET", "/health", None, &[]);
+    assert_eq!((st, body.contains("ok")), (200, true));
+    let (st, _, body) = http(&s, "GET", "/metrics", None, &[]);
+    assert_eq!(st, 200);
+    assert!(body.contains("gemma3n_queue_depth"), "{body}");
+}
