@@ -35,6 +35,10 @@ pub struct Args {
     /// Base of the model ids (`NAME-E4B`, `NAME-E2B`, ... for an E4B-shaped model).
     #[arg(long, default_value = "gemma-3n")]
     served_model_name: String,
+    /// Do not load the vision and audio towers (saves memory; image and audio parts are
+    /// then refused).
+    #[arg(long)]
+    text_only: bool,
 }
 
 pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
@@ -45,7 +49,25 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
         Some(g) => g.sampling.clone(),
         None => SamplingParams::default(),
     };
+    // The towers, when the checkpoint has them (image and audio parts need them).
+    let (vision, audio) = match gemma3n_model::Checkpoint::open(&a.model) {
+        Ok(ckpt) if !a.text_only => (
+            ckpt.config
+                .vision
+                .is_some()
+                .then(|| gemma3n_model::vision::VisionModel::load(&ckpt))
+                .transpose()?,
+            ckpt.config
+                .audio
+                .is_some()
+                .then(|| gemma3n_model::audio::AudioModel::load(&ckpt))
+                .transpose()?,
+        ),
+        _ => (None, None),
+    };
     let model = Model {
+        vision,
+        audio,
         text: stack.model,
         tokenizer: stack.tokenizer,
         template,

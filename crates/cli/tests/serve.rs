@@ -304,3 +304,175 @@ fn errors_use_the_openai_error_body() {
     assert_eq!(st, 200);
     assert!(body.contains("gemma3n_queue_depth"), "{body}");
 }
+
+/// Standard base64 (the test's own encoder).
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The tiny multimodal fixture (text + vision + audio towers) with the tiny tokenizer, plus
+/// the image and audio token strings at the fixture's ids.
+fn multimodal_dir() -> TempDir {
+    let src = repo_root().join("tests/fixtures/audio/tiny_audio");
+    let t = dir_with_tokenizer(&src, 272, "serve-mm");
+    let mut tok: Value = serde_json::from_str(&tokenizer_json(272)).unwrap();
+    let specials = [
+        (250, "<start_of_image>"),
+        (256, "<end_of_image>"),
+        (257, "<image_soft_token>"),
+        (251, "<start_of_audio>"),
+        (264, "<end_of_audio>"),
+        (265, "<audio_soft_token>"),
+    ];
+    // The strings take those ids in the vocabulary itself (an added token whose string the
+    // model lacks would get a new id past the vocabulary).
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    for (id, content) in specials {
+        vocab.retain(|_, v| v.as_u64() != Some(id));
+        vocab.insert(content.to_string(), json!(id));
+    }
+    let added = tok["added_tokens"].as_array_mut().unwrap();
+    for (id, content) in [
+        (250, "<start_of_image>"),
+        (256, "<end_of_image>"),
+        (257, "<image_soft_token>"),
+        (251, "<start_of_audio>"),
+        (264, "<end_of_audio>"),
+        (265, "<audio_soft_token>"),
+    ] {
+        added.push(
+            json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}),
+        );
+    }
+    std::fs::write(t.join("tokenizer.json"), tok.to_string()).unwrap();
+    t
+}
+
+fn start_dir(dir: TempDir) -> Server {
+    let args = ["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma3n"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gemma3n serve");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 {
+            panic!("gemma3n serve exited before listening");
+        }
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("gemma3n serve: listening on http://")
+        {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = err.read_to_string(&mut sink);
+    });
+    Server {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn image_and_audio_parts_equal_run_with_the_same_files() {
+    let image = repo_root().join("tests/fixtures/vision/images/coffee_97x61.bmp");
+    let audio = repo_root().join("tests/fixtures/audio/speech_b.wav");
+    let s = start_dir(multimodal_dir());
+    let model = model_id(&s);
+    let req = json!({"model": model, "temperature": 0, "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": format!("data:image/bmp;base64,{}", b64(&std::fs::read(&image).unwrap()))}},
+        {"type": "input_audio", "input_audio": {"data": b64(&std::fs::read(&audio).unwrap()), "format": "wav"}},
+        {"type": "text", "text": "w5 w6"},
+    ]}]});
+    let (st, v) = post(&s, "/v1/chat/completions", &req);
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Image block (16 + 2) and audio block (188 + 2) are in the prompt.
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap() > 16 + 188,
+        "{v}"
+    );
+
+    let dir = multimodal_dir();
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--image",
+            image.to_str().unwrap(),
+            "--audio",
+            audio.to_str().unwrap(),
+            "--prompt",
+            "w5 w6",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "5",
+        ],
+        None,
+    );
+    r.expect_ok("run --image --audio");
+    assert_eq!(r.stdout.trim_end_matches('\n'), text);
+
+    // Media errors.
+    let bad = |content: Value| json!({"model": model, "messages": [{"role": "user", "content": content}]});
+    for (content, want) in [
+        (
+            json!([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]),
+            422,
+        ),
+        (
+            json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!"}}]),
+            400,
+        ),
+        (
+            json!([{"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", b64(b"not a png"))}}]),
+            400,
+        ),
+        (
+            json!([{"type": "input_audio", "input_audio": {"data": b64(b"RIFF junk"), "format": "wav"}}]),
+            400,
+        ),
+        (
+            json!([{"type": "input_audio", "input_audio": {"data": b64(b"x"), "format": "aac"}}]),
+            422,
+        ),
+        // A placeholder typed as text.
+        (
+            json!([{"type": "text", "text": "w5 <image_soft_token> w6"}]),
+            400,
+        ),
+    ] {
+        let (st, v) = post(&s, "/v1/chat/completions", &bad(content.clone()));
+        assert_eq!(st, want, "{content:.100} -> {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+}

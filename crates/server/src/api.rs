@@ -48,12 +48,27 @@ pub struct Sampling {
     pub stream_options: Option<StreamOptions>,
 }
 
+#[derive(Deserialize, Debug, Clone)]
+pub struct ImageUrl {
+    pub url: String,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct InputAudio {
+    /// Base64 of the file.
+    pub data: String,
+    /// `wav`, `mp3`, `flac`, `ogg` (the content is probed; this is only checked).
+    pub format: Option<String>,
+}
+
 /// A content part of a chat message.
 #[derive(Deserialize, Debug, Clone)]
 pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    pub image_url: Option<ImageUrl>,
+    pub input_audio: Option<InputAudio>,
 }
 
 #[derive(Deserialize, Debug, Clone)]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -39,6 +40,9 @@ use worker::{Event, Job, Stats};
 /// The loaded model and what generation needs besides it.
 pub struct Model {
     pub text: TextModel,
+    /// The towers, when the checkpoint has them (image and audio parts need them).
+    pub vision: Option<gemma3n_model::vision::VisionModel>,
+    pub audio: Option<gemma3n_model::audio::AudioModel>,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
     /// Ids that end generation.
@@ -219,8 +223,23 @@ async fn models(State(s): State<Shared>, headers: HeaderMap) -> Result<Response,
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status().as_u16();
+        if status == 413 {
+            ApiError::status(
+                413,
+                "invalid_request_error",
+                "request body too large (see --max-body-mib)",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {r}"), None)
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
 }
 
@@ -352,7 +371,44 @@ fn prepare(
     })
 }
 
-fn chat_prompt(s: &AppState, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
+/// A chat request's prompt ids and its media, in prompt order.
+struct ChatInput {
+    ids: Vec<u32>,
+    images: Vec<gemma3n_model::vision::preprocess::PixelValues>,
+    clips: Vec<Vec<f32>>,
+}
+
+fn unsupported(msg: impl Into<String>) -> ApiError {
+    ApiError::status(422, "invalid_request_error", msg)
+}
+
+/// The bytes of a `data:` URL or of plain base64.
+fn base64_payload(s: &str, what: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine;
+    let b64 = match s.strip_prefix("data:") {
+        Some(rest) => match rest.split_once(";base64,") {
+            Some((_, d)) => d,
+            None => {
+                return Err(ApiError::bad_request(
+                    format!("{what}: a data: URL must be base64 (`data:TYPE;base64,...`)"),
+                    Some("messages"),
+                ))
+            }
+        },
+        None => s,
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| {
+            ApiError::bad_request(format!("{what}: invalid base64: {e}"), Some("messages"))
+        })
+}
+
+fn chat_prompt(s: &AppState, req: &ChatRequest) -> Result<ChatInput, ApiError> {
+    use gemma3n_model::audio::decode::decode_audio_bytes;
+    use gemma3n_model::audio::features::windows;
+    use gemma3n_model::vision::preprocess::preprocess_bytes;
+
     let template = s.model.template.as_ref().ok_or_else(|| {
         ApiError::bad_request("this model has no chat template; use /v1/completions", None)
     })?;
@@ -362,6 +418,7 @@ fn chat_prompt(s: &AppState, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
             Some("messages"),
         ));
     }
+    let (mut images, mut clips) = (Vec::new(), Vec::new());
     let mut msgs = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         let role = match m.role.as_str() {
@@ -375,38 +432,102 @@ fn chat_prompt(s: &AppState, req: &ChatRequest) -> Result<Vec<u32>, ApiError> {
                 ))
             }
         };
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        ("text", None) => {
-                            return Err(ApiError::bad_request("a text part needs `text`", Some("messages")))
+        let mut parts = Vec::new();
+        match &m.content {
+            None => parts.push(ContentPart::Text {
+                text: String::new(),
+            }),
+            Some(Content::Text(t)) => parts.push(ContentPart::Text { text: t.clone() }),
+            Some(Content::Parts(ps)) => {
+                for p in ps {
+                    match p.kind.as_str() {
+                        "text" => {
+                            let t = p.text.clone().ok_or_else(|| {
+                                ApiError::bad_request("a text part needs `text`", Some("messages"))
+                            })?;
+                            parts.push(ContentPart::Text { text: t });
                         }
-                        (other, _) => {
-                            return Err(ApiError::status(
-                                422,
-                                "invalid_request_error",
-                                format!("content parts of type `{other}` are not supported by this server yet"),
-                            ))
+                        "image_url" => {
+                            s.model.vision.as_ref().ok_or_else(|| {
+                                unsupported("this model has no vision tower: it cannot take images")
+                            })?;
+                            let url = &p
+                                .image_url
+                                .as_ref()
+                                .ok_or_else(|| ApiError::bad_request("an image_url part needs `image_url.url`", Some("messages")))?
+                                .url;
+                            if !url.starts_with("data:") {
+                                return Err(unsupported("image_url: only data: URLs (base64) are accepted; the server fetches nothing"));
+                            }
+                            let bytes = base64_payload(url, "image_url")?;
+                            let px = preprocess_bytes(&bytes, gemma3n_model::vision::preprocess::IMAGE_SIZE)
+                                .map_err(|e| ApiError::bad_request(format!("image: {e}"), Some("messages")))?;
+                            images.push(px);
+                            parts.push(ContentPart::Image { url: None });
+                        }
+                        "input_audio" => {
+                            if s.model.audio.is_none() {
+                                return Err(unsupported("this model has no audio tower: it cannot take audio"));
+                            }
+                            let a = p.input_audio.as_ref().ok_or_else(|| {
+                                ApiError::bad_request("an input_audio part needs `input_audio.data`", Some("messages"))
+                            })?;
+                            if let Some(f) = &a.format {
+                                if !matches!(f.as_str(), "wav" | "mp3" | "flac" | "ogg") {
+                                    return Err(unsupported(format!("input_audio format `{f}` (supported: wav, mp3, flac, ogg)")));
+                                }
+                            }
+                            let bytes = base64_payload(&a.data, "input_audio")?;
+                            let w = decode_audio_bytes(&bytes)
+                                .map_err(|e| ApiError::bad_request(format!("audio: {e}"), Some("messages")))?;
+                            if w.samples.is_empty() {
+                                return Err(ApiError::bad_request("audio: no samples", Some("messages")));
+                            }
+                            // Longer than 30 s: consecutive windows, one audio block each.
+                            for win in windows(&w.samples) {
+                                clips.push(win.to_vec());
+                                parts.push(ContentPart::Audio { url: None });
+                            }
+                        }
+                        other => {
+                            return Err(unsupported(format!(
+                                "content parts of type `{other}` are not supported (text, image_url, input_audio are)"
+                            )))
                         }
                     }
                 }
-                text
             }
-        };
-        msgs.push(ChatMessage::new(
-            role,
-            vec![ContentPart::Text { text: content }],
+        }
+        msgs.push(ChatMessage::new(role, parts));
+    }
+    let image_tokens = s
+        .model
+        .vision
+        .as_ref()
+        .map_or(0, |v| v.cfg.soft_tokens_per_image);
+    let audio_tokens = s
+        .model
+        .audio
+        .as_ref()
+        .map_or(0, |a| a.cfg.soft_tokens_per_clip);
+    let p = template
+        .render_and_tokenize_with_media(&s.model.tokenizer, &msgs, true, image_tokens, audio_tokens)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    // Placeholder tokens typed into the text would shift the media: refuse them.
+    let count = |id: Option<u32>| id.map_or(0, |id| p.ids.iter().filter(|&&x| x == id).count());
+    let img_id = s.model.vision.as_ref().map(|v| v.cfg.image_token_id);
+    let aud_id = s.model.audio.as_ref().map(|a| a.cfg.audio_token_id);
+    if count(img_id) != images.len() * image_tokens || count(aud_id) != clips.len() * audio_tokens {
+        return Err(ApiError::bad_request(
+            "the message text contains image or audio placeholder tokens; send media as image_url / input_audio parts",
+            Some("messages"),
         ));
     }
-    let p = template
-        .render_and_tokenize(&s.model.tokenizer, &msgs, true)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    Ok(p.ids)
+    Ok(ChatInput {
+        ids: p.ids,
+        images,
+        clips,
+    })
 }
 
 /// Queues the job; its events come back on the returned channel.
@@ -414,6 +535,8 @@ fn submit(
     s: &AppState,
     p: &Prepared,
     logprobs: Option<usize>,
+    images: Vec<gemma3n_model::vision::preprocess::PixelValues>,
+    clips: Vec<Vec<f32>>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = unbounded_channel();
     let job = Job {
@@ -425,6 +548,8 @@ fn submit(
         logprobs,
         presence_penalty: p.presence,
         frequency_penalty: p.frequency,
+        images,
+        clips,
         events: tx,
     };
     s.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -544,11 +669,11 @@ fn sse(
 async fn chat_completions(
     State(s): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let req: ChatRequest = parse(&body)?;
-    let prompt = chat_prompt(&s, &req)?;
+    let req: ChatRequest = parse(body?)?;
+    let input = chat_prompt(&s, &req)?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (_, Some(n)) if n > 20 => {
             return Err(ApiError::bad_request(
@@ -565,8 +690,8 @@ async fn chat_completions(
         }
         (false, None) => None,
     };
-    let p = prepare(&s, &req.model, prompt, req.sampling.clone())?;
-    let rx = submit(&s, &p, logprobs)?;
+    let p = prepare(&s, &req.model, input.ids, req.sampling.clone())?;
+    let rx = submit(&s, &p, logprobs, input.images, input.clips)?;
     let id = format!("chatcmpl-{:x}", rand_id());
     let created = now();
     let model = p.model_id.clone();
@@ -607,10 +732,10 @@ async fn chat_completions(
 async fn completions(
     State(s): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
-    let req: CompletionRequest = parse(&body)?;
+    let req: CompletionRequest = parse(body?)?;
     let text = match &req.prompt {
         api::Prompt::One(t) => t.clone(),
         api::Prompt::Many(v) if v.len() == 1 => v[0].clone(),
@@ -642,7 +767,7 @@ async fn completions(
         .encode(&text, true)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
     let p = prepare(&s, &req.model, prompt, req.sampling.clone())?;
-    let rx = submit(&s, &p, logprobs)?;
+    let rx = submit(&s, &p, logprobs, Vec::new(), Vec::new())?;
     let id = format!("cmpl-{:x}", rand_id());
     let created = now();
     let model = p.model_id.clone();

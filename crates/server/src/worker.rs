@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use gemma3n_engine::{Sampler, SamplingParams, Session, StopReason, TokenStream};
 use gemma3n_model::matformer::SlicePlan;
+use gemma3n_model::prompt::MediaPrompt;
+use gemma3n_model::vision::preprocess::PixelValues;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::Model;
@@ -53,6 +55,10 @@ pub struct Job {
     pub logprobs: Option<usize>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
+    /// Preprocessed images and 16 kHz clips (at most 30 s each) whose soft tokens fill the
+    /// prompt's placeholders, in order.
+    pub images: Vec<PixelValues>,
+    pub clips: Vec<Vec<f32>>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -99,7 +105,43 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     best
 }
 
+/// The soft tokens of the job's images and clips, and the prompt that places them.
+fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, String> {
+    if job.images.is_empty() && job.clips.is_empty() {
+        return Ok(None);
+    }
+    let width = m.text.cfg.hidden_size;
+    let images = match (&m.vision, job.images.is_empty()) {
+        (_, true) => None,
+        (None, false) => return Err("this model has no vision tower".into()),
+        (Some(v), false) => Some((
+            v,
+            job.images
+                .iter()
+                .map(|px| v.encode(&px.data, px.size))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?,
+        )),
+    };
+    let clips = match (&m.audio, job.clips.is_empty()) {
+        (_, true) => None,
+        (None, false) => return Err("this model has no audio tower".into()),
+        (Some(a), false) => {
+            let refs: Vec<&[f32]> = job.clips.iter().map(|c| c.as_slice()).collect();
+            Some((a, a.encode_clips(&refs).map_err(|e| e.to_string())?))
+        }
+    };
+    MediaPrompt::new(&job.prompt, 0, width, images, clips)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn generate(m: &Model, job: Job, stats: &Stats) -> Result<(), String> {
+    let media = media_prompt(m, &job)?;
+    let embed = |pos: usize, id: u32, row: &mut [f32]| match &media {
+        Some(p) => p.embed(pos, id, row),
+        None => Ok(()),
+    };
     let cache = m.text.new_cache_with_plan(job.plan.clone());
     let mut session = Session::with_cache(&m.text, cache);
     let mut sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
@@ -208,8 +250,11 @@ fn generate(m: &Model, job: Job, stats: &Stats) -> Result<(), String> {
         !stopped_by_string
     };
     let g = session
-        .generate(
+        .generate_embedded(
             &job.prompt,
+            media
+                .as_ref()
+                .map(|_| &embed as gemma3n_model::text::EmbedFn),
             job.max_tokens,
             &m.stop_ids,
             &mut pick,
