@@ -9,9 +9,11 @@ use super::rope;
 use super::weights::LayerWeights;
 use crate::config::{KvSource, LayerType, TextConfig};
 
-/// Attention of layer `l` for `n` rows of the normalised input `x` at absolute
-/// positions `pos` (ascending). Owning layers append their K/V to `cache` first;
-/// shared layers read their producer's entry. Returns `n x D` (after `o_proj`).
+/// Attention of layer `l` for `n` rows of the normalised input `x`: row `t` belongs to the
+/// sequence held by `caches[seq[t]]` (each sequence's rows contiguous) and sits at absolute
+/// position `pos[t]` (ascending within a sequence). Owning layers append their K/V to the
+/// caches first; shared layers read their producer's entry. Returns `n x D` (after
+/// `o_proj`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     cfg: &TextConfig,
@@ -20,8 +22,9 @@ pub fn attention(
     x: &[f32],
     n: usize,
     pos: &[usize],
+    seq: &[usize],
     inv_freq: &[f32],
-    cache: &mut KvCache,
+    caches: &mut [&mut KvCache],
 ) -> Vec<f32> {
     let (h, g, hd) = (
         cfg.num_attention_heads,
@@ -51,12 +54,19 @@ pub fn attention(
                     rope::apply(head, pos[t], inv_freq);
                 }
             }
-            cache.append(l, &k, &v);
+            let row = g * hd;
+            let mut t0 = 0;
+            while t0 < n {
+                let s = seq[t0];
+                let t1 = t0 + seq[t0..].iter().take_while(|&&x| x == s).count();
+                caches[s].append(l, &k[t0 * row..t1 * row], &v[t0 * row..t1 * row]);
+                t0 = t1;
+            }
             l
         }
         KvSource::Shared(p) => p,
     };
-    let kv = cache.layer(source);
+    let views: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
     let window = match cfg.layer_types[l] {
         LayerType::Sliding => Some(cfg.sliding_window),
         LayerType::Full => None,
@@ -67,6 +77,7 @@ pub fn attention(
     out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
         let (t, head) = (idx / h, idx % h);
         let p = pos[t];
+        let kv = views[seq[t]].layer(source);
         let kvh = head / group;
         // Allowed absolute key positions: (p − W, p] for sliding, [0, p] for full.
         let lo = window

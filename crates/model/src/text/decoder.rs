@@ -58,10 +58,49 @@ impl TextModel {
         self.run(ids, cache, want, None, hook)
     }
 
+    /// One decode step for several sequences at once: `ids[i]` is the next token of the
+    /// sequence held by `caches[i]`. All caches must run the same slice. Returns `B x V`
+    /// logits; row `i` equals `forward(&[ids[i]], caches[i], Logits::Last)` (every step is
+    /// row by row or a matmul whose rows do not interact; sparse FFN layers take the same
+    /// per-row path as a single token).
+    pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
+        if ids.len() != caches.len() {
+            return Err(ModelError::Invalid(format!(
+                "forward_batch: {} ids for {} sequences",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        if let Some(c) = caches.iter().skip(1).find(|c| c.plan() != caches[0].plan()) {
+            let _ = c;
+            return Err(ModelError::Invalid(
+                "forward_batch: the sequences run different MatFormer slices".into(),
+            ));
+        }
+        let seq: Vec<usize> = (0..ids.len()).collect();
+        self.run_rows(ids, caches, &seq, Logits::All, None, None)
+    }
+
     fn run(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+        hook: Option<StreamHook<'_>>,
+    ) -> Result<Vec<f32>> {
+        let seq = vec![0; ids.len()];
+        self.run_rows(ids, &mut [cache], &seq, want, embed, hook)
+    }
+
+    /// The forward pass over rows of one or more sequences: row `t` is the next token of
+    /// sequence `seq[t]` (held by `caches[seq[t]]`; each sequence's rows contiguous, in
+    /// order). `Logits::Last` is for a single sequence.
+    fn run_rows(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+        seq: &[usize],
         want: Logits,
         embed: Option<EmbedFn<'_>>,
         mut hook: Option<StreamHook<'_>>,
@@ -73,14 +112,25 @@ impl TextModel {
         if t_all == 0 {
             return Err(ModelError::Invalid("forward called with no tokens".into()));
         }
-        let pos0 = cache.pos();
-        if pos0 + t_all > cfg.max_position_embeddings {
-            return Err(ModelError::Invalid(format!(
-                "sequence of {} tokens exceeds the context length (max_position_embeddings = {})",
-                pos0 + t_all,
-                cfg.max_position_embeddings
-            )));
+        let batched = caches.len() > 1;
+        debug_assert!(!batched || want == Logits::All);
+        // Rows per sequence, and each row's absolute position.
+        let mut rows_of = vec![0usize; caches.len()];
+        let mut pos: Vec<usize> = Vec::with_capacity(t_all);
+        for &s in seq {
+            pos.push(caches[s].pos() + rows_of[s]);
+            rows_of[s] += 1;
         }
+        for (s, c) in caches.iter().enumerate() {
+            if c.pos() + rows_of[s] > cfg.max_position_embeddings {
+                return Err(ModelError::Invalid(format!(
+                    "sequence of {} tokens exceeds the context length (max_position_embeddings = {})",
+                    c.pos() + rows_of[s],
+                    cfg.max_position_embeddings
+                )));
+            }
+        }
+        let pos0 = pos[0];
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(ModelError::Invalid(format!(
                 "token id {bad} is outside the vocabulary (vocab_size = {})",
@@ -102,7 +152,7 @@ impl TextModel {
                 }
             }
         }
-        let plan = cache.plan().clone();
+        let plan = caches[0].plan().clone();
         let kept: Vec<usize> = plan.layers.iter().map(|sl| sl.layer).collect();
         let nk = kept.len();
         let mut pi = ple::per_layer_inputs(cfg, w, ids, &e, &kept);
@@ -110,11 +160,10 @@ impl TextModel {
         if let Some(h) = hook.as_mut() {
             h(0, &streams);
         }
-        let mut pos: Vec<usize> = (pos0..pos0 + t_all).collect();
         let mut n = t_all;
         for (k, sl) in plan.layers.iter().enumerate() {
             let l = sl.layer;
-            if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
+            if sl.kv != KvSource::Own && want == Logits::Last && n > 1 && !batched {
                 // Fast prefill: later layers only feed the last position's logits, and
                 // their K/V come from the producers, which already saw every position.
                 keep_last_row(&mut streams, d, n);
@@ -128,13 +177,23 @@ impl TextModel {
             let mut x = a.clone();
             ops::rms_norm_rows(&mut x, d, Some(&lw.input_layernorm), eps);
             let lau = laurel::laurel(lw, &x, n, d, eps);
-            let mut o = attention::attention(cfg, l, lw, &x, n, &pos, &self.inv_freq[l], cache);
+            let seq_now = &seq[seq.len() - n..];
+            let mut o =
+                attention::attention(cfg, l, lw, &x, n, &pos, seq_now, &self.inv_freq[l], caches);
             ops::rms_norm_rows(&mut o, d, Some(&lw.post_attention_layernorm), eps);
             let sqrt2 = std::f32::consts::SQRT_2;
             let mut hbuf: Vec<f32> = (0..n * d).map(|i| (a[i] + o[i] + lau[i]) / sqrt2).collect();
             let mut y = hbuf.clone();
             ops::rms_norm_rows(&mut y, d, Some(&lw.pre_feedforward_layernorm), eps);
-            let mut f = ffn::ffn(lw, &y, n, sl.ffn_width, sl.sparsity_z);
+            let mut f = if batched && sl.sparsity_z.is_some() {
+                // Sparse layers: rows in groups that take the per-row sparse path, so each
+                // sequence gets exactly what it would get alone.
+                y.chunks(ffn::SPARSE_MAX_ROWS * d)
+                    .flat_map(|c| ffn::ffn(lw, c, c.len() / d, sl.ffn_width, sl.sparsity_z))
+                    .collect()
+            } else {
+                ffn::ffn(lw, &y, n, sl.ffn_width, sl.sparsity_z)
+            };
             ops::rms_norm_rows(&mut f, d, Some(&lw.post_feedforward_layernorm), eps);
             hbuf.iter_mut().zip(&f).for_each(|(h, f)| *h += f);
             altup::correct(&lw.altup, &mut pred, &hbuf, n, d, eps);
@@ -151,7 +210,9 @@ impl TextModel {
                 h(k + 1, &streams);
             }
         }
-        cache.finish_step(t_all);
+        for (c, &r) in caches.iter_mut().zip(&rows_of) {
+            c.finish_step(r);
+        }
 
         if want == Logits::Last && n > 1 {
             keep_last_row(&mut streams, d, n);

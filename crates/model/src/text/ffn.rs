@@ -67,7 +67,7 @@ pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32
     }
     let mut u = vec![0f32; n * f];
     matmul(y, n, &w.up_proj.row_prefix(f), &mut u);
-    ops::gelu_tanh(&mut g);
+    ops::gelu_tanh_rows(&mut g, f);
     g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
     let mut out = vec![0f32; n * d];
     matmul(&g, n, &w.down_proj.col_prefix(f), &mut out);

@@ -91,7 +91,7 @@ pub fn inject(
     }
     let mut gate = vec![0f32; n * p];
     matmul(&v, n, &w.per_layer_input_gate, &mut gate);
-    ops::gelu_tanh(&mut gate);
+    ops::gelu_tanh_rows(&mut gate, p);
     gate.iter_mut().zip(pi_l).for_each(|(g, x)| *g *= x);
     let mut q = vec![0f32; n * d];
     matmul(&gate, n, &w.per_layer_projection, &mut q);

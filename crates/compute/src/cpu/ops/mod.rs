@@ -101,6 +101,22 @@ pub fn gelu_tanh(x: &mut [f32]) {
     });
 }
 
+/// [`gelu_tanh`] on `dim`-long rows, each computed exactly as if alone: the kernel choice
+/// (8-lane body or scalar tail) depends on the length, so rows are handed over one by one
+/// unless every row would take the 8-lane body anyway. Batched rows of several sequences
+/// then match each sequence's own results bit for bit.
+pub fn gelu_tanh_rows(x: &mut [f32], dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    let whole = dim.is_multiple_of(8) && use_simd(dim);
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = true;
+    if whole || dim == 0 || x.len() <= dim {
+        gelu_tanh(x);
+    } else {
+        x.chunks_mut(dim).for_each(gelu_tanh);
+    }
+}
+
 /// SiLU, `x · sigmoid(x)`, in place (computed as `x / (1 + e^(-x))`).
 pub fn silu(x: &mut [f32]) {
     if x.len() < PAR_MIN {
