@@ -50,6 +50,10 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also time batched decode: this many sequences decoded together, one forward pass per
+    /// step (as `serve` does with concurrent requests); reports the aggregate tokens/s.
+    #[arg(long)]
+    batch: Option<usize>,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -151,6 +155,9 @@ pub fn main(a: Args) -> Result<()> {
             .collect(),
         _ => vec![a.slice.clone()],
     };
+    if let Some(b) = a.batch {
+        return batch_decode(&a, &model, b);
+    }
     let mut reports = Vec::new();
     for sel in &selections {
         reports.push(measure(&a, &model, sel, &name, &dtype)?);
@@ -312,6 +319,59 @@ fn print_report(r: &Report, json: bool) -> Result<()> {
             r.decode_gb_s,
             r.bandwidth_gb_s,
             r.bandwidth_pct
+        );
+    }
+    Ok(())
+}
+
+/// Decode of `b` sequences together (one `forward_batch` per step) against one sequence
+/// alone: aggregate tokens/s of each (median of `--reps`).
+fn batch_decode(a: &Args, model: &TextModel, b: usize) -> Result<()> {
+    if b == 0 || b > 256 {
+        bail!("--batch must be in 1..=256");
+    }
+    let cfg = &model.cfg;
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u32;
+    let low = if text_vocab > 2000 { 1000 } else { 3 };
+    let token = |s: usize, i: usize| low + ((s * 7919 + i * 104_729) as u32 % (text_vocab - low));
+    let run = |n: usize| -> Result<f64> {
+        let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
+        let mut next: Vec<u32> = Vec::with_capacity(n);
+        for (s, c) in caches.iter_mut().enumerate() {
+            let prompt: Vec<u32> = std::iter::once(2)
+                .chain((1..a.prompt_len).map(|i| token(s, i)))
+                .collect();
+            let l = model.forward(&prompt, c, Logits::Last)?;
+            next.push(argmax(&l));
+        }
+        let t = Instant::now();
+        for _ in 0..a.gen {
+            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+            let l = model.forward_batch(&next, &mut refs)?;
+            let v = l.len() / n;
+            next = l.chunks(v).map(argmax).collect();
+        }
+        Ok((n * a.gen) as f64 / t.elapsed().as_secs_f64())
+    };
+    let median = |n: usize| -> Result<f64> {
+        let mut v = (0..a.reps).map(|_| run(n)).collect::<Result<Vec<_>>>()?;
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    };
+    let one = median(1)?;
+    let many = median(b)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"threads": rayon::current_num_threads(), "prompt_len": a.prompt_len,
+                "gen": a.gen, "batch": b, "single_tok_s": one, "batch_tok_s": many, "speedup": many / one})
+        );
+    } else {
+        println!(
+            "decode, 1 sequence      {one:.2} tok/s\n\
+             decode, {b} sequences   {many:.2} tok/s aggregate ({:.2} per sequence), {:.2}x one",
+            many / b as f64,
+            many / one
         );
     }
     Ok(())

@@ -26,7 +26,10 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on the API routes.
     #[arg(long)]
     api_key: Option<String>,
-    /// Requests that may wait while one runs; more are answered 429.
+    /// Requests decoded together in one batched forward pass per step.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait beyond the running ones; more are answered 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
     /// Largest request body in MiB.
@@ -81,6 +84,7 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
             host: a.host,
             port: a.port,
             api_key: a.api_key,
+            max_batch: a.max_batch.max(1),
             max_queue: a.max_queue.max(1),
             max_body: a.max_body_mib.max(1) << 20,
         },

@@ -476,3 +476,65 @@ fn image_and_audio_parts_equal_run_with_the_same_files() {
         assert!(v["error"]["message"].is_string(), "{v}");
     }
 }
+
+#[test]
+fn concurrent_requests_are_batched_exactly() {
+    // 32 greedy requests at once (continuous batching, several in one forward pass) return
+    // the same text as the same requests one at a time.
+    let s = start(&["--max-batch", "32", "--max-queue", "64"]);
+    let model = model_id(&s);
+    let req = |i: usize| {
+        let words: Vec<String> = (0..1 + i % 7)
+            .map(|k| format!("w{}", 20 + (i * 13 + k * 5) % 200))
+            .collect();
+        json!({"model": model, "messages": [{"role": "user", "content": words.join(" ")}],
+            "temperature": 0, "max_tokens": 4 + i % 9})
+    };
+    let alone: Vec<String> = (0..32)
+        .map(|i| {
+            let (st, v) = post(&s, "/v1/chat/completions", &req(i));
+            assert_eq!(st, 200, "{v}");
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let together: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..32)
+            .map(|i| {
+                let (s, r) = (&s, req(i));
+                sc.spawn(move || {
+                    let (st, v) = post(s, "/v1/chat/completions", &r);
+                    assert_eq!(st, 200, "{v}");
+                    v["choices"][0]["message"]["content"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    // The metrics saw them all and nothing is left running (the worker updates its counts
+    // right after the last answers go out).
+    let mut m = String::new();
+    for _ in 0..200 {
+        m = http(&s, "GET", "/metrics", None, &[]).2;
+        if m.contains("gemma3n_active_sequences 0") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(m.contains("gemma3n_requests_total 64"), "{m}");
+    assert!(m.contains("gemma3n_active_sequences 0"), "{m}");
+    // Several sequences did share decode passes.
+    let max_rows: usize = m
+        .lines()
+        .find_map(|l| l.strip_prefix("gemma3n_decode_max_rows "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_rows > 1, "{m}");
+}

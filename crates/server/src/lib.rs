@@ -7,8 +7,8 @@
 //!   weights); `GET /health`; `GET /metrics` (Prometheus text).
 //! - Errors use the OpenAI error body: 400 malformed or invalid, 401 bad key, 404 unknown
 //!   model, 422 unsupported content, 429 queue full (with `Retry-After`).
-//! - One worker thread runs the requests ([`worker`]); a client that disconnects cancels its
-//!   request at the next token.
+//! - One worker runs the requests with continuous batching ([`worker`]); a client that
+//!   disconnects cancels its request at the next token.
 
 pub mod api;
 pub mod worker;
@@ -61,7 +61,9 @@ pub struct Options {
     pub port: u16,
     /// Required `Authorization: Bearer` key, if any.
     pub api_key: Option<String>,
-    /// Requests waiting beyond the running one; more get 429.
+    /// Requests decoded together (continuous batching).
+    pub max_batch: usize,
+    /// Requests waiting beyond the running ones; more get 429.
     pub max_queue: usize,
     /// Largest request body (bytes).
     pub max_body: usize,
@@ -146,7 +148,8 @@ pub fn router(model: Model, opts: Options, spawn: Spawn) -> Router {
     let stats = Arc::new(Stats::default());
     {
         let (m, s) = (model.clone(), stats.clone());
-        spawn(Box::new(move || worker::run(m, rx, s)));
+        let max_batch = opts.max_batch.max(1);
+        spawn(Box::new(move || worker::run(m, rx, s, max_batch)));
     }
     let state = Arc::new(AppState {
         sizes: model_ids(&model),
@@ -202,12 +205,18 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
          # TYPE gemma3n_active_sequences gauge\ngemma3n_active_sequences {}\n\
          # TYPE gemma3n_requests_total counter\ngemma3n_requests_total {}\n\
          # TYPE gemma3n_prompt_tokens_total counter\ngemma3n_prompt_tokens_total {}\n\
-         # TYPE gemma3n_generated_tokens_total counter\ngemma3n_generated_tokens_total {}\n",
+         # TYPE gemma3n_generated_tokens_total counter\ngemma3n_generated_tokens_total {}\n\
+         # TYPE gemma3n_decode_steps_total counter\ngemma3n_decode_steps_total {}\n\
+         # TYPE gemma3n_decode_rows_total counter\ngemma3n_decode_rows_total {}\n\
+         # TYPE gemma3n_decode_max_rows gauge\ngemma3n_decode_max_rows {}\n",
         st.queued.load(Ordering::Relaxed),
         st.active.load(Ordering::Relaxed),
         st.requests.load(Ordering::Relaxed),
         st.prompt_tokens.load(Ordering::Relaxed),
         st.generated_tokens.load(Ordering::Relaxed),
+        st.decode_steps.load(Ordering::Relaxed),
+        st.decode_rows.load(Ordering::Relaxed),
+        st.max_rows.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -1,19 +1,20 @@
-//! The generation worker: one thread owns the model and runs the queued requests, streaming
-//! each token's text to the request's channel. A request whose channel is closed (the client
-//! went away) is cancelled at its next token.
-//!
-//! Requests run one at a time (first come, first served); batching several sequences into one
-//! forward pass is not done yet.
+//! The generation worker: one thread owns the model and runs every active request with
+//! continuous batching. Each step, every active sequence picks its next token, and the tokens
+//! to feed back go through the model in one batched forward pass per MatFormer slice
+//! ([`TextModel::forward_batch`], bit-identical to running each sequence alone); new requests
+//! join between steps (their prompt is prefilled on its own), finished or cancelled ones
+//! leave and free their KV cache at once. A request whose channel is closed (the client went
+//! away) is cancelled at its next token.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gemma3n_engine::{Sampler, SamplingParams, Session, StopReason, TokenStream};
+use gemma3n_engine::{Sampler, SamplingParams, TokenStream};
 use gemma3n_model::matformer::SlicePlan;
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::vision::preprocess::PixelValues;
+use gemma3n_model::{KvCache, Logits};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::Model;
@@ -70,20 +71,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
-}
-
-/// Runs jobs until the queue's senders are all gone.
-pub fn run(model: Arc<Model>, jobs: std::sync::mpsc::Receiver<Job>, stats: Arc<Stats>) {
-    for job in jobs {
-        stats.queued.fetch_sub(1, Ordering::Relaxed);
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        let events = job.events.clone();
-        if let Err(e) = generate(&model, job, &stats) {
-            let _ = events.send(Event::Error(e));
-        }
-        stats.active.fetch_sub(1, Ordering::Relaxed);
-        stats.requests.fetch_add(1, Ordering::Relaxed);
-    }
+    /// Batched decode passes, the rows they carried, and the most rows in one.
+    pub decode_steps: AtomicU64,
+    pub decode_rows: AtomicU64,
+    pub max_rows: AtomicUsize,
 }
 
 /// Where the first stop string starts in `text`, if any.
@@ -136,166 +127,299 @@ fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, 
         .map_err(|e| e.to_string())
 }
 
-fn generate(m: &Model, job: Job, stats: &Stats) -> Result<(), String> {
-    let media = media_prompt(m, &job)?;
-    let embed = |pos: usize, id: u32, row: &mut [f32]| match &media {
-        Some(p) => p.embed(pos, id, row),
-        None => Ok(()),
-    };
-    let cache = m.text.new_cache_with_plan(job.plan.clone());
-    let mut session = Session::with_cache(&m.text, cache);
-    let mut sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
-        .map_err(|e| e.to_string())?;
-    let stream = RefCell::new(TokenStream::new(&m.tokenizer, true));
-    let pending_lp: RefCell<Option<TokenLogprob>> = RefCell::new(None);
-    let counts: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
-    let prompt_len = job.prompt.len();
-    let text = RefCell::new(String::new());
-    let mut sent = 0usize;
-    let mut lps: Vec<TokenLogprob> = Vec::new();
-    let mut completion = 0usize;
-    let mut stopped_by_string = false;
-    let mut gone = false;
-    let mut sample_error = None;
-    let decode = |id: u32| m.tokenizer.decode(&[id], false).unwrap_or_default();
+/// One active request.
+struct Seq<'m> {
+    job: Job,
+    cache: KvCache,
+    sampler: Sampler,
+    stream: TokenStream<'m>,
+    /// The tokens in the cache (prompt, then the fed-back tokens).
+    history: Vec<u32>,
+    /// Logits for the next pick.
+    logits: Vec<f32>,
+    counts: HashMap<u32, u32>,
+    completion: usize,
+    text: String,
+    /// Bytes of `text` already sent.
+    sent: usize,
+    lps: Vec<TokenLogprob>,
+}
 
-    let mut pick = |logits: &[f32], previous: &[u32]| -> u32 {
-        let penalize = job.presence_penalty != 0.0 || job.frequency_penalty != 0.0;
-        let adjusted;
-        let logits = if penalize {
-            let mut l = logits.to_vec();
-            for (&id, &c) in counts.borrow().iter() {
-                if let Some(v) = l.get_mut(id as usize) {
+/// What a sequence does after its pick.
+enum Step {
+    /// Feed this token and continue.
+    Feed(u32),
+    /// Finished (reported) or cancelled.
+    Done,
+}
+
+impl<'m> Seq<'m> {
+    /// Prefills the job's prompt (with its media).
+    fn start(m: &'m Model, job: Job) -> Result<Seq<'m>, String> {
+        let media = media_prompt(m, &job)?;
+        let embed = |pos: usize, id: u32, row: &mut [f32]| match &media {
+            Some(p) => p.embed(pos, id, row),
+            None => Ok(()),
+        };
+        let mut cache = m.text.new_cache_with_plan(job.plan.clone());
+        let logits = m
+            .text
+            .forward_embedded(
+                &job.prompt,
+                &mut cache,
+                Logits::Last,
+                media
+                    .as_ref()
+                    .map(|_| &embed as gemma3n_model::text::EmbedFn),
+            )
+            .map_err(|e| e.to_string())?;
+        let sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
+            .map_err(|e| e.to_string())?;
+        Ok(Seq {
+            history: job.prompt.clone(),
+            job,
+            cache,
+            sampler,
+            stream: TokenStream::new(&m.tokenizer, true),
+            logits,
+            counts: HashMap::new(),
+            completion: 0,
+            text: String::new(),
+            sent: 0,
+            lps: Vec::new(),
+        })
+    }
+
+    /// The next token from the current logits (penalties, sampling, log-probabilities).
+    fn pick(&mut self, m: &Model) -> Result<u32, String> {
+        let job = &self.job;
+        let mut logits = std::mem::take(&mut self.logits);
+        if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
+            for (&id, &c) in &self.counts {
+                if let Some(v) = logits.get_mut(id as usize) {
                     *v -= job.presence_penalty + job.frequency_penalty * c as f32;
                 }
             }
-            adjusted = l;
-            &adjusted[..]
-        } else {
-            logits
-        };
-        let id = match sampler.sample(logits, previous) {
-            Ok(id) => id,
-            Err(e) => {
-                sample_error = Some(e.to_string());
-                0
-            }
-        };
+        }
+        let id = self
+            .sampler
+            .sample(&logits, &self.history)
+            .map_err(|e| e.to_string())?;
         if let Some(n) = job.logprobs {
-            // Log-softmax of the model's distribution (after penalties), over the text ids.
-            let v = m.tokenizer.text_vocab_size().min(logits.len());
-            let max = logits[..v]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let lse = max
-                + logits[..v]
-                    .iter()
-                    .map(|&x| ((x - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln() as f32;
-            let mut top: Vec<(u32, f32)> = Vec::new();
-            if n > 0 {
-                let mut idx: Vec<u32> = (0..v as u32).collect();
-                let k = n.min(v);
-                idx.select_nth_unstable_by(k - 1, |&a, &b| {
-                    logits[b as usize].total_cmp(&logits[a as usize])
-                });
-                idx.truncate(k);
-                idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-                top = idx
-                    .into_iter()
-                    .map(|i| (i, logits[i as usize] - lse))
-                    .collect();
-            }
-            *pending_lp.borrow_mut() = Some(TokenLogprob {
-                token: decode(id),
-                logprob: logits
-                    .get(id as usize)
-                    .map_or(f32::NEG_INFINITY, |&x| x - lse),
-                top: top.into_iter().map(|(i, l)| (decode(i), l)).collect(),
-            });
+            self.lps.push(logprobs(m, &logits, id, n));
         }
-        id
-    };
-    let mut on_token = |id: u32| -> bool {
-        completion += 1;
-        *counts.borrow_mut().entry(id).or_insert(0) += 1;
-        if let Some(lp) = pending_lp.borrow_mut().take() {
-            lps.push(lp);
+        Ok(id)
+    }
+
+    /// Picks and emits the next token, as `Session::generate` would.
+    fn step(&mut self, m: &Model) -> Result<Step, String> {
+        if self.completion == self.job.max_tokens {
+            return Ok(self.finish("length"));
         }
-        let piece = stream.borrow_mut().push(id).unwrap_or_default();
-        let mut t = text.borrow_mut();
-        t.push_str(&piece);
-        if let Some(at) = find_stop(&t[sent..], &job.stop) {
-            t.truncate(sent + at);
-            stopped_by_string = true;
+        let next = self.pick(m)?;
+        if m.stop_ids.contains(&next) {
+            self.lps.pop();
+            return Ok(self.finish("stop"));
         }
-        let safe = if stopped_by_string {
-            t.len()
+        self.completion += 1;
+        *self.counts.entry(next).or_insert(0) += 1;
+        let piece = self.stream.push(next).unwrap_or_default();
+        self.text.push_str(&piece);
+        let stop_at = find_stop(&self.text[self.sent..], &self.job.stop);
+        if let Some(at) = stop_at {
+            self.text.truncate(self.sent + at);
+        }
+        let safe = if stop_at.is_some() {
+            self.text.len()
         } else {
-            t.len() - held_back(&t[sent..], &job.stop)
+            self.text.len() - held_back(&self.text[self.sent..], &self.job.stop)
         };
-        if safe > sent || !lps.is_empty() {
+        if safe > self.sent || !self.lps.is_empty() {
             let ev = Event::Delta {
-                text: t[sent..safe].to_string(),
-                logprobs: std::mem::take(&mut lps),
+                text: self.text[self.sent..safe].to_string(),
+                logprobs: std::mem::take(&mut self.lps),
             };
-            sent = safe;
-            if job.events.send(ev).is_err() {
-                gone = true;
-                return false;
+            self.sent = safe;
+            if self.job.events.send(ev).is_err() {
+                return Ok(Step::Done); // the client went away
             }
         }
-        !stopped_by_string
-    };
-    let g = session
-        .generate_embedded(
-            &job.prompt,
-            media
-                .as_ref()
-                .map(|_| &embed as gemma3n_model::text::EmbedFn),
-            job.max_tokens,
-            &m.stop_ids,
-            &mut pick,
-            &mut on_token,
-        )
-        .map_err(|e| e.to_string())?;
-    stats
-        .prompt_tokens
-        .fetch_add(prompt_len as u64, Ordering::Relaxed);
-    stats
-        .generated_tokens
-        .fetch_add(completion as u64, Ordering::Relaxed);
-    if let Some(e) = sample_error {
-        return Err(e);
+        if stop_at.is_some() {
+            return Ok(self.finish("stop"));
+        }
+        if self.history.len() == m.text.cfg.max_position_embeddings
+            || self.completion == self.job.max_tokens
+        {
+            return Ok(self.finish("length"));
+        }
+        Ok(Step::Feed(next))
     }
-    if gone {
-        return Ok(());
-    }
-    if !stopped_by_string {
-        // The text the stream or the stop check still held back.
-        let mut t = text.borrow_mut();
-        let rest = stream.borrow_mut().flush().unwrap_or_default();
-        t.push_str(&rest);
-        let end = find_stop(&t[sent..], &job.stop).map_or(t.len(), |at| sent + at);
-        if end > sent {
-            let _ = job.events.send(Event::Delta {
-                text: t[sent..end].to_string(),
-                logprobs: Vec::new(),
+
+    /// Sends the held-back text and the end.
+    fn finish(&mut self, reason: &'static str) -> Step {
+        let rest = self.stream.flush().unwrap_or_default();
+        self.text.push_str(&rest);
+        let end = find_stop(&self.text[self.sent..], &self.job.stop)
+            .map_or(self.text.len(), |at| self.sent + at);
+        let reason = if end < self.text.len() {
+            "stop"
+        } else {
+            reason
+        };
+        if end > self.sent || !self.lps.is_empty() {
+            let _ = self.job.events.send(Event::Delta {
+                text: self.text[self.sent..end].to_string(),
+                logprobs: std::mem::take(&mut self.lps),
             });
         }
+        self.sent = end;
+        let _ = self.job.events.send(Event::Done {
+            finish_reason: reason,
+            prompt_tokens: self.job.prompt.len(),
+            completion_tokens: self.completion,
+        });
+        Step::Done
     }
-    let finish_reason = match (stopped_by_string, g.stop) {
-        (true, _) | (_, StopReason::Stop(_)) => "stop",
-        _ => "length",
-    };
-    let _ = job.events.send(Event::Done {
-        finish_reason,
-        prompt_tokens: prompt_len,
-        completion_tokens: completion,
-    });
-    Ok(())
+}
+
+/// The log-probability report of `id` from `logits` (log-softmax over the text ids).
+fn logprobs(m: &Model, logits: &[f32], id: u32, n: usize) -> TokenLogprob {
+    let decode = |id: u32| m.tokenizer.decode(&[id], false).unwrap_or_default();
+    let v = m.tokenizer.text_vocab_size().min(logits.len());
+    let max = logits[..v]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lse = max
+        + logits[..v]
+            .iter()
+            .map(|&x| ((x - max) as f64).exp())
+            .sum::<f64>()
+            .ln() as f32;
+    let mut top = Vec::new();
+    if n > 0 {
+        let mut idx: Vec<u32> = (0..v as u32).collect();
+        let k = n.min(v);
+        idx.select_nth_unstable_by(k - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize])
+        });
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        top = idx
+            .into_iter()
+            .map(|i| (decode(i), logits[i as usize] - lse))
+            .collect();
+    }
+    TokenLogprob {
+        token: decode(id),
+        logprob: logits
+            .get(id as usize)
+            .map_or(f32::NEG_INFINITY, |&x| x - lse),
+        top,
+    }
+}
+
+/// Runs the scheduler until the queue's senders are all gone and nothing is active.
+pub fn run(
+    model: Arc<Model>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    stats: Arc<Stats>,
+    max_batch: usize,
+) {
+    let m: &Model = &model;
+    let mut active: Vec<Seq<'_>> = Vec::new();
+    loop {
+        // Admit waiting requests between steps (block only when idle).
+        let mut incoming = Vec::new();
+        if active.is_empty() {
+            match jobs.recv() {
+                Ok(j) => incoming.push(j),
+                Err(_) => return,
+            }
+        }
+        while active.len() + incoming.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(j) => incoming.push(j),
+                Err(_) => break,
+            }
+        }
+        for job in incoming {
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            stats
+                .prompt_tokens
+                .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+            let events = job.events.clone();
+            match Seq::start(m, job) {
+                Ok(seq) => active.push(seq),
+                Err(e) => {
+                    let _ = events.send(Event::Error(e));
+                }
+            }
+        }
+        stats.active.store(active.len(), Ordering::Relaxed);
+        // Every sequence picks; the ones that continue are fed back together.
+        let mut feed: Vec<(usize, u32)> = Vec::new();
+        let mut keep = vec![true; active.len()];
+        for (i, seq) in active.iter_mut().enumerate() {
+            match seq.step(m) {
+                Ok(Step::Feed(id)) => feed.push((i, id)),
+                Ok(Step::Done) => keep[i] = false,
+                Err(e) => {
+                    let _ = seq.job.events.send(Event::Error(e));
+                    keep[i] = false;
+                }
+            }
+        }
+        stats
+            .generated_tokens
+            .fetch_add(feed.len() as u64, Ordering::Relaxed);
+        // One batched forward per slice.
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        let mut groups: Vec<Vec<(usize, u32)>> = Vec::new();
+        for &(i, id) in &feed {
+            match groups
+                .iter_mut()
+                .find(|g| Arc::ptr_eq(active[g[0].0].cache.plan(), active[i].cache.plan()))
+            {
+                Some(g) => g.push((i, id)),
+                None => groups.push(vec![(i, id)]),
+            }
+        }
+        for g in groups {
+            let ids: Vec<u32> = g.iter().map(|&(_, id)| id).collect();
+            let idx: Vec<usize> = g.iter().map(|&(i, _)| i).collect();
+            let mut caches: Vec<&mut KvCache> = active
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| idx.contains(i))
+                .map(|(_, s)| &mut s.cache)
+                .collect();
+            stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+            stats
+                .decode_rows
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            stats.max_rows.fetch_max(ids.len(), Ordering::Relaxed);
+            match m.text.forward_batch(&ids, &mut caches) {
+                Ok(logits) => {
+                    let v = logits.len() / ids.len();
+                    for (r, (&i, &id)) in idx.iter().zip(&ids).enumerate() {
+                        let seq = &mut active[i];
+                        seq.logits = logits[r * v..(r + 1) * v].to_vec();
+                        seq.history.push(id);
+                    }
+                }
+                Err(e) => failed.extend(idx.iter().map(|&i| (i, e.to_string()))),
+            }
+        }
+        for (i, e) in failed {
+            let _ = active[i].job.events.send(Event::Error(e));
+            keep[i] = false;
+        }
+        let mut k = keep.into_iter();
+        active.retain(|_| k.next().unwrap_or(false));
+        stats.active.store(active.len(), Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -71,8 +71,7 @@ impl TextModel {
                 caches.len()
             )));
         }
-        if let Some(c) = caches.iter().skip(1).find(|c| c.plan() != caches[0].plan()) {
-            let _ = c;
+        if caches.iter().skip(1).any(|c| c.plan() != caches[0].plan()) {
             return Err(ModelError::Invalid(
                 "forward_batch: the sequences run different MatFormer slices".into(),
             ));
