@@ -29,6 +29,10 @@ pub struct Args {
     /// Requests decoded together in one batched forward pass per step.
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
+    /// Prompt tokens prefilled per step: a long prompt goes in pieces between the decode steps
+    /// of the running requests.
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
     /// Requests that may wait beyond the running ones; more are answered 429.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
@@ -85,6 +89,7 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
             port: a.port,
             api_key: a.api_key,
             max_batch: a.max_batch.max(1),
+            prefill_chunk: a.prefill_chunk.max(1),
             max_queue: a.max_queue.max(1),
             max_body: a.max_body_mib.max(1) << 20,
         },

@@ -27,7 +27,11 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str]) -> Server {
-    let dir = model_with_tokenizer(NAME);
+    start_dir(model_with_tokenizer(NAME), extra)
+}
+
+/// Starts `gemma3n serve` on `dir` (port 0) and waits for its address.
+fn start_dir(dir: TempDir, extra: &[&str]) -> Server {
     let mut args = vec!["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
     args.extend_from_slice(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_gemma3n"))
@@ -363,45 +367,11 @@ fn multimodal_dir() -> TempDir {
     t
 }
 
-fn start_dir(dir: TempDir) -> Server {
-    let args = ["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma3n"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gemma3n serve");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("gemma3n serve exited before listening");
-        }
-        if let Some(a) = line
-            .trim()
-            .strip_prefix("gemma3n serve: listening on http://")
-        {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
 #[test]
 fn image_and_audio_parts_equal_run_with_the_same_files() {
     let image = repo_root().join("tests/fixtures/vision/images/coffee_97x61.bmp");
     let audio = repo_root().join("tests/fixtures/audio/speech_b.wav");
-    let s = start_dir(multimodal_dir());
+    let s = start_dir(multimodal_dir(), &[]);
     let model = model_id(&s);
     let req = json!({"model": model, "temperature": 0, "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": format!("data:image/bmp;base64,{}", b64(&std::fs::read(&image).unwrap()))}},
@@ -537,4 +507,47 @@ fn concurrent_requests_are_batched_exactly() {
         .parse()
         .unwrap();
     assert!(max_rows > 1, "{m}");
+}
+
+#[test]
+fn a_prompt_prefilled_in_pieces_gives_the_same_answer() {
+    // Prefill 8 tokens per step while another request decodes: the same greedy text as
+    // `gemma3n run` (one prefill).
+    let s = start(&["--prefill-chunk", "8"]);
+    let model = model_id(&s);
+    let prompt: Vec<String> = (0..40)
+        .map(|i| format!("w{}", 30 + (i * 17) % 150))
+        .collect();
+    let prompt = prompt.join(" ");
+    let req = json!({"model": model, "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0, "max_tokens": 6});
+    let other = json!({"model": model, "messages": [{"role": "user", "content": "w9"}],
+        "temperature": 0, "max_tokens": 30});
+    let text = std::thread::scope(|sc| {
+        let bg = sc.spawn(|| post(&s, "/v1/chat/completions", &other));
+        let (st, v) = post(&s, "/v1/chat/completions", &req);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(bg.join().unwrap().0, 200);
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    let dir = model_with_tokenizer(NAME);
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--prompt",
+            &prompt,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "6",
+        ],
+        None,
+    );
+    r.expect_ok("run");
+    assert_eq!(r.stdout.trim_end_matches('\n'), text);
 }

@@ -63,6 +63,8 @@ pub struct Options {
     pub api_key: Option<String>,
     /// Requests decoded together (continuous batching).
     pub max_batch: usize,
+    /// Prompt tokens prefilled per scheduler step.
+    pub prefill_chunk: usize,
     /// Requests waiting beyond the running ones; more get 429.
     pub max_queue: usize,
     /// Largest request body (bytes).
@@ -149,7 +151,8 @@ pub fn router(model: Model, opts: Options, spawn: Spawn) -> Router {
     {
         let (m, s) = (model.clone(), stats.clone());
         let max_batch = opts.max_batch.max(1);
-        spawn(Box::new(move || worker::run(m, rx, s, max_batch)));
+        let chunk = opts.prefill_chunk.max(1);
+        spawn(Box::new(move || worker::run(m, rx, s, max_batch, chunk)));
     }
     let state = Arc::new(AppState {
         sizes: model_ids(&model),

@@ -1,8 +1,8 @@
 //! The generation worker: one thread owns the model and runs every active request with
 //! continuous batching. Each step, every active sequence picks its next token, and the tokens
 //! to feed back go through the model in one batched forward pass per MatFormer slice
-//! ([`TextModel::forward_batch`], bit-identical to running each sequence alone); new requests
-//! join between steps (their prompt is prefilled on its own), finished or cancelled ones
+//! ([`gemma3n_model::TextModel::forward_batch`], bit-identical to running each sequence alone); new requests
+//! join between steps (their prompt is prefilled on its own, a piece per step), finished or cancelled ones
 //! leave and free their KV cache at once. A request whose channel is closed (the client went
 //! away) is cancelled at its next token.
 
@@ -130,6 +130,10 @@ fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, 
 /// One active request.
 struct Seq<'m> {
     job: Job,
+    /// The soft tokens of its media, placed at the prompt's placeholders.
+    media: Option<MediaPrompt<'m>>,
+    /// Prompt tokens already in the cache; the request decodes once all are.
+    prefilled: usize,
     cache: KvCache,
     sampler: Sampler,
     stream: TokenStream<'m>,
@@ -154,40 +158,57 @@ enum Step {
 }
 
 impl<'m> Seq<'m> {
-    /// Prefills the job's prompt (with its media).
+    /// A new request: its media encoded, nothing prefilled yet.
     fn start(m: &'m Model, job: Job) -> Result<Seq<'m>, String> {
         let media = media_prompt(m, &job)?;
-        let embed = |pos: usize, id: u32, row: &mut [f32]| match &media {
-            Some(p) => p.embed(pos, id, row),
-            None => Ok(()),
-        };
-        let mut cache = m.text.new_cache_with_plan(job.plan.clone());
-        let logits = m
-            .text
-            .forward_embedded(
-                &job.prompt,
-                &mut cache,
-                Logits::Last,
-                media
-                    .as_ref()
-                    .map(|_| &embed as gemma3n_model::text::EmbedFn),
-            )
-            .map_err(|e| e.to_string())?;
+        let cache = m.text.new_cache_with_plan(job.plan.clone());
         let sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
             .map_err(|e| e.to_string())?;
         Ok(Seq {
-            history: job.prompt.clone(),
+            history: Vec::with_capacity(job.prompt.len() + job.max_tokens),
             job,
+            media,
+            prefilled: 0,
             cache,
             sampler,
             stream: TokenStream::new(&m.tokenizer, true),
-            logits,
+            logits: Vec::new(),
             counts: HashMap::new(),
             completion: 0,
             text: String::new(),
             sent: 0,
             lps: Vec::new(),
         })
+    }
+
+    /// Whether the whole prompt is in the cache.
+    fn decoding(&self) -> bool {
+        self.prefilled == self.job.prompt.len()
+    }
+
+    /// Prefills the next piece of the prompt.
+    fn prefill_chunk(&mut self, m: &Model, chunk: usize) -> Result<(), String> {
+        let media = &self.media;
+        let embed = |pos: usize, id: u32, row: &mut [f32]| match media {
+            Some(p) => p.embed(pos, id, row),
+            None => Ok(()),
+        };
+        let end = (self.prefilled + chunk.max(1)).min(self.job.prompt.len());
+        let piece = &self.job.prompt[self.prefilled..end];
+        self.logits = m
+            .text
+            .forward_embedded(
+                piece,
+                &mut self.cache,
+                Logits::Last,
+                media
+                    .as_ref()
+                    .map(|_| &embed as gemma3n_model::text::EmbedFn),
+            )
+            .map_err(|e| e.to_string())?;
+        self.history.extend_from_slice(piece);
+        self.prefilled = end;
+        Ok(())
     }
 
     /// The next token from the current logits (penalties, sampling, log-probabilities).
@@ -319,12 +340,15 @@ fn logprobs(m: &Model, logits: &[f32], id: u32, n: usize) -> TokenLogprob {
     }
 }
 
-/// Runs the scheduler until the queue's senders are all gone and nothing is active.
+/// Runs the scheduler until the queue's senders are all gone and nothing is active. At most
+/// `max_batch` requests are active; a prompt is prefilled `prefill_chunk` tokens per step, so
+/// a long one does not stall the running streams.
 pub fn run(
     model: Arc<Model>,
     jobs: std::sync::mpsc::Receiver<Job>,
     stats: Arc<Stats>,
     max_batch: usize,
+    prefill_chunk: usize,
 ) {
     let m: &Model = &model;
     let mut active: Vec<Seq<'_>> = Vec::new();
@@ -362,6 +386,14 @@ pub fn run(
         let mut feed: Vec<(usize, u32)> = Vec::new();
         let mut keep = vec![true; active.len()];
         for (i, seq) in active.iter_mut().enumerate() {
+            // Requests still prefilling take one piece of their prompt this step.
+            if !seq.decoding() {
+                if let Err(e) = seq.prefill_chunk(m, prefill_chunk) {
+                    let _ = seq.job.events.send(Event::Error(e));
+                    keep[i] = false;
+                }
+                continue;
+            }
             match seq.step(m) {
                 Ok(Step::Feed(id)) => feed.push((i, id)),
                 Ok(Step::Done) => keep[i] = false,
