@@ -4,67 +4,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 
 use common::*;
 use serde_json::{json, Value};
 
 const NAME: &str = "tiny_text_f32";
 
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(extra: &[&str]) -> Server {
     start_dir(model_with_tokenizer(NAME), extra)
-}
-
-/// Starts `gemma3n serve` on `dir` (port 0) and waits for its address.
-fn start_dir(dir: TempDir, extra: &[&str]) -> Server {
-    let mut args = vec!["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
-    args.extend_from_slice(extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma3n"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gemma3n serve");
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if err.read_line(&mut line).unwrap() == 0 {
-            panic!("gemma3n serve exited before listening");
-        }
-        if let Some(a) = line
-            .trim()
-            .strip_prefix("gemma3n serve: listening on http://")
-        {
-            break a.to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = err.read_to_string(&mut sink);
-    });
-    Server {
-        child,
-        addr,
-        _dir: dir,
-    }
 }
 
 /// One HTTP/1.1 request; returns (status, headers, body).

@@ -610,3 +610,58 @@ pub fn max_rel_diff(ours: &[f32], reference: &[f32]) -> f32 {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     max_diff / max_ref
 }
+
+// ---------------------------------------------------------------------------------------
+// gemma3n serve
+// ---------------------------------------------------------------------------------------
+
+/// A running `gemma3n serve` (killed on drop).
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+    _dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `gemma3n serve` on `dir` (port 0) and waits for its address.
+pub fn start_dir(dir: TempDir, extra: &[&str]) -> Server {
+    let mut args = vec!["--threads", "1", "serve", "--model", dir.s(), "--port", "0"];
+    args.extend_from_slice(extra);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gemma3n"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn gemma3n serve");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            panic!("gemma3n serve exited before listening");
+        }
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("gemma3n serve: listening on http://")
+        {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut sink);
+    });
+    Server {
+        child,
+        addr,
+        _dir: dir,
+    }
+}
