@@ -94,18 +94,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The model ids served: the whole model, then (for an E4B-shaped model) each official size.
-fn model_ids(m: &Model) -> Vec<(String, Arc<SlicePlan>)> {
-    let cfg = &m.text.cfg;
+/// The model ids served under the base `name`: the whole model, then (for an E4B-shaped
+/// model) each official size.
+fn model_ids(name: &str, cfg: &gemma3n_model::config::TextConfig) -> Vec<(String, Arc<SlicePlan>)> {
     let full = match (cfg.num_hidden_layers, cfg.hidden_size) {
-        (35, 2048) => format!("{}-E4B", m.name),
-        (30, 2048) => format!("{}-E2B", m.name),
-        _ => m.name.clone(),
+        (35, 2048) => format!("{name}-E4B"),
+        (30, 2048) => format!("{name}-E2B"),
+        _ => name.to_string(),
     };
     let mut out = vec![(full, Arc::new(SlicePlan::full(cfg)))];
     for s in official_slices() {
         if let Ok(plan) = SlicePlan::new(cfg, &s.slice) {
-            let id = format!("{}-{}", m.name, s.short);
+            let id = format!("{name}-{}", s.short);
             if !plan.is_full(cfg) && out.iter().all(|(i, _)| *i != id) {
                 out.push((id, Arc::new(plan)));
             }
@@ -155,7 +155,7 @@ pub fn router(model: Model, opts: Options, spawn: Spawn) -> Router {
         spawn(Box::new(move || worker::run(m, rx, s, max_batch, chunk)));
     }
     let state = Arc::new(AppState {
-        sizes: model_ids(&model),
+        sizes: model_ids(&model.name, &model.text.cfg),
         model,
         jobs: tx,
         stats,
@@ -822,4 +822,34 @@ fn rand_id() -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gemma3n_model::config::ModelConfig;
+
+    #[test]
+    fn an_e4b_is_served_as_every_official_size() {
+        // The E4B text config (defaults of the released checkpoints).
+        let cfg = ModelConfig::from_json(&json!({"model_type": "gemma3n_text"}), "(e4b)")
+            .unwrap()
+            .text;
+        let ids = model_ids("gemma-3n", &cfg);
+        let names: Vec<&str> = ids.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(names[0], "gemma-3n-E4B");
+        assert!(ids[0].1.is_full(&cfg));
+        for want in ["gemma-3n-E2B", "gemma-3n-E3.39B", "gemma-3n-E2.98B-block"] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // Every official size but the full one, each once.
+        assert_eq!(ids.len(), official_slices().len());
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        // A sliced plan really drops layers or narrows FFNs.
+        let e2b = &ids.iter().find(|(i, _)| i == "gemma-3n-E2B").unwrap().1;
+        assert_eq!(e2b.layers.len(), 30);
+    }
 }
