@@ -456,6 +456,11 @@ fn concurrent_requests_are_batched_exactly() {
         .parse()
         .unwrap();
     assert!(max_rows > 1, "{m}");
+    // Every request's time to first token is in the histogram.
+    assert!(
+        m.contains("gemma3n_time_to_first_token_seconds_count 64"),
+        "{m}"
+    );
 }
 
 #[test]

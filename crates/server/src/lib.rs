@@ -221,6 +221,22 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
         st.decode_rows.load(Ordering::Relaxed),
         st.max_rows.load(Ordering::Relaxed),
     );
+    let mut body = body;
+    body.push_str("# TYPE gemma3n_time_to_first_token_seconds histogram\n");
+    let mut cum = 0u64;
+    for (i, le) in worker::TTFT_BUCKETS.iter().enumerate() {
+        cum += st.ttft_buckets[i].load(Ordering::Relaxed);
+        body.push_str(&format!(
+            "gemma3n_time_to_first_token_seconds_bucket{{le=\"{le}\"}} {cum}\n"
+        ));
+    }
+    cum += st.ttft_buckets[worker::TTFT_BUCKETS.len()].load(Ordering::Relaxed);
+    body.push_str(&format!(
+        "gemma3n_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {cum}\n\
+         gemma3n_time_to_first_token_seconds_sum {}\n\
+         gemma3n_time_to_first_token_seconds_count {cum}\n",
+        st.ttft_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -563,6 +579,7 @@ fn submit(
         images,
         clips,
         events: tx,
+        submitted: std::time::Instant::now(),
     };
     s.stats.queued.fetch_add(1, Ordering::Relaxed);
     match s.jobs.try_send(job) {

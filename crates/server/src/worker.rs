@@ -61,7 +61,12 @@ pub struct Job {
     pub images: Vec<PixelValues>,
     pub clips: Vec<Vec<f32>>,
     pub events: UnboundedSender<Event>,
+    /// When the request was queued (for the time-to-first-token histogram).
+    pub submitted: std::time::Instant,
 }
+
+/// Upper bounds (seconds) of the time-to-first-token histogram buckets.
+pub const TTFT_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -75,6 +80,22 @@ pub struct Stats {
     pub decode_steps: AtomicU64,
     pub decode_rows: AtomicU64,
     pub max_rows: AtomicUsize,
+    /// Time to first token: count per bucket of [`TTFT_BUCKETS`] (cumulative counts are
+    /// formed when printed), the overflow, and the sum in microseconds.
+    pub ttft_buckets: [AtomicU64; TTFT_BUCKETS.len() + 1],
+    pub ttft_sum_us: AtomicU64,
+}
+
+impl Stats {
+    fn record_ttft(&self, secs: f64) {
+        let b = TTFT_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(TTFT_BUCKETS.len());
+        self.ttft_buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.ttft_sum_us
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
 }
 
 /// Where the first stop string starts in `text`, if any.
@@ -233,7 +254,10 @@ impl<'m> Seq<'m> {
     }
 
     /// Picks and emits the next token, as `Session::generate` would.
-    fn step(&mut self, m: &Model) -> Result<Step, String> {
+    fn step(&mut self, m: &Model, stats: &Stats) -> Result<Step, String> {
+        if self.completion == 0 {
+            stats.record_ttft(self.job.submitted.elapsed().as_secs_f64());
+        }
         if self.completion == self.job.max_tokens {
             return Ok(self.finish("length"));
         }
@@ -394,7 +418,7 @@ pub fn run(
                 }
                 continue;
             }
-            match seq.step(m) {
+            match seq.step(m, &stats) {
                 Ok(Step::Feed(id)) => feed.push((i, id)),
                 Ok(Step::Done) => keep[i] = false,
                 Err(e) => {
