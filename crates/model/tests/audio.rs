@@ -288,3 +288,43 @@ fn real_size_tower_matches_hf_on_pseudo_random_weights() {
     eprintln!("tower: {e:e}");
     assert!(e <= 1e-4, "tower output: {e:e}");
 }
+
+#[test]
+fn samples_streamed_in_pieces_give_the_whole_recordings_soft_tokens() {
+    use gemma3n_model::audio::features::{log_mel, LogMelStream};
+    let (ckpt, _) = tiny();
+    let am = AudioModel::load(&ckpt).unwrap();
+    let a = wav("speech_a.wav");
+    let whole = log_mel(&a);
+    let (want, want_ok) = am.tower.forward(&whole.mel, &whole.mask, None).unwrap();
+    for piece in [1usize, 100, 160, 513, 777, 5000, a.len()] {
+        let mut feats = LogMelStream::new();
+        let mut tower = am.tower.stream();
+        let (mut mel, mut mask) = (Vec::new(), Vec::new());
+        let (mut x, mut ok) = (Vec::new(), Vec::new());
+        let mut feed = |m: Vec<f32>, k: Vec<bool>, mel: &mut Vec<f32>, mask: &mut Vec<bool>| {
+            let (y, v) = tower.push(&m, &k).unwrap();
+            mel.extend(m);
+            mask.extend(k);
+            x.extend(y);
+            ok.extend(v);
+        };
+        for c in a.chunks(piece) {
+            let (m, k) = feats.push(c);
+            feed(m, k, &mut mel, &mut mask);
+        }
+        let (m, k) = feats.finish();
+        feed(m, k, &mut mel, &mut mask);
+        let (y, v) = tower.finish().unwrap();
+        x.extend(y);
+        ok.extend(v);
+        // The features are the whole clip's, bit for bit; the soft tokens equal up to the
+        // grouping of rows into matmul calls.
+        assert_eq!(mask, whole.mask, "pieces of {piece}: feature mask");
+        assert!(mel == whole.mel, "pieces of {piece}: features differ");
+        assert_eq!(ok, want_ok, "pieces of {piece}: token mask");
+        // One frame per call takes other matmul kernels than the whole clip: f32 rounding.
+        let e = rel_err(&x, &want);
+        assert!(e <= 5e-6, "pieces of {piece} samples: {e:e}");
+    }
+}

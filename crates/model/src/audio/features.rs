@@ -262,6 +262,63 @@ fn extract(s: &[f32], frames: usize) -> Vec<f32> {
     mel
 }
 
+/// Log-mel features of audio arriving in pieces (a microphone, a network stream): each frame
+/// is emitted as soon as its 513 samples are there, and [`LogMelStream::finish`] pads the end
+/// exactly as [`log_mel`] does, so the frames of all calls together equal [`log_mel`] of the
+/// whole stream bit for bit. Only the samples of frames not yet emitted are kept.
+#[derive(Debug, Default)]
+pub struct LogMelStream {
+    /// Samples from absolute index `base` on.
+    buf: Vec<f32>,
+    base: usize,
+    /// Next frame to emit.
+    next: usize,
+    /// Samples seen.
+    total: usize,
+    finished: bool,
+}
+
+impl LogMelStream {
+    pub fn new() -> LogMelStream {
+        LogMelStream::default()
+    }
+
+    /// Adds samples; returns the frames they complete (`frames x 128` and the mask).
+    pub fn push(&mut self, samples: &[f32]) -> (Vec<f32>, Vec<bool>) {
+        assert!(!self.finished, "LogMelStream::push after finish");
+        self.total += samples.len();
+        self.buf.extend_from_slice(samples);
+        self.emit(num_frames(self.total))
+    }
+
+    /// Ends the stream: zeros up to a multiple of 128 samples, then the last frames.
+    pub fn finish(&mut self) -> (Vec<f32>, Vec<bool>) {
+        if self.finished {
+            return (Vec::new(), Vec::new());
+        }
+        self.finished = true;
+        let padded = padded_len(self.total);
+        self.buf.resize(padded - self.base, 0.0);
+        self.emit(num_frames(padded))
+    }
+
+    fn emit(&mut self, upto: usize) -> (Vec<f32>, Vec<bool>) {
+        if upto <= self.next {
+            return (Vec::new(), Vec::new());
+        }
+        let n = upto - self.next;
+        let start = HOP * self.next - self.base;
+        let mel = extract(&self.buf[start..], n);
+        let mask = (self.next..upto).map(|k| HOP * k < self.total).collect();
+        self.next = upto;
+        // Samples before the next frame's start are no longer needed.
+        let keep_from = (HOP * self.next).min(self.base + self.buf.len());
+        self.buf.drain(..keep_from - self.base);
+        self.base = keep_from;
+        (mel, mask)
+    }
+}
+
 /// Features of ONE clip processed alone (a batch of one): right-padded with zeros to a multiple
 /// of 128 samples; the mask marks frames whose first sample is a real sample. No truncation
 /// (see [`windows`]).
