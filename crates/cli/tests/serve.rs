@@ -12,6 +12,28 @@ use serde_json::{json, Value};
 
 const NAME: &str = "tiny_text_f32";
 
+/// `gemma3n run` (greedy) on the tiny model: the generated text.
+fn run_greedy(prompt: &str, max_tokens: usize) -> String {
+    let dir = model_with_tokenizer(NAME);
+    let n = max_tokens.to_string();
+    let r = gemma3n(
+        &[
+            "run",
+            "--model",
+            dir.s(),
+            "--prompt",
+            prompt,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            &n,
+        ],
+        None,
+    );
+    r.expect_ok("run");
+    r.stdout.trim_end_matches('\n').to_string()
+}
+
 fn start(extra: &[&str]) -> Server {
     start_dir(model_with_tokenizer(NAME), extra)
 }
@@ -120,23 +142,7 @@ fn chat_completion_equals_run_and_streams_the_same_text() {
     }
 
     // The same prompt through `gemma3n run` (greedy): the same text.
-    let dir = model_with_tokenizer(NAME);
-    let r = gemma3n(
-        &[
-            "run",
-            "--model",
-            dir.s(),
-            "--prompt",
-            "w40 w41 w42",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "8",
-        ],
-        None,
-    );
-    r.expect_ok("run");
-    assert_eq!(r.stdout.trim_end_matches('\n'), text);
+    assert_eq!(run_greedy("w40 w41 w42", 8), text);
 
     // Streamed: chunks that add up to the same text, then usage, then [DONE].
     let mut sreq = req.clone();
@@ -487,21 +493,5 @@ fn a_prompt_prefilled_in_pieces_gives_the_same_answer() {
             .unwrap()
             .to_string()
     });
-    let dir = model_with_tokenizer(NAME);
-    let r = gemma3n(
-        &[
-            "run",
-            "--model",
-            dir.s(),
-            "--prompt",
-            &prompt,
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "6",
-        ],
-        None,
-    );
-    r.expect_ok("run");
-    assert_eq!(r.stdout.trim_end_matches('\n'), text);
+    assert_eq!(run_greedy(&prompt, 6), text);
 }
