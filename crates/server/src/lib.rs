@@ -563,8 +563,8 @@ fn submit(
     s: &AppState,
     p: &Prepared,
     logprobs: Option<usize>,
-    images: Vec<gemma3n_model::vision::preprocess::PixelValues>,
-    clips: Vec<Vec<f32>>,
+    image_tokens: Vec<Vec<f32>>,
+    clip_tokens: Vec<Vec<f32>>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = unbounded_channel();
     let job = Job {
@@ -576,8 +576,8 @@ fn submit(
         logprobs,
         presence_penalty: p.presence,
         frequency_penalty: p.frequency,
-        images,
-        clips,
+        image_tokens,
+        clip_tokens,
         events: tx,
         submitted: std::time::Instant::now(),
     };
@@ -720,7 +720,18 @@ async fn chat_completions(
         (false, None) => None,
     };
     let p = prepare(&s, &req.model, input.ids, req.sampling.clone())?;
-    let rx = submit(&s, &p, logprobs, input.images, input.clips)?;
+    // Media go through the towers on a blocking thread, not on the generation worker.
+    let (image_tokens, clip_tokens) = if input.images.is_empty() && input.clips.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let model = s.model.clone();
+        let (images, clips) = (input.images, input.clips);
+        tokio::task::spawn_blocking(move || worker::encode_media(&model, &images, &clips))
+            .await
+            .map_err(|e| ApiError::status(500, "server_error", e.to_string()))?
+            .map_err(|e| ApiError::status(500, "server_error", e))?
+    };
+    let rx = submit(&s, &p, logprobs, image_tokens, clip_tokens)?;
     let id = format!("chatcmpl-{:x}", rand_id());
     let created = now();
     let model = p.model_id.clone();

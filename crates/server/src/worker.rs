@@ -56,10 +56,10 @@ pub struct Job {
     pub logprobs: Option<usize>,
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
-    /// Preprocessed images and 16 kHz clips (at most 30 s each) whose soft tokens fill the
-    /// prompt's placeholders, in order.
-    pub images: Vec<PixelValues>,
-    pub clips: Vec<Vec<f32>>,
+    /// The soft tokens of the request's images and audio clips ([`encode_media`]), which fill
+    /// the prompt's placeholders in order.
+    pub image_tokens: Vec<Vec<f32>>,
+    pub clip_tokens: Vec<Vec<f32>>,
     pub events: UnboundedSender<Event>,
     /// When the request was queued (for the time-to-first-token histogram).
     pub submitted: std::time::Instant,
@@ -117,33 +117,48 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     best
 }
 
-/// The soft tokens of the job's images and clips, and the prompt that places them.
-fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, String> {
-    if job.images.is_empty() && job.clips.is_empty() {
-        return Ok(None);
-    }
-    let width = m.text.cfg.hidden_size;
-    let images = match (&m.vision, job.images.is_empty()) {
-        (_, true) => None,
+/// The soft tokens of preprocessed images and 16 kHz clips (at most 30 s each), through the
+/// model's towers. Runs outside the worker (the HTTP side calls it on a blocking thread), so
+/// encoding a request's media does not stall the running streams.
+pub fn encode_media(
+    m: &Model,
+    images: &[PixelValues],
+    clips: &[Vec<f32>],
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), String> {
+    let image_tokens = match (&m.vision, images.is_empty()) {
+        (_, true) => Vec::new(),
         (None, false) => return Err("this model has no vision tower".into()),
-        (Some(v), false) => Some((
-            v,
-            job.images
-                .iter()
-                .map(|px| v.encode(&px.data, px.size))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?,
-        )),
+        (Some(v), false) => images
+            .iter()
+            .map(|px| v.encode(&px.data, px.size))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?,
     };
-    let clips = match (&m.audio, job.clips.is_empty()) {
-        (_, true) => None,
+    let clip_tokens = match (&m.audio, clips.is_empty()) {
+        (_, true) => Vec::new(),
         (None, false) => return Err("this model has no audio tower".into()),
         (Some(a), false) => {
-            let refs: Vec<&[f32]> = job.clips.iter().map(|c| c.as_slice()).collect();
-            Some((a, a.encode_clips(&refs).map_err(|e| e.to_string())?))
+            let refs: Vec<&[f32]> = clips.iter().map(|c| c.as_slice()).collect();
+            a.encode_clips(&refs).map_err(|e| e.to_string())?
         }
     };
-    MediaPrompt::new(&job.prompt, 0, width, images, clips)
+    Ok((image_tokens, clip_tokens))
+}
+
+/// The prompt that places the job's soft tokens.
+fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, String> {
+    if job.image_tokens.is_empty() && job.clip_tokens.is_empty() {
+        return Ok(None);
+    }
+    let images = match (&m.vision, job.image_tokens.is_empty()) {
+        (Some(v), false) => Some((v, job.image_tokens.clone())),
+        _ => None,
+    };
+    let clips = match (&m.audio, job.clip_tokens.is_empty()) {
+        (Some(a), false) => Some((a, job.clip_tokens.clone())),
+        _ => None,
+    };
+    MediaPrompt::new(&job.prompt, 0, m.text.cfg.hidden_size, images, clips)
         .map(Some)
         .map_err(|e| e.to_string())
 }
@@ -179,7 +194,7 @@ enum Step {
 }
 
 impl<'m> Seq<'m> {
-    /// A new request: its media encoded, nothing prefilled yet.
+    /// A new request: nothing prefilled yet.
     fn start(m: &'m Model, job: Job) -> Result<Seq<'m>, String> {
         let media = media_prompt(m, &job)?;
         let cache = m.text.new_cache_with_plan(job.plan.clone());
