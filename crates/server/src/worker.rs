@@ -117,6 +117,9 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     best
 }
 
+/// One block of `[tokens, text width]` soft tokens per image or clip.
+pub type SoftTokens = Vec<Vec<f32>>;
+
 /// The soft tokens of preprocessed images and 16 kHz clips (at most 30 s each), through the
 /// model's towers. Runs outside the worker (the HTTP side calls it on a blocking thread), so
 /// encoding a request's media does not stall the running streams.
@@ -124,7 +127,7 @@ pub fn encode_media(
     m: &Model,
     images: &[PixelValues],
     clips: &[Vec<f32>],
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), String> {
+) -> Result<(SoftTokens, SoftTokens), String> {
     let image_tokens = match (&m.vision, images.is_empty()) {
         (_, true) => Vec::new(),
         (None, false) => return Err("this model has no vision tower".into()),
