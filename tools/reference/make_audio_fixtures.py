@@ -53,6 +53,12 @@ def f32(x_int16):
     return (x_int16.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
 
 
+def long_clip(speech_a):
+    """The 31 s clip: speech_a, then reversed, repeated, cut to 496000 samples."""
+    rep = np.concatenate([speech_a, speech_a[::-1]])
+    return np.tile(rep, 31 * SR // len(rep) + 1)[: 31 * SR]
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     fe = Gemma3nAudioFeatureExtractor()
@@ -97,8 +103,7 @@ def main():
     }
 
     # 31 s clip, window by window
-    rep = np.concatenate([speech_a, speech_a[::-1]])
-    long = np.tile(rep, 31 * SR // len(rep) + 1)[: 31 * SR]
+    long = long_clip(speech_a)
     w0, w1 = long[:480000], long[480000:]
     mel_full, _ = run([long])
     mel0, mask0 = run([w0])

@@ -81,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_text_fixtures as mtf  # noqa: E402
 import make_vision_fixtures as mvf  # noqa: E402
 from make_vision_fixtures import prand  # noqa: E402
+from make_audio_fixtures import f32, long_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "fixtures" / "audio"
@@ -104,15 +105,6 @@ def read_clip(root: Path, name: str) -> np.ndarray:
     rate, x = wavfile.read(root / f"{name}.wav")
     assert rate == SR and x.dtype == np.int16 and x.ndim == 1, (name, rate, x.dtype, x.shape)
     return x
-
-
-def f32(x_int16: np.ndarray) -> np.ndarray:
-    return (x_int16.astype(np.float32) / np.float32(32768.0)).astype(np.float32)
-
-
-def long_clip(speech_a: np.ndarray) -> np.ndarray:
-    rep = np.concatenate([speech_a, speech_a[::-1]])
-    return np.tile(rep, 31 * SR // len(rep) + 1)[: 31 * SR]
 
 
 def extract(fe, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use gemma3n_model::audio::decode::load_audio;
-use gemma3n_model::audio::features::{log_mel_batch, windows};
+use gemma3n_model::audio::features::windows;
 use gemma3n_model::audio::AudioModel;
 use gemma3n_model::Checkpoint;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,17 +53,12 @@ pub fn encode_audio(model: &Path, input: &AudioInput) -> Result<(AudioModel, Vec
         .with_context(|| format!("cannot open model {}", model.display()))?;
     let audio = AudioModel::load(&ckpt)?;
     let refs: Vec<&[f32]> = input.clips.iter().map(|c| c.as_slice()).collect();
-    let feats = log_mel_batch(&refs);
-    let bar = ProgressBar::new(feats.len() as u64);
+    let bar = ProgressBar::new(refs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("encoding audio {bar:20} {pos}/{len} windows {elapsed}")
             .expect("valid template"),
     );
-    let mut out = Vec::with_capacity(feats.len());
-    for f in &feats {
-        out.push(audio.encode(&f.mel, &f.mask)?);
-        bar.inc(1);
-    }
+    let out = audio.encode_clips_with_progress(&refs, &mut || bar.inc(1))?;
     bar.finish_and_clear();
     Ok((audio, out))
 }

@@ -1,22 +1,16 @@
 //! `gemma3n chat`: an interactive conversation that keeps the KV cache across turns.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
 use anyhow::Result;
 use gemma3n_engine::{Conversation, Session};
 
-use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
+use crate::text::{report_speed, stream_generation, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
-    /// model (default: the GGUF file's directory).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::text::ModelArgs,
     /// System prompt.
     #[arg(long)]
     system: Option<String>,
@@ -34,7 +28,7 @@ fn new_conversation(system: &Option<String>) -> Conversation {
 }
 
 pub fn main(a: Args) -> Result<()> {
-    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
+    let stack = a.model.load()?;
     let template = stack.template()?;
     let mut sampler = stack.sampler(&a.sampling)?;
     let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);

@@ -55,20 +55,22 @@ pub fn main(a: Args) -> Result<()> {
     let logits = if pixels.is_empty() && sound.clips.is_empty() {
         model.forward(&ids, &mut cache, Logits::All)?
     } else {
-        let vision = match pixels.is_empty() {
+        let (vision, image_soft) = match pixels.is_empty() {
             true => None,
             false => Some(crate::images::encode_images(&a.model, &pixels)?),
-        };
-        let audio = match sound.clips.is_empty() {
+        }
+        .unzip();
+        let (audio, clip_soft) = match sound.clips.is_empty() {
             true => None,
             false => Some(crate::audio::encode_audio(&a.model, &sound)?),
-        };
+        }
+        .unzip();
         let p = MediaPrompt::new(
             &ids,
             0,
             model.cfg.hidden_size,
-            vision.as_ref().map(|(v, x)| (v, x.clone())),
-            audio.as_ref().map(|(m, x)| (m, x.clone())),
+            vision.as_ref().zip(image_soft),
+            audio.as_ref().zip(clip_soft),
         )?;
         let f = |pos: usize, id: u32, row: &mut [f32]| p.embed(pos, id, row);
         model.forward_embedded(&ids, &mut cache, Logits::All, Some(&f))?

@@ -10,17 +10,12 @@ use gemma3n_engine::{
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::text::EmbedFn;
 
-use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
+use crate::text::{report_speed, stream_generation, SamplingArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
-    /// model (default: the GGUF file's directory).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::text::ModelArgs,
     /// The prompt (a user message, rendered with the chat template unless --raw).
     #[arg(long)]
     prompt: String,
@@ -69,23 +64,21 @@ pub fn main(a: Args) -> Result<()> {
             );
         }
     }
-    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
-    let vision = if pixels.is_empty() {
+    let stack = a.model.load()?;
+    let (vision, image_soft) = if pixels.is_empty() {
         None
     } else {
-        Some(crate::images::encode_images(&a.model, &pixels)?)
-    };
-    let image_tokens = vision
-        .as_ref()
-        .map_or(0, |(v, _)| v.cfg.soft_tokens_per_image);
-    let audio = if sound.clips.is_empty() {
+        Some(crate::images::encode_images(&a.model.model, &pixels)?)
+    }
+    .unzip();
+    let image_tokens = vision.as_ref().map_or(0, |v| v.cfg.soft_tokens_per_image);
+    let (audio, clip_soft) = if sound.clips.is_empty() {
         None
     } else {
-        Some(crate::audio::encode_audio(&a.model, &sound)?)
-    };
-    let audio_tokens = audio
-        .as_ref()
-        .map_or(0, |(m, _)| m.cfg.soft_tokens_per_clip);
+        Some(crate::audio::encode_audio(&a.model.model, &sound)?)
+    }
+    .unzip();
+    let audio_tokens = audio.as_ref().map_or(0, |m| m.cfg.soft_tokens_per_clip);
     let ids = if a.raw {
         // One placeholder per file stands for all of the file's windows.
         let mut text = String::new();
@@ -147,8 +140,8 @@ pub fn main(a: Args) -> Result<()> {
             &ids,
             0,
             stack.model.cfg.hidden_size,
-            vision.as_ref().map(|(v, x)| (v, x.clone())),
-            audio.as_ref().map(|(m, x)| (m, x.clone())),
+            vision.as_ref().zip(image_soft),
+            audio.as_ref().zip(clip_soft),
         )?)
     } else {
         None

@@ -1,22 +1,13 @@
 //! `gemma3n serve`: the OpenAI-compatible HTTP server (crates/server).
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use gemma3n_engine::SamplingParams;
 use gemma3n_server::{Model, Options};
 
-use crate::text::TextStack;
-
 #[derive(clap::Args)]
 pub struct Args {
-    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
-    /// model (default: the GGUF file's directory).
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    model: crate::text::ModelArgs,
     /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -49,7 +40,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
-    let stack = TextStack::load(&a.model, a.tokenizer.as_deref())?;
+    let stack = a.model.load()?;
     let template = stack.template().ok();
     let stop_ids = stack.stop_ids();
     let defaults = match &stack.gen_config {
@@ -57,7 +48,7 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
         None => SamplingParams::default(),
     };
     // The towers, when the checkpoint has them (image and audio parts need them).
-    let (vision, audio) = match gemma3n_model::Checkpoint::open(&a.model) {
+    let (vision, audio) = match gemma3n_model::Checkpoint::open(&a.model.model) {
         Ok(ckpt) if !a.text_only => (
             ckpt.config
                 .vision

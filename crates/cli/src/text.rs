@@ -34,6 +34,25 @@ pub struct SamplingArgs {
     pub seed: Option<u64>,
 }
 
+/// `--model` and `--tokenizer`: where the text-generating commands find the model.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Directory with tokenizer.json (and chat template, generation config) for a GGUF
+    /// model (default: the GGUF file's directory).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// The model with its tokenizer, chat template and generation defaults.
+    pub fn load(&self) -> Result<TextStack> {
+        TextStack::load(&self.model, self.tokenizer.as_deref())
+    }
+}
+
 /// A model ready for text generation.
 pub struct TextStack {
     pub model: TextModel,

@@ -148,19 +148,23 @@ pub fn encode_media(
     Ok((image_tokens, clip_tokens))
 }
 
-/// The prompt that places the job's soft tokens.
-fn media_prompt<'m>(m: &'m Model, job: &Job) -> Result<Option<MediaPrompt<'m>>, String> {
-    if job.image_tokens.is_empty() && job.clip_tokens.is_empty() {
+/// The prompt that places the job's soft tokens (moved out of the job).
+fn media_prompt<'m>(m: &'m Model, job: &mut Job) -> Result<Option<MediaPrompt<'m>>, String> {
+    let images = std::mem::take(&mut job.image_tokens);
+    let clips = std::mem::take(&mut job.clip_tokens);
+    if images.is_empty() && clips.is_empty() {
         return Ok(None);
     }
-    let images = match (&m.vision, job.image_tokens.is_empty()) {
-        (Some(v), false) => Some((v, job.image_tokens.clone())),
-        _ => None,
-    };
-    let clips = match (&m.audio, job.clip_tokens.is_empty()) {
-        (Some(a), false) => Some((a, job.clip_tokens.clone())),
-        _ => None,
-    };
+    let images = m
+        .vision
+        .as_ref()
+        .filter(|_| !images.is_empty())
+        .zip(Some(images));
+    let clips = m
+        .audio
+        .as_ref()
+        .filter(|_| !clips.is_empty())
+        .zip(Some(clips));
     MediaPrompt::new(&job.prompt, 0, m.text.cfg.hidden_size, images, clips)
         .map(Some)
         .map_err(|e| e.to_string())
@@ -198,8 +202,8 @@ enum Step {
 
 impl<'m> Seq<'m> {
     /// A new request: nothing prefilled yet.
-    fn start(m: &'m Model, job: Job) -> Result<Seq<'m>, String> {
-        let media = media_prompt(m, &job)?;
+    fn start(m: &'m Model, mut job: Job) -> Result<Seq<'m>, String> {
+        let media = media_prompt(m, &mut job)?;
         let cache = m.text.new_cache_with_plan(job.plan.clone());
         let sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
             .map_err(|e| e.to_string())?;

@@ -46,19 +46,9 @@ impl AudioModel {
             )));
         }
         let tower = AudioTower::load(&ckpt.weights, TOWER_PREFIX, &cfg)?;
-        Self::with_tower(ckpt, &ckpt.weights, tower)
-    }
-
-    /// The model around an already loaded `tower`, with the embedder from `src`.
-    pub fn with_tower(
-        ckpt: &Checkpoint,
-        src: &dyn crate::checkpoint::TensorSource,
-        tower: AudioTower,
-    ) -> Result<AudioModel> {
-        let cfg = tower.cfg.clone();
         let text = &ckpt.config.text;
         let embedder = MultimodalEmbedder::load(
-            src,
+            &ckpt.weights,
             EMBEDDER_PREFIX,
             cfg.hidden_size,
             text.hidden_size,
@@ -88,6 +78,15 @@ impl AudioModel {
     /// with the audio of one call, the clips are padded to the longest before the features
     /// are computed (this changes the last soft token of a shorter clip slightly).
     pub fn encode_clips(&self, clips: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        self.encode_clips_with_progress(clips, &mut || {})
+    }
+
+    /// [`AudioModel::encode_clips`], calling `done` after each clip (progress bars).
+    pub fn encode_clips_with_progress(
+        &self,
+        clips: &[&[f32]],
+        done: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>> {
         if let Some(c) = clips.iter().find(|c| c.len() > features::MAX_SAMPLES) {
             return Err(ModelError::Invalid(format!(
                 "an audio clip of {} samples is longer than 30 s; split it into windows first",
@@ -96,7 +95,11 @@ impl AudioModel {
         }
         features::log_mel_batch(clips)
             .iter()
-            .map(|f| self.encode(&f.mel, &f.mask))
+            .map(|f| {
+                let soft = self.encode(&f.mel, &f.mask);
+                done();
+                soft
+            })
             .collect()
     }
 

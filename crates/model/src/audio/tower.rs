@@ -325,22 +325,17 @@ impl AudioStream<'_> {
     /// Feeds `mel` (`frames × input_feat_size`) with its validity; returns the encodings (and
     /// their validity) that these frames complete.
     pub fn push(&mut self, mel: &[f32], valid: &[bool]) -> Result<(Vec<f32>, Vec<bool>)> {
-        self.push_hooked(mel, valid, &mut |_, _| {})
+        self.append(mel, valid)?;
+        self.step(false, &mut |_, _| {})
     }
 
     /// Ends the stream; returns the last encodings.
     pub fn finish(&mut self) -> Result<(Vec<f32>, Vec<bool>)> {
-        self.finish_hooked(&mut |_, _| {})
-    }
-
-    fn push_hooked(
-        &mut self,
-        mel: &[f32],
-        valid: &[bool],
-        hook: &mut AudioHook<'_>,
-    ) -> Result<(Vec<f32>, Vec<bool>)> {
-        self.append(mel, valid)?;
-        self.step(false, hook)
+        if self.finished {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        self.finished = true;
+        self.step(true, &mut |_, _| {})
     }
 
     /// Checks and stores input frames.
@@ -366,15 +361,6 @@ impl AudioStream<'_> {
         self.mel.extend_from_slice(mel);
         self.mel_valid.extend_from_slice(valid);
         Ok(())
-    }
-
-    fn finish_hooked(&mut self, hook: &mut AudioHook<'_>) -> Result<(Vec<f32>, Vec<bool>)> {
-        if self.finished {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let out = self.step(true, hook);
-        self.finished = true;
-        out
     }
 
     /// Runs the sub-sampling convolution `i` over the rows `input` (`[rows, freq_in, c_in]`)
