@@ -33,29 +33,35 @@ pub struct Args {
     /// Weight dtype for --synthetic: bf16, f16, f32, q8_0, q4_0, q4_k, q5_k or q6_k
     /// (block formats for every matrix whose rows hold whole blocks; the others bf16).
     #[arg(long, default_value = "bf16")]
-    dtype: String,
+    pub dtype: String,
     /// Prompt length for the prefill measurement.
     #[arg(long, default_value_t = 128)]
-    prompt_len: usize,
+    pub prompt_len: usize,
     /// Tokens to decode.
     #[arg(long, default_value_t = 32)]
-    gen: usize,
+    pub gen: usize,
     /// Timed repetitions (after one untimed warm-up pass that touches every weight); the
     /// report gives the median prefill and the median decode speed.
     #[arg(long, default_value_t = 1)]
     pub reps: usize,
     /// Seed of the synthetic weights and the random prompt.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     /// Also time batched decode: this many sequences decoded together, one forward pass per
     /// step (as `serve` does with concurrent requests); reports the aggregate tokens/s.
     #[arg(long)]
-    batch: Option<usize>,
+    pub batch: Option<usize>,
     #[command(flatten)]
-    slice: crate::slice::SliceArgs,
+    pub slice: crate::slice::SliceArgs,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
+    /// With --device cuda: round prefill activations once to bf16 for the GEMMs (faster)
+    /// instead of splitting them in two bf16 parts (near-f32 results, the default).
+    #[arg(long)]
+    pub bf16_activations: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -136,6 +142,18 @@ pub fn main(a: Args) -> Result<()> {
         }
         _ => bail!("give either --model DIR or --synthetic e2b|e4b"),
     };
+    if a.prompt_len + a.gen > model.cfg.max_position_embeddings {
+        bail!(
+            "--prompt-len + --gen exceeds the context length {}",
+            model.cfg.max_position_embeddings
+        );
+    }
+    if let crate::device::Device::Cuda(n) = a.device.parse()? {
+        if a.batch.is_some() {
+            bail!("--batch is not supported with --device cuda yet");
+        }
+        return gpu_bench(&a, model, &name, n);
+    }
     let cfg = &model.cfg;
     if a.prompt_len + a.gen > cfg.max_position_embeddings {
         bail!(
@@ -169,6 +187,16 @@ pub fn main(a: Args) -> Result<()> {
         print_report(&r, a.json)?;
     }
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_bench(a: &Args, model: TextModel, name: &str, n: usize) -> Result<()> {
+    crate::bench_cuda::run(a, model, name, n)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_bench(_: &Args, _: TextModel, _: &str, _: usize) -> Result<()> {
+    unreachable!("--device cuda is refused by DeviceArgs::parse without the cuda feature")
 }
 
 /// Prefill and decode of one slice.

@@ -3,12 +3,17 @@
 mod audio;
 mod bench;
 mod bench_audio;
+#[cfg(feature = "cuda")]
+mod bench_cuda;
 mod bench_vision;
 mod chat;
+mod device;
 mod images;
 mod inspect;
 mod load;
 mod logits;
+#[cfg(feature = "cuda")]
+mod parity;
 mod quantize;
 mod run;
 mod serve;
@@ -50,6 +55,10 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Prefill and decode speed, effective GB/s and % of memory bandwidth.
     Bench(bench::Args),
+    /// The CUDA decoder against the CPU decoder on a checkpoint (logit error, greedy
+    /// agreement); non-zero exit on failure.
+    #[cfg(feature = "cuda")]
+    Parity(parity::Args),
     /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
     Serve(serve::Args),
 }
@@ -108,6 +117,8 @@ fn run_command(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Logits(a) => logits::main(a),
         Cmd::Inspect(a) => inspect::main(a),
         Cmd::Bench(a) => bench::main(a),
+        #[cfg(feature = "cuda")]
+        Cmd::Parity(a) => parity::main(a),
         Cmd::Serve(_) => unreachable!("handled in main"),
     }
 }

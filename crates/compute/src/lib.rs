@@ -4,6 +4,8 @@
 //! memory-mapped or owned bytes in its stored dtype) and the functions of [`cpu`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dtype;
 pub mod matrix;
 pub mod quant;

@@ -4,6 +4,8 @@
 
 pub mod altup;
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decoder;
 pub mod ffn;
 pub mod kv_cache;
@@ -31,7 +33,7 @@ pub struct TextModel {
     pub cfg: TextConfig,
     pub weights: TextWeights,
     /// RoPE inverse frequencies per layer (θ by layer type).
-    inv_freq: Vec<Vec<f32>>,
+    pub(crate) inv_freq: Vec<Vec<f32>>,
     /// The plan that runs every layer at its stored width.
     full: Arc<SlicePlan>,
 }

@@ -167,6 +167,60 @@ impl TextWeights {
     }
 }
 
+impl TextWeights {
+    /// A copy with every matrix replaced by `f(matrix)` (the per-layer table included when
+    /// `table` is set); vectors and coefficients copied as they are.
+    pub fn map_matrices(&self, table: bool, f: &(dyn Fn(&Matrix) -> Matrix + Sync)) -> TextWeights {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| LayerWeights {
+                q_proj: f(&l.q_proj),
+                k_proj: l.k_proj.as_ref().map(f),
+                v_proj: l.v_proj.as_ref().map(f),
+                o_proj: f(&l.o_proj),
+                q_norm: l.q_norm.clone(),
+                k_norm: l.k_norm.clone(),
+                input_layernorm: l.input_layernorm.clone(),
+                post_attention_layernorm: l.post_attention_layernorm.clone(),
+                pre_feedforward_layernorm: l.pre_feedforward_layernorm.clone(),
+                post_feedforward_layernorm: l.post_feedforward_layernorm.clone(),
+                gate_proj: f(&l.gate_proj),
+                up_proj: f(&l.up_proj),
+                down_proj: f(&l.down_proj),
+                down_proj_t: l.down_proj_t.as_ref().map(f),
+                laurel_left: f(&l.laurel_left),
+                laurel_right: f(&l.laurel_right),
+                laurel_norm: l.laurel_norm.clone(),
+                altup: AltUpWeights {
+                    modality_router: f(&l.altup.modality_router),
+                    router_norm: l.altup.router_norm.clone(),
+                    prediction_coefs: l.altup.prediction_coefs.clone(),
+                    correction_coefs: l.altup.correction_coefs.clone(),
+                    correct_output_scale: l.altup.correct_output_scale.clone(),
+                },
+                per_layer_input_gate: f(&l.per_layer_input_gate),
+                per_layer_projection: f(&l.per_layer_projection),
+                post_per_layer_input_norm: l.post_per_layer_input_norm.clone(),
+            })
+            .collect();
+        TextWeights {
+            embed_tokens: f(&self.embed_tokens),
+            embed_tokens_per_layer: if table {
+                f(&self.embed_tokens_per_layer)
+            } else {
+                self.embed_tokens_per_layer.clone()
+            },
+            per_layer_model_projection: f(&self.per_layer_model_projection),
+            per_layer_projection_norm: self.per_layer_projection_norm.clone(),
+            altup_projections: self.altup_projections.iter().map(f).collect(),
+            altup_unembed_projections: self.altup_unembed_projections.iter().map(f).collect(),
+            norm: self.norm.clone(),
+            layers,
+        }
+    }
+}
+
 /// Gives every activation-sparse layer the transposed `down` copy that the exact sparse FFN
 /// reads (f32 for block formats, where the block values are exact in f32).
 pub(crate) fn add_sparse_down_copies(layers: &mut [LayerWeights], sparsity: &[f32]) {

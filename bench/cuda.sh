@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The CUDA parity test and the GPU benchmarks in one run, ours and HF transformers side by
+# side (for the GPU machine; see ../shared/device.md). Usage:
+#   bench/cuda.sh BINARY OUTDIR [parity|bench|hf|all]...
+# BINARY: a gemma3n built with `--features cuda`. Logs go to OUTDIR; a summary is printed last.
+set -u
+bin=$1; out=$2; shift 2
+steps=${*:-all}
+mkdir -p "$out"
+export GEMMA3N_CACHE_DIR=${GEMMA3N_CACHE_DIR:-/tmp/gemma3n-cache}
+has() { [[ " $steps " == *" $1 "* || " $steps " == *" all "* ]]; }
+summary=()
+if has parity; then
+  for m in tests/fixtures/matformer/base tests/fixtures/text/tiny_text_f32 tests/fixtures/text/tiny_text_f16 tests/fixtures/text/tiny_mm_bf16; do
+    echo "== parity $m" | tee -a "$out/parity.log"
+    timeout 120 "$bin" parity --model "$m" --device cuda 2>&1 | tee -a "$out/parity.log"
+    summary+=("parity $m: $(tail -n 2 "$out/parity.log" | grep -o 'parity [A-Z]*: worst max rel err [0-9.e+-]*' || echo 'ERROR')")
+  done
+  for s in "--skip-layers 10,11,12 --ffn-dims 64" "--ffn-dims 32"; do
+    echo "== parity matformer/base $s" | tee -a "$out/parity.log"
+    timeout 120 "$bin" parity --model tests/fixtures/matformer/base --device cuda $s 2>&1 | tee -a "$out/parity.log"
+    summary+=("parity base $s: $(tail -n 2 "$out/parity.log" | grep -o 'parity [A-Z]*: worst max rel err [0-9.e+-]*' || echo 'ERROR')")
+  done
+fi
+if has bench; then
+  for shape in e2b e4b; do
+    for act in "" "--bf16-activations"; do
+      echo "== bench $shape $act" | tee -a "$out/bench.log"
+      timeout 400 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 2048 --gen 64 --reps 3 $act 2>&1 | tee -a "$out/bench.log"
+    done
+  done
+  summary+=("$(grep -E '^(model|prefill|decode|roofline|memory)' "$out/bench.log")")
+fi
+if has hf; then
+  for shape in e2b e4b; do
+    echo "== hf $shape" | tee -a "$out/hf.log"
+    PYTHONUNBUFFERED=1 timeout 300 python3 bench/compare_hf_cuda.py --shape "$shape" --prompt-len 2048 --gen 32 --reps 2 2>&1 | tee -a "$out/hf.log"
+  done
+  summary+=("$(grep '^{' "$out/hf.log")")
+fi
+echo "================ summary"
+printf '%s\n' "${summary[@]}"

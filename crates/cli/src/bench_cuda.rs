@@ -1,0 +1,265 @@
+//! `gemma3n bench --device cuda`: the text decoder on a GPU. Prefill time and the
+//! TFLOP/s it reaches on the FLOPs it needs, decode tokens/s and % of the roofline
+//! (dense bf16 bytes per token against the device-to-device copy bandwidth measured in the
+//! same run), and where the bytes live (device: weights, KV, workspace; host: the
+//! per-layer table).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use gemma3n_model::config::{KvSource, LayerType};
+use gemma3n_model::{Logits, SlicePlan, TextModel};
+
+use crate::bench::Args;
+
+#[derive(serde::Serialize)]
+struct Report {
+    model: String,
+    device: String,
+    slice: String,
+    activations: String,
+    prompt_len: usize,
+    gen: usize,
+    reps: usize,
+    prefill_ms: f64,
+    prefill_tok_s: f64,
+    prefill_tflop: f64,
+    prefill_tflop_s: f64,
+    decode_tok_s: f64,
+    decode_ms_per_token: f64,
+    /// Dense bf16 bytes of the weights one decode step would read without sparsity.
+    dense_bytes_per_token: f64,
+    /// The same with the active share of `up`/`down` in activation-sparse layers.
+    read_bytes_per_token: f64,
+    copy_bandwidth_gb_s: f64,
+    roofline_pct: f64,
+    device_weight_bytes: usize,
+    device_kv_bytes: usize,
+    device_workspace_bytes: usize,
+    device_total_bytes: usize,
+    host_ple_bytes: usize,
+}
+
+/// Matrix parameters of stored layer `l` at FFN width `f` (q, o, own k/v, FFN, LAuReL,
+/// per-layer gate and projection).
+fn layer_params(m: &TextModel, l: usize, f: usize, own: bool) -> (f64, f64) {
+    let c = &m.cfg;
+    let (d, h, g, hd) = (
+        c.hidden_size as f64,
+        c.num_attention_heads as f64,
+        c.num_key_value_heads as f64,
+        c.head_dim as f64,
+    );
+    let attn = 2.0 * h * hd * d + if own { 2.0 * g * hd * d } else { 0.0 };
+    let other = 2.0 * c.laurel_rank as f64 * d + 2.0 * c.hidden_size_per_layer_input as f64 * d;
+    let _ = l;
+    (attn + other, 3.0 * f as f64 * d)
+}
+
+/// (dense bytes, bytes read with sparsity) of one decode step, bf16.
+fn bytes_per_token(m: &TextModel, plan: &SlicePlan) -> (f64, f64) {
+    let c = &m.cfg;
+    let d = c.hidden_size as f64;
+    let (mut dense, mut read) = (0.0, 0.0);
+    for sl in &plan.layers {
+        let (other, ffn) = layer_params(m, sl.layer, sl.ffn_width, sl.kv == KvSource::Own);
+        dense += other + ffn;
+        let active = if sl.sparsity > 0.0 {
+            (1.0 + 2.0 * (1.0 - sl.sparsity as f64)) / 3.0
+        } else {
+            1.0
+        };
+        read += other + ffn * active;
+    }
+    let head = c.vocab_size as f64 * d
+        + (c.num_hidden_layers * c.hidden_size_per_layer_input) as f64 * d
+        + 2.0 * (c.altup_num_inputs - 1) as f64 * d * d;
+    (2.0 * (dense + head), 2.0 * (read + head))
+}
+
+/// FLOPs of a prefill of `t` tokens (fast prefill: layers after the last KV producer on
+/// one row; attention included).
+fn prefill_flops(m: &TextModel, plan: &SlicePlan, t: usize) -> f64 {
+    let c = &m.cfg;
+    let d = c.hidden_size as f64;
+    let mut rows = t as f64;
+    let mut f = 2.0
+        * rows
+        * ((c.num_hidden_layers * c.hidden_size_per_layer_input) as f64 * d
+            + (c.altup_num_inputs - 1) as f64 * d * d);
+    for sl in &plan.layers {
+        if sl.kv != KvSource::Own {
+            rows = 1.0;
+        }
+        let (other, ffn) = layer_params(m, sl.layer, sl.ffn_width, sl.kv == KvSource::Own);
+        f += 2.0 * rows * (other + ffn);
+        // Scores and weighted values over the visible keys of each row.
+        let keys: f64 = if rows == 1.0 {
+            match sl.kind {
+                LayerType::Sliding => t.min(c.sliding_window) as f64,
+                LayerType::Full => t as f64,
+            }
+        } else {
+            (0..t)
+                .map(|i| match sl.kind {
+                    LayerType::Sliding => (i + 1).min(c.sliding_window) as f64,
+                    LayerType::Full => (i + 1) as f64,
+                })
+                .sum()
+        };
+        f += 4.0 * (c.num_attention_heads * c.head_dim) as f64 * keys;
+    }
+    f + 2.0 * (c.vocab_size as f64 * d + (c.altup_num_inputs - 1) as f64 * d * d)
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()> {
+    let model = Arc::new(model);
+    let gm = crate::device::to_gpu(model.clone(), ordinal)?;
+    gm.set_split_activations(!a.bf16_activations);
+    let gpu = gm.gpu().clone();
+    let cfg = &model.cfg;
+    let slice = a.slice.slice(cfg)?;
+    let plan = match &slice {
+        Some(s) => SlicePlan::new(cfg, s)?,
+        None => SlicePlan::full(cfg),
+    };
+    let plan = Arc::new(plan);
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
+    let low = if text_vocab > 2000 { 1000 } else { 3 };
+    let mut x = a.seed ^ 0x0005_DEEC_E66D;
+    let prompt: Vec<u32> = std::iter::once(2)
+        .chain((1..a.prompt_len).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (low + (x >> 33) % (text_vocab - low)) as u32
+        }))
+        .collect();
+    let room = a.prompt_len + a.gen + 1;
+    // Warm-up: a short prompt, a full one (sizes the workspace) and a few steps.
+    {
+        let mut c = gm.new_cache_with_plan(plan.clone(), room)?;
+        gm.forward(&prompt, &mut c, Logits::Last)?;
+        let mut c = gm.new_cache_with_plan(plan.clone(), room)?;
+        let mut l = gm.forward(&prompt[..prompt.len().min(8)], &mut c, Logits::Last)?;
+        for _ in 0..3 {
+            l = gm.forward(&[argmax(&l)], &mut c, Logits::Last)?;
+        }
+    }
+    let mut prefills = Vec::new();
+    let mut decodes = Vec::new();
+    let mut kv_bytes = 0;
+    for _ in 0..a.reps {
+        let mut cache = gm.new_cache_with_plan(plan.clone(), room)?;
+        let t0 = Instant::now();
+        let mut logits = gm.forward(&prompt, &mut cache, Logits::Last)?;
+        prefills.push(t0.elapsed().as_secs_f64());
+        let t1 = Instant::now();
+        for _ in 0..a.gen {
+            let next = argmax(&logits[..text_vocab as usize]);
+            logits = gm.forward(&[next], &mut cache, Logits::Last)?;
+        }
+        decodes.push(t1.elapsed().as_secs_f64());
+        kv_bytes = cache.bytes();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let prefill_s = median(&mut prefills);
+    let decode_s = median(&mut decodes);
+    // Device-to-device copy bandwidth (bytes read + written).
+    let n = 1usize << 30;
+    let (src, dst) = (gpu.alloc(n)?, gpu.alloc(n)?);
+    gpu.copy(src.ptr(), dst.ptr(), n)?;
+    let reps = 10;
+    let ms = gpu.time_ms(&mut || {
+        for _ in 0..reps {
+            gpu.copy(src.ptr(), dst.ptr(), n)?;
+        }
+        Ok(())
+    })?;
+    drop((src, dst));
+    let bw = 2.0 * (n * reps) as f64 / (ms as f64 / 1e3) / 1e9;
+    let (dense, read) = bytes_per_token(&model, &plan);
+    let flops = prefill_flops(&model, &plan, a.prompt_len);
+    let decode_tok_s = a.gen as f64 / decode_s;
+    let mem = gm.memory();
+    let ws = gm.workspace_bytes();
+    let r = Report {
+        model: name.to_string(),
+        device: gpu.describe(),
+        slice: plan.name.clone(),
+        activations: if a.bf16_activations {
+            "bf16"
+        } else {
+            "split bf16 (hi + lo)"
+        }
+        .into(),
+        prompt_len: a.prompt_len,
+        gen: a.gen,
+        reps: a.reps,
+        prefill_ms: prefill_s * 1e3,
+        prefill_tok_s: a.prompt_len as f64 / prefill_s,
+        prefill_tflop: flops / 1e12,
+        prefill_tflop_s: flops / prefill_s / 1e12,
+        decode_tok_s,
+        decode_ms_per_token: 1e3 / decode_tok_s,
+        dense_bytes_per_token: dense,
+        read_bytes_per_token: read,
+        copy_bandwidth_gb_s: bw,
+        roofline_pct: 100.0 * decode_tok_s * dense / 1e9 / bw,
+        device_weight_bytes: mem.device_weight_bytes,
+        device_kv_bytes: kv_bytes,
+        device_workspace_bytes: ws,
+        device_total_bytes: gpu.allocated_bytes(),
+        host_ple_bytes: mem.host_bytes,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let gb = |b: usize| b as f64 / 1e9;
+    println!(
+        "model      {} (bf16 on {}), slice {}, prefill activations {}",
+        r.model, r.device, r.slice, r.activations
+    );
+    println!(
+        "prefill    {} tokens in {:.2} ms: {:.0} tok/s, {:.2} TFLOP -> {:.1} TFLOP/s",
+        r.prompt_len, r.prefill_ms, r.prefill_tok_s, r.prefill_tflop, r.prefill_tflop_s
+    );
+    println!(
+        "decode     {} tokens: {:.1} tok/s ({:.3} ms/token)",
+        r.gen, r.decode_tok_s, r.decode_ms_per_token
+    );
+    println!(
+        "roofline   {:.2} GB/token dense ({:.2} GB read with sparsity); copy bandwidth {:.0} GB/s; {:.1}% of roofline",
+        r.dense_bytes_per_token / 1e9,
+        r.read_bytes_per_token / 1e9,
+        r.copy_bandwidth_gb_s,
+        r.roofline_pct
+    );
+    println!(
+        "memory     device {:.2} GB (weights {:.2}, KV {:.3}, workspace {:.3}); host per-layer table {:.2} GB",
+        gb(r.device_total_bytes),
+        gb(r.device_weight_bytes),
+        gb(r.device_kv_bytes),
+        gb(r.device_workspace_bytes),
+        gb(r.host_ple_bytes)
+    );
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `--device cpu|cuda[:N]`: where the text decoder runs.
+
+use anyhow::{bail, Result};
+
+/// The device flag shared by the commands that run the decoder.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Where to run the text decoder: cpu, cuda or cuda:N (a CUDA GPU; this binary must be
+    /// built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// A parsed `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceArgs {
+    pub fn parse(&self) -> Result<Device> {
+        let s = self.device.trim();
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        let ordinal = match s {
+            "cuda" => Some(0),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()),
+        };
+        match ordinal {
+            Some(n) if cfg!(feature = "cuda") => Ok(Device::Cuda(n)),
+            Some(_) => bail!(
+                "--device {s}: this gemma3n was built without CUDA support (build it with `cargo build --release --features cuda`)"
+            ),
+            None => bail!("--device: unknown device `{s}` (expected cpu, cuda or cuda:N)"),
+        }
+    }
+}
+
+/// Uploads a loaded decoder to GPU `ordinal`, with a progress bar.
+#[cfg(feature = "cuda")]
+pub fn to_gpu(
+    model: std::sync::Arc<gemma3n_model::TextModel>,
+    ordinal: usize,
+) -> Result<gemma3n_model::text::cuda::CudaTextModel> {
+    use anyhow::Context;
+    use indicatif::{ProgressBar, ProgressStyle};
+    let gpu = gemma3n_compute::cuda::Gpu::open(ordinal)
+        .with_context(|| format!("cannot open CUDA device {ordinal}"))?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("uploading weights {bar:40} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_message(gpu.describe());
+    let m = gemma3n_model::text::cuda::CudaTextModel::new(model, gpu, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .context("cannot upload the text decoder to the GPU")?;
+    bar.finish_and_clear();
+    Ok(m)
+}

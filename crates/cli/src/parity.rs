@@ -1,0 +1,184 @@
+//! `gemma3n parity`: the GPU decoder against the CPU f32 decoder on one checkpoint (the
+//! CUDA parity test, run on the GPU machine against the fixtures). Prompts of several
+//! lengths (the GEMV and the GEMM paths, a sliding window shorter than the prompt), every
+//! position's logits, the fast-prefill logits and greedy decoding: max relative logit error
+//! (max |Δ| / max |reference|) and token agreement. Exits non-zero when a check fails.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use gemma3n_model::{Logits, TextModel};
+
+use crate::device::{Device, DeviceArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (Hugging Face layout) or a Gemma 3n GGUF file.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Prompt lengths to check, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,20")]
+    prompt_lens: Vec<usize>,
+    /// Greedy decode steps after each prompt.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Largest allowed max relative logit error.
+    #[arg(long, default_value_t = 2e-2)]
+    tolerance: f32,
+    /// Round prefill activations once to bf16 for the GEMMs instead of splitting them in two
+    /// bf16 parts (see `bench --bf16-activations`).
+    #[arg(long)]
+    bf16_activations: bool,
+    #[command(flatten)]
+    slice: crate::slice::SliceArgs,
+}
+
+fn rel_err(a: &[f32], reference: &[f32]) -> f32 {
+    let num = a
+        .iter()
+        .zip(reference)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let den = reference.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    if a.iter().any(|x| !x.is_finite()) {
+        return f32::INFINITY;
+    }
+    num / den.max(f32::MIN_POSITIVE)
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn main(a: Args) -> Result<()> {
+    let ordinal = match a.device.parse()? {
+        Device::Cuda(n) => n,
+        Device::Cpu => bail!("parity compares a GPU with the CPU: pass --device cuda[:N]"),
+    };
+    let loaded = Arc::new(crate::load::load_any(&a.model)?);
+    let gpu = crate::device::to_gpu(loaded.clone(), ordinal)?;
+    gpu.set_split_activations(!a.bf16_activations);
+    eprintln!("device: {}", gpu.gpu().describe());
+    // The reference: the CPU f32 decoder on the weights the GPU holds (bf16).
+    let cpu = gemma3n_model::text::cuda::with_device_weights(&loaded);
+    drop(loaded);
+    let cfg = &cpu.cfg;
+    let slice = a.slice.slice(cfg)?;
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
+    let mut failures = 0;
+    let mut worst = 0f32;
+    println!("prompt  check                      max rel err  tokens");
+    for &len in &a.prompt_lens {
+        if len == 0 {
+            bail!("--prompt-lens: lengths must be at least 1");
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ len as u64;
+        let prompt: Vec<u32> = (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (3 + (x >> 33) % (text_vocab - 3)) as u32
+            })
+            .collect();
+        let new_cpu = |m: &TextModel| match &slice {
+            Some(s) => m.new_cache_for(s),
+            None => Ok(m.new_cache()),
+        };
+        let new_gpu = || match &slice {
+            Some(s) => gpu.new_cache_for(s, len + a.steps + 1),
+            None => gpu.new_cache(len + a.steps + 1),
+        };
+        // Every position.
+        let want = cpu.forward(&prompt, &mut new_cpu(&cpu)?, Logits::All)?;
+        let got = gpu.forward(&prompt, &mut new_gpu()?, Logits::All)?;
+        let e = rel_err(&got, &want);
+        worst = worst.max(e);
+        let ok = e <= a.tolerance;
+        failures += usize::from(!ok);
+        println!(
+            "{len:>6}  all positions              {e:>11.3e}  {}",
+            if ok { "" } else { "FAIL" }
+        );
+        if !ok && failures == 1 {
+            trace(&cpu, &gpu, &prompt, new_cpu(&cpu)?, new_gpu()?)?;
+        }
+        // Fast prefill, then greedy decoding on each side.
+        let mut cc = new_cpu(&cpu)?;
+        let mut gc = new_gpu()?;
+        let mut lc = cpu.forward(&prompt, &mut cc, Logits::Last)?;
+        let mut lg = gpu.forward(&prompt, &mut gc, Logits::Last)?;
+        let mut step_err = rel_err(&lg, &lc);
+        let (mut same, mut first_diff) = (0usize, None);
+        for step in 0..a.steps {
+            let (tc, tg) = (argmax(&lc), argmax(&lg));
+            if tc == tg && first_diff.is_none() {
+                same += 1;
+            } else if first_diff.is_none() {
+                first_diff = Some(step);
+            }
+            lc = cpu.forward(&[tc], &mut cc, Logits::Last)?;
+            lg = gpu.forward(&[tg], &mut gc, Logits::Last)?;
+            if first_diff.is_none() {
+                step_err = step_err.max(rel_err(&lg, &lc));
+            }
+        }
+        worst = worst.max(step_err);
+        let ok = step_err <= a.tolerance && first_diff.is_none();
+        failures += usize::from(!ok);
+        println!(
+            "{len:>6}  prefill + {:>2} greedy steps  {step_err:>11.3e}  {same}/{} same{}",
+            a.steps,
+            a.steps,
+            if ok { "" } else { "  FAIL" }
+        );
+    }
+    println!(
+        "parity {}: worst max rel err {worst:.3e} (tolerance {:.1e})",
+        if failures == 0 { "PASSED" } else { "FAILED" },
+        a.tolerance
+    );
+    if failures > 0 {
+        bail!("{failures} parity check(s) failed");
+    }
+    Ok(())
+}
+
+/// Where the backends part: every AltUp stream after each layer, CPU against GPU.
+fn trace(
+    cpu: &TextModel,
+    gpu: &gemma3n_model::text::cuda::CudaTextModel,
+    prompt: &[u32],
+    mut cc: gemma3n_model::KvCache,
+    mut gc: gemma3n_model::text::cuda::CudaKvCache,
+) -> Result<()> {
+    let mut want: Vec<Vec<Vec<f32>>> = Vec::new();
+    let mut got: Vec<Vec<Vec<f32>>> = Vec::new();
+    cpu.forward_with_hook(
+        prompt,
+        &mut cc,
+        Logits::All,
+        Some(&mut |_, s| want.push(s.to_vec())),
+    )?;
+    gpu.forward_with_hook(prompt, &mut gc, Logits::All, &mut |_, s| {
+        got.push(s.to_vec())
+    })?;
+    println!("        trace (stream errors after each layer; 0 = initial streams):");
+    for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+        let errs: Vec<String> = w
+            .iter()
+            .zip(g)
+            .map(|(a, b)| format!("{:.2e}", rel_err(b, a)))
+            .collect();
+        println!("        layer {k:>2}: {}", errs.join("  "));
+    }
+    Ok(())
+}

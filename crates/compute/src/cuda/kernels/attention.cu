@@ -1,0 +1,136 @@
+// Attention of the Gemma 3n decoder: q/k/v norms with RoPE and the cache write, then
+// attention over the cached keys (sliding window or full), split over key ranges
+// ("flash-decoding") and combined.
+
+#define ATT_MAX_HD 256
+#define ATT_WARPS 4
+
+// grid (H + 2G, rows) when the layer owns its KV (else (H, rows)); block 128.
+// Head j < H: q = RoPE(RMSNorm(q_j) * w_q) -> q_out. H <= j < H+G: k, with w_k and RoPE,
+// -> kcache row pos[b]. H+G <= j: v = RMSNorm(v) (no weight) -> vcache row pos[b].
+extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq,
+                                    const float* wk, const int* pos, const float* inv_freq,
+                                    float* q_out, float* kcache, float* vcache, int h, int g,
+                                    int hd, float eps) {
+    int j = blockIdx.x, b = blockIdx.y;
+    const float* src = qkv + (size_t)b * ldqkv + (size_t)j * hd;
+    float inv = rms_inv(src, hd, eps);
+    const float* w = j < h ? wq : (j < h + g ? wk : 0);
+    float* dst;
+    if (j < h) dst = q_out + ((size_t)b * h + j) * hd;
+    else if (j < h + g) dst = kcache + ((size_t)pos[b] * g + (j - h)) * hd;
+    else dst = vcache + ((size_t)pos[b] * g + (j - h - g)) * hd;
+    int half = hd / 2;
+    if (j >= h + g) {
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = src[i] * inv;
+        return;
+    }
+    float p = (float)pos[b];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float x0 = src[i] * inv * w[i];
+        float x1 = src[i + half] * inv * w[i + half];
+        float sn, cs;
+        sincosf(p * inv_freq[i], &sn, &cs);
+        dst[i] = x0 * cs - x1 * sn;
+        dst[i + half] = x1 * cs + x0 * sn;
+    }
+}
+
+// grid (H, rows, nsplit), block ATT_WARPS * 32. Query row b at position pos[b] sees keys
+// (pos - window, pos] (window 0: [0, pos]). Warp w of split s takes the keys
+// lo + s*ATT_WARPS + w, stepping by nsplit*ATT_WARPS, with an online softmax. With
+// nsplit == 1 the result is written to out; otherwise (max, sum, acc) partials go to
+// part[((b*H + head)*nsplit + s)*(hd+2)] for attention_combine.
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
+attention_decode(const float* q, const float* kcache, const float* vcache, const int* pos,
+                 float* out, float* part, int h, int g, int hd, int window) {
+    const int head = blockIdx.x, b = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kvh = head / (h / g);
+    const int p = pos[b];
+    const int lo = window > 0 ? max(0, p + 1 - window) : 0;
+    const int per_lane = (hd + 31) / 32;
+    float qv[ATT_MAX_HD / 32], acc[ATT_MAX_HD / 32];
+    const float* qr = q + ((size_t)b * h + head) * hd;
+    #pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+        int dd = lane + 32 * i;
+        qv[i] = (i < per_lane && dd < hd) ? qr[dd] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    const size_t row = (size_t)g * hd;
+    const int step = nsplit * ATT_WARPS;
+    for (int key = lo + s * ATT_WARPS + warp; key <= p; key += step) {
+        const float* kr = kcache + key * row + (size_t)kvh * hd;
+        float dot = 0.0f;
+        #pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+            int dd = lane + 32 * i;
+            if (i < per_lane && dd < hd) dot += qv[i] * kr[dd];
+        }
+        dot = warp_sum(dot);
+        float mn = fmaxf(m, dot);
+        float corr = expf(m - mn);
+        float e = expf(dot - mn);
+        l = l * corr + e;
+        const float* vr = vcache + key * row + (size_t)kvh * hd;
+        #pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+            int dd = lane + 32 * i;
+            if (i < per_lane && dd < hd) acc[i] = acc[i] * corr + e * vr[dd];
+        }
+        m = mn;
+    }
+    // Combine the warps of this block.
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
+    __shared__ float sacc[ATT_WARPS][ATT_MAX_HD];
+    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
+    #pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+        int dd = lane + 32 * i;
+        if (i < per_lane && dd < hd) sacc[warp][dd] = acc[i];
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++) if (sm[w] > -INFINITY) L += sl[w] * expf(sm[w] - M);
+    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (sm[w] > -INFINITY) a += sacc[w][dd] * expf(sm[w] - M);
+        if (nsplit == 1) {
+            out[((size_t)b * h + head) * hd + dd] = a / L;
+        } else {
+            part[(((size_t)b * h + head) * nsplit + s) * (hd + 2) + 2 + dd] = a;
+        }
+    }
+    if (nsplit > 1 && threadIdx.x == 0) {
+        float* pp = part + (((size_t)b * h + head) * nsplit + s) * (hd + 2);
+        pp[0] = M;
+        pp[1] = L;
+    }
+}
+
+// grid (H, rows), block 128: merges the nsplit partials of attention_decode.
+extern "C" __global__ void attention_combine(const float* part, float* out, int h, int hd,
+                                             int nsplit) {
+    const int head = blockIdx.x, b = blockIdx.y;
+    const float* pp = part + ((size_t)b * h + head) * nsplit * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+    float L = 0.0f;
+    for (int s = 0; s < nsplit; s++) {
+        float ms = pp[s * (hd + 2)];
+        if (ms > -INFINITY) L += pp[s * (hd + 2) + 1] * expf(ms - M);
+    }
+    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < nsplit; s++) {
+            float ms = pp[s * (hd + 2)];
+            if (ms > -INFINITY) a += pp[s * (hd + 2) + 2 + dd] * expf(ms - M);
+        }
+        out[((size_t)b * h + head) * hd + dd] = a / L;
+    }
+}

@@ -1,0 +1,484 @@
+//! The CUDA backend (feature `cuda`): a device, its stream, device buffers and the kernels.
+//!
+//! The driver, NVRTC and cuBLAS are loaded at run time (`cudarc` with dynamic loading), so
+//! this builds without a CUDA toolkit and fails with a clear error where no GPU or driver is
+//! found. The kernels are CUDA C files beside this one, compiled by NVRTC for the device's
+//! own architecture the first time they are needed and cached on disk
+//! (`$GEMMA3N_CACHE_DIR`, else `$XDG_CACHE_HOME/gemma3n`, else `~/.cache/gemma3n`).
+//!
+//! Device memory is handed out as [`DeviceBuffer`]s; kernels take [`DevPtr`]s into them.
+//! Every op is queued on the one stream of the [`Gpu`], so ops run in the order they are
+//! issued and a decode step can be captured as a CUDA graph and replayed.
+
+mod ops;
+
+pub use ops::GemvSeg;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+/// Every kernel source, compiled as one module.
+const SOURCES: [(&str, &str); 4] = [
+    ("common.cu", include_str!("kernels/common.cu")),
+    ("gemv.cu", include_str!("kernels/gemv.cu")),
+    ("rows.cu", include_str!("kernels/rows.cu")),
+    ("attention.cu", include_str!("kernels/attention.cu")),
+];
+
+/// The kernels the module must export.
+pub const KERNELS: [&str; 19] = [
+    "gemv_bf16",
+    "split_bf16_rows",
+    "sparse_t_bf16",
+    "embed_rows",
+    "ple_combine",
+    "match_magnitude",
+    "altup_predict",
+    "rms_norm_add",
+    "post_attention",
+    "sparsity_cutoff",
+    "gelu_mul",
+    "post_ffn_correct",
+    "ple_gate",
+    "ple_inject",
+    "unembed_merge",
+    "keep_row",
+    "qkv_prep",
+    "attention_decode",
+    "attention_combine",
+];
+
+/// Errors of the CUDA backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    #[error("no CUDA driver found (libcuda could not be loaded): is there an NVIDIA GPU and driver on this machine?")]
+    NoDriver,
+    #[error("NVRTC (libnvrtc) could not be loaded: the CUDA runtime compiler is needed to build the kernels")]
+    NoNvrtc,
+    #[error("cuBLAS (libcublas) could not be loaded")]
+    NoCublas,
+    #[error("CUDA device {0} not found ({1} device(s) present)")]
+    NoDevice(usize, usize),
+    #[error("CUDA: {0}")]
+    Driver(String),
+    #[error("compiling the CUDA kernels failed: {0}")]
+    Compile(String),
+    #[error("cuBLAS: {0}")]
+    Blas(String),
+}
+
+pub type Result<T> = std::result::Result<T, CudaError>;
+
+fn drv(e: cudarc::driver::DriverError) -> CudaError {
+    CudaError::Driver(e.to_string())
+}
+
+/// One GPU: its context, the stream every op runs on, the compiled kernels and cuBLAS.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    blas: CudaBlas,
+    ordinal: usize,
+    name: String,
+    arch: (i32, i32),
+    allocated: AtomicUsize,
+}
+
+/// Whether a CUDA driver can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: creates its context and stream, builds (or loads from the
+    /// cache) the kernels and starts cuBLAS.
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        // SAFETY: only tries to open the libraries.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(CudaError::NoNvrtc);
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::NoCublas);
+        }
+        let count = CudaContext::device_count().map_err(drv)? as usize;
+        if ordinal >= count {
+            return Err(CudaError::NoDevice(ordinal, count));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv)?;
+        // One stream, in order: the per-buffer event tracking is not needed (and would
+        // get in the way of graph capture).
+        // SAFETY: every op of this backend runs on `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv)?;
+        let arch = ctx.compute_capability().map_err(drv)?;
+        let name = ctx.name().map_err(drv)?;
+        let ptx = kernels_ptx(arch)?;
+        let module = ctx.load_module(ptx).map_err(drv)?;
+        let mut funcs = HashMap::new();
+        for k in KERNELS {
+            funcs.insert(k, module.load_function(k).map_err(drv)?);
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas(e.to_string()))?;
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            funcs,
+            blas,
+            ordinal,
+            name,
+            arch,
+            allocated: AtomicUsize::new(0),
+        }))
+    }
+
+    /// "NVIDIA H200 (cuda:0, sm_90)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (cuda:{}, sm_{}{})",
+            self.name, self.ordinal, self.arch.0, self.arch.1
+        )
+    }
+
+    /// Bytes of device memory held by live [`DeviceBuffer`]s of this GPU.
+    pub fn allocated_bytes(&self) -> usize {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Free and total device memory.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(drv)
+    }
+
+    /// A zeroed buffer of `bytes` bytes.
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(16))
+            .map_err(|e| CudaError::Driver(format!("allocating {bytes} bytes: {e}")))?;
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+        let ptr = {
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            ptr
+        };
+        Ok(DeviceBuffer {
+            slice,
+            ptr,
+            bytes,
+            gpu: self.clone(),
+        })
+    }
+
+    /// A buffer holding `data`.
+    pub fn upload<T: Copy>(self: &Arc<Self>, data: &[T]) -> Result<DeviceBuffer> {
+        let buf = self.alloc(std::mem::size_of_val(data))?;
+        self.write(&buf, 0, data)?;
+        Ok(buf)
+    }
+
+    /// Copies `data` into `buf` at byte offset `offset` (queued on the stream; the host
+    /// data is read before this returns).
+    pub fn write<T: Copy>(&self, buf: &DeviceBuffer, offset: usize, data: &[T]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let bytes = std::mem::size_of_val(data);
+        assert!(
+            offset + bytes <= buf.bytes,
+            "write past the end of a device buffer"
+        );
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: the range lies inside `buf` (checked above); `data` is plain data of
+        // `bytes` bytes.
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                buf.ptr + offset as u64,
+                std::slice::from_raw_parts(data.as_ptr() as *const u8, bytes),
+                self.stream.cu_stream(),
+            )
+            .map_err(drv)?;
+        }
+        // Pageable host memory: make sure the copy is done before `data` may go away.
+        self.sync()
+    }
+
+    /// Copies `out.len()` values from `buf` at byte offset `offset` to the host (waits for
+    /// everything queued before).
+    pub fn read<T: Copy>(&self, buf: &DeviceBuffer, offset: usize, out: &mut [T]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let bytes = std::mem::size_of_val(out);
+        assert!(
+            offset + bytes <= buf.bytes,
+            "read past the end of a device buffer"
+        );
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: as in `write`.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, bytes),
+                buf.ptr + offset as u64,
+                self.stream.cu_stream(),
+            )
+            .map_err(drv)?;
+        }
+        self.sync()
+    }
+
+    /// Copies `out.len()` values at `src` to the host (waits for everything queued before).
+    pub fn read_at<T: Copy>(&self, src: DevPtr, out: &mut [T]) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let bytes = std::mem::size_of_val(out);
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `src` points into a live buffer holding at least `bytes` bytes (the
+        // caller's contract for every `DevPtr`).
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, bytes),
+                src.0,
+                self.stream.cu_stream(),
+            )
+            .map_err(drv)?;
+        }
+        self.sync()
+    }
+
+    /// Device-to-device copy of `bytes` bytes.
+    pub fn copy(&self, src: DevPtr, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both pointers come from live buffers; the caller sizes `bytes`.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream())
+                .map_err(drv)
+        }
+    }
+
+    /// Zeroes `bytes` bytes at `dst`.
+    pub fn zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: as in `copy`.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(dst.0, 0, bytes, self.stream.cu_stream())
+                .map_err(drv)
+        }
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(drv)
+    }
+
+    /// Starts recording the ops issued on the stream into a graph instead of running them.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream
+            .begin_capture(
+                cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+            .map_err(drv)
+    }
+
+    /// Ends a capture and returns the replayable graph.
+    pub fn end_capture(&self) -> Result<Graph> {
+        let g = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .map_err(drv)?
+            .ok_or_else(|| CudaError::Driver("graph capture recorded nothing".into()))?;
+        Ok(Graph(g))
+    }
+
+    /// Times `f` on the stream with events (milliseconds).
+    pub fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f32> {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.ctx.new_event(timed).map_err(drv)?;
+        let b = self.ctx.new_event(timed).map_err(drv)?;
+        a.record(&self.stream).map_err(drv)?;
+        f()?;
+        b.record(&self.stream).map_err(drv)?;
+        b.synchronize().map_err(drv)?;
+        a.elapsed_ms(&b).map_err(drv)
+    }
+
+    fn func(&self, name: &str) -> &CudaFunction {
+        self.funcs
+            .get(name)
+            .unwrap_or_else(|| panic!("kernel `{name}` not in the module"))
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+/// A captured sequence of ops (a CUDA graph), replayed with [`Graph::launch`].
+pub struct Graph(cudarc::driver::CudaGraph);
+
+impl Graph {
+    /// Queues one replay on the stream it was captured from.
+    pub fn launch(&self) -> Result<()> {
+        self.0.launch().map_err(drv)
+    }
+}
+
+/// A block of device memory (freed on drop).
+pub struct DeviceBuffer {
+    #[allow(dead_code)]
+    slice: CudaSlice<u8>,
+    ptr: u64,
+    bytes: usize,
+    gpu: Arc<Gpu>,
+}
+
+impl DeviceBuffer {
+    /// The address of the first byte.
+    pub fn ptr(&self) -> DevPtr {
+        DevPtr(self.ptr)
+    }
+
+    /// The address of the `i`-th f32 (or other 4-byte element).
+    pub fn f32_at(&self, i: usize) -> DevPtr {
+        assert!(
+            i * 4 <= self.bytes,
+            "offset past the end of a device buffer"
+        );
+        DevPtr(self.ptr + 4 * i as u64)
+    }
+
+    /// The address of the `i`-th bf16 (2-byte element).
+    pub fn bf16_at(&self, i: usize) -> DevPtr {
+        assert!(
+            i * 2 <= self.bytes,
+            "offset past the end of a device buffer"
+        );
+        DevPtr(self.ptr + 2 * i as u64)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        self.gpu.allocated.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A device address inside a [`DeviceBuffer`] (or null). Ops take these; the caller keeps
+/// the buffers alive and sizes the ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DevPtr(pub(crate) u64);
+
+impl DevPtr {
+    pub const NULL: DevPtr = DevPtr(0);
+
+    /// `self` advanced by `n` f32 elements.
+    pub fn add_f32(self, n: usize) -> DevPtr {
+        DevPtr(self.0 + 4 * n as u64)
+    }
+
+    /// `self` advanced by `n` bf16 elements.
+    pub fn add_bf16(self, n: usize) -> DevPtr {
+        DevPtr(self.0 + 2 * n as u64)
+    }
+
+    pub fn is_null(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The directory where compiled kernels are kept.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("GEMMA3N_CACHE_DIR") {
+        return Some(PathBuf::from(d).join("cuda"));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("gemma3n").join("cuda"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gemma3n/cuda"))
+}
+
+/// The whole kernel source (common helpers first).
+pub fn kernel_source() -> String {
+    let mut s = String::new();
+    for (name, src) in SOURCES {
+        s.push_str(&format!("// ---- {name}\n"));
+        s.push_str(src);
+        s.push('\n');
+    }
+    s
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// NVRTC options for compute capability `arch`.
+fn compile_options(arch: (i32, i32)) -> CompileOptions {
+    CompileOptions {
+        options: vec![
+            format!("--gpu-architecture=compute_{}{}", arch.0, arch.1),
+            "--std=c++17".into(),
+        ],
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ..Default::default()
+    }
+}
+
+/// Compiles the kernels to PTX for `arch` (no GPU needed: NVRTC alone).
+pub fn compile_kernels(arch: (i32, i32)) -> Result<String> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoNvrtc);
+    }
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(kernel_source(), compile_options(arch))
+        .map_err(|e| CudaError::Compile(format!("{e:?}")))?;
+    Ok(ptx.to_src())
+}
+
+/// The kernels' PTX for `arch`, from the disk cache or freshly compiled (then cached).
+fn kernels_ptx(arch: (i32, i32)) -> Result<Ptx> {
+    let src = kernel_source();
+    let key = fnv1a(format!("{src}{:?}", compile_options(arch).options).as_bytes());
+    let file =
+        cache_dir().map(|d| d.join(format!("kernels-sm{}{}-{key:016x}.ptx", arch.0, arch.1)));
+    if let Some(f) = &file {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            return Ok(Ptx::from_src(text));
+        }
+    }
+    let ptx = compile_kernels(arch)?;
+    if let Some(f) = &file {
+        // A cache that cannot be written only costs a recompile next time.
+        if let Some(dir) = f.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &ptx).is_ok() {
+            let _ = std::fs::rename(&tmp, f);
+        }
+    }
+    Ok(Ptx::from_src(ptx))
+}

@@ -1,0 +1,20 @@
+//! The CUDA kernels compile with NVRTC for Hopper and export every kernel the backend
+//! launches. Needs libnvrtc only (no GPU): run with `--features cuda` where it is found.
+#![cfg(feature = "cuda")]
+
+#[test]
+fn kernels_compile_for_sm90() {
+    let ptx = match gemma3n_compute::cuda::compile_kernels((9, 0)) {
+        Err(gemma3n_compute::cuda::CudaError::NoNvrtc) => {
+            eprintln!("skipped: libnvrtc not found");
+            return;
+        }
+        r => r.expect("kernels compile"),
+    };
+    for k in gemma3n_compute::cuda::KERNELS {
+        assert!(
+            ptx.contains(&format!(".entry {k}(")),
+            "kernel {k} missing from the PTX"
+        );
+    }
+}

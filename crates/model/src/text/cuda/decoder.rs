@@ -1,0 +1,544 @@
+//! The forward pass on the GPU: the layer loop of `text/decoder.rs` on device buffers.
+//!
+//! Up to 8 rows, matrix products are the decode GEMV kernel (several products that share
+//! an input in one launch); beyond, cuBLAS GEMMs on bf16 copies of the activations.
+
+use gemma3n_compute::cuda::{DevPtr, GemvSeg};
+use rayon::prelude::*;
+
+use super::kv_cache::CudaKvCache;
+use super::weights::{DevMatrix, Down};
+use super::workspace::{Workspace, DECODE_SPLITS};
+use super::{gpu_err, CudaTextModel};
+use crate::config::{KvSource, LayerType};
+use crate::error::{ModelError, Result};
+use crate::text::{EmbedFn, Logits, StreamHook};
+
+/// Rows up to which products run on the GEMV kernel.
+const GEMV_ROWS: usize = 8;
+/// Rows up to which sparse layers read only the active rows of `up` and `downᵀ`.
+const SPARSE_ROWS: usize = 4;
+
+/// A product `y = x · Wᵀ` over the first `rows` rows and `k` columns of `w`.
+fn seg(
+    w: &DevMatrix,
+    rows: usize,
+    k: usize,
+    x: DevPtr,
+    ldx: usize,
+    y: DevPtr,
+    ldy: usize,
+) -> GemvSeg {
+    GemvSeg {
+        w: w.ptr(),
+        x,
+        y,
+        mask: DevPtr::NULL,
+        rows,
+        k,
+        ldw: w.cols,
+        ldx,
+        ldy,
+        ldm: 0,
+    }
+}
+
+impl CudaTextModel {
+    /// Runs `ids` (the next tokens of the sequence held by `cache`) and returns logits:
+    /// `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`]. Same contract as
+    /// [`crate::TextModel::forward`].
+    pub fn forward(&self, ids: &[u32], cache: &mut CudaKvCache, want: Logits) -> Result<Vec<f32>> {
+        self.forward_embedded(ids, cache, want, None)
+    }
+
+    /// [`CudaTextModel::forward`] with multimodal embedding rows (see
+    /// [`crate::TextModel::forward_embedded`]).
+    pub fn forward_embedded(
+        &self,
+        ids: &[u32],
+        cache: &mut CudaKvCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+    ) -> Result<Vec<f32>> {
+        self.forward_full(ids, cache, want, embed, None)
+    }
+
+    /// [`CudaTextModel::forward`] calling `hook` with the AltUp streams (read back from
+    /// the device) after the stream initialisation and after each layer, as
+    /// [`crate::TextModel::forward_with_hook`] does: for finding where two backends part.
+    pub fn forward_with_hook(
+        &self,
+        ids: &[u32],
+        cache: &mut CudaKvCache,
+        want: Logits,
+        hook: StreamHook<'_>,
+    ) -> Result<Vec<f32>> {
+        self.forward_full(ids, cache, want, None, Some(hook))
+    }
+
+    fn forward_full(
+        &self,
+        ids: &[u32],
+        cache: &mut CudaKvCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+        hook: Option<StreamHook<'_>>,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.cpu.cfg;
+        let n = ids.len();
+        if n == 0 {
+            return Err(ModelError::Invalid("forward called with no tokens".into()));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {})",
+                cfg.vocab_size
+            )));
+        }
+        let pos0 = cache.pos();
+        cache.reserve(pos0 + n)?;
+        let logit_rows = if want == Logits::All { n } else { 1 };
+        let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = guard
+            .as_ref()
+            .is_some_and(|w| w.cap >= n && w.logit_rows >= logit_rows);
+        if !fits {
+            *guard = None;
+            *guard = Some(Workspace::new(&self.gpu, cfg, n, logit_rows)?);
+        }
+        let ws = guard.as_ref().expect("workspace");
+        self.upload_inputs(ws, ids, pos0, embed)?;
+        let rows = self.run(ws, cache, n, want, embed.is_some(), hook)?;
+        cache.advance(n);
+        let v = cfg.vocab_size;
+        let mut logits = vec![0f32; rows * v];
+        self.gpu.read(&ws.logits, 0, &mut logits).map_err(gpu_err)?;
+        if rows > GEMV_ROWS {
+            // The GEMM path leaves the soft-cap to the host.
+            if let Some(cap) = cfg.final_logit_softcapping {
+                logits
+                    .par_iter_mut()
+                    .for_each(|x| *x = (*x / cap).tanh() * cap);
+            }
+        }
+        Ok(logits)
+    }
+
+    /// Token ids, positions, multimodal rows and the per-layer table rows of the tokens
+    /// (gathered here in host memory) to the device.
+    fn upload_inputs(
+        &self,
+        ws: &Workspace,
+        ids: &[u32],
+        pos0: usize,
+        embed: Option<EmbedFn<'_>>,
+    ) -> Result<()> {
+        let cfg = &self.cpu.cfg;
+        let w = &self.cpu.weights;
+        let (n, d) = (ids.len(), cfg.hidden_size);
+        let lp = cfg.num_hidden_layers * cfg.hidden_size_per_layer_input;
+        let g = &self.gpu;
+        g.write(&ws.ids, 0, ids).map_err(gpu_err)?;
+        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        g.write(&ws.pos, 0, &pos).map_err(gpu_err)?;
+        let mut flags = vec![0i32; n];
+        if let Some(f) = embed {
+            let scale = (d as f32).sqrt();
+            let mut over = vec![0f32; n * d];
+            for (t, &id) in ids.iter().enumerate() {
+                if (id as usize) < cfg.vocab_size_per_layer_input {
+                    continue;
+                }
+                let row = &mut over[t * d..(t + 1) * d];
+                w.embed_tokens.row_to_f32(id as usize, row);
+                row.iter_mut().for_each(|v| *v *= scale);
+                f(pos0 + t, id, row)?;
+                flags[t] = 1;
+            }
+            g.write(&ws.over, 0, &over).map_err(gpu_err)?;
+        }
+        g.write(&ws.flag, 0, &flags).map_err(gpu_err)?;
+        let mut rows = vec![0f32; n * lp];
+        rows.par_chunks_mut(lp).zip(ids).for_each(|(out, &id)| {
+            let r = if (id as usize) < cfg.vocab_size_per_layer_input {
+                id as usize
+            } else {
+                0
+            };
+            w.embed_tokens_per_layer.row_to_f32(r, out);
+        });
+        g.write(&ws.ple_rows, 0, &rows).map_err(gpu_err)
+    }
+
+    /// Products `y = x · Wᵀ`: one GEMV launch up to 8 rows, else one GEMM each.
+    fn mm(&self, ws: &Workspace, segs: &[GemvSeg], n: usize, cap: f32) -> Result<()> {
+        if n <= GEMV_ROWS {
+            self.gpu.gemv(segs, n, cap).map_err(gpu_err)
+        } else {
+            let split = self
+                .split_activations
+                .load(std::sync::atomic::Ordering::Relaxed);
+            for s in segs {
+                self.gpu
+                    .gemm(s, n, ws.xb.ptr(), split.then(|| ws.xlo.ptr()))
+                    .map_err(gpu_err)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// The layer loop and the output head. Returns the number of logit rows written.
+    fn run(
+        &self,
+        ws: &Workspace,
+        cache: &CudaKvCache,
+        n_all: usize,
+        want: Logits,
+        multimodal: bool,
+        mut hook: Option<StreamHook<'_>>,
+    ) -> Result<usize> {
+        let cfg = &self.cpu.cfg;
+        let w = &self.w;
+        let g = &self.gpu;
+        let e = |r: gemma3n_compute::cuda::CudaError| gpu_err(r);
+        let (d, p) = (cfg.hidden_size, cfg.hidden_size_per_layer_input);
+        let nl = cfg.num_hidden_layers;
+        let lp = nl * p;
+        let (h, kvh, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let a = cfg.altup_num_inputs;
+        let eps = cfg.rms_norm_eps;
+        let ss = ws.ss;
+        let qw = ws.qw;
+        let r = cfg.laurel_rank;
+        let (q_off, k_off, v_off, ll_off) = (0, h * hd, h * hd + kvh * hd, h * hd + 2 * kvh * hd);
+
+        // Embeddings (stream 0), the other streams, the per-layer inputs.
+        let flag = if multimodal {
+            ws.flag.ptr()
+        } else {
+            DevPtr::NULL
+        };
+        let mut s = ws.s.ptr();
+        let mut pr = ws.pred.ptr();
+        g.embed_rows(
+            ws.ids.ptr(),
+            w.embed.ptr(),
+            d,
+            (d as f32).sqrt(),
+            ws.over.ptr(),
+            flag,
+            s,
+            n_all,
+        )
+        .map_err(e)?;
+        let init: Vec<GemvSeg> = w
+            .altup_proj
+            .iter()
+            .enumerate()
+            .map(|(k, m)| seg(m, d, d, s, d, s.add_f32((k + 1) * ss), d))
+            .collect();
+        self.mm(ws, &init, n_all, 0.0)?;
+        g.match_magnitude(s.add_f32(ss), ss, a - 1, s, n_all, d)
+            .map_err(e)?;
+        self.mm(
+            ws,
+            &[seg(&w.ple_proj, lp, d, s, d, ws.plp.ptr(), lp)],
+            n_all,
+            0.0,
+        )?;
+        g.ple_combine(
+            ws.plp.ptr(),
+            ws.ple_rows.ptr(),
+            w.ple_norm.ptr(),
+            ws.pi.ptr(),
+            n_all,
+            nl,
+            p,
+            d,
+            eps,
+        )
+        .map_err(e)?;
+
+        let mut observe = |k: usize, s: DevPtr, n: usize| -> Result<()> {
+            if let Some(h) = hook.as_mut() {
+                let mut streams = vec![vec![0f32; n * d]; a];
+                for (i, st) in streams.iter_mut().enumerate() {
+                    g.read_at(s.add_f32(i * ss), st).map_err(gpu_err)?;
+                }
+                h(k, &streams);
+            }
+            Ok(())
+        };
+        observe(0, s, n_all)?;
+        let plan = cache.plan().clone();
+        let mut n = n_all;
+        let mut row0 = 0;
+        for (k, sl) in plan.layers.iter().enumerate() {
+            let l = sl.layer;
+            if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
+                // Fast prefill: later layers only feed the last position's logits.
+                g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
+                row0 += n - 1;
+                n = 1;
+            }
+            let lw = &w.layers[l];
+            let pos = ws.pos.f32_at(row0);
+            g.altup_predict(
+                s,
+                ss,
+                lw.router_norm.ptr(),
+                lw.router.ptr(),
+                lw.pred_coefs.ptr(),
+                lw.input_ln.ptr(),
+                pr,
+                ws.x.ptr(),
+                n,
+                d,
+                eps,
+            )
+            .map_err(e)?;
+            // q, k, v and LAuReL's left product share the input.
+            let x = ws.x.ptr();
+            let qkv = ws.qkv.ptr();
+            let own = sl.kv == KvSource::Own;
+            let mut segs = vec![seg(&lw.q, h * hd, d, x, d, qkv.add_f32(q_off), qw)];
+            if own {
+                let (km, vm) = (lw.k.as_ref(), lw.v.as_ref());
+                let (km, vm) = km.zip(vm).ok_or_else(|| {
+                    ModelError::Invalid(format!("layer {l}: k/v weights missing"))
+                })?;
+                segs.push(seg(km, kvh * hd, d, x, d, qkv.add_f32(k_off), qw));
+                segs.push(seg(vm, kvh * hd, d, x, d, qkv.add_f32(v_off), qw));
+            }
+            segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
+            self.mm(ws, &segs, n, 0.0)?;
+            let src = match sl.kv {
+                KvSource::Own => l,
+                KvSource::Shared(p) => p,
+            };
+            let (kc, vc) = cache.layer(src);
+            let half = hd / 2;
+            g.qkv_prep(
+                qkv,
+                qw,
+                lw.q_norm.ptr(),
+                lw.k_norm.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
+                pos,
+                self.inv_freq.f32_at(l * half),
+                ws.q.ptr(),
+                kc,
+                vc,
+                own,
+                n,
+                h,
+                kvh,
+                hd,
+                eps,
+            )
+            .map_err(e)?;
+            let window = match sl.kind {
+                LayerType::Sliding => cfg.sliding_window,
+                LayerType::Full => 0,
+            };
+            let splits = if n == 1 { DECODE_SPLITS } else { 1 };
+            g.attention(
+                ws.q.ptr(),
+                kc,
+                vc,
+                pos,
+                ws.att.ptr(),
+                ws.part.ptr(),
+                splits,
+                n,
+                h,
+                kvh,
+                hd,
+                window,
+            )
+            .map_err(e)?;
+            // o_proj and LAuReL's right product.
+            self.mm(
+                ws,
+                &[
+                    seg(&lw.o, d, h * hd, ws.att.ptr(), h * hd, ws.o.ptr(), d),
+                    seg(
+                        &lw.laurel_right,
+                        d,
+                        r,
+                        qkv.add_f32(ll_off),
+                        qw,
+                        ws.lr.ptr(),
+                        d,
+                    ),
+                ],
+                n,
+                0.0,
+            )?;
+            g.rms_norm_add(
+                ws.lr.ptr(),
+                d,
+                lw.laurel_norm.ptr(),
+                x,
+                ws.lau.ptr(),
+                n,
+                d,
+                eps,
+            )
+            .map_err(e)?;
+            g.post_attention(
+                pr,
+                ws.o.ptr(),
+                d,
+                lw.post_attn_ln.ptr(),
+                ws.lau.ptr(),
+                lw.pre_ffn_ln.ptr(),
+                ws.h.ptr(),
+                ws.y.ptr(),
+                n,
+                d,
+                eps,
+            )
+            .map_err(e)?;
+            self.ffn(ws, l, sl.ffn_width, sl.sparsity_z, n)?;
+            g.post_ffn_correct(
+                ws.h.ptr(),
+                ws.fo.ptr(),
+                lw.post_ffn_ln.ptr(),
+                pr,
+                ss,
+                lw.router_norm.ptr(),
+                lw.router.ptr(),
+                lw.corr_coefs.ptr(),
+                if cfg.altup_correct_scale {
+                    lw.corr_scale.ptr()
+                } else {
+                    DevPtr::NULL
+                },
+                ws.h2.ptr(),
+                ws.v.ptr(),
+                n,
+                d,
+                eps,
+            )
+            .map_err(e)?;
+            // Per-layer input injection.
+            self.mm(
+                ws,
+                &[seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p)],
+                n,
+                0.0,
+            )?;
+            g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n)
+                .map_err(e)?;
+            self.mm(
+                ws,
+                &[seg(&lw.pl_proj, d, p, ws.pg.ptr(), p, ws.pq.ptr(), d)],
+                n,
+                0.0,
+            )?;
+            g.ple_inject(ws.pq.ptr(), lw.post_pl_norm.ptr(), pr, ss, a, n, d, eps)
+                .map_err(e)?;
+            std::mem::swap(&mut s, &mut pr);
+            observe(k + 1, s, n)?;
+        }
+
+        if want == Logits::Last && n > 1 {
+            g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
+            n = 1;
+        }
+        let unembed: Vec<GemvSeg> = w
+            .altup_unembed
+            .iter()
+            .enumerate()
+            .map(|(k, m)| seg(m, d, d, s.add_f32((k + 1) * ss), d, ws.ys.f32_at(k * ss), d))
+            .collect();
+        self.mm(ws, &unembed, n, 0.0)?;
+        g.unembed_merge(
+            s,
+            ws.ys.ptr(),
+            ss,
+            a - 1,
+            w.norm.ptr(),
+            ws.hf.ptr(),
+            n,
+            d,
+            eps,
+        )
+        .map_err(e)?;
+        let v = cfg.vocab_size;
+        let cap = cfg.final_logit_softcapping.unwrap_or(0.0);
+        self.mm(
+            ws,
+            &[seg(&w.embed, v, d, ws.hf.ptr(), d, ws.logits.ptr(), v)],
+            n,
+            if n <= GEMV_ROWS { cap } else { 0.0 },
+        )?;
+        Ok(n)
+    }
+
+    /// The FFN of stored layer `l` at width `f` for `n` rows of `ws.y`, into `ws.fo`.
+    fn ffn(&self, ws: &Workspace, l: usize, f: usize, z: Option<f32>, n: usize) -> Result<()> {
+        let cfg = &self.cpu.cfg;
+        let g = &self.gpu;
+        let e = |r: gemma3n_compute::cuda::CudaError| gpu_err(r);
+        let lw = &self.w.layers[l];
+        let d = cfg.hidden_size;
+        let fmax = ws.fmax;
+        let ldgu = 2 * fmax;
+        let (gate, up) = (ws.gu.ptr(), ws.gu.f32_at(fmax));
+        let y = ws.y.ptr();
+        let gate_seg = seg(&lw.gate, f, d, y, d, gate, ldgu);
+        let mut up_seg = seg(&lw.up, f, d, y, d, up, ldgu);
+        match z {
+            None => self.mm(ws, &[gate_seg, up_seg], n, 0.0)?,
+            Some(z) => {
+                self.mm(ws, &[gate_seg], n, 0.0)?;
+                g.sparsity_cutoff(gate, ldgu, n, f, z).map_err(e)?;
+                if n <= SPARSE_ROWS {
+                    // Only the rows of units some row keeps.
+                    up_seg.mask = gate;
+                    up_seg.ldm = ldgu;
+                }
+                self.mm(ws, &[up_seg], n, 0.0)?;
+            }
+        }
+        g.gelu_mul(gate, ldgu, up, ldgu, ws.act.ptr(), fmax, n, f)
+            .map_err(e)?;
+        match &lw.down {
+            Down::Normal(m) => self.mm(
+                ws,
+                &[seg(m, d, f, ws.act.ptr(), fmax, ws.fo.ptr(), d)],
+                n,
+                0.0,
+            ),
+            Down::Transposed(m) => {
+                if n <= GEMV_ROWS {
+                    g.sparse_t(m.ptr(), m.cols, ws.act.ptr(), fmax, ws.fo.ptr(), d, n, f, d)
+                        .map_err(e)
+                } else {
+                    let split = self
+                        .split_activations
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    g.gemm_t(
+                        m.ptr(),
+                        d,
+                        m.cols,
+                        ws.act.ptr(),
+                        fmax,
+                        n,
+                        f,
+                        ws.fo.ptr(),
+                        d,
+                        ws.xb.ptr(),
+                        split.then(|| ws.xlo.ptr()),
+                    )
+                    .map_err(e)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The text decoder on a CUDA GPU (feature `cuda`): the same forward pass as the CPU
+//! decoder (`text/decoder.rs`), layer by layer, on the op set of
+//! `gemma3n_compute::cuda`. Weights are bf16 on the device (activations, norms, router,
+//! softmax and RoPE in f32); the per-layer embedding table stays in host memory.
+//!
+//! Files: `weights` (upload), `kv_cache` (the device KV cache), `workspace` (activation
+//! buffers sized once per batch shape), `decoder` (the layer loop).
+
+mod decoder;
+mod kv_cache;
+mod weights;
+mod workspace;
+
+pub use kv_cache::CudaKvCache;
+
+use std::sync::{Arc, Mutex};
+
+use gemma3n_compute::cuda::{CudaError, DeviceBuffer, Gpu};
+
+use crate::error::{ModelError, Result};
+use crate::matformer::{Slice, SlicePlan};
+use crate::text::TextModel;
+use weights::DevWeights;
+use workspace::Workspace;
+
+pub(crate) fn gpu_err(e: CudaError) -> ModelError {
+    ModelError::Invalid(e.to_string())
+}
+
+/// Parses `cuda` or `cuda:N` (the `--device` values of the CLI) into an ordinal.
+pub fn parse_device(s: &str) -> Option<usize> {
+    match s {
+        "cuda" => Some(0),
+        _ => s.strip_prefix("cuda:")?.parse().ok(),
+    }
+}
+
+/// The CPU decoder with the weights the GPU holds: every matrix rounded to bf16 as the
+/// upload does (the AltUp router, kept in f32 on the device, too; the per-layer table stays
+/// as it is). Against this, the two backends differ only in how they compute.
+pub fn with_device_weights(model: &TextModel) -> TextModel {
+    let w = model.weights.map_matrices(false, &|m| {
+        if m.dtype() == gemma3n_compute::DType::BF16 {
+            m.clone()
+        } else {
+            m.quantize(gemma3n_compute::DType::BF16)
+        }
+    });
+    TextModel::new(model.cfg.clone(), w)
+}
+
+/// A text decoder with its weights on a GPU. It keeps the CPU model for the configuration
+/// and the per-layer embedding table (read in host memory).
+pub struct CudaTextModel {
+    pub cpu: Arc<TextModel>,
+    gpu: Arc<Gpu>,
+    w: DevWeights,
+    /// RoPE inverse frequencies, `[L, head_dim / 2]`.
+    inv_freq: DeviceBuffer,
+    ws: Mutex<Option<Workspace>>,
+    /// Prefill GEMMs on activations split in two bf16 parts (hi + lo: f32-like precision,
+    /// twice the tensor-core work) instead of one bf16 rounding.
+    split_activations: std::sync::atomic::AtomicBool,
+}
+
+/// Where the model's bytes live.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryReport {
+    /// Weights on the device.
+    pub device_weight_bytes: usize,
+    /// The per-layer embedding table, in host memory.
+    pub host_bytes: usize,
+}
+
+impl CudaTextModel {
+    /// Uploads `model` to `gpu` (every weight but the per-layer table).
+    pub fn new(
+        model: Arc<TextModel>,
+        gpu: Arc<Gpu>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<CudaTextModel> {
+        let cfg = &model.cfg;
+        if cfg.altup_num_inputs != 4 {
+            return Err(ModelError::Invalid(format!(
+                "the CUDA backend supports 4 AltUp streams (config has {})",
+                cfg.altup_num_inputs
+            )));
+        }
+        if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) {
+            return Err(ModelError::Invalid(format!(
+                "the CUDA backend supports even head_dim up to 256 (config has {})",
+                cfg.head_dim
+            )));
+        }
+        let w = DevWeights::upload(&gpu, &model.weights, progress)?;
+        let half = cfg.head_dim / 2;
+        let mut freqs = Vec::with_capacity(cfg.num_hidden_layers * half);
+        for l in 0..cfg.num_hidden_layers {
+            freqs.extend_from_slice(&model.inv_freq[l]);
+        }
+        let inv_freq = gpu.upload(&freqs).map_err(gpu_err)?;
+        Ok(CudaTextModel {
+            cpu: model,
+            gpu,
+            w,
+            inv_freq,
+            ws: Mutex::new(None),
+            split_activations: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// Whether prefill GEMMs split their activations into two bf16 parts (the default:
+    /// near-f32 results, twice the tensor-core work) or round them once to bf16 (faster, as
+    /// other GPU engines do; larger differences from the f32 reference).
+    pub fn set_split_activations(&self, on: bool) {
+        self.split_activations
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Device bytes of the weights and host bytes of the per-layer table.
+    pub fn memory(&self) -> MemoryReport {
+        let ple = &self.cpu.weights.embed_tokens_per_layer;
+        MemoryReport {
+            device_weight_bytes: self.weight_bytes(),
+            host_bytes: ple.nbytes(),
+        }
+    }
+
+    /// Device bytes of the activation workspace (sized by the largest forward so far).
+    pub fn workspace_bytes(&self) -> usize {
+        let ws = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        ws.as_ref().map_or(0, |w| w.bytes())
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let w = &self.w;
+        let mut b = w.embed.rows * w.embed.cols * 2 + w.ple_proj.rows * w.ple_proj.cols * 2;
+        for m in w.altup_proj.iter().chain(&w.altup_unembed) {
+            b += m.rows * m.cols * 2;
+        }
+        for l in &w.layers {
+            let down = match &l.down {
+                weights::Down::Normal(m) | weights::Down::Transposed(m) => m,
+            };
+            for m in [
+                Some(&l.q),
+                l.k.as_ref(),
+                l.v.as_ref(),
+                Some(&l.o),
+                Some(&l.gate),
+                Some(&l.up),
+                Some(down),
+                Some(&l.laurel_left),
+                Some(&l.laurel_right),
+                Some(&l.pl_gate),
+                Some(&l.pl_proj),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                b += m.rows * m.cols * 2;
+            }
+        }
+        b
+    }
+
+    /// A new sequence running the whole model, with room for `capacity` positions to
+    /// start with (it grows as needed).
+    pub fn new_cache(&self, capacity: usize) -> Result<CudaKvCache> {
+        self.new_cache_with_plan(Arc::new(SlicePlan::full(&self.cpu.cfg)), capacity)
+    }
+
+    /// A new sequence running a MatFormer slice.
+    pub fn new_cache_for(&self, slice: &Slice, capacity: usize) -> Result<CudaKvCache> {
+        self.new_cache_with_plan(Arc::new(SlicePlan::new(&self.cpu.cfg, slice)?), capacity)
+    }
+
+    pub fn new_cache_with_plan(
+        &self,
+        plan: Arc<SlicePlan>,
+        capacity: usize,
+    ) -> Result<CudaKvCache> {
+        CudaKvCache::new(&self.gpu, &self.cpu.cfg, plan, capacity)
+    }
+}
