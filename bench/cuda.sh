@@ -24,12 +24,12 @@ if has parity; then
 fi
 if has bench; then
   for shape in e2b e4b; do
-    for act in "" "--bf16-activations"; do
-      echo "== bench $shape $act" | tee -a "$out/bench.log"
-      timeout 400 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 2048 --gen 64 --reps 3 $act 2>&1 | tee -a "$out/bench.log"
+    for args in "--prompt-len 2048" "--prompt-len 2048 --bf16-activations" "--prompt-len 128"; do
+      echo "== bench $shape $args" | tee -a "$out/bench.log"
+      timeout 400 "$bin" bench --device cuda --synthetic "$shape" $args --gen 64 --reps 3 2>&1 | tee -a "$out/bench.log"
     done
   done
-  summary+=("$(grep -E '^(model|prefill|decode|roofline|memory)' "$out/bench.log")")
+  summary+=("$(grep -E '^(== bench|prefill|decode|gpu step|roofline|memory)' "$out/bench.log")")
 fi
 if has hf; then
   for shape in e2b e4b; do

@@ -28,6 +28,10 @@ struct Report {
     prefill_tflop_s: f64,
     decode_tok_s: f64,
     decode_ms_per_token: f64,
+    /// GPU time of one decode step (replays of the captured step; no host work).
+    decode_gpu_ms_per_token: Option<f64>,
+    /// The roofline share of the GPU time alone.
+    gpu_roofline_pct: Option<f64>,
     /// Dense bf16 bytes of the weights one decode step would read without sparsity.
     dense_bytes_per_token: f64,
     /// The same with the active share of `up`/`down` in activation-sparse layers.
@@ -157,9 +161,13 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
             l = gm.forward(&[argmax(&l)], &mut c, Logits::Last)?;
         }
     }
+    if gpu.profiling() {
+        profile(&gm, &plan, &prompt, a.gen.min(32))?;
+    }
     let mut prefills = Vec::new();
     let mut decodes = Vec::new();
     let mut kv_bytes = 0;
+    let mut step_ms = Vec::new();
     for _ in 0..a.reps {
         let mut cache = gm.new_cache_with_plan(plan.clone(), room)?;
         let t0 = Instant::now();
@@ -172,6 +180,9 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         }
         decodes.push(t1.elapsed().as_secs_f64());
         kv_bytes = cache.bytes();
+        if let Some(ms) = gm.decode_step_ms(&cache, 20)? {
+            step_ms.push(ms);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -220,6 +231,9 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         read_bytes_per_token: read,
         copy_bandwidth_gb_s: bw,
         roofline_pct: 100.0 * decode_tok_s * dense / 1e9 / bw,
+        decode_gpu_ms_per_token: (!step_ms.is_empty()).then(|| median(&mut step_ms)),
+        gpu_roofline_pct: (!step_ms.is_empty())
+            .then(|| 100.0 * (1e3 / median(&mut step_ms)) * dense / 1e9 / bw),
         device_weight_bytes: mem.device_weight_bytes,
         device_kv_bytes: kv_bytes,
         device_workspace_bytes: ws,
@@ -243,6 +257,9 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         "decode     {} tokens: {:.1} tok/s ({:.3} ms/token)",
         r.gen, r.decode_tok_s, r.decode_ms_per_token
     );
+    if let (Some(ms), Some(pct)) = (r.decode_gpu_ms_per_token, r.gpu_roofline_pct) {
+        println!("gpu step   {ms:.3} ms per decode step on the GPU alone: {pct:.1}% of roofline");
+    }
     println!(
         "roofline   {:.2} GB/token dense ({:.2} GB read with sparsity); copy bandwidth {:.0} GB/s; {:.1}% of roofline",
         r.dense_bytes_per_token / 1e9,
@@ -261,5 +278,45 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
+    Ok(())
+}
+
+/// `GEMMA3N_CUDA_PROFILE=1`: GPU time per op of one prefill and of `steps` decode steps.
+fn profile(
+    gm: &gemma3n_model::text::cuda::CudaTextModel,
+    plan: &Arc<SlicePlan>,
+    prompt: &[u32],
+    steps: usize,
+) -> Result<()> {
+    let gpu = gm.gpu();
+    gpu.profile_take();
+    let mut cache = gm.new_cache_with_plan(plan.clone(), prompt.len() + steps + 1)?;
+    let mut logits = gm.forward(prompt, &mut cache, Logits::Last)?;
+    let table = |title: &str, per: usize| {
+        let ops = gpu.profile_take();
+        let total: f64 = ops.iter().map(|o| o.2).sum();
+        println!(
+            "profile    {title}: {:.3} ms of GPU time per {}",
+            total / per as f64,
+            if per == 1 { "pass" } else { "token" }
+        );
+        for (name, count, ms) in ops {
+            println!(
+                "           {name:<20} {:>6} launches {:>9.3} ms {:>8.1} us each {:>5.1}%",
+                count / per,
+                ms / per as f64,
+                1e3 * ms / count as f64,
+                100.0 * ms / total
+            );
+        }
+    };
+    table(&format!("prefill of {} tokens", prompt.len()), 1);
+    let t = Instant::now();
+    for _ in 0..steps {
+        logits = gm.forward(&[argmax(&logits)], &mut cache, Logits::Last)?;
+    }
+    let wall = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    table("decode", steps);
+    println!("profile    decode wall time {wall:.3} ms per token (events on every op)");
     Ok(())
 }

@@ -3,9 +3,10 @@
 use std::io::{BufRead, Write};
 
 use anyhow::Result;
-use gemma3n_engine::{Conversation, Session};
+use gemma3n_engine::{ChatTemplate, Conversation, Decoder, Sampler, Session};
 
-use crate::text::{report_speed, stream_generation, SamplingArgs};
+use crate::device::Device;
+use crate::text::{report_speed, stream_generation, SamplingArgs, TextStack};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,6 +19,8 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 fn new_conversation(system: &Option<String>) -> Conversation {
@@ -28,10 +31,38 @@ fn new_conversation(system: &Option<String>) -> Conversation {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    let device = a.device.parse()?;
     let stack = a.model.load()?;
     let template = stack.template()?;
     let mut sampler = stack.sampler(&a.sampling)?;
-    let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
+    match device {
+        Device::Cpu => {
+            let session = Session::with_cache(&*stack.model, a.slice.cache(&stack.model)?);
+            converse(&a, &stack, &template, &mut sampler, session)
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            let plan = a.slice.plan(&stack.model.cfg)?;
+            let gpu = crate::device::to_gpu(stack.model.clone(), n)?;
+            // Room for a first turn to start with; the cache grows with the conversation.
+            let cache =
+                gpu.new_cache_with_plan(plan, a.sampling.max_tokens.saturating_add(1024))?;
+            let session = Session::with_cache(&gpu, cache);
+            converse(&a, &stack, &template, &mut sampler, session)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => unreachable!("DeviceArgs::parse refuses cuda without the cuda feature"),
+    }
+}
+
+/// The conversation loop, on the device `session` runs on.
+fn converse<M: Decoder>(
+    a: &Args,
+    stack: &TextStack,
+    template: &ChatTemplate,
+    sampler: &mut Sampler,
+    mut session: Session<'_, M>,
+) -> Result<()> {
     let mut conv = new_conversation(&a.system);
     eprintln!("gemma3n chat: type a message; /reset starts over, /exit quits.");
     let stdin = std::io::stdin();
@@ -53,7 +84,7 @@ pub fn main(a: Args) -> Result<()> {
             }
             _ => {}
         }
-        let turn = match conv.add_user(&template, &stack.tokenizer, msg) {
+        let turn = match conv.add_user(template, &stack.tokenizer, msg) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -74,9 +105,9 @@ pub fn main(a: Args) -> Result<()> {
             continue;
         }
         let (g, text) = stream_generation(
-            &stack,
+            stack,
             &mut session,
-            &mut sampler,
+            sampler,
             new_ids,
             None,
             a.sampling.max_tokens,

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::safetensors::{self, WriteTensor};
+use gemma3n_model::text::EmbedFn;
 use gemma3n_model::Logits;
+
+use crate::device::Device;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,6 +31,8 @@ pub struct Args {
     audio: Vec<PathBuf>,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -48,32 +53,51 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
 
 pub fn main(a: Args) -> Result<()> {
     let ids = parse_ids(&a.ids)?;
+    let device = a.device.parse()?;
     let pixels = crate::images::read_images(&a.images)?;
     let sound = crate::audio::read_audio(&a.audio)?;
-    let model = crate::load::load_any(&a.model)?;
-    let mut cache = a.slice.cache(&model)?;
-    let logits = if pixels.is_empty() && sound.clips.is_empty() {
-        model.forward(&ids, &mut cache, Logits::All)?
+    let model = std::sync::Arc::new(crate::load::load_any(&a.model)?);
+    let plan = a.slice.plan(&model.cfg)?;
+    // The towers run on the CPU; their soft tokens reach the decoder through `embed`.
+    let (vision, image_soft) = match pixels.is_empty() {
+        true => None,
+        false => Some(crate::images::encode_images(&a.model, &pixels)?),
+    }
+    .unzip();
+    let (audio, clip_soft) = match sound.clips.is_empty() {
+        true => None,
+        false => Some(crate::audio::encode_audio(&a.model, &sound)?),
+    }
+    .unzip();
+    let prompt = if vision.is_none() && audio.is_none() {
+        None
     } else {
-        let (vision, image_soft) = match pixels.is_empty() {
-            true => None,
-            false => Some(crate::images::encode_images(&a.model, &pixels)?),
-        }
-        .unzip();
-        let (audio, clip_soft) = match sound.clips.is_empty() {
-            true => None,
-            false => Some(crate::audio::encode_audio(&a.model, &sound)?),
-        }
-        .unzip();
-        let p = MediaPrompt::new(
+        Some(MediaPrompt::new(
             &ids,
             0,
             model.cfg.hidden_size,
             vision.as_ref().zip(image_soft),
             audio.as_ref().zip(clip_soft),
-        )?;
-        let f = |pos: usize, id: u32, row: &mut [f32]| p.embed(pos, id, row);
-        model.forward_embedded(&ids, &mut cache, Logits::All, Some(&f))?
+        )?)
+    };
+    let f = |pos: usize, id: u32, row: &mut [f32]| match &prompt {
+        Some(p) => p.embed(pos, id, row),
+        None => Ok(()),
+    };
+    let embed = prompt.as_ref().map(|_| &f as EmbedFn);
+    let logits = match device {
+        Device::Cpu => {
+            let mut cache = model.new_cache_with_plan(plan);
+            model.forward_embedded(&ids, &mut cache, Logits::All, embed)?
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            let gpu = crate::device::to_gpu(model.clone(), n)?;
+            let mut cache = gpu.new_cache_with_plan(plan, ids.len())?;
+            gpu.forward_embedded(&ids, &mut cache, Logits::All, embed)?
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => unreachable!("DeviceArgs::parse refuses cuda without the cuda feature"),
     };
     let v = model.cfg.vocab_size;
     safetensors::write(

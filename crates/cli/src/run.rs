@@ -10,6 +10,7 @@ use gemma3n_engine::{
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::text::EmbedFn;
 
+use crate::device::Device;
 use crate::text::{report_speed, stream_generation, SamplingArgs};
 
 #[derive(clap::Args)]
@@ -40,9 +41,12 @@ pub struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 pub fn main(a: Args) -> Result<()> {
+    let device = a.device.parse()?;
     // Images are read before any model work: a bad file fails fast.
     let pixels = crate::images::read_images(&a.images)?;
     let sound = crate::audio::read_audio(&a.audio)?;
@@ -134,7 +138,6 @@ pub fn main(a: Args) -> Result<()> {
             .ids
     };
     let mut sampler = stack.sampler(&a.sampling)?;
-    let mut session = Session::with_cache(&stack.model, a.slice.cache(&stack.model)?);
     let prompt = if vision.is_some() || audio.is_some() {
         Some(MediaPrompt::new(
             &ids,
@@ -150,14 +153,26 @@ pub fn main(a: Args) -> Result<()> {
         Some(p) => p.embed(pos, id, row),
         None => Ok(()),
     };
-    let (g, _) = stream_generation(
-        &stack,
-        &mut session,
-        &mut sampler,
-        &ids,
-        prompt.as_ref().map(|_| &f as EmbedFn),
-        a.sampling.max_tokens,
-    )?;
+    // The towers ran on the CPU; their soft tokens reach the decoder through `embed`.
+    let embed = prompt.as_ref().map(|_| &f as EmbedFn);
+    let max_tokens = a.sampling.max_tokens;
+    let (g, _) = match device {
+        Device::Cpu => {
+            let mut session = Session::with_cache(&*stack.model, a.slice.cache(&stack.model)?);
+            stream_generation(&stack, &mut session, &mut sampler, &ids, embed, max_tokens)?
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => {
+            let plan = a.slice.plan(&stack.model.cfg)?;
+            let gpu = crate::device::to_gpu(stack.model.clone(), n)?;
+            // Room for the prompt and the answer to start with (the cache grows anyway).
+            let cache = gpu.new_cache_with_plan(plan, ids.len() + max_tokens)?;
+            let mut session = Session::with_cache(&gpu, cache);
+            stream_generation(&stack, &mut session, &mut sampler, &ids, embed, max_tokens)?
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => unreachable!("DeviceArgs::parse refuses cuda without the cuda feature"),
+    };
     println!();
     report_speed(&g);
     Ok(())

@@ -1,6 +1,6 @@
 //! `gemma3n serve`: the OpenAI-compatible HTTP server (crates/server).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gemma3n_engine::SamplingParams;
 use gemma3n_server::{Model, Options};
 
@@ -66,7 +66,7 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
     let model = Model {
         vision,
         audio,
-        text: stack.model,
+        text: std::sync::Arc::into_inner(stack.model).context("the text model is shared")?,
         tokenizer: stack.tokenizer,
         template,
         stop_ids,

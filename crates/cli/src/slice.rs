@@ -2,6 +2,7 @@
 //! which writes a slice as a standalone checkpoint.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use gemma3n_model::matformer::{self, Slice, SlicePlan};
@@ -54,19 +55,24 @@ impl SliceArgs {
         }))
     }
 
+    /// The checked plan of the chosen slice of a model of config `cfg` (the whole model
+    /// when no slice is chosen).
+    pub fn plan(&self, cfg: &TextConfig) -> Result<Arc<SlicePlan>> {
+        let Some(s) = self.slice(cfg)? else {
+            return Ok(Arc::new(SlicePlan::full(cfg)));
+        };
+        let r = SlicePlan::new(cfg, &s);
+        let plan = if self.size.is_some() && r.is_err() {
+            r.context("the named slices are for E4B-shaped checkpoints (35 layers, FFN 16384); use --slice FILE for other models")?
+        } else {
+            r?
+        };
+        Ok(Arc::new(plan))
+    }
+
     /// A fresh KV cache (a sequence) running the chosen slice of `model`.
     pub fn cache(&self, model: &TextModel) -> Result<KvCache> {
-        Ok(match self.slice(&model.cfg)? {
-            Some(s) => {
-                let r = model.new_cache_for(&s);
-                if self.size.is_some() && r.is_err() {
-                    r.context("the named slices are for E4B-shaped checkpoints (35 layers, FFN 16384); use --slice FILE for other models")?
-                } else {
-                    r?
-                }
-            }
-            None => model.new_cache(),
-        })
+        Ok(model.new_cache_with_plan(self.plan(&model.cfg)?))
     }
 }
 

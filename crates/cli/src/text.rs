@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use gemma3n_engine::{
-    ChatTemplate, Generation, GenerationConfig, Sampler, SamplingParams, Session, TokenStream,
-    Tokenizer,
+    ChatTemplate, Decoder, Generation, GenerationConfig, Sampler, SamplingParams, Session,
+    TokenStream, Tokenizer,
 };
 use gemma3n_model::text::EmbedFn;
 use gemma3n_model::TextModel;
@@ -55,7 +56,8 @@ impl ModelArgs {
 
 /// A model ready for text generation.
 pub struct TextStack {
-    pub model: TextModel,
+    /// The decoder on the CPU (shared with its GPU copy under `--device cuda`).
+    pub model: Arc<TextModel>,
     /// Where the tokenizer, chat template and generation config were found.
     pub files_dir: PathBuf,
     pub eos_token_ids: Vec<u32>,
@@ -106,7 +108,7 @@ impl TextStack {
         };
         let tokenizer = Tokenizer::from_file(&tok_path)?;
         Ok(TextStack {
-            model,
+            model: Arc::new(model),
             files_dir,
             eos_token_ids,
             tokenizer,
@@ -162,10 +164,11 @@ impl TextStack {
     }
 }
 
-/// Generates from `new_ids` (appended to `session`), streaming text to stdout.
-pub fn stream_generation(
+/// Generates from `new_ids` (appended to `session`, on any device), streaming text to
+/// stdout.
+pub fn stream_generation<M: Decoder>(
     stack: &TextStack,
-    session: &mut Session<'_>,
+    session: &mut Session<'_, M>,
     sampler: &mut Sampler,
     new_ids: &[u32],
     embed: Option<EmbedFn<'_>>,

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use gemma3n_model::text::EmbedFn;
-use gemma3n_model::{KvCache, Logits, ModelError, TextModel};
+use gemma3n_model::{Logits, ModelError, TextModel};
+
+use crate::backend::{Decoder, DecoderCache};
 
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,22 +43,25 @@ impl Generation {
     }
 }
 
-/// One sequence: the model, its KV cache and the tokens the cache holds.
-pub struct Session<'m> {
-    model: &'m TextModel,
-    cache: KvCache,
+/// One sequence: the model (on any backend, the CPU by default), its KV cache and the
+/// tokens the cache holds.
+pub struct Session<'m, M: Decoder = TextModel> {
+    model: &'m M,
+    cache: M::Cache,
     tokens: Vec<u32>,
 }
 
-impl<'m> Session<'m> {
-    /// A sequence running the whole model.
-    pub fn new(model: &'m TextModel) -> Session<'m> {
+impl<'m> Session<'m, TextModel> {
+    /// A sequence running the whole model on the CPU.
+    pub fn new(model: &'m TextModel) -> Session<'m, TextModel> {
         Self::with_cache(model, model.new_cache())
     }
+}
 
+impl<'m, M: Decoder> Session<'m, M> {
     /// A sequence running the MatFormer slice `cache` was made for (an empty cache of
     /// `model`: `model.new_cache_for(&slice)`).
-    pub fn with_cache(model: &'m TextModel, mut cache: KvCache) -> Session<'m> {
+    pub fn with_cache(model: &'m M, mut cache: M::Cache) -> Session<'m, M> {
         cache.clear();
         Session {
             model,
@@ -100,7 +105,7 @@ impl<'m> Session<'m> {
 
     /// Tokens that still fit in the context.
     pub fn room(&self) -> usize {
-        self.model.cfg.max_position_embeddings - self.tokens.len()
+        self.model.config().max_position_embeddings - self.tokens.len()
     }
 
     /// Appends `prompt` to the sequence (one prefill), then generates up to
@@ -132,7 +137,7 @@ impl<'m> Session<'m> {
         if prompt.is_empty() {
             return Err(ModelError::Invalid("empty prompt".into()));
         }
-        let ctx = self.model.cfg.max_position_embeddings;
+        let ctx = self.model.config().max_position_embeddings;
         if self.tokens.len() + prompt.len() > ctx {
             return Err(ModelError::Invalid(format!(
                 "prompt of {} tokens (plus {} already in the conversation) exceeds the context length of {ctx} tokens",
@@ -169,7 +174,9 @@ impl<'m> Session<'m> {
                 // fed at the start of the next call if the conversation continues.
                 break StopReason::MaxTokens;
             }
-            logits = self.model.forward(&[next], &mut self.cache, Logits::Last)?;
+            logits = self
+                .model
+                .forward_embedded(&[next], &mut self.cache, Logits::Last, None)?;
             self.tokens.push(next);
             decode_steps += 1;
         };

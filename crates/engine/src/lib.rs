@@ -1,5 +1,6 @@
 //! gemma3n-engine: tokenizer, chat template, sampling and the generation loop.
 
+pub mod backend;
 pub mod chat;
 pub mod error;
 pub mod generate;
@@ -7,6 +8,7 @@ pub mod sampling;
 pub mod stream;
 pub mod tokenizer;
 
+pub use backend::{Decoder, DecoderCache};
 pub use chat::{
     expand_audio_placeholders, expand_image_placeholders, ChatMessage, ChatTemplate, ContentPart,
     Conversation, MessageContent, Prompt, TurnInput, AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER,

@@ -12,7 +12,7 @@
 
 mod ops;
 
-pub use ops::GemvSeg;
+pub use ops::{Epilogue, GemvSeg, MAX_ROW};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,15 +32,17 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 19] = [
-    "gemv_bf16",
+pub const KERNELS: [&str; 20] = [
+    "gemv_bf16_b1",
+    "gemv_bf16_b2",
+    "gemv_bf16_b4",
+    "gemv_bf16_b8",
     "split_bf16_rows",
     "sparse_t_bf16",
     "embed_rows",
     "ple_combine",
     "match_magnitude",
     "altup_predict",
-    "rms_norm_add",
     "post_attention",
     "sparsity_cutoff",
     "gelu_mul",
@@ -51,7 +53,6 @@ pub const KERNELS: [&str; 19] = [
     "keep_row",
     "qkv_prep",
     "attention_decode",
-    "attention_combine",
 ];
 
 /// Errors of the CUDA backend.
@@ -75,7 +76,7 @@ pub enum CudaError {
 
 pub type Result<T> = std::result::Result<T, CudaError>;
 
-fn drv(e: cudarc::driver::DriverError) -> CudaError {
+pub(crate) fn drv(e: cudarc::driver::DriverError) -> CudaError {
     CudaError::Driver(e.to_string())
 }
 
@@ -89,6 +90,21 @@ pub struct Gpu {
     name: String,
     arch: (i32, i32),
     allocated: AtomicUsize,
+    /// Programmatic dependent launch (`GEMMA3N_CUDA_PDL=0` turns it off).
+    pdl: bool,
+    /// Per-op GPU timing (`GEMMA3N_CUDA_PROFILE=1`): events around every launch.
+    profile: Option<std::sync::Mutex<Profile>>,
+}
+
+/// Events recorded around each op of a step, and the totals per op name.
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(
+        &'static str,
+        cudarc::driver::CudaEvent,
+        cudarc::driver::CudaEvent,
+    )>,
+    totals: HashMap<&'static str, (usize, f64)>,
 }
 
 /// Whether a CUDA driver can be loaded on this machine.
@@ -139,6 +155,10 @@ impl Gpu {
             name,
             arch,
             allocated: AtomicUsize::new(0),
+            pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
+            profile: std::env::var_os("GEMMA3N_CUDA_PROFILE")
+                .is_some_and(|v| v == "1")
+                .then(|| std::sync::Mutex::new(Profile::default())),
         }))
     }
 
@@ -315,6 +335,57 @@ impl Gpu {
         a.elapsed_ms(&b).map_err(drv)
     }
 
+    /// Whether ops are being timed (`GEMMA3N_CUDA_PROFILE=1`; graphs are not used then).
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// Runs `f` (which queues one op) between two timing events when profiling.
+    pub(crate) fn timed<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(p) = &self.profile else {
+            return f();
+        };
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.ctx.new_event(flags).map_err(drv)?;
+        let b = self.ctx.new_event(flags).map_err(drv)?;
+        a.record(&self.stream).map_err(drv)?;
+        let r = f()?;
+        b.record(&self.stream).map_err(drv)?;
+        p.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .push((name, a, b));
+        Ok(r)
+    }
+
+    /// Adds the timings of the ops queued since the last call to the totals (waits for them).
+    pub fn profile_collect(&self) -> Result<()> {
+        let Some(p) = &self.profile else {
+            return Ok(());
+        };
+        self.sync()?;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = std::mem::take(&mut p.pending);
+        for (name, a, b) in pending {
+            let ms = a.elapsed_ms(&b).map_err(drv)? as f64;
+            let e = p.totals.entry(name).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += ms;
+        }
+        Ok(())
+    }
+
+    /// The totals per op (name, count, milliseconds), largest first; resets them.
+    pub fn profile_take(&self) -> Vec<(&'static str, usize, f64)> {
+        let Some(p) = &self.profile else {
+            return Vec::new();
+        };
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = p.totals.drain().map(|(k, (c, t))| (k, c, t)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+
     fn func(&self, name: &str) -> &CudaFunction {
         self.funcs
             .get(name)
@@ -329,10 +400,124 @@ impl Gpu {
 /// A captured sequence of ops (a CUDA graph), replayed with [`Graph::launch`].
 pub struct Graph(cudarc::driver::CudaGraph);
 
+// SAFETY: a graph is only launched or dropped through `&mut` of its owner (one thread at a
+// time); the driver objects it wraps may be used from any thread bound to the context.
+unsafe impl Send for Graph {}
+
 impl Graph {
     /// Queues one replay on the stream it was captured from.
     pub fn launch(&self) -> Result<()> {
         self.0.launch().map_err(drv)
+    }
+}
+
+/// Page-locked host memory: copies from and to it run asynchronously on the stream.
+pub struct PinnedBuffer {
+    ptr: *mut u8,
+    bytes: usize,
+    gpu: Arc<Gpu>,
+}
+
+// SAFETY: plain host memory owned by this value.
+unsafe impl Send for PinnedBuffer {}
+unsafe impl Sync for PinnedBuffer {}
+
+impl PinnedBuffer {
+    /// The buffer as values of `T` (as many as fit).
+    pub fn as_mut_slice<T: Copy>(&mut self) -> &mut [T] {
+        assert_eq!(self.ptr as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: `bytes` bytes of host memory owned by this value; T is plain data.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr as *mut T,
+                self.bytes / std::mem::size_of::<T>(),
+            )
+        }
+    }
+
+    pub fn as_slice<T: Copy>(&self) -> &[T] {
+        assert_eq!(self.ptr as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: as above.
+        unsafe {
+            std::slice::from_raw_parts(self.ptr as *const T, self.bytes / std::mem::size_of::<T>())
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        let _ = self.gpu.ctx.bind_to_thread();
+        let _ = self.gpu.sync();
+        // SAFETY: allocated by `malloc_host` in `Gpu::alloc_pinned`, freed once.
+        unsafe {
+            let _ = cudarc::driver::result::free_host(self.ptr as *mut _);
+        }
+    }
+}
+
+impl Gpu {
+    /// `bytes` of page-locked host memory.
+    pub fn alloc_pinned(self: &Arc<Self>, bytes: usize) -> Result<PinnedBuffer> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: a plain allocation; freed in Drop.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(bytes.max(16), 0) }
+            .map_err(|e| CudaError::Driver(format!("allocating {bytes} pinned bytes: {e}")))?;
+        Ok(PinnedBuffer {
+            ptr: ptr as *mut u8,
+            bytes,
+            gpu: self.clone(),
+        })
+    }
+
+    /// Queues a copy of `bytes` bytes from `src` (at byte `offset`) to `dst`; `src` must not
+    /// change until the stream has passed this point (e.g. the next [`Gpu::sync`]).
+    pub fn upload_async(
+        &self,
+        src: &PinnedBuffer,
+        offset: usize,
+        dst: DevPtr,
+        bytes: usize,
+    ) -> Result<()> {
+        assert!(
+            offset + bytes <= src.bytes,
+            "upload past the end of a pinned buffer"
+        );
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: the range lies inside `src`; `dst` is a live device range (caller).
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(
+                dst.0,
+                std::slice::from_raw_parts(src.ptr.add(offset), bytes),
+                self.stream.cu_stream(),
+            )
+            .map_err(drv)
+        }
+    }
+
+    /// Copies `bytes` bytes at `src` into `dst` and waits for it.
+    pub fn download(&self, src: DevPtr, dst: &mut PinnedBuffer, bytes: usize) -> Result<()> {
+        assert!(
+            bytes <= dst.bytes,
+            "download past the end of a pinned buffer"
+        );
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: as above.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(
+                std::slice::from_raw_parts_mut(dst.ptr, bytes),
+                src.0,
+                self.stream.cu_stream(),
+            )
+            .map_err(drv)?;
+        }
+        self.sync()
     }
 }
 

@@ -3,7 +3,7 @@
 //! and strides ("ld") in elements between consecutive rows.
 
 use cudarc::cublas::sys as blas;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::DeviceRepr;
 
 use super::{CudaError, DevPtr, Gpu, Result};
 
@@ -14,6 +14,20 @@ pub const GEMV_MAX_BATCH: usize = 8;
 const GEMV_MAX_SEGS: usize = 4;
 /// Key splits of decode attention for one row (each split a block).
 const ATT_WARPS: usize = 4;
+
+/// What a product writes (gemv.cu's EPI_* values), with `acc = x · W[r]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `acc` (soft-capped when the launch has a cap).
+    #[default]
+    Plain,
+    /// `gelu(acc) · (x · W2[r])`: the gate and up products of a dense FFN at once.
+    Pair(DevPtr),
+    /// `gelu(aux[b, r]) · acc` (aux row stride given): up after the sparse gate.
+    GeluAux(DevPtr, usize),
+    /// `gelu(acc) · aux[b, r]`: the per-layer input gate.
+    GeluAcc(DevPtr, usize),
+}
 
 /// One product `y[b, r] = Σ_k x[b, k] · W[r, k]` of a multi-product launch, W bf16.
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,21 +43,26 @@ pub struct GemvSeg {
     pub ldx: usize,
     pub ldy: usize,
     pub ldm: usize,
+    pub epi: Epilogue,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RawSeg {
     w: u64,
+    w2: u64,
     x: u64,
     y: u64,
     mask: u64,
+    aux: u64,
     rows: i32,
     k: i32,
     ldw: i32,
     ldx: i32,
     ldy: i32,
     ldm: i32,
+    ldaux: i32,
+    epi: i32,
     block_start: i32,
     pad: i32,
 }
@@ -65,12 +84,17 @@ fn i(v: usize) -> i32 {
     i32::try_from(v).expect("size fits in a 32-bit kernel argument")
 }
 
-fn cfg(grid: (usize, usize, usize), block: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-        block_dim: (block as u32, 1, 1),
-        shared_mem_bytes: 0,
-    }
+/// Rows longer than this do not fit the register-resident row kernels (rows.cu: RPT = 8
+/// values per thread, at most 256 threads, which keeps their registers within bounds).
+pub const MAX_ROW: usize = 2048;
+
+/// Threads of a register-resident row kernel for rows of `d` values.
+fn row_threads(d: usize) -> usize {
+    assert!(
+        d <= MAX_ROW,
+        "row of {d} values is too long for the row kernels"
+    );
+    (d.div_ceil(8).div_ceil(32) * 32).clamp(32, 256)
 }
 
 /// A kernel argument.
@@ -106,26 +130,62 @@ impl From<RawGemvArgs> for KArg {
 /// reference is a kernel argument).
 macro_rules! launch {
     ($gpu:expr, $name:literal, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
-        let vals: Vec<KArg> = vec![$(KArg::from($arg)),*];
-        let f = $gpu.func($name);
-        let mut b = $gpu.stream().launch_builder(f);
-        for v in &vals {
-            match v {
-                KArg::U64(x) => b.arg(x),
-                KArg::I32(x) => b.arg(x),
-                KArg::F32(x) => b.arg(x),
-                KArg::Gemv(x) => b.arg(&**x),
-            };
-        }
-        // SAFETY: the arguments match the kernel's parameter list (types and order), and
-        // the pointers are device addresses of live buffers sized by the caller.
-        unsafe { b.launch(cfg($grid, $block)) }
-            .map(|_| ())
-            .map_err(|e| CudaError::Driver(format!("launching {}: {e}", $name)))
+        let mut vals: Vec<KArg> = vec![$(KArg::from($arg)),*];
+        $gpu.launch_raw($name, $grid, $block, &mut vals)
     }};
 }
 
 impl Gpu {
+    /// Queues kernel `name`. With programmatic dependent launch (the default; off with
+    /// `GEMMA3N_CUDA_PDL=0`) the kernel may start while the one before finishes: every
+    /// kernel of kernels/ waits for its predecessor (`pdl_start`) before touching
+    /// activations.
+    fn launch_raw(
+        &self,
+        name: &'static str,
+        grid: (usize, usize, usize),
+        block: usize,
+        vals: &mut [KArg],
+    ) -> Result<()> {
+        use cudarc::driver::sys;
+        let mut params: Vec<*mut std::ffi::c_void> = vals
+            .iter_mut()
+            .map(|v| match v {
+                KArg::U64(x) => x as *mut u64 as *mut std::ffi::c_void,
+                KArg::I32(x) => x as *mut i32 as *mut std::ffi::c_void,
+                KArg::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
+                KArg::Gemv(x) => &mut **x as *mut RawGemvArgs as *mut std::ffi::c_void,
+            })
+            .collect();
+        let f = self.func(name).cu_function();
+        self.timed(name, || {
+            self.ctx.bind_to_thread().map_err(super::drv)?;
+            // SAFETY: a zeroed attribute value is valid plain data; the field set is the
+            // one its id selects.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0 as u32,
+                gridDimY: grid.1 as u32,
+                gridDimZ: grid.2 as u32,
+                blockDimX: block as u32,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: self.stream().cu_stream(),
+                attrs: &mut attr,
+                numAttrs: u32::from(self.pdl),
+            };
+            // SAFETY: `params` points at one value per kernel parameter, of the types and
+            // in the order of the kernel's signature; the pointers among them are device
+            // addresses of live buffers sized by the caller; `vals` outlives the call.
+            unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }
+                .result()
+                .map_err(|e| CudaError::Driver(format!("launching {name}: {e}")))
+        })
+    }
     /// Up to 4 independent products in one launch (decode: `batch` ≤ 8 activation rows).
     /// `cap > 0` soft-caps every output (`tanh(y / cap) · cap`).
     pub fn gemv(&self, segs: &[GemvSeg], batch: usize, cap: f32) -> Result<()> {
@@ -139,17 +199,27 @@ impl Gpu {
             };
             let mut blocks = 0usize;
             for (r, s) in a.seg.iter_mut().zip(chunk) {
+                let (epi, w2, aux, ldaux) = match s.epi {
+                    Epilogue::Plain => (0, 0, 0, 0),
+                    Epilogue::Pair(w2) => (1, w2.0, 0, 0),
+                    Epilogue::GeluAux(a, ld) => (2, 0, a.0, ld),
+                    Epilogue::GeluAcc(a, ld) => (3, 0, a.0, ld),
+                };
                 *r = RawSeg {
                     w: s.w.0,
+                    w2,
                     x: s.x.0,
                     y: s.y.0,
                     mask: s.mask.0,
+                    aux,
                     rows: i(s.rows),
                     k: i(s.k),
                     ldw: i(s.ldw),
                     ldx: i(s.ldx),
                     ldy: i(s.ldy),
                     ldm: i(s.ldm),
+                    ldaux: i(ldaux),
+                    epi,
                     block_start: i(blocks),
                     pad: 0,
                 };
@@ -158,7 +228,12 @@ impl Gpu {
             if blocks == 0 {
                 continue;
             }
-            launch!(self, "gemv_bf16", (blocks, 1, 1), GEMV_WARPS * 32; a)?;
+            match batch {
+                1 => launch!(self, "gemv_bf16_b1", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
+                2 => launch!(self, "gemv_bf16_b2", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
+                3 | 4 => launch!(self, "gemv_bf16_b4", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
+                _ => launch!(self, "gemv_bf16_b8", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
+            }
         }
         Ok(())
     }
@@ -174,7 +249,10 @@ impl Gpu {
         scratch: DevPtr,
         lo: Option<DevPtr>,
     ) -> Result<()> {
-        assert!(s.mask.is_null(), "masked products run on the gemv path");
+        assert!(
+            s.mask.is_null() && s.epi == Epilogue::Plain,
+            "masked products and epilogues run on the gemv path"
+        );
         self.split_bf16(s.x, s.ldx, scratch, lo, batch, s.k)?;
         self.gemm_raw(
             s.w, false, s.rows, s.ldw, scratch, s.k, batch, s.k, s.y, s.ldy, 0.0,
@@ -251,8 +329,13 @@ impl Gpu {
         } else {
             blas::cublasOperation_t::CUBLAS_OP_T
         };
+        let name = if transposed {
+            "cublas_gemm_t"
+        } else {
+            "cublas_gemm"
+        };
         // SAFETY: pointers are live device buffers of the sizes given by the caller.
-        unsafe {
+        self.timed(name, || unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),
                 op,
@@ -274,8 +357,8 @@ impl Gpu {
                 blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
-        }
-        .map_err(|e| CudaError::Blas(format!("{e:?}")))
+            .map_err(|e| CudaError::Blas(format!("{e:?}")))
+        })
     }
 
     /// Sparse product with a transposed matrix (`wt` = `[units, ncols]` bf16, stride `ldw`):
@@ -297,15 +380,18 @@ impl Gpu {
             (1..=GEMV_MAX_BATCH).contains(&batch),
             "sparse_t batch {batch}"
         );
-        for b in 0..batch {
-            self.zero(y.add_f32(b * ldy), ncols * 4)?;
-        }
+        self.timed("memset", || {
+            for b in 0..batch {
+                self.zero(y.add_f32(b * ldy), ncols * 4)?;
+            }
+            Ok(())
+        })?;
         let per_block = if ncols.is_multiple_of(8) {
             256 * 8
         } else {
             256
         };
-        let splits = units.div_ceil(64).clamp(1, 256);
+        let splits = units.div_ceil(512);
         launch!(self, "sparse_t_bf16", (ncols.div_ceil(per_block), splits, 1), 256;
             wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
     }
@@ -329,12 +415,13 @@ impl Gpu {
     }
 
     /// Per-layer inputs from the projection `proj` and the host table rows `rows_in`
-    /// (`rows x layers·p` each).
+    /// (`rows x layers·p` each; bf16 when `rows_bf16`, else f32).
     #[allow(clippy::too_many_arguments)]
     pub fn ple_combine(
         &self,
         proj: DevPtr,
         rows_in: DevPtr,
+        rows_bf16: bool,
         norm: DevPtr,
         out: DevPtr,
         rows: usize,
@@ -344,7 +431,7 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         launch!(self, "ple_combine", (layers, rows, 1), 32 * p.div_ceil(32).min(8);
-            proj.0, rows_in.0, norm.0, out.0, i(layers * p), i(p),
+            proj.0, rows_in.0, i32::from(rows_bf16), norm.0, out.0, i(layers * p), i(p),
             1.0f32 / (d as f32).sqrt(), (p as f32).sqrt(), eps)
     }
 
@@ -361,12 +448,15 @@ impl Gpu {
         launch!(self, "match_magnitude", (n, rows, 1), 256; y.0, ys as u64, reference.0, i(d))
     }
 
-    /// AltUp predict and the input norm (see rows.cu).
+    /// AltUp predict and the input norm (see rows.cu), after the previous layer's PLE
+    /// injection `inj` (null: none) is added to streams 1.. of `s`.
     #[allow(clippy::too_many_arguments)]
     pub fn altup_predict(
         &self,
         s: DevPtr,
         ss: usize,
+        inj: DevPtr,
+        w_inj: DevPtr,
         router_norm: DevPtr,
         router: DevPtr,
         coefs: DevPtr,
@@ -377,27 +467,13 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "altup_predict", (rows, 1, 1), 256;
-            s.0, ss as u64, router_norm.0, router.0, coefs.0, in_norm.0, pred.0, x.0, i(d), eps)
+        launch!(self, "altup_predict", (rows, 1, 1), row_threads(d);
+            s.0, ss as u64, inj.0, w_inj.0, router_norm.0, router.0, coefs.0, in_norm.0, pred.0,
+            x.0, i(d), eps)
     }
 
-    /// `out = add + RMSNorm(x) · w` per row.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rms_norm_add(
-        &self,
-        x: DevPtr,
-        ldx: usize,
-        w: DevPtr,
-        add: DevPtr,
-        out: DevPtr,
-        rows: usize,
-        d: usize,
-        eps: f32,
-    ) -> Result<()> {
-        launch!(self, "rms_norm_add", (rows, 1, 1), 256; x.0, i(ldx), w.0, add.0, out.0, i(d), eps)
-    }
-
-    /// The residual merge after attention and the FFN input norm (see rows.cu).
+    /// LAuReL's output, the residual merge after attention and the FFN input norm (see
+    /// rows.cu).
     #[allow(clippy::too_many_arguments)]
     pub fn post_attention(
         &self,
@@ -405,7 +481,9 @@ impl Gpu {
         o: DevPtr,
         ldo: usize,
         w_pa: DevPtr,
-        lau: DevPtr,
+        lr: DevPtr,
+        w_lau: DevPtr,
+        x: DevPtr,
         w_pf: DevPtr,
         h: DevPtr,
         y: DevPtr,
@@ -413,8 +491,8 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "post_attention", (rows, 1, 1), 256;
-            a.0, o.0, i(ldo), w_pa.0, lau.0, w_pf.0, h.0, y.0, i(d), eps)
+        launch!(self, "post_attention", (rows, 1, 1), row_threads(d);
+            a.0, o.0, i(ldo), w_pa.0, lr.0, w_lau.0, x.0, w_pf.0, h.0, y.0, i(d), eps)
     }
 
     /// Gaussian top-k cutoff of `rows` gate rows of `f` values, in place.
@@ -426,7 +504,9 @@ impl Gpu {
         f: usize,
         z: f32,
     ) -> Result<()> {
-        launch!(self, "sparsity_cutoff", (rows, 1, 1), 256; g.0, i(ldg), i(f), z)
+        assert!(f <= 16 * 1024, "FFN width {f} > 16384");
+        let threads = (f.div_ceil(16).div_ceil(32) * 32).clamp(32, 1024);
+        launch!(self, "sparsity_cutoff", (rows, 1, 1), threads; g.0, i(ldg), i(f), z)
     }
 
     /// `out = gelu(g) · u`.
@@ -466,7 +546,7 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "post_ffn_correct", (rows, 1, 1), 256;
+        launch!(self, "post_ffn_correct", (rows, 1, 1), row_threads(d);
             h.0, f.0, w_pf.0, p.0, ss as u64, router_norm.0, router.0, coefs.0, out_scale.0,
             h2.0, v.0, i(d), eps)
     }
@@ -551,8 +631,9 @@ impl Gpu {
             i(h), i(g), i(hd), eps)
     }
 
-    /// Attention of `rows` query rows over a cache (`window` 0: full). `part` holds
-    /// `rows · h · nsplit · (hd + 2)` floats when `nsplit > 1`.
+    /// Attention of `rows` query rows over a cache (`window` 0: full). With `nsplit > 1`,
+    /// `part` holds `rows · h · nsplit · (hd + 2)` floats and `done` `rows · h` zeroed
+    /// counters (left zeroed).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -562,6 +643,7 @@ impl Gpu {
         pos: DevPtr,
         out: DevPtr,
         part: DevPtr,
+        done: DevPtr,
         nsplit: usize,
         rows: usize,
         h: usize,
@@ -571,10 +653,6 @@ impl Gpu {
     ) -> Result<()> {
         assert!(hd <= 256, "attention head_dim {hd} > 256");
         launch!(self, "attention_decode", (h, rows, nsplit), ATT_WARPS * 32;
-            q.0, kcache.0, vcache.0, pos.0, out.0, part.0, i(h), i(g), i(hd), i(window))?;
-        if nsplit > 1 {
-            launch!(self, "attention_combine", (h, rows, 1), 128; part.0, out.0, i(h), i(hd), i(nsplit))?;
-        }
-        Ok(())
+            q.0, kcache.0, vcache.0, pos.0, out.0, part.0, done.0, i(h), i(g), i(hd), i(window))
     }
 }

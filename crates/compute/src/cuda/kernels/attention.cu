@@ -12,6 +12,7 @@ extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq
                                     const float* wk, const int* pos, const float* inv_freq,
                                     float* q_out, float* kcache, float* vcache, int h, int g,
                                     int hd, float eps) {
+    pdl_start();
     int j = blockIdx.x, b = blockIdx.y;
     const float* src = qkv + (size_t)b * ldqkv + (size_t)j * hd;
     float inv = rms_inv(src, hd, eps);
@@ -36,14 +37,42 @@ extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq
     }
 }
 
+// Merges the nsplit (<= 32) partials of one (row, head) into out (block-wide): the
+// maxima and sums are read in parallel, then each output dim sums the scaled partials.
+__device__ void combine_partials(const float* part, float* out, int b, int head, int h, int hd,
+                                 int nsplit) {
+    __shared__ float wgt[32];
+    __shared__ float total;
+    const float* pp = part + ((size_t)b * h + head) * nsplit * (hd + 2);
+    if (threadIdx.x < 32) {
+        int s = threadIdx.x;
+        float ms = s < nsplit ? __ldcg(pp + s * (hd + 2)) : -INFINITY;
+        float ls = s < nsplit ? __ldcg(pp + s * (hd + 2) + 1) : 0.0f;
+        float M = warp_max(ms);
+        float w = ms > -INFINITY ? expf(ms - M) : 0.0f;
+        wgt[s] = w;
+        float L = warp_sum(ls * w);
+        if (s == 0) total = L;
+    }
+    __syncthreads();
+    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < nsplit; s++)
+            if (wgt[s] > 0.0f) a += __ldcg(pp + s * (hd + 2) + 2 + dd) * wgt[s];
+        out[((size_t)b * h + head) * hd + dd] = a / total;
+    }
+}
+
 // grid (H, rows, nsplit), block ATT_WARPS * 32. Query row b at position pos[b] sees keys
 // (pos - window, pos] (window 0: [0, pos]). Warp w of split s takes the keys
 // lo + s*ATT_WARPS + w, stepping by nsplit*ATT_WARPS, with an online softmax. With
 // nsplit == 1 the result is written to out; otherwise (max, sum, acc) partials go to
-// part[((b*H + head)*nsplit + s)*(hd+2)] for attention_combine.
+// part[((b*H + head)*nsplit + s)*(hd+2)]; the last split block of each (row, head) merges
+// them (done[] counts finished splits).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_decode(const float* q, const float* kcache, const float* vcache, const int* pos,
-                 float* out, float* part, int h, int g, int hd, int window) {
+                 float* out, float* part, int* done, int h, int g, int hd, int window) {
+    pdl_start();
     const int head = blockIdx.x, b = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = head / (h / g);
@@ -61,25 +90,43 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
     float m = -INFINITY, l = 0.0f;
     const size_t row = (size_t)g * hd;
     const int step = nsplit * ATT_WARPS;
-    for (int key = lo + s * ATT_WARPS + warp; key <= p; key += step) {
+    // Two keys per step, their loads and reductions independent of each other.
+    for (int key = lo + s * ATT_WARPS + warp; key <= p; key += 2 * step) {
+        const int key2 = key + step;
+        const bool two = key2 <= p;
         const float* kr = kcache + key * row + (size_t)kvh * hd;
-        float dot = 0.0f;
+        const float* vr = vcache + key * row + (size_t)kvh * hd;
+        const float* kr2 = kcache + (two ? key2 : key) * row + (size_t)kvh * hd;
+        const float* vr2 = vcache + (two ? key2 : key) * row + (size_t)kvh * hd;
+        float kv[ATT_MAX_HD / 32], vv[ATT_MAX_HD / 32], kv2[ATT_MAX_HD / 32], vv2[ATT_MAX_HD / 32];
         #pragma unroll
         for (int i = 0; i < ATT_MAX_HD / 32; i++) {
             int dd = lane + 32 * i;
-            if (i < per_lane && dd < hd) dot += qv[i] * kr[dd];
+            bool in = i < per_lane && dd < hd;
+            kv[i] = in ? kr[dd] : 0.0f;
+            vv[i] = in ? vr[dd] : 0.0f;
+            kv2[i] = in ? kr2[dd] : 0.0f;
+            vv2[i] = in ? vr2[dd] : 0.0f;
         }
-        dot = warp_sum(dot);
-        float mn = fmaxf(m, dot);
+        float dot = 0.0f, dot2 = 0.0f;
+        #pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+            dot += qv[i] * kv[i];
+            dot2 += qv[i] * kv2[i];
+        }
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            dot2 += __shfl_xor_sync(0xffffffffu, dot2, o);
+        }
+        if (!two) dot2 = -INFINITY;
+        float mn = fmaxf(m, fmaxf(dot, dot2));
         float corr = expf(m - mn);
         float e = expf(dot - mn);
-        l = l * corr + e;
-        const float* vr = vcache + key * row + (size_t)kvh * hd;
+        float e2 = two ? expf(dot2 - mn) : 0.0f;
+        l = l * corr + e + e2;
         #pragma unroll
-        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
-            int dd = lane + 32 * i;
-            if (i < per_lane && dd < hd) acc[i] = acc[i] * corr + e * vr[dd];
-        }
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] = acc[i] * corr + e * vv[i] + e2 * vv2[i];
         m = mn;
     }
     // Combine the warps of this block.
@@ -106,31 +153,24 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
             part[(((size_t)b * h + head) * nsplit + s) * (hd + 2) + 2 + dd] = a;
         }
     }
-    if (nsplit > 1 && threadIdx.x == 0) {
+    if (nsplit == 1) return;
+    if (threadIdx.x == 0) {
         float* pp = part + (((size_t)b * h + head) * nsplit + s) * (hd + 2);
         pp[0] = M;
         pp[1] = L;
     }
+    // The last split block to finish merges the partials (and re-arms the counter).
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* c = done + (size_t)b * h + head;
+        last = atomicAdd(c, 1) == nsplit - 1;
+        if (last) *c = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    combine_partials(part, out, b, head, h, hd, nsplit);
 }
 
-// grid (H, rows), block 128: merges the nsplit partials of attention_decode.
-extern "C" __global__ void attention_combine(const float* part, float* out, int h, int hd,
-                                             int nsplit) {
-    const int head = blockIdx.x, b = blockIdx.y;
-    const float* pp = part + ((size_t)b * h + head) * nsplit * (hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.0f;
-    for (int s = 0; s < nsplit; s++) {
-        float ms = pp[s * (hd + 2)];
-        if (ms > -INFINITY) L += pp[s * (hd + 2) + 1] * expf(ms - M);
-    }
-    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < nsplit; s++) {
-            float ms = pp[s * (hd + 2)];
-            if (ms > -INFINITY) a += pp[s * (hd + 2) + 2 + dd] * expf(ms - M);
-        }
-        out[((size_t)b * h + head) * hd + dd] = a / L;
-    }
-}

@@ -5,6 +5,24 @@ typedef unsigned short bf16_t;
 typedef unsigned int u32;
 #define INFINITY __int_as_float(0x7f800000)
 
+// Programmatic dependent launch (sm_90): every kernel waits for the kernel before it to
+// finish (and its writes to be visible) before it reads activations or writes anything,
+// then lets the next kernel start launching, so that kernel can fetch its weights while
+// this one works. Reads of weights may come before the wait.
+__device__ __forceinline__ void pdl_start() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+// Brings [p, p + bytes) into L2 (one 128-byte line per lane and step).
+__device__ __forceinline__ void prefetch_l2(const void* p, int bytes, int lane) {
+    const char* c = (const char*)p;
+    for (int off = lane * 128; off < bytes; off += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 __device__ __forceinline__ float bf16_to_f32(bf16_t v) {
     return __uint_as_float(((u32)v) << 16);
 }

@@ -6,13 +6,21 @@
 #define GEMV_MAX_BATCH 8
 #define GEMV_MAX_SEGS 4
 
+// Epilogues: what is written for row r of batch row b, with acc = x . W[r].
+#define EPI_PLAIN 0       // acc (soft-capped when cap > 0)
+#define EPI_PAIR 1        // gelu(acc) * (x . W2[r]): gate and up of a dense FFN at once
+#define EPI_GELU_AUX 2    // gelu(aux[b, r]) * acc: up after the sparse gate
+#define EPI_GELU_ACC 3    // gelu(acc) * aux[b, r]: the per-layer input gate
+
 struct GemvSeg {
     const bf16_t* w;      // [rows, ldw]
+    const bf16_t* w2;     // EPI_PAIR: the second matrix (same shape and stride)
     const float* x;       // [batch, ldx]
     float* y;             // [batch, ldy]
     const float* mask;    // optional [batch, ldm]: row r is skipped (y = 0) when every
                           // mask[b, r] <= 0 (the exact sparse FFN's up projection)
-    int rows, k, ldw, ldx, ldy, ldm;
+    const float* aux;     // EPI_GELU_AUX / EPI_GELU_ACC: [batch, ldaux]
+    int rows, k, ldw, ldx, ldy, ldm, ldaux, epi;
     int block_start;      // first block of this segment
     int pad;
 };
@@ -25,8 +33,10 @@ struct GemvArgs {
     int pad;
 };
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
-gemv_bf16(const GemvArgs a) {
+// The body, for at most MAXB activation rows (instantiated below for 1, 2, 4 and 8: the
+// single-row decode step keeps few registers, so more warps fit on each multiprocessor).
+template <int MAXB>
+__device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     int s = 0;
     #pragma unroll
     for (int i = 1; i < GEMV_MAX_SEGS; i++)
@@ -34,6 +44,12 @@ gemv_bf16(const GemvArgs a) {
     const GemvSeg g = a.seg[s];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = ((int)blockIdx.x - g.block_start) * GEMV_WARPS + warp;
+    // The weights do not depend on the kernel before: fetch them while it finishes.
+    if (row < g.rows && !g.mask) {
+        prefetch_l2(g.w + (size_t)row * g.ldw, g.k * 2, lane);
+        if (g.epi == EPI_PAIR) prefetch_l2(g.w2 + (size_t)row * g.ldw, g.k * 2, lane);
+    }
+    pdl_start();
     if (row >= g.rows) return;
     const int B = a.batch;
     if (g.mask) {
@@ -44,63 +60,113 @@ gemv_bf16(const GemvArgs a) {
             return;
         }
     }
-    float acc[GEMV_MAX_BATCH];
+    const bool pair = g.epi == EPI_PAIR;
+    float acc[MAXB], acc2[MAXB];
     #pragma unroll
-    for (int b = 0; b < GEMV_MAX_BATCH; b++) acc[b] = 0.0f;
+    for (int b = 0; b < MAXB; b++) { acc[b] = 0.0f; acc2[b] = 0.0f; }
     const bf16_t* wr = g.w + (size_t)row * g.ldw;
+    const bf16_t* wr2 = pair ? g.w2 + (size_t)row * g.ldw : wr;
     const bool vec = ((g.k | g.ldw) & 7) == 0 && (g.ldx & 3) == 0 &&
-                     (((size_t)g.w | (size_t)g.x) & 15) == 0;
+                     (((size_t)g.w | (size_t)g.x | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
     if (vec) {
         #pragma unroll 4
         for (int i = lane * 8; i < g.k; i += 256) {
             uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
-            float wf[8];
+            uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
+            float wf[8], wf2[8];
             wf[0] = __uint_as_float(wv.x << 16); wf[1] = __uint_as_float(wv.x & 0xffff0000u);
             wf[2] = __uint_as_float(wv.y << 16); wf[3] = __uint_as_float(wv.y & 0xffff0000u);
             wf[4] = __uint_as_float(wv.z << 16); wf[5] = __uint_as_float(wv.z & 0xffff0000u);
             wf[6] = __uint_as_float(wv.w << 16); wf[7] = __uint_as_float(wv.w & 0xffff0000u);
+            wf2[0] = __uint_as_float(wv2.x << 16); wf2[1] = __uint_as_float(wv2.x & 0xffff0000u);
+            wf2[2] = __uint_as_float(wv2.y << 16); wf2[3] = __uint_as_float(wv2.y & 0xffff0000u);
+            wf2[4] = __uint_as_float(wv2.z << 16); wf2[5] = __uint_as_float(wv2.z & 0xffff0000u);
+            wf2[6] = __uint_as_float(wv2.w << 16); wf2[7] = __uint_as_float(wv2.w & 0xffff0000u);
             #pragma unroll
-            for (int b = 0; b < GEMV_MAX_BATCH; b++) {
+            for (int b = 0; b < MAXB; b++) {
                 if (b < B) {
                     const float4* xp = reinterpret_cast<const float4*>(g.x + (size_t)b * g.ldx + i);
                     float4 x0 = xp[0], x1 = xp[1];
                     acc[b] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w
                             + wf[4] * x1.x + wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+                    if (pair)
+                        acc2[b] += wf2[0] * x0.x + wf2[1] * x0.y + wf2[2] * x0.z + wf2[3] * x0.w
+                                 + wf2[4] * x1.x + wf2[5] * x1.y + wf2[6] * x1.z + wf2[7] * x1.w;
                 }
             }
         }
     } else {
         for (int i = lane; i < g.k; i += 32) {
             float wf = bf16_to_f32(wr[i]);
+            float wf2 = bf16_to_f32(wr2[i]);
             #pragma unroll
-            for (int b = 0; b < GEMV_MAX_BATCH; b++)
-                if (b < B) acc[b] += wf * g.x[(size_t)b * g.ldx + i];
+            for (int b = 0; b < MAXB; b++)
+                if (b < B) {
+                    float xv = g.x[(size_t)b * g.ldx + i];
+                    acc[b] += wf * xv;
+                    acc2[b] += wf2 * xv;
+                }
         }
     }
     #pragma unroll
-    for (int b = 0; b < GEMV_MAX_BATCH; b++) {
+    for (int b = 0; b < MAXB; b++) {
         if (b < B) {
             float v = warp_sum(acc[b]);
+            float v2 = pair ? warp_sum(acc2[b]) : 0.0f;
             if (lane == 0) {
-                if (a.cap > 0.0f) v = tanhf(v / a.cap) * a.cap;
+                if (g.epi == EPI_PAIR) v = gelu_tanh(v) * v2;
+                else if (g.epi == EPI_GELU_AUX) v = gelu_tanh(g.aux[(size_t)b * g.ldaux + row]) * v;
+                else if (g.epi == EPI_GELU_ACC) v = gelu_tanh(v) * g.aux[(size_t)b * g.ldaux + row];
+                else if (a.cap > 0.0f) v = tanhf(v / a.cap) * a.cap;
                 g.y[(size_t)b * g.ldy + row] = v;
             }
         }
     }
 }
 
+#define GEMV_KERNEL(B)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_bf16_b##B(     \
+        const GemvArgs a) {                                                             \
+        gemv_body<B>(a);                                                                \
+    }
+GEMV_KERNEL(1)
+GEMV_KERNEL(2)
+GEMV_KERNEL(4)
+GEMV_KERNEL(8)
+
 // Sparse product with a transposed matrix: y[b, n] += sum_i a[b, i] * Wt[i, n] over the
 // hidden units i with a[b, i] != 0 (the exact sparse FFN's down projection; Wt = down^T,
-// [F, N]). Grid: (column blocks, unit splits); y must be zeroed first (atomic adds).
+// [F, N]). Grid: (column blocks, ceil(units / SPT_UNITS)); y must be zeroed first (atomic
+// adds).
 #define SPT_THREADS 256
 #define SPT_MAX_BATCH 8
+#define SPT_UNITS 512  // hidden units per block (grid.y = units / 512)
 
 extern "C" __global__ void __launch_bounds__(SPT_THREADS)
 sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int ldy,
               int batch, int units, int ncols) {
-    const int per = (units + gridDim.y - 1) / gridDim.y;
-    const int i0 = blockIdx.y * per;
-    const int i1 = min(units, i0 + per);
+    pdl_start();
+    // The block's activations first (one load each, in parallel), then only the weight
+    // rows of the active units.
+    __shared__ float as[SPT_MAX_BATCH][SPT_UNITS];
+    __shared__ int active[SPT_UNITS];
+    __shared__ int nactive;
+    const int i0 = blockIdx.y * SPT_UNITS;
+    const int i1 = min(units, i0 + SPT_UNITS);
+    if (threadIdx.x == 0) nactive = 0;
+    __syncthreads();
+    for (int u = threadIdx.x; u < SPT_UNITS; u += blockDim.x) {
+        bool any = false;
+        for (int b = 0; b < batch; b++) {
+            float v = i0 + u < i1 ? a[(size_t)b * lda + i0 + u] : 0.0f;
+            as[b][u] = v;
+            any |= v != 0.0f;
+        }
+        if (any) active[atomicAdd(&nactive, 1)] = u;
+    }
+    __syncthreads();
+    const int na = nactive;
+    if (na == 0) return;
     const bool vec = ((ncols | ldw) & 7) == 0 && ((size_t)wt & 15) == 0;
     if (vec) {
         const int c = (blockIdx.x * SPT_THREADS + threadIdx.x) * 8;
@@ -110,11 +176,10 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
         for (int b = 0; b < SPT_MAX_BATCH; b++)
             #pragma unroll
             for (int j = 0; j < 8; j++) acc[b][j] = 0.0f;
-        for (int i = i0; i < i1; i++) {
-            bool any = false;
-            for (int b = 0; b < batch; b++) any |= a[(size_t)b * lda + i] != 0.0f;
-            if (!any) continue;
-            uint4 wv = __ldg(reinterpret_cast<const uint4*>(wt + (size_t)i * ldw + c));
+        #pragma unroll 4
+        for (int t = 0; t < na; t++) {
+            const int u = active[t];
+            uint4 wv = __ldg(reinterpret_cast<const uint4*>(wt + (size_t)(i0 + u) * ldw + c));
             float wf[8];
             wf[0] = __uint_as_float(wv.x << 16); wf[1] = __uint_as_float(wv.x & 0xffff0000u);
             wf[2] = __uint_as_float(wv.y << 16); wf[3] = __uint_as_float(wv.y & 0xffff0000u);
@@ -123,7 +188,7 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
             #pragma unroll
             for (int b = 0; b < SPT_MAX_BATCH; b++) {
                 if (b < batch) {
-                    float av = a[(size_t)b * lda + i];
+                    float av = as[b][u];
                     #pragma unroll
                     for (int j = 0; j < 8; j++) acc[b][j] += av * wf[j];
                 }
@@ -139,9 +204,9 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
         if (c >= ncols) return;
         for (int b = 0; b < batch; b++) {
             float acc = 0.0f;
-            for (int i = i0; i < i1; i++) {
-                float av = a[(size_t)b * lda + i];
-                if (av != 0.0f) acc += av * bf16_to_f32(wt[(size_t)i * ldw + c]);
+            for (int t = 0; t < na; t++) {
+                const int u = active[t];
+                acc += as[b][u] * bf16_to_f32(wt[(size_t)(i0 + u) * ldw + c]);
             }
             atomicAdd(&y[(size_t)b * ldy + c], acc);
         }
@@ -152,6 +217,7 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
 // null), for GEMMs that need more than bf16's 8 bits of precision.
 extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* hi, bf16_t* lo,
                                            int ldy, int rows, int n) {
+    pdl_start();
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * n) return;
     int r = idx / n, c = idx % n;

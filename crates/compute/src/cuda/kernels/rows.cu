@@ -3,11 +3,17 @@
 
 #define ALTUP_A 4
 #define SQRT1_2 0.70710678118654752f
+// Values per thread of the register-resident row kernels: a row of d values lives in the
+// registers of one block (blockDim.x * RPT >= d, chosen by the host), so the phases of a
+// kernel (norms, router, updates) re-read nothing from memory.
+#define RPT 8
+#define FOR_ROW(j, i, d) _Pragma("unroll") for (int j = 0, i = threadIdx.x; j < RPT; j++, i += blockDim.x) if (i < (d))
 
 // Embedding rows: out[b] = table[ids[b]] * scale, or over[b] where flag[b] != 0
 // (multimodal soft embeddings computed on the host).
 extern "C" __global__ void embed_rows(const u32* ids, const bf16_t* table, int d, float scale,
                                       const float* over, const int* flag, float* out) {
+    pdl_start();
     int b = blockIdx.x;
     const bf16_t* row = table + (size_t)ids[b] * d;
     bool o = flag != 0 && flag[b] != 0;
@@ -17,9 +23,11 @@ extern "C" __global__ void embed_rows(const u32* ids, const bf16_t* table, int d
 
 // Per-layer inputs (spec §3.2): for row b and layer l (grid (L, rows)):
 // pi = (RMSNorm(proj / sqrt(D)) * w + table_row * sqrt(P)) / sqrt(2).
-extern "C" __global__ void ple_combine(const float* proj, const float* rows, const float* w,
-                                       float* out, int lp, int p, float inv_sqrt_d,
-                                       float sqrt_p, float eps) {
+// The table rows arrive as f32, or as bf16 when `rows_bf16` (a bf16 table, copied raw).
+extern "C" __global__ void ple_combine(const float* proj, const void* rows, int rows_bf16,
+                                       const float* w, float* out, int lp, int p,
+                                       float inv_sqrt_d, float sqrt_p, float eps) {
+    pdl_start();
     size_t base = (size_t)blockIdx.y * lp + (size_t)blockIdx.x * p;
     float s = 0.0f;
     for (int i = threadIdx.x; i < p; i += blockDim.x) {
@@ -30,13 +38,16 @@ extern "C" __global__ void ple_combine(const float* proj, const float* rows, con
     float inv = 1.0f / sqrtf(s / (float)p + eps);
     for (int i = threadIdx.x; i < p; i += blockDim.x) {
         float v = proj[base + i] * inv_sqrt_d * inv * w[i];
-        out[base + i] = (v + rows[base + i] * sqrt_p) * SQRT1_2;
+        float t = rows_bf16 ? bf16_to_f32(((const bf16_t*)rows)[base + i])
+                            : ((const float*)rows)[base + i];
+        out[base + i] = (v + t * sqrt_p) * SQRT1_2;
     }
 }
 
 // y * rms(ref) / sqrt(max(mean(y^2), 1e-5)) in place; grid (streams, rows), y of stream k
 // at y + k * ys.
 extern "C" __global__ void match_magnitude(float* y, size_t ys, const float* ref, int d) {
+    pdl_start();
     float* yr = y + blockIdx.x * ys + (size_t)blockIdx.y * d;
     const float* rr = ref + (size_t)blockIdx.y * d;
     float a = 0.0f, c = 0.0f;
@@ -51,30 +62,67 @@ extern "C" __global__ void match_magnitude(float* y, size_t ys, const float* ref
     for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = yr[i] * target / now;
 }
 
-// Router outputs m = tanh(RMSNorm(x) * w_norm / D . R^T) (A = 4 of them).
-__device__ void altup_router(const float* x, const float* norm_w, const float* router, int d,
-                             float eps, float m[ALTUP_A]) {
-    float inv = rms_inv(x, d, eps);
+// Router outputs m = tanh(RMSNorm(x) * w_norm / D . R^T) (A = 4 of them), with x, the norm
+// weight and the router rows already in registers.
+__device__ __forceinline__ void altup_router_regs(const float xv[RPT], const float nw[RPT],
+                                                  const float rw[ALTUP_A][RPT], int d,
+                                                  float eps, float m[ALTUP_A]) {
+    float sq = 0.0f;
+    FOR_ROW(j, i, d) sq += xv[j] * xv[j];
+    float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
     float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float v = x[i] * inv * norm_w[i] * (1.0f / (float)d);
+    FOR_ROW(j, i, d) {
+        float v = xv[j] * inv * nw[j] * (1.0f / (float)d);
         #pragma unroll
-        for (int q = 0; q < ALTUP_A; q++) part[q] += v * router[(size_t)q * d + i];
+        for (int q = 0; q < ALTUP_A; q++) part[q] += v * rw[q][j];
     }
     block_sum4(part);
     #pragma unroll
     for (int q = 0; q < ALTUP_A; q++) m[q] = tanhf(part[q]);
 }
 
-// AltUp predict (spec §3.4 a) and the layer's input norm:
+// The router's weights of this thread's values.
+#define LOAD_ROUTER(nw, rw, norm_w, router, d)                                        \
+    float nw[RPT], rw[ALTUP_A][RPT];                                                  \
+    FOR_ROW(j, i, d) {                                                                \
+        nw[j] = norm_w[i];                                                            \
+        _Pragma("unroll") for (int q = 0; q < ALTUP_A; q++) rw[q][j] = router[(size_t)q * d + i]; \
+    }
+
+// [Optional: the previous layer's PLE injection, s_k += RMSNorm(inj) * w_inj for k >= 1,
+// written back.] AltUp predict (spec §3.4 a) and the layer's input norm:
 // pred_i = s_i + sum_j C[i][j] s_j with C = W_p . m(s_0); x = RMSNorm(pred_0) * w_in.
-extern "C" __global__ void altup_predict(const float* s, size_t ss, const float* norm_w,
+// Every input is loaded first, in one round, then the reductions run on registers.
+extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
+                                         const float* w_inj, const float* norm_w,
                                          const float* router, const float* coefs,
                                          const float* in_w, float* pred, float* x, int d,
                                          float eps) {
+    __shared__ float cf[ALTUP_A * ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
+    LOAD_ROUTER(nw, rw, norm_w, router, d)
+    float iw[RPT], qv[RPT], qw[RPT];
+    FOR_ROW(j, i, d) iw[j] = in_w[i];
+    for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
+    pdl_start();
+    float sv[ALTUP_A][RPT];
+    #pragma unroll
+    for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
+    if (inj) {
+        float sq = 0.0f;
+        FOR_ROW(j, i, d) { qv[j] = inj[r + i]; qw[j] = w_inj[i]; sq += qv[j] * qv[j]; }
+        float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
+        FOR_ROW(j, i, d) {
+            float v = qv[j] * inv * qw[j];
+            #pragma unroll
+            for (int k = 1; k < ALTUP_A; k++) {
+                sv[k][j] += v;
+                s[k * ss + r + i] = sv[k][j];
+            }
+        }
+    }
     float m[ALTUP_A];
-    altup_router(s + r, norm_w, router, d, eps, m);
+    altup_router_regs(sv[0], nw, rw, d, eps, m);
     float c[ALTUP_A][ALTUP_A];
     #pragma unroll
     for (int i = 0; i < ALTUP_A; i++)
@@ -82,74 +130,84 @@ extern "C" __global__ void altup_predict(const float* s, size_t ss, const float*
         for (int j = 0; j < ALTUP_A; j++) {
             float v = 0.0f;
             #pragma unroll
-            for (int q = 0; q < ALTUP_A; q++) v += coefs[(i * ALTUP_A + j) * ALTUP_A + q] * m[q];
+            for (int q = 0; q < ALTUP_A; q++) v += cf[(i * ALTUP_A + j) * ALTUP_A + q] * m[q];
             c[i][j] = v;
         }
-    float sq = 0.0f;
-    for (int k = threadIdx.x; k < d; k += blockDim.x) {
-        float sv[ALTUP_A];
-        #pragma unroll
-        for (int j = 0; j < ALTUP_A; j++) sv[j] = s[j * ss + r + k];
+    float p0[RPT], sq = 0.0f;
+    FOR_ROW(jj, k, d) {
         #pragma unroll
         for (int i = 0; i < ALTUP_A; i++) {
-            float v = sv[i];
+            float v = sv[i][jj];
             #pragma unroll
-            for (int j = 0; j < ALTUP_A; j++) v += c[i][j] * sv[j];
+            for (int j = 0; j < ALTUP_A; j++) v += c[i][j] * sv[j][jj];
             pred[i * ss + r + k] = v;
-            if (i == 0) sq += v * v;
+            if (i == 0) { p0[jj] = v; sq += v * v; }
         }
     }
-    sq = block_sum(sq);
-    float inv = 1.0f / sqrtf(sq / (float)d + eps);
-    for (int k = threadIdx.x; k < d; k += blockDim.x) x[r + k] = pred[r + k] * inv * in_w[k];
+    float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
+    FOR_ROW(j, k, d) x[r + k] = p0[j] * inv * iw[j];
 }
 
-// out = add + RMSNorm(x) * w (LAuReL: x = the low-rank product, add = its input).
-extern "C" __global__ void rms_norm_add(const float* x, int ldx, const float* w,
-                                        const float* add, float* out, int d, float eps) {
-    const float* xr = x + (size_t)blockIdx.x * ldx;
-    size_t r = (size_t)blockIdx.x * d;
-    float inv = rms_inv(xr, d, eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x)
-        out[r + i] = add[r + i] + xr[i] * inv * w[i];
-}
-
-// After attention: h = (a + RMSNorm(o) * w_post_attn + laurel) / sqrt(2);
-// y = RMSNorm(h) * w_pre_ffn.
+// After attention: laurel = x + RMSNorm(lr) * w_laurel (LAuReL's output, lr its low-rank
+// product); h = (a + RMSNorm(o) * w_post_attn + laurel) / sqrt(2); y = RMSNorm(h) * w_pre_ffn.
 extern "C" __global__ void post_attention(const float* a, const float* o, int ldo,
-                                          const float* w_pa, const float* lau,
+                                          const float* w_pa, const float* lr,
+                                          const float* w_lau, const float* x,
                                           const float* w_pf, float* h, float* y, int d,
                                           float eps) {
     size_t r = (size_t)blockIdx.x * d;
+    float pa[RPT], pl[RPT], pf[RPT];
+    FOR_ROW(j, i, d) { pa[j] = w_pa[i]; pl[j] = w_lau[i]; pf[j] = w_pf[i]; }
+    pdl_start();
     const float* orow = o + (size_t)blockIdx.x * ldo;
-    float inv = rms_inv(orow, d, eps);
-    float sq = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float v = (a[r + i] + orow[i] * inv * w_pa[i] + lau[r + i]) * SQRT1_2;
+    float ov[RPT], lv[RPT], av[RPT], xv[RPT], so = 0.0f, sl = 0.0f;
+    FOR_ROW(j, i, d) {
+        ov[j] = orow[i];
+        lv[j] = lr[r + i];
+        av[j] = a[r + i];
+        xv[j] = x[r + i];
+        so += ov[j] * ov[j];
+        sl += lv[j] * lv[j];
+    }
+    float inv_o = 1.0f / sqrtf(block_sum(so) / (float)d + eps);
+    float inv_l = 1.0f / sqrtf(block_sum(sl) / (float)d + eps);
+    float hv[RPT], sq = 0.0f;
+    FOR_ROW(j, i, d) {
+        float lau = lv[j] * inv_l * pl[j] + xv[j];
+        float v = (av[j] + ov[j] * inv_o * pa[j] + lau) * SQRT1_2;
+        hv[j] = v;
         h[r + i] = v;
         sq += v * v;
     }
-    sq = block_sum(sq);
-    float inv2 = 1.0f / sqrtf(sq / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) y[r + i] = h[r + i] * inv2 * w_pf[i];
+    float inv2 = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
+    FOR_ROW(j, i, d) y[r + i] = hv[j] * inv2 * pf[j];
 }
 
 // Gaussian top-k of the gate (spec §3.4 g): g = max(g - (mean + std * z), 0), in place.
-extern "C" __global__ void sparsity_cutoff(float* g, int ldg, int f, float z) {
+// Rows of up to 16 * blockDim.x values are held in registers.
+extern "C" __global__ void __launch_bounds__(1024) sparsity_cutoff(float* g, int ldg, int f, float z) {
+    pdl_start();
     float* row = g + (size_t)blockIdx.x * ldg;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < f; i += blockDim.x) s += row[i];
+    float v[16], s = 0.0f;
+    #pragma unroll
+    for (int j = 0, i = threadIdx.x; j < 16; j++, i += blockDim.x)
+        if (i < f) { v[j] = row[i]; s += v[j]; }
     float mean = block_sum(s) / (float)f;
-    float v = 0.0f;
-    for (int i = threadIdx.x; i < f; i += blockDim.x) v += (row[i] - mean) * (row[i] - mean);
-    float var = block_sum(v) / (float)f;
+    float q = 0.0f;
+    #pragma unroll
+    for (int j = 0, i = threadIdx.x; j < 16; j++, i += blockDim.x)
+        if (i < f) q += (v[j] - mean) * (v[j] - mean);
+    float var = block_sum(q) / (float)f;
     float cut = mean + sqrtf(var) * z;
-    for (int i = threadIdx.x; i < f; i += blockDim.x) row[i] = fmaxf(row[i] - cut, 0.0f);
+    #pragma unroll
+    for (int j = 0, i = threadIdx.x; j < 16; j++, i += blockDim.x)
+        if (i < f) row[i] = fmaxf(v[j] - cut, 0.0f);
 }
 
 // out = gelu(g) * u, rows of f values (grid-stride over rows * f).
 extern "C" __global__ void gelu_mul(const float* g, int ldg, const float* u, int ldu,
                                     float* out, int ldo, int rows, int f) {
+    pdl_start();
     size_t n = (size_t)rows * f;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n;
          idx += (size_t)gridDim.x * blockDim.x) {
@@ -160,36 +218,52 @@ extern "C" __global__ void gelu_mul(const float* g, int ldg, const float* u, int
 
 // After the FFN: h2 = h + RMSNorm(f) * w_post_ffn; AltUp correct (spec §3.4 h):
 // p_i += (1 + W_c . m(h2))_i * (h2 - p_0); then v = p_0 * scale (the PLE gate's input).
+// Every input is loaded first, in one round.
 extern "C" __global__ void post_ffn_correct(const float* h, const float* f, const float* w_pf,
                                             float* p, size_t ss, const float* norm_w,
                                             const float* router, const float* coefs,
                                             const float* out_scale, float* h2, float* v,
                                             int d, float eps) {
+    __shared__ float cf[ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
-    float inv = rms_inv(f + r, d, eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) h2[r + i] = h[r + i] + f[r + i] * inv * w_pf[i];
-    __syncthreads();
+    LOAD_ROUTER(nw, rw, norm_w, router, d)
+    float wf[RPT], sc[RPT];
+    FOR_ROW(j, i, d) { wf[j] = w_pf[i]; sc[j] = out_scale ? out_scale[i] : 1.0f; }
+    for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
+    pdl_start();
+    float fv[RPT], hv[RPT], pv[ALTUP_A][RPT], sf = 0.0f;
+    FOR_ROW(j, i, d) {
+        fv[j] = f[r + i];
+        hv[j] = h[r + i];
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A; k++) pv[k][j] = p[k * ss + r + i];
+        sf += fv[j] * fv[j];
+    }
+    float inv = 1.0f / sqrtf(block_sum(sf) / (float)d + eps);
+    FOR_ROW(j, i, d) hv[j] = hv[j] + fv[j] * inv * wf[j];
     float m[ALTUP_A];
-    altup_router(h2 + r, norm_w, router, d, eps, m);
+    altup_router_regs(hv, nw, rw, d, eps, m);
     float beta[ALTUP_A];
     #pragma unroll
     for (int i = 0; i < ALTUP_A; i++) {
         float s = 0.0f;
         #pragma unroll
-        for (int q = 0; q < ALTUP_A; q++) s += coefs[i * ALTUP_A + q] * m[q];
+        for (int q = 0; q < ALTUP_A; q++) s += cf[i * ALTUP_A + q] * m[q];
         beta[i] = s + 1.0f;
     }
-    for (int k = threadIdx.x; k < d; k += blockDim.x) {
-        float delta = h2[r + k] - p[r + k];
+    FOR_ROW(j, k, d) {
+        float delta = hv[j] - pv[0][j];
         #pragma unroll
-        for (int i = 0; i < ALTUP_A; i++) p[i * ss + r + k] += beta[i] * delta;
-        float p0 = p[r + k];
-        v[r + k] = out_scale ? p0 * out_scale[k] : p0;
+        for (int i = 0; i < ALTUP_A; i++) p[i * ss + r + k] = pv[i][j] + beta[i] * delta;
+        float np0 = pv[0][j] + beta[0] * delta;
+        v[r + k] = out_scale ? np0 * sc[j] : np0;
+        if (h2) h2[r + k] = hv[j];
     }
 }
 
 // PLE gate: g = gelu(g) * pi[row, layer], rows of p values.
 extern "C" __global__ void ple_gate(float* g, const float* pi, int lp, int off, int p, int rows) {
+    pdl_start();
     int n = rows * p;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
         int r = idx / p, c = idx % p;
@@ -200,6 +274,7 @@ extern "C" __global__ void ple_gate(float* g, const float* pi, int lp, int off, 
 // PLE injection: streams 1.. += RMSNorm(q) * w.
 extern "C" __global__ void ple_inject(const float* q, const float* w, float* s, size_t ss,
                                       int nstreams, int d, float eps) {
+    pdl_start();
     size_t r = (size_t)blockIdx.x * d;
     float inv = rms_inv(q + r, d, eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
@@ -212,30 +287,41 @@ extern "C" __global__ void ple_inject(const float* q, const float* w, float* s, 
 // matched to stream 0's magnitude and averaged with it; out = RMSNorm(mean) * w.
 extern "C" __global__ void unembed_merge(const float* s0, const float* y, size_t ys, int ny,
                                          const float* w, float* out, int d, float eps) {
+    pdl_start();
     size_t r = (size_t)blockIdx.x * d;
-    float a = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) a += s0[r + i] * s0[r + i];
-    float target = sqrtf(block_sum(a) / (float)d);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[r + i] = s0[r + i];
-    for (int k = 0; k < ny; k++) {
-        const float* yr = y + k * ys + r;
-        float c = 0.0f;
-        for (int i = threadIdx.x; i < d; i += blockDim.x) c += yr[i] * yr[i];
-        float now = sqrtf(fmaxf(block_sum(c) / (float)d, 1e-5f));
-        for (int i = threadIdx.x; i < d; i += blockDim.x) out[r + i] += yr[i] * target / now;
+    float sv[RPT], yv[ALTUP_A - 1][RPT], wv[RPT];
+    float a = 0.0f, c[ALTUP_A - 1] = {0.0f, 0.0f, 0.0f};
+    FOR_ROW(j, i, d) {
+        sv[j] = s0[r + i];
+        wv[j] = w[i];
+        a += sv[j] * sv[j];
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A - 1; k++) {
+            yv[k][j] = k < ny ? y[k * ys + r + i] : 0.0f;
+            c[k] += yv[k][j] * yv[k][j];
+        }
     }
-    float sq = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float v = out[r + i] / (float)(ny + 1);
-        out[r + i] = v;
+    float target = sqrtf(block_sum(a) / (float)d);
+    float scale[ALTUP_A - 1];
+    #pragma unroll
+    for (int k = 0; k < ALTUP_A - 1; k++) scale[k] = sqrtf(fmaxf(block_sum(c[k]) / (float)d, 1e-5f));
+    float mv[RPT], sq = 0.0f;
+    FOR_ROW(j, i, d) {
+        float v = sv[j];
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A - 1; k++)
+            if (k < ny) v += yv[k][j] * target / scale[k];
+        v = v / (float)(ny + 1);
+        mv[j] = v;
         sq += v * v;
     }
     float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[r + i] = out[r + i] * inv * w[i];
+    FOR_ROW(j, i, d) out[r + i] = mv[j] * inv * wv[j];
 }
 
 // Copies row `src` of each of n streams to row 0 (fast prefill keeps the last position).
 extern "C" __global__ void keep_row(float* s, size_t ss, int n, int src, int d) {
+    pdl_start();
     for (int k = 0; k < n; k++)
         for (int i = threadIdx.x; i < d; i += blockDim.x)
             s[k * ss + i] = s[k * ss + (size_t)src * d + i];

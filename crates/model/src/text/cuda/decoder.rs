@@ -3,7 +3,7 @@
 //! Up to 8 rows, matrix products are the decode GEMV kernel (several products that share
 //! an input in one launch); beyond, cuBLAS GEMMs on bf16 copies of the activations.
 
-use gemma3n_compute::cuda::{DevPtr, GemvSeg};
+use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
@@ -40,7 +40,20 @@ fn seg(
         ldx,
         ldy,
         ldm: 0,
+        epi: Epilogue::Plain,
     }
+}
+
+/// Key splits of attention for `rows` query rows of `heads` heads over up to `keys` keys:
+/// enough blocks to spread a long context over the GPU (a power of two, so a captured
+/// decode step is re-recorded only a few times as the context grows), one when the rows
+/// alone give enough blocks.
+fn attention_splits(rows: usize, heads: usize, keys: usize) -> usize {
+    if rows * heads >= 256 {
+        return 1;
+    }
+    // About 8 keys per warp (4 warps per split) up to 1024 keys.
+    keys.div_ceil(32).next_power_of_two().min(DECODE_SPLITS)
 }
 
 impl CudaTextModel {
@@ -104,15 +117,39 @@ impl CudaTextModel {
             .is_some_and(|w| w.cap >= n && w.logit_rows >= logit_rows);
         if !fits {
             *guard = None;
-            *guard = Some(Workspace::new(&self.gpu, cfg, n, logit_rows)?);
+            *guard = Some(Workspace::new(&self.gpu, cfg, n, logit_rows, self.ple_elt)?);
         }
-        let ws = guard.as_ref().expect("workspace");
+        let ws = guard.as_mut().expect("workspace");
         self.upload_inputs(ws, ids, pos0, embed)?;
-        let rows = self.run(ws, cache, n, want, embed.is_some(), hook)?;
+        let graphs = std::env::var_os("GEMMA3N_CUDA_GRAPHS").is_none_or(|v| v != "0")
+            && !self.gpu.profiling();
+        let rows = if n == 1 && embed.is_none() && hook.is_none() && graphs {
+            // A decode step: replay the captured graph of this sequence (recorded on first
+            // use, again after the cache or the workspace moved).
+            let splits = attention_splits(1, cfg.num_attention_heads, pos0 + 1);
+            let key = (ws.id, cache.generation, splits);
+            if cache.graph.as_ref().map(|(k, _)| *k) != Some(key) {
+                cache.graph = None;
+                self.gpu.begin_capture().map_err(gpu_err)?;
+                let r = self.run(ws, cache, 1, want, false, None, splits);
+                let graph = self.gpu.end_capture().map_err(gpu_err);
+                r?;
+                cache.graph = Some((key, graph?));
+            }
+            let (_, graph) = cache.graph.as_ref().expect("captured");
+            graph.launch().map_err(gpu_err)?;
+            1
+        } else {
+            let splits = attention_splits(n, cfg.num_attention_heads, pos0 + n);
+            self.run(ws, cache, n, want, embed.is_some(), hook, splits)?
+        };
         cache.advance(n);
+        self.gpu.profile_collect().map_err(gpu_err)?;
         let v = cfg.vocab_size;
-        let mut logits = vec![0f32; rows * v];
-        self.gpu.read(&ws.logits, 0, &mut logits).map_err(gpu_err)?;
+        self.gpu
+            .download(ws.logits.ptr(), &mut ws.logits_host, 4 * rows * v)
+            .map_err(gpu_err)?;
+        let mut logits = ws.logits_host.as_slice::<f32>()[..rows * v].to_vec();
         if rows > GEMV_ROWS {
             // The GEMM path leaves the soft-cap to the host.
             if let Some(cap) = cfg.final_logit_softcapping {
@@ -124,23 +161,39 @@ impl CudaTextModel {
         Ok(logits)
     }
 
+    /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
+    /// captured step), or `None` before its first graph-captured step.
+    pub fn decode_step_ms(&self, cache: &CudaKvCache, reps: usize) -> Result<Option<f64>> {
+        let Some((_, graph)) = &cache.graph else {
+            return Ok(None);
+        };
+        graph.launch().map_err(gpu_err)?;
+        let ms = self
+            .gpu
+            .time_ms(&mut || {
+                for _ in 0..reps {
+                    graph.launch()?;
+                }
+                Ok(())
+            })
+            .map_err(gpu_err)?;
+        Ok(Some(ms as f64 / reps as f64))
+    }
+
     /// Token ids, positions, multimodal rows and the per-layer table rows of the tokens
-    /// (gathered here in host memory) to the device.
+    /// (gathered here in host memory: the table never leaves it) to the device, through
+    /// the page-locked stage in one asynchronous copy.
     fn upload_inputs(
         &self,
-        ws: &Workspace,
+        ws: &mut Workspace,
         ids: &[u32],
         pos0: usize,
         embed: Option<EmbedFn<'_>>,
     ) -> Result<()> {
         let cfg = &self.cpu.cfg;
         let w = &self.cpu.weights;
-        let (n, d) = (ids.len(), cfg.hidden_size);
+        let (n, d, cap) = (ids.len(), cfg.hidden_size, ws.cap);
         let lp = cfg.num_hidden_layers * cfg.hidden_size_per_layer_input;
-        let g = &self.gpu;
-        g.write(&ws.ids, 0, ids).map_err(gpu_err)?;
-        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
-        g.write(&ws.pos, 0, &pos).map_err(gpu_err)?;
         let mut flags = vec![0i32; n];
         if let Some(f) = embed {
             let scale = (d as f32).sqrt();
@@ -155,19 +208,46 @@ impl CudaTextModel {
                 f(pos0 + t, id, row)?;
                 flags[t] = 1;
             }
-            g.write(&ws.over, 0, &over).map_err(gpu_err)?;
+            self.gpu.write(&ws.over, 0, &over).map_err(gpu_err)?;
         }
-        g.write(&ws.flag, 0, &flags).map_err(gpu_err)?;
-        let mut rows = vec![0f32; n * lp];
-        rows.par_chunks_mut(lp).zip(ids).for_each(|(out, &id)| {
-            let r = if (id as usize) < cfg.vocab_size_per_layer_input {
+        let table = &w.embed_tokens_per_layer;
+        let row_of = |id: u32| {
+            if (id as usize) < cfg.vocab_size_per_layer_input {
                 id as usize
             } else {
                 0
-            };
-            w.embed_tokens_per_layer.row_to_f32(r, out);
-        });
-        g.write(&ws.ple_rows, 0, &rows).map_err(gpu_err)
+            }
+        };
+        let elt = ws.ple_elt;
+        {
+            let stage = ws.stage.as_mut_slice::<u32>();
+            stage[..n].copy_from_slice(ids);
+            for t in 0..n {
+                stage[cap + t] = (pos0 + t) as u32;
+                stage[2 * cap + t] = flags[t] as u32;
+            }
+        }
+        let bytes = ws.stage.as_mut_slice::<u8>();
+        let rows = &mut bytes[12 * cap..12 * cap + n * lp * elt];
+        if elt == 2 {
+            // A bf16 table: its rows are copied as they are.
+            rows.par_chunks_mut(lp * 2).zip(ids).for_each(|(out, &id)| {
+                out.copy_from_slice(&table.row_bytes(row_of(id))[..lp * 2]);
+            });
+        } else {
+            rows.par_chunks_mut(lp * 4).zip(ids).for_each_init(
+                || vec![0f32; lp],
+                |tmp, (out, &id)| {
+                    table.row_to_f32(row_of(id), tmp);
+                    for (o, v) in out.chunks_exact_mut(4).zip(tmp.iter()) {
+                        o.copy_from_slice(&v.to_ne_bytes());
+                    }
+                },
+            );
+        }
+        self.gpu
+            .upload_async(&ws.stage, 0, ws.inputs.ptr(), 12 * cap + n * lp * elt)
+            .map_err(gpu_err)
     }
 
     /// Products `y = x · Wᵀ`: one GEMV launch up to 8 rows, else one GEMM each.
@@ -188,6 +268,7 @@ impl CudaTextModel {
     }
 
     /// The layer loop and the output head. Returns the number of logit rows written.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         ws: &Workspace,
@@ -196,6 +277,7 @@ impl CudaTextModel {
         want: Logits,
         multimodal: bool,
         mut hook: Option<StreamHook<'_>>,
+        splits: usize,
     ) -> Result<usize> {
         let cfg = &self.cpu.cfg;
         let w = &self.w;
@@ -217,15 +299,11 @@ impl CudaTextModel {
         let (q_off, k_off, v_off, ll_off) = (0, h * hd, h * hd + kvh * hd, h * hd + 2 * kvh * hd);
 
         // Embeddings (stream 0), the other streams, the per-layer inputs.
-        let flag = if multimodal {
-            ws.flag.ptr()
-        } else {
-            DevPtr::NULL
-        };
+        let flag = if multimodal { ws.flag() } else { DevPtr::NULL };
         let mut s = ws.s.ptr();
         let mut pr = ws.pred.ptr();
         g.embed_rows(
-            ws.ids.ptr(),
+            ws.ids(),
             w.embed.ptr(),
             d,
             (d as f32).sqrt(),
@@ -252,7 +330,8 @@ impl CudaTextModel {
         )?;
         g.ple_combine(
             ws.plp.ptr(),
-            ws.ple_rows.ptr(),
+            ws.ple_rows(),
+            ws.ple_elt == 2,
             w.ple_norm.ptr(),
             ws.pi.ptr(),
             n_all,
@@ -263,6 +342,7 @@ impl CudaTextModel {
         )
         .map_err(e)?;
 
+        let watching = hook.is_some();
         let mut observe = |k: usize, s: DevPtr, n: usize| -> Result<()> {
             if let Some(h) = hook.as_mut() {
                 let mut streams = vec![vec![0f32; n * d]; a];
@@ -275,21 +355,31 @@ impl CudaTextModel {
         };
         observe(0, s, n_all)?;
         let plan = cache.plan().clone();
+        // The per-layer input injection of the previous layer, when not yet applied.
+        let mut pending: Option<(DevPtr, DevPtr)> = None;
         let mut n = n_all;
         let mut row0 = 0;
         for (k, sl) in plan.layers.iter().enumerate() {
             let l = sl.layer;
             if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
                 // Fast prefill: later layers only feed the last position's logits.
+                if let Some((q, wq)) = pending.take() {
+                    g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
+                }
                 g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
                 row0 += n - 1;
                 n = 1;
             }
             let lw = &w.layers[l];
-            let pos = ws.pos.f32_at(row0);
+            let pos = ws.pos().add_f32(row0);
+            // The previous layer's per-layer input injection happens here, in one pass
+            // with the prediction.
+            let (inj, w_inj) = pending.take().unwrap_or((DevPtr::NULL, DevPtr::NULL));
             g.altup_predict(
                 s,
                 ss,
+                inj,
+                w_inj,
                 lw.router_norm.ptr(),
                 lw.router.ptr(),
                 lw.pred_coefs.ptr(),
@@ -344,7 +434,6 @@ impl CudaTextModel {
                 LayerType::Sliding => cfg.sliding_window,
                 LayerType::Full => 0,
             };
-            let splits = if n == 1 { DECODE_SPLITS } else { 1 };
             g.attention(
                 ws.q.ptr(),
                 kc,
@@ -352,6 +441,7 @@ impl CudaTextModel {
                 pos,
                 ws.att.ptr(),
                 ws.part.ptr(),
+                ws.done.ptr(),
                 splits,
                 n,
                 h,
@@ -378,23 +468,14 @@ impl CudaTextModel {
                 n,
                 0.0,
             )?;
-            g.rms_norm_add(
-                ws.lr.ptr(),
-                d,
-                lw.laurel_norm.ptr(),
-                x,
-                ws.lau.ptr(),
-                n,
-                d,
-                eps,
-            )
-            .map_err(e)?;
             g.post_attention(
                 pr,
                 ws.o.ptr(),
                 d,
                 lw.post_attn_ln.ptr(),
-                ws.lau.ptr(),
+                ws.lr.ptr(),
+                lw.laurel_norm.ptr(),
+                x,
                 lw.pre_ffn_ln.ptr(),
                 ws.h.ptr(),
                 ws.y.ptr(),
@@ -418,31 +499,36 @@ impl CudaTextModel {
                 } else {
                     DevPtr::NULL
                 },
-                ws.h2.ptr(),
+                DevPtr::NULL,
                 ws.v.ptr(),
                 n,
                 d,
                 eps,
             )
             .map_err(e)?;
-            // Per-layer input injection.
-            self.mm(
-                ws,
-                &[seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p)],
-                n,
-                0.0,
-            )?;
-            g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n)
-                .map_err(e)?;
+            // Per-layer input injection: gate = gelu(v · W_gᵀ) ⊙ π_l, then the projection.
+            let pi_l = ws.pi.f32_at(row0 * lp + l * p);
+            let mut gate = seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p);
+            if n <= GEMV_ROWS {
+                gate.epi = Epilogue::GeluAcc(pi_l, lp);
+                self.mm(ws, &[gate], n, 0.0)?;
+            } else {
+                self.mm(ws, &[gate], n, 0.0)?;
+                g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n)
+                    .map_err(e)?;
+            }
             self.mm(
                 ws,
                 &[seg(&lw.pl_proj, d, p, ws.pg.ptr(), p, ws.pq.ptr(), d)],
                 n,
                 0.0,
             )?;
-            g.ple_inject(ws.pq.ptr(), lw.post_pl_norm.ptr(), pr, ss, a, n, d, eps)
-                .map_err(e)?;
             std::mem::swap(&mut s, &mut pr);
+            pending = Some((ws.pq.ptr(), lw.post_pl_norm.ptr()));
+            if watching || k + 1 == plan.layers.len() {
+                let (q, wq) = pending.take().expect("set above");
+                g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
+            }
             observe(k + 1, s, n)?;
         }
 
@@ -493,11 +579,20 @@ impl CudaTextModel {
         let y = ws.y.ptr();
         let gate_seg = seg(&lw.gate, f, d, y, d, gate, ldgu);
         let mut up_seg = seg(&lw.up, f, d, y, d, up, ldgu);
-        match z {
-            None => self.mm(ws, &[gate_seg, up_seg], n, 0.0)?,
-            Some(z) => {
+        let act = ws.act.ptr();
+        match (z, n <= GEMV_ROWS) {
+            (None, true) => {
+                // gelu(gate) ⊙ up in one pass over both matrices.
+                let mut pair = seg(&lw.gate, f, d, y, d, act, fmax);
+                pair.epi = Epilogue::Pair(lw.up.ptr());
+                self.mm(ws, &[pair], n, 0.0)?;
+            }
+            (Some(z), true) => {
                 self.mm(ws, &[gate_seg], n, 0.0)?;
                 g.sparsity_cutoff(gate, ldgu, n, f, z).map_err(e)?;
+                up_seg.y = act;
+                up_seg.ldy = fmax;
+                up_seg.epi = Epilogue::GeluAux(gate, ldgu);
                 if n <= SPARSE_ROWS {
                     // Only the rows of units some row keeps.
                     up_seg.mask = gate;
@@ -505,9 +600,15 @@ impl CudaTextModel {
                 }
                 self.mm(ws, &[up_seg], n, 0.0)?;
             }
+            (z, false) => {
+                self.mm(ws, &[gate_seg, up_seg], n, 0.0)?;
+                if let Some(z) = z {
+                    g.sparsity_cutoff(gate, ldgu, n, f, z).map_err(e)?;
+                }
+                g.gelu_mul(gate, ldgu, up, ldgu, act, fmax, n, f)
+                    .map_err(e)?;
+            }
         }
-        g.gelu_mul(gate, ldgu, up, ldgu, ws.act.ptr(), fmax, n, f)
-            .map_err(e)?;
         match &lw.down {
             Down::Normal(m) => self.mm(
                 ws,

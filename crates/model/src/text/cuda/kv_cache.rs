@@ -21,6 +21,9 @@ pub struct CudaKvCache {
     pos: usize,
     /// Bumped whenever the buffers move (a captured decode step must then be re-recorded).
     pub(crate) generation: u64,
+    /// The captured decode step of this sequence, with the (workspace id, generation,
+    /// attention splits) it was recorded for.
+    pub(crate) graph: Option<((u64, u64, usize), gemma3n_compute::cuda::Graph)>,
 }
 
 impl CudaKvCache {
@@ -42,6 +45,7 @@ impl CudaKvCache {
             max: cfg.max_position_embeddings,
             pos: 0,
             generation: 0,
+            graph: None,
         };
         c.grow_to(capacity)?;
         Ok(c)

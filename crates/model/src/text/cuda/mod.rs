@@ -61,6 +61,9 @@ pub struct CudaTextModel {
     /// Prefill GEMMs on activations split in two bf16 parts (hi + lo: f32-like precision,
     /// twice the tensor-core work) instead of one bf16 rounding.
     split_activations: std::sync::atomic::AtomicBool,
+    /// Bytes per per-layer table value sent to the device: 2 for a bf16 table (rows copied
+    /// as they are), else 4 (rows converted to f32 on the host).
+    ple_elt: usize,
 }
 
 /// Where the model's bytes live.
@@ -86,6 +89,18 @@ impl CudaTextModel {
                 cfg.altup_num_inputs
             )));
         }
+        if cfg.hidden_size > gemma3n_compute::cuda::MAX_ROW {
+            return Err(ModelError::Invalid(format!(
+                "the CUDA backend supports hidden_size up to {} (config has {})",
+                gemma3n_compute::cuda::MAX_ROW,
+                cfg.hidden_size
+            )));
+        }
+        if cfg.intermediate_size.iter().any(|&f| f > 16384) {
+            return Err(ModelError::Invalid(
+                "the CUDA backend supports FFN widths up to 16384".into(),
+            ));
+        }
         if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) {
             return Err(ModelError::Invalid(format!(
                 "the CUDA backend supports even head_dim up to 256 (config has {})",
@@ -99,6 +114,14 @@ impl CudaTextModel {
             freqs.extend_from_slice(&model.inv_freq[l]);
         }
         let inv_freq = gpu.upload(&freqs).map_err(gpu_err)?;
+        let table = &model.weights.embed_tokens_per_layer;
+        let ple_elt = if table.dtype() == gemma3n_compute::DType::BF16
+            && table.row_stride_bytes() == table.cols() * 2
+        {
+            2
+        } else {
+            4
+        };
         Ok(CudaTextModel {
             cpu: model,
             gpu,
@@ -106,6 +129,7 @@ impl CudaTextModel {
             inv_freq,
             ws: Mutex::new(None),
             split_activations: std::sync::atomic::AtomicBool::new(true),
+            ple_elt,
         })
     }
 

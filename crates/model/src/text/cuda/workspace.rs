@@ -3,16 +3,22 @@
 
 use std::sync::Arc;
 
-use gemma3n_compute::cuda::{DeviceBuffer, Gpu};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu, PinnedBuffer};
 
 use super::gpu_err;
 use crate::config::TextConfig;
 use crate::error::Result;
 
 /// Key splits of single-row (decode) attention: one block per head and split.
-pub const DECODE_SPLITS: usize = 16;
+pub const DECODE_SPLITS: usize = 32;
+
+/// Identifies a workspace (a captured decode step is tied to its buffers).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 pub struct Workspace {
+    pub id: u64,
     /// Rows the buffers hold.
     pub cap: usize,
     /// Stride between AltUp streams (`cap · D` floats).
@@ -21,11 +27,14 @@ pub struct Workspace {
     pub qw: usize,
     /// Largest FFN width.
     pub fmax: usize,
-    pub ids: DeviceBuffer,
-    pub pos: DeviceBuffer,
-    pub flag: DeviceBuffer,
+    /// The step's inputs, packed: ids (u32), positions (i32), multimodal flags (i32), each
+    /// `cap` long, then the per-layer table rows (`cap · L·P`, f32 or bf16).
+    pub inputs: DeviceBuffer,
+    /// Their page-locked host copy (one asynchronous upload per step).
+    pub stage: PinnedBuffer,
+    /// Bytes per per-layer table value in `inputs` (2: a bf16 table copied raw; 4: f32).
+    pub ple_elt: usize,
     pub over: DeviceBuffer,
-    pub ple_rows: DeviceBuffer,
     pub plp: DeviceBuffer,
     pub pi: DeviceBuffer,
     pub s: DeviceBuffer,
@@ -35,16 +44,16 @@ pub struct Workspace {
     pub q: DeviceBuffer,
     pub att: DeviceBuffer,
     pub part: DeviceBuffer,
+    /// Finished-split counters of decode attention (`cap · H`, kept zeroed).
+    pub done: DeviceBuffer,
     pub o: DeviceBuffer,
     pub lr: DeviceBuffer,
-    pub lau: DeviceBuffer,
     pub h: DeviceBuffer,
     pub y: DeviceBuffer,
     /// Gate at column 0, up at column `fmax` of each `2·fmax` row.
     pub gu: DeviceBuffer,
     pub act: DeviceBuffer,
     pub fo: DeviceBuffer,
-    pub h2: DeviceBuffer,
     pub v: DeviceBuffer,
     pub pg: DeviceBuffer,
     pub pq: DeviceBuffer,
@@ -54,8 +63,9 @@ pub struct Workspace {
     pub xb: DeviceBuffer,
     /// bf16 remainder `x - bf16(x)` for split-activation GEMMs.
     pub xlo: DeviceBuffer,
-    /// Logits of `logit_rows` rows.
+    /// Logits of `logit_rows` rows, and their page-locked host copy.
     pub logits: DeviceBuffer,
+    pub logits_host: PinnedBuffer,
     pub logit_rows: usize,
 }
 
@@ -65,6 +75,7 @@ impl Workspace {
         cfg: &TextConfig,
         cap: usize,
         logit_rows: usize,
+        ple_elt: usize,
     ) -> Result<Workspace> {
         let d = cfg.hidden_size;
         let lp = cfg.num_hidden_layers * cfg.hidden_size_per_layer_input;
@@ -82,17 +93,17 @@ impl Workspace {
             .max()
             .unwrap_or(d);
         let f = |n: usize| gpu.alloc(4 * n).map_err(gpu_err);
-        let splits = if cap == 1 { DECODE_SPLITS } else { 1 };
+        let input_bytes = 12 * cap + ple_elt * cap * lp;
         Ok(Workspace {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cap,
             ss: cap * d,
             qw,
             fmax,
-            ids: f(cap)?,
-            pos: f(cap)?,
-            flag: f(cap)?,
+            inputs: gpu.alloc(input_bytes).map_err(gpu_err)?,
+            stage: gpu.alloc_pinned(input_bytes).map_err(gpu_err)?,
+            ple_elt,
             over: f(cap * d)?,
-            ple_rows: f(cap * lp)?,
             plp: f(cap * lp)?,
             pi: f(cap * lp)?,
             s: f(a * cap * d)?,
@@ -101,16 +112,15 @@ impl Workspace {
             qkv: f(cap * qw)?,
             q: f(cap * h * hd)?,
             att: f(cap * h * hd)?,
-            part: f(cap * h * splits.max(DECODE_SPLITS) * (hd + 2))?,
+            part: f(cap * h * DECODE_SPLITS * (hd + 2))?,
+            done: f(cap * h)?,
             o: f(cap * d)?,
             lr: f(cap * d)?,
-            lau: f(cap * d)?,
             h: f(cap * d)?,
             y: f(cap * d)?,
             gu: f(cap * 2 * fmax)?,
             act: f(cap * fmax)?,
             fo: f(cap * d)?,
-            h2: f(cap * d)?,
             v: f(cap * d)?,
             pg: f(cap * p)?,
             pq: f(cap * d)?,
@@ -119,18 +129,35 @@ impl Workspace {
             xb: gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
             xlo: gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
             logits: f(logit_rows * cfg.vocab_size)?,
+            logits_host: gpu
+                .alloc_pinned(4 * logit_rows * cfg.vocab_size)
+                .map_err(gpu_err)?,
             logit_rows,
         })
+    }
+
+    pub fn ids(&self) -> DevPtr {
+        self.inputs.ptr()
+    }
+
+    pub fn pos(&self) -> DevPtr {
+        self.inputs.f32_at(self.cap)
+    }
+
+    pub fn flag(&self) -> DevPtr {
+        self.inputs.f32_at(2 * self.cap)
+    }
+
+    pub fn ple_rows(&self) -> DevPtr {
+        self.inputs.f32_at(3 * self.cap)
     }
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
         [
-            &self.ids,
-            &self.pos,
-            &self.flag,
+            &self.inputs,
+            &self.done,
             &self.over,
-            &self.ple_rows,
             &self.plp,
             &self.pi,
             &self.s,
@@ -142,13 +169,11 @@ impl Workspace {
             &self.part,
             &self.o,
             &self.lr,
-            &self.lau,
             &self.h,
             &self.y,
             &self.gu,
             &self.act,
             &self.fo,
-            &self.h2,
             &self.v,
             &self.pg,
             &self.pq,
