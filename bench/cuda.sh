@@ -24,7 +24,7 @@ if has parity; then
 fi
 if has bench; then
   for shape in e2b e4b; do
-    for args in "--prompt-len 2048" "--prompt-len 2048 --bf16-activations" "--prompt-len 128"; do
+    for args in "--prompt-len 2048" "--prompt-len 2048 --activation-parts 2" "--prompt-len 2048 --activation-parts 1" "--prompt-len 128"; do
       echo "== bench $shape $args" | tee -a "$out/bench.log"
       timeout 400 "$bin" bench --device cuda --synthetic "$shape" $args --gen 64 --reps 3 2>&1 | tee -a "$out/bench.log"
     done

@@ -130,7 +130,7 @@ fn argmax(x: &[f32]) -> u32 {
 pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()> {
     let model = Arc::new(model);
     let gm = crate::device::to_gpu(model.clone(), ordinal)?;
-    gm.set_split_activations(!a.bf16_activations);
+    gm.set_activation_parts(a.activation_parts as usize);
     let gpu = gm.gpu().clone();
     let cfg = &model.cfg;
     let slice = a.slice.slice(cfg)?;
@@ -212,12 +212,10 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         model: name.to_string(),
         device: gpu.describe(),
         slice: plan.name.clone(),
-        activations: if a.bf16_activations {
-            "bf16"
-        } else {
-            "split bf16 (hi + lo)"
-        }
-        .into(),
+        activations: match a.activation_parts {
+            1 => "bf16".to_string(),
+            n => format!("split in {n} bf16 parts"),
+        },
         prompt_len: a.prompt_len,
         gen: a.gen,
         reps: a.reps,

@@ -14,6 +14,10 @@ pub struct Args {
     /// Describe this MatFormer slice of the model instead of the whole model.
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
+    /// With cuda[:N]: upload the decoder to the GPU and report the bytes it holds there
+    /// and in host memory.
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
 }
 
 /// Bytes in the largest decimal unit that keeps the number >= 1.
@@ -90,6 +94,10 @@ fn inspect_gguf(path: &std::path::Path) -> Result<()> {
 }
 
 pub fn main(a: Args) -> Result<()> {
+    let device = a.device.parse()?;
+    if let crate::device::Device::Cuda(n) = device {
+        return gpu_memory(&a, n);
+    }
     if a.model
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -257,4 +265,44 @@ fn print_slices(t: &gemma3n_model::TextConfig, es: f64) {
             s.official
         );
     }
+}
+
+/// `inspect --device cuda`: the decoder uploaded, and where its bytes are.
+#[cfg(feature = "cuda")]
+fn gpu_memory(a: &Args, ordinal: usize) -> Result<()> {
+    let model = std::sync::Arc::new(crate::load::load_any(&a.model)?);
+    let gm = crate::device::to_gpu(model.clone(), ordinal)?;
+    let plan = a.slice.plan(&model.cfg)?;
+    let cache = gm.new_cache_with_plan(plan.clone(), 4096)?;
+    let m = gm.memory();
+    let (free, total) = gm.gpu().mem_info()?;
+    println!(
+        "model        {} on {}",
+        a.model.display(),
+        gm.gpu().describe()
+    );
+    println!("slice        {}", plan.name);
+    println!(
+        "device       weights {} (bf16, every layer: slices run on them without copies)",
+        gb(m.device_weight_bytes as f64)
+    );
+    println!(
+        "device       KV cache (f32) for 4096 positions {}",
+        gb(cache.bytes() as f64)
+    );
+    println!(
+        "host         per-layer embedding table {} (rows copied per token)",
+        gb(m.host_bytes as f64)
+    );
+    println!(
+        "GPU memory   {} free of {}",
+        gb(free as f64),
+        gb(total as f64)
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_memory(_: &Args, _: usize) -> Result<()> {
+    unreachable!("--device cuda is refused by DeviceArgs::parse without the cuda feature")
 }

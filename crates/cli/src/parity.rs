@@ -1,7 +1,8 @@
 //! `gemma3n parity`: the GPU decoder against the CPU f32 decoder on one checkpoint (the
 //! CUDA parity test, run on the GPU machine against the fixtures). Prompts of several
-//! lengths (the GEMV and the GEMM paths, a sliding window shorter than the prompt), every
-//! position's logits, the fast-prefill logits and greedy decoding: max relative logit error
+//! lengths (the GEMV and the GEMM paths, GEMM attention, a sliding window shorter than the
+//! prompt), every position's logits, a prefill that continues a sequence, the fast-prefill
+//! logits and greedy decoding: max relative logit error
 //! (max |Δ| / max |reference|) and token agreement. Exits non-zero when a check fails.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub struct Args {
     #[command(flatten)]
     device: DeviceArgs,
     /// Prompt lengths to check, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,20")]
+    #[arg(long, value_delimiter = ',', default_value = "1,5,20,80")]
     prompt_lens: Vec<usize>,
     /// Greedy decode steps after each prompt.
     #[arg(long, default_value_t = 10)]
@@ -27,10 +28,9 @@ pub struct Args {
     /// Largest allowed max relative logit error.
     #[arg(long, default_value_t = 2e-2)]
     tolerance: f32,
-    /// Round prefill activations once to bf16 for the GEMMs instead of splitting them in two
-    /// bf16 parts (see `bench --bf16-activations`).
-    #[arg(long)]
-    bf16_activations: bool,
+    /// bf16 parts of the prefill GEMMs' activations (1-3; see `bench --activation-parts`).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+    activation_parts: u8,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -65,7 +65,7 @@ pub fn main(a: Args) -> Result<()> {
     };
     let loaded = Arc::new(crate::load::load_any(&a.model)?);
     let gpu = crate::device::to_gpu(loaded.clone(), ordinal)?;
-    gpu.set_split_activations(!a.bf16_activations);
+    gpu.set_activation_parts(a.activation_parts as usize);
     eprintln!("device: {}", gpu.gpu().describe());
     // The reference: the CPU f32 decoder on the weights the GPU holds (bf16).
     let cpu = gemma3n_model::text::cuda::with_device_weights(&loaded);
@@ -110,6 +110,25 @@ pub fn main(a: Args) -> Result<()> {
         );
         if !ok && failures == 1 {
             trace(&cpu, &gpu, &prompt, new_cpu(&cpu)?, new_gpu()?)?;
+        }
+        // A prefill that continues a sequence (a second chat turn): the first half, then
+        // every position of the second half.
+        if len >= 2 {
+            let (a1, a2) = prompt.split_at(len / 2);
+            let mut cc = new_cpu(&cpu)?;
+            let mut gc = new_gpu()?;
+            cpu.forward(a1, &mut cc, Logits::Last)?;
+            gpu.forward(a1, &mut gc, Logits::Last)?;
+            let want = cpu.forward(a2, &mut cc, Logits::All)?;
+            let got = gpu.forward(a2, &mut gc, Logits::All)?;
+            let e = rel_err(&got, &want);
+            worst = worst.max(e);
+            let ok = e <= a.tolerance;
+            failures += usize::from(!ok);
+            println!(
+                "{len:>6}  two-part prefill          {e:>11.3e}  {}",
+                if ok { "" } else { "FAIL" }
+            );
         }
         // Fast prefill, then greedy decoding on each side.
         let mut cc = new_cpu(&cpu)?;

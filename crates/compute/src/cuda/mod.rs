@@ -32,7 +32,8 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 20] = [
+pub const KERNELS: [&str; 21] = [
+    "softmax_masked",
     "gemv_bf16_b1",
     "gemv_bf16_b2",
     "gemv_bf16_b4",

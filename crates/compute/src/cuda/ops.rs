@@ -239,27 +239,20 @@ impl Gpu {
     }
 
     /// The same products for many activation rows on the tensor cores (cuBLAS, bf16 inputs,
-    /// f32 accumulation and output). `scratch` holds at least `batch · k` bf16 values; with
-    /// `lo` (as large) the activations are split as `x = hi + lo` in two bf16 parts and both
-    /// multiplied (near-f32 precision, twice the work).
-    pub fn gemm(
-        &self,
-        s: &GemvSeg,
-        batch: usize,
-        scratch: DevPtr,
-        lo: Option<DevPtr>,
-    ) -> Result<()> {
+    /// f32 accumulation and output). The activations are split into `parts.len()` (1 to 3)
+    /// bf16 parts, `x = p0 + p1 + p2`, each multiplied and summed: one part is a bf16
+    /// rounding, two keep about 16 bits, three about 24 (near f32). Each scratch buffer
+    /// holds at least `batch · k` bf16 values.
+    pub fn gemm(&self, s: &GemvSeg, batch: usize, parts: &[DevPtr]) -> Result<()> {
         assert!(
             s.mask.is_null() && s.epi == Epilogue::Plain,
             "masked products and epilogues run on the gemv path"
         );
-        self.split_bf16(s.x, s.ldx, scratch, lo, batch, s.k)?;
-        self.gemm_raw(
-            s.w, false, s.rows, s.ldw, scratch, s.k, batch, s.k, s.y, s.ldy, 0.0,
-        )?;
-        if let Some(lo) = lo {
+        self.split_bf16(s.x, s.ldx, parts, batch, s.k)?;
+        for (j, &p) in parts.iter().enumerate() {
+            let beta = if j == 0 { 0.0 } else { 1.0 };
             self.gemm_raw(
-                s.w, false, s.rows, s.ldw, lo, s.k, batch, s.k, s.y, s.ldy, 1.0,
+                s.w, false, s.rows, s.ldw, p, s.k, batch, s.k, s.y, s.ldy, beta,
             )?;
         }
         Ok(())
@@ -278,30 +271,30 @@ impl Gpu {
         k: usize,
         y: DevPtr,
         ldy: usize,
-        scratch: DevPtr,
-        lo: Option<DevPtr>,
+        parts: &[DevPtr],
     ) -> Result<()> {
-        self.split_bf16(x, ldx, scratch, lo, batch, k)?;
-        self.gemm_raw(wt, true, rows, ldw, scratch, k, batch, k, y, ldy, 0.0)?;
-        if let Some(lo) = lo {
-            self.gemm_raw(wt, true, rows, ldw, lo, k, batch, k, y, ldy, 1.0)?;
+        self.split_bf16(x, ldx, parts, batch, k)?;
+        for (j, &p) in parts.iter().enumerate() {
+            let beta = if j == 0 { 0.0 } else { 1.0 };
+            self.gemm_raw(wt, true, rows, ldw, p, k, batch, k, y, ldy, beta)?;
         }
         Ok(())
     }
 
-    /// `rows x n` f32 values to packed bf16 `hi` (and `lo = x - hi` when given).
+    /// `rows x n` f32 values to 1 to 3 packed bf16 parts.
     fn split_bf16(
         &self,
         x: DevPtr,
         ldx: usize,
-        hi: DevPtr,
-        lo: Option<DevPtr>,
+        parts: &[DevPtr],
         rows: usize,
         n: usize,
     ) -> Result<()> {
+        assert!((1..=3).contains(&parts.len()), "1 to 3 activation parts");
+        let p = |j: usize| parts.get(j).copied().unwrap_or(DevPtr::NULL).0;
         let total = rows * n;
         launch!(self, "split_bf16_rows", (total.div_ceil(256), 1, 1), 256;
-            x.0, i(ldx), hi.0, lo.unwrap_or(DevPtr::NULL).0, i(n), i(rows), i(n))
+            x.0, i(ldx), p(0), p(1), p(2), i(n), i(rows), i(n))
     }
 
     /// `y = op(W) · xb (+ beta · y)` with bf16 `xb` (row stride `ldx`): `y[b, n] = Σ_k xb[b, k] · W(n, k)`;
@@ -654,5 +647,97 @@ impl Gpu {
         assert!(hd <= 256, "attention head_dim {hd} > 256");
         launch!(self, "attention_decode", (h, rows, nsplit), ATT_WARPS * 32;
             q.0, kcache.0, vcache.0, pos.0, out.0, part.0, done.0, i(h), i(g), i(hd), i(window))
+    }
+
+    /// Attention of `rows` query rows of one sequence over `keys` cached positions with
+    /// two f32 GEMMs per KV head (cuBLAS, batched over the query heads of the group) and a
+    /// masked softmax between them: for prefills, where the rows share every key.
+    /// `scores` holds `h · rows · keys` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_prefill(
+        &self,
+        q: DevPtr,
+        kcache: DevPtr,
+        vcache: DevPtr,
+        pos: DevPtr,
+        out: DevPtr,
+        scores: DevPtr,
+        rows: usize,
+        keys: usize,
+        h: usize,
+        g: usize,
+        hd: usize,
+        window: usize,
+    ) -> Result<()> {
+        let group = h / g;
+        let (one, zero) = (1.0f32, 0.0f32);
+        let t = blas::cublasOperation_t::CUBLAS_OP_T;
+        let n = blas::cublasOperation_t::CUBLAS_OP_N;
+        let plane = (rows * keys) as i64;
+        for kv in 0..g {
+            let (k, qh, s) = (
+                kcache.add_f32(kv * hd),
+                q.add_f32(kv * group * hd),
+                scores.add_f32(kv * group * rows * keys),
+            );
+            // Sᵀ[keys, rows] = K_gᵀ · Q_h (column-major), for each query head of the group.
+            self.timed("cublas_sgemm_qk", || unsafe {
+                cudarc::cublas::result::sgemm_strided_batched(
+                    *self.blas.handle(),
+                    t,
+                    n,
+                    i(keys),
+                    i(rows),
+                    i(hd),
+                    &one,
+                    k.0 as *const f32,
+                    i(g * hd),
+                    0,
+                    qh.0 as *const f32,
+                    i(h * hd),
+                    hd as i64,
+                    &zero,
+                    s.0 as *mut f32,
+                    i(keys),
+                    plane,
+                    i(group),
+                )
+                .map_err(|e| CudaError::Blas(format!("{e:?}")))
+            })?;
+        }
+        launch!(self, "softmax_masked", (rows, h, 1), 256;
+            scores.0, i(keys), i(rows), pos.0, i(window))?;
+        for kv in 0..g {
+            let (v, o, s) = (
+                vcache.add_f32(kv * hd),
+                out.add_f32(kv * group * hd),
+                scores.add_f32(kv * group * rows * keys),
+            );
+            // Oᵀ[hd, rows] = V_gᵀ · Pᵀ (column-major), for each query head of the group.
+            self.timed("cublas_sgemm_pv", || unsafe {
+                cudarc::cublas::result::sgemm_strided_batched(
+                    *self.blas.handle(),
+                    n,
+                    n,
+                    i(hd),
+                    i(rows),
+                    i(keys),
+                    &one,
+                    v.0 as *const f32,
+                    i(g * hd),
+                    0,
+                    s.0 as *const f32,
+                    i(keys),
+                    plane,
+                    &zero,
+                    o.0 as *mut f32,
+                    i(h * hd),
+                    hd as i64,
+                    i(group),
+                )
+                .map_err(|e| CudaError::Blas(format!("{e:?}")))
+            })?;
+        }
+        Ok(())
     }
 }

@@ -174,3 +174,38 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
     combine_partials(part, out, b, head, h, hd, nsplit);
 }
 
+
+// Prefill attention, the softmax between the two batched f32 GEMMs: scores of head h and
+// query row b at s[(h * rows + b) * keys + key] over keys [0, keys); row b at position
+// pos[b] sees (pos - window, pos] (window 0: [0, pos]); masked keys get weight 0.
+// grid (rows, heads), block 256.
+extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const int* pos,
+                                          int window) {
+    pdl_start();
+    float* row = s + ((size_t)blockIdx.y * rows + blockIdx.x) * keys;
+    const int p = pos[blockIdx.x];
+    const int lo = window > 0 ? max(0, p + 1 - window) : 0;
+    float m = -INFINITY;
+    for (int k = threadIdx.x; k < keys; k += blockDim.x)
+        if (k >= lo && k <= p) m = fmaxf(m, row[k]);
+    __shared__ float red[32];
+    __shared__ float bm;
+    m = warp_max(m);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : -INFINITY;
+        v = warp_max(v);
+        if (threadIdx.x == 0) bm = v;
+    }
+    __syncthreads();
+    m = bm;
+    float sum = 0.0f;
+    for (int k = threadIdx.x; k < keys; k += blockDim.x) {
+        float e = (k >= lo && k <= p) ? expf(row[k] - m) : 0.0f;
+        row[k] = e;
+        sum += e;
+    }
+    float inv = 1.0f / block_sum(sum);
+    for (int k = threadIdx.x; k < keys; k += blockDim.x) row[k] *= inv;
+}

@@ -213,16 +213,22 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
     }
 }
 
-// Activations to bf16 split in two parts, hi = bf16(x) and lo = bf16(x - hi) (lo may be
-// null), for GEMMs that need more than bf16's 8 bits of precision.
-extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* hi, bf16_t* lo,
-                                           int ldy, int rows, int n) {
+// Activations to bf16 split in up to three parts, p0 = bf16(x), p1 = bf16(x - p0),
+// p2 = bf16(x - p0 - p1) (p1, p2 may be null), for GEMMs that need more than bf16's
+// 8 bits of precision: the sum of the parts' products is near-f32.
+extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* p0, bf16_t* p1,
+                                           bf16_t* p2, int ldy, int rows, int n) {
     pdl_start();
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * n) return;
     int r = idx / n, c = idx % n;
+    size_t o = (size_t)r * ldy + c;
     float v = x[(size_t)r * ldx + c];
     bf16_t h = f32_to_bf16(v);
-    hi[(size_t)r * ldy + c] = h;
-    if (lo) lo[(size_t)r * ldy + c] = f32_to_bf16(v - bf16_to_f32(h));
+    p0[o] = h;
+    if (!p1) return;
+    v -= bf16_to_f32(h);
+    h = f32_to_bf16(v);
+    p1[o] = h;
+    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
 }

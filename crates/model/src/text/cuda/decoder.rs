@@ -16,6 +16,12 @@ use crate::text::{EmbedFn, Logits, StreamHook};
 
 /// Rows up to which products run on the GEMV kernel.
 const GEMV_ROWS: usize = 8;
+/// Rows from which a prefill's attention runs as two GEMMs per KV head.
+const GEMM_ATTENTION_ROWS: usize = 32;
+/// Largest score buffer (heads x rows x keys, f32) of GEMM attention; longer prefills over
+/// long caches use the per-row kernel.
+const MAX_SCORE_BYTES: usize = 1 << 30;
+
 /// Rows up to which sparse layers read only the active rows of `up` and `downᵀ`.
 const SPARSE_ROWS: usize = 4;
 
@@ -141,6 +147,19 @@ impl CudaTextModel {
             1
         } else {
             let splits = attention_splits(n, cfg.num_attention_heads, pos0 + n);
+            // Prefills of many rows run attention as GEMMs over a score buffer, when it
+            // stays within bounds.
+            let need = cfg.num_attention_heads * n * (pos0 + n) * 4;
+            let gemm_attention =
+                std::env::var_os("GEMMA3N_CUDA_GEMM_ATTENTION").is_none_or(|v| v != "0");
+            if gemm_attention && n >= GEMM_ATTENTION_ROWS && need <= MAX_SCORE_BYTES {
+                if ws.scores.as_ref().is_none_or(|b| b.bytes() < need) {
+                    ws.scores = None;
+                    ws.scores = Some(self.gpu.alloc(need).map_err(gpu_err)?);
+                }
+            } else {
+                ws.scores = None;
+            }
             self.run(ws, cache, n, want, embed.is_some(), hook, splits)?
         };
         cache.advance(n);
@@ -250,18 +269,23 @@ impl CudaTextModel {
             .map_err(gpu_err)
     }
 
+    /// The scratch buffers of the activation parts prefill GEMMs use (see
+    /// [`CudaTextModel::set_activation_parts`]).
+    fn parts(&self, ws: &Workspace) -> Vec<DevPtr> {
+        let n = self
+            .activation_parts
+            .load(std::sync::atomic::Ordering::Relaxed);
+        ws.xparts[..n].iter().map(|b| b.ptr()).collect()
+    }
+
     /// Products `y = x · Wᵀ`: one GEMV launch up to 8 rows, else one GEMM each.
     fn mm(&self, ws: &Workspace, segs: &[GemvSeg], n: usize, cap: f32) -> Result<()> {
         if n <= GEMV_ROWS {
             self.gpu.gemv(segs, n, cap).map_err(gpu_err)
         } else {
-            let split = self
-                .split_activations
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let parts = self.parts(ws);
             for s in segs {
-                self.gpu
-                    .gemm(s, n, ws.xb.ptr(), split.then(|| ws.xlo.ptr()))
-                    .map_err(gpu_err)?;
+                self.gpu.gemm(s, n, &parts).map_err(gpu_err)?;
             }
             Ok(())
         }
@@ -434,21 +458,39 @@ impl CudaTextModel {
                 LayerType::Sliding => cfg.sliding_window,
                 LayerType::Full => 0,
             };
-            g.attention(
-                ws.q.ptr(),
-                kc,
-                vc,
-                pos,
-                ws.att.ptr(),
-                ws.part.ptr(),
-                ws.done.ptr(),
-                splits,
-                n,
-                h,
-                kvh,
-                hd,
-                window,
-            )
+            // A prefill: every row of the step sees the same cached keys; two GEMMs. (Never
+            // in a captured decode step: the GEMM sizes would be frozen into the graph.)
+            match (&ws.scores, n == n_all && n >= GEMM_ATTENTION_ROWS) {
+                (Some(sc), true) => g.attention_prefill(
+                    ws.q.ptr(),
+                    kc,
+                    vc,
+                    pos,
+                    ws.att.ptr(),
+                    sc.ptr(),
+                    n,
+                    cache.pos() + n,
+                    h,
+                    kvh,
+                    hd,
+                    window,
+                ),
+                _ => g.attention(
+                    ws.q.ptr(),
+                    kc,
+                    vc,
+                    pos,
+                    ws.att.ptr(),
+                    ws.part.ptr(),
+                    ws.done.ptr(),
+                    splits,
+                    n,
+                    h,
+                    kvh,
+                    hd,
+                    window,
+                ),
+            }
             .map_err(e)?;
             // o_proj and LAuReL's right product.
             self.mm(
@@ -621,9 +663,6 @@ impl CudaTextModel {
                     g.sparse_t(m.ptr(), m.cols, ws.act.ptr(), fmax, ws.fo.ptr(), d, n, f, d)
                         .map_err(e)
                 } else {
-                    let split = self
-                        .split_activations
-                        .load(std::sync::atomic::Ordering::Relaxed);
                     g.gemm_t(
                         m.ptr(),
                         d,
@@ -634,8 +673,7 @@ impl CudaTextModel {
                         f,
                         ws.fo.ptr(),
                         d,
-                        ws.xb.ptr(),
-                        split.then(|| ws.xlo.ptr()),
+                        &self.parts(ws),
                     )
                     .map_err(e)
                 }

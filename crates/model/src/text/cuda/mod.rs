@@ -49,6 +49,10 @@ pub fn with_device_weights(model: &TextModel) -> TextModel {
     TextModel::new(model.cfg.clone(), w)
 }
 
+/// bf16 parts of prefill GEMM activations by default (see
+/// [`CudaTextModel::set_activation_parts`]).
+pub const DEFAULT_ACTIVATION_PARTS: usize = 3;
+
 /// A text decoder with its weights on a GPU. It keeps the CPU model for the configuration
 /// and the per-layer embedding table (read in host memory).
 pub struct CudaTextModel {
@@ -58,9 +62,8 @@ pub struct CudaTextModel {
     /// RoPE inverse frequencies, `[L, head_dim / 2]`.
     inv_freq: DeviceBuffer,
     ws: Mutex<Option<Workspace>>,
-    /// Prefill GEMMs on activations split in two bf16 parts (hi + lo: f32-like precision,
-    /// twice the tensor-core work) instead of one bf16 rounding.
-    split_activations: std::sync::atomic::AtomicBool,
+    /// bf16 parts the activations of prefill GEMMs are split into (1 to 3).
+    activation_parts: std::sync::atomic::AtomicUsize,
     /// Bytes per per-layer table value sent to the device: 2 for a bf16 table (rows copied
     /// as they are), else 4 (rows converted to f32 on the host).
     ple_elt: usize,
@@ -128,17 +131,19 @@ impl CudaTextModel {
             w,
             inv_freq,
             ws: Mutex::new(None),
-            split_activations: std::sync::atomic::AtomicBool::new(true),
+            activation_parts: std::sync::atomic::AtomicUsize::new(DEFAULT_ACTIVATION_PARTS),
             ple_elt,
         })
     }
 
-    /// Whether prefill GEMMs split their activations into two bf16 parts (the default:
-    /// near-f32 results, twice the tensor-core work) or round them once to bf16 (faster, as
-    /// other GPU engines do; larger differences from the f32 reference).
-    pub fn set_split_activations(&self, on: bool) {
-        self.split_activations
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+    /// How prefill GEMMs (tensor cores, bf16 inputs) see their f32 activations: split into
+    /// `parts` bf16 parts whose products are summed. 3 (the default) keeps about 24 bits,
+    /// near-f32 results, for three times the tensor-core work; 2 keeps about 16 bits; 1 is
+    /// one bf16 rounding, as other GPU engines do (fastest; larger differences from the f32
+    /// reference). Clamped to 1..=3.
+    pub fn set_activation_parts(&self, parts: usize) {
+        self.activation_parts
+            .store(parts.clamp(1, 3), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {

@@ -59,10 +59,11 @@ pub struct Workspace {
     pub pq: DeviceBuffer,
     pub ys: DeviceBuffer,
     pub hf: DeviceBuffer,
-    /// bf16 copy of a GEMM's activations.
-    pub xb: DeviceBuffer,
-    /// bf16 remainder `x - bf16(x)` for split-activation GEMMs.
-    pub xlo: DeviceBuffer,
+    /// The bf16 parts of a GEMM's activations (see `Gpu::gemm`).
+    pub xparts: [DeviceBuffer; 3],
+    /// Attention scores of a prefill (`H x rows x keys`), sized per prefill; `None` for
+    /// steps that use the per-row attention kernel.
+    pub scores: Option<DeviceBuffer>,
     /// Logits of `logit_rows` rows, and their page-locked host copy.
     pub logits: DeviceBuffer,
     pub logits_host: PinnedBuffer,
@@ -126,13 +127,17 @@ impl Workspace {
             pq: f(cap * d)?,
             ys: f((a - 1) * cap * d)?,
             hf: f(cap * d)?,
-            xb: gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
-            xlo: gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
+            xparts: [
+                gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
+                gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
+                gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
+            ],
             logits: f(logit_rows * cfg.vocab_size)?,
             logits_host: gpu
                 .alloc_pinned(4 * logit_rows * cfg.vocab_size)
                 .map_err(gpu_err)?,
             logit_rows,
+            scores: None,
         })
     }
 
@@ -179,8 +184,9 @@ impl Workspace {
             &self.pq,
             &self.ys,
             &self.hf,
-            &self.xb,
-            &self.xlo,
+            &self.xparts[0],
+            &self.xparts[1],
+            &self.xparts[2],
             &self.logits,
         ]
         .iter()
