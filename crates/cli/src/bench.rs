@@ -82,7 +82,8 @@ struct Report {
     bandwidth_pct: f64,
 }
 
-fn argmax(x: &[f32]) -> u32 {
+/// The index of the largest logit (greedy decoding).
+pub fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if v > x[best] {
@@ -90,6 +91,26 @@ fn argmax(x: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+/// The benchmark prompt: BOS, then `len - 1` pseudo-random ordinary text ids (above the
+/// special ones, below the multimodal ones) from `seed`.
+pub fn random_prompt(cfg: &gemma3n_model::TextConfig, len: usize, seed: u64) -> Vec<u32> {
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
+    let low = if text_vocab > 2000 {
+        1000
+    } else {
+        3.min(text_vocab - 1)
+    };
+    let mut x = seed ^ 0x0005_DEEC_E66D;
+    std::iter::once(2)
+        .chain((1..len).map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (low + (x >> 33) % (text_vocab - low)) as u32
+        }))
+        .collect()
 }
 
 pub fn main(a: Args) -> Result<()> {
@@ -215,23 +236,7 @@ fn measure(
     // downᵀ are read); quantized ones read every row.
     let bytes_per_token = bytes_per_token(model, &plan);
 
-    // A deterministic pseudo-random prompt of ordinary text ids (above the special ones,
-    // below the multimodal ones).
-    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
-    let low = if text_vocab > 2000 {
-        1000
-    } else {
-        3.min(text_vocab - 1)
-    };
-    let mut x = a.seed ^ 0x0005_DEEC_E66D;
-    let prompt: Vec<u32> = std::iter::once(2)
-        .chain((1..a.prompt_len).map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (low + (x >> 33) % (text_vocab - low)) as u32
-        }))
-        .collect();
+    let prompt = random_prompt(cfg, a.prompt_len, a.seed);
 
     // Warm-up: a short prompt and two steps read every weight once (page faults of a
     // memory-mapped file, caches), untimed.

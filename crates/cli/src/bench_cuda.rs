@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use gemma3n_model::config::{KvSource, LayerType};
 use gemma3n_model::{Logits, SlicePlan, TextModel};
 
-use crate::bench::Args;
+use crate::bench::{argmax, Args};
 
 #[derive(serde::Serialize)]
 struct Report {
@@ -117,16 +117,6 @@ fn prefill_flops(m: &TextModel, plan: &SlicePlan, t: usize) -> f64 {
     f + 2.0 * (c.vocab_size as f64 * d + (c.altup_num_inputs - 1) as f64 * d * d)
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()> {
     let model = Arc::new(model);
     let gm = crate::device::to_gpu(model.clone(), ordinal)?;
@@ -139,17 +129,8 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         None => SlicePlan::full(cfg),
     };
     let plan = Arc::new(plan);
-    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
-    let low = if text_vocab > 2000 { 1000 } else { 3 };
-    let mut x = a.seed ^ 0x0005_DEEC_E66D;
-    let prompt: Vec<u32> = std::iter::once(2)
-        .chain((1..a.prompt_len).map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (low + (x >> 33) % (text_vocab - low)) as u32
-        }))
-        .collect();
+    let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size);
+    let prompt = crate::bench::random_prompt(cfg, a.prompt_len, a.seed);
     let room = a.prompt_len + a.gen + 1;
     // Warm-up: a short prompt, a full one (sizes the workspace) and a few steps.
     {
@@ -175,7 +156,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         prefills.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         for _ in 0..a.gen {
-            let next = argmax(&logits[..text_vocab as usize]);
+            let next = argmax(&logits[..text_vocab]);
             logits = gm.forward(&[next], &mut cache, Logits::Last)?;
         }
         decodes.push(t1.elapsed().as_secs_f64());

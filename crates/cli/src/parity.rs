@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use gemma3n_model::{Logits, TextModel};
 
+use crate::bench::argmax;
 use crate::device::{Device, DeviceArgs};
 
 #[derive(clap::Args)]
@@ -46,16 +47,6 @@ fn rel_err(a: &[f32], reference: &[f32]) -> f32 {
         return f32::INFINITY;
     }
     num / den.max(f32::MIN_POSITIVE)
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 pub fn main(a: Args) -> Result<()> {

@@ -670,74 +670,78 @@ impl Gpu {
         window: usize,
     ) -> Result<()> {
         let group = h / g;
-        let (one, zero) = (1.0f32, 0.0f32);
         let t = blas::cublasOperation_t::CUBLAS_OP_T;
         let n = blas::cublasOperation_t::CUBLAS_OP_N;
-        let plane = (rows * keys) as i64;
+        let plane = rows * keys;
         for kv in 0..g {
-            let (k, qh, s) = (
-                kcache.add_f32(kv * hd),
-                q.add_f32(kv * group * hd),
-                scores.add_f32(kv * group * rows * keys),
-            );
             // Sᵀ[keys, rows] = K_gᵀ · Q_h (column-major), for each query head of the group.
-            self.timed("cublas_sgemm_qk", || unsafe {
-                cudarc::cublas::result::sgemm_strided_batched(
-                    *self.blas.handle(),
-                    t,
-                    n,
-                    i(keys),
-                    i(rows),
-                    i(hd),
-                    &one,
-                    k.0 as *const f32,
-                    i(g * hd),
-                    0,
-                    qh.0 as *const f32,
-                    i(h * hd),
-                    hd as i64,
-                    &zero,
-                    s.0 as *mut f32,
-                    i(keys),
-                    plane,
-                    i(group),
-                )
-                .map_err(|e| CudaError::Blas(format!("{e:?}")))
-            })?;
+            self.sgemm_batched(
+                "cublas_sgemm_qk",
+                (t, n),
+                (keys, rows, hd),
+                (kcache.add_f32(kv * hd), g * hd, 0),
+                (q.add_f32(kv * group * hd), h * hd, hd),
+                (scores.add_f32(kv * group * rows * keys), keys, plane),
+                group,
+            )?;
         }
         launch!(self, "softmax_masked", (rows, h, 1), 256;
             scores.0, i(keys), i(rows), pos.0, i(window))?;
         for kv in 0..g {
-            let (v, o, s) = (
-                vcache.add_f32(kv * hd),
-                out.add_f32(kv * group * hd),
-                scores.add_f32(kv * group * rows * keys),
-            );
             // Oᵀ[hd, rows] = V_gᵀ · Pᵀ (column-major), for each query head of the group.
-            self.timed("cublas_sgemm_pv", || unsafe {
-                cudarc::cublas::result::sgemm_strided_batched(
-                    *self.blas.handle(),
-                    n,
-                    n,
-                    i(hd),
-                    i(rows),
-                    i(keys),
-                    &one,
-                    v.0 as *const f32,
-                    i(g * hd),
-                    0,
-                    s.0 as *const f32,
-                    i(keys),
-                    plane,
-                    &zero,
-                    o.0 as *mut f32,
-                    i(h * hd),
-                    hd as i64,
-                    i(group),
-                )
-                .map_err(|e| CudaError::Blas(format!("{e:?}")))
-            })?;
+            self.sgemm_batched(
+                "cublas_sgemm_pv",
+                (n, n),
+                (hd, rows, keys),
+                (vcache.add_f32(kv * hd), g * hd, 0),
+                (scores.add_f32(kv * group * rows * keys), keys, plane),
+                (out.add_f32(kv * group * hd), h * hd, hd),
+                group,
+            )?;
         }
         Ok(())
+    }
+
+    /// `batch` f32 GEMMs `C = op(A) · op(B)` (column-major, cuBLAS), operands given as
+    /// (pointer, leading dimension, stride between the GEMMs of the batch).
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_batched(
+        &self,
+        name: &'static str,
+        (ta, tb): (blas::cublasOperation_t, blas::cublasOperation_t),
+        (m, n, k): (usize, usize, usize),
+        (a, lda, sa): (DevPtr, usize, usize),
+        (b, ldb, sb): (DevPtr, usize, usize),
+        (c, ldc, sc): (DevPtr, usize, usize),
+        batch: usize,
+    ) -> Result<()> {
+        let (one, zero) = (1.0f32, 0.0f32);
+        self.timed(name, || {
+            // SAFETY: the operands are live device buffers holding the strided matrices the
+            // caller describes.
+            unsafe {
+                cudarc::cublas::result::sgemm_strided_batched(
+                    *self.blas.handle(),
+                    ta,
+                    tb,
+                    i(m),
+                    i(n),
+                    i(k),
+                    &one,
+                    a.0 as *const f32,
+                    i(lda),
+                    sa as i64,
+                    b.0 as *const f32,
+                    i(ldb),
+                    sb as i64,
+                    &zero,
+                    c.0 as *mut f32,
+                    i(ldc),
+                    sc as i64,
+                    i(batch),
+                )
+            }
+            .map_err(|e| CudaError::Blas(format!("{e:?}")))
+        })
     }
 }

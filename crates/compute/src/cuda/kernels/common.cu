@@ -27,6 +27,14 @@ __device__ __forceinline__ float bf16_to_f32(bf16_t v) {
     return __uint_as_float(((u32)v) << 16);
 }
 
+// Eight bf16 values (one 16-byte load) to f32.
+__device__ __forceinline__ void unpack_bf16x8(uint4 v, float f[8]) {
+    f[0] = __uint_as_float(v.x << 16); f[1] = __uint_as_float(v.x & 0xffff0000u);
+    f[2] = __uint_as_float(v.y << 16); f[3] = __uint_as_float(v.y & 0xffff0000u);
+    f[4] = __uint_as_float(v.z << 16); f[5] = __uint_as_float(v.z & 0xffff0000u);
+    f[6] = __uint_as_float(v.w << 16); f[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
 // Round to nearest even, NaN kept quiet.
 __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     u32 u = __float_as_uint(f);

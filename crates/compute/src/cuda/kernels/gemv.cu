@@ -74,14 +74,8 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
             uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
             uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
             float wf[8], wf2[8];
-            wf[0] = __uint_as_float(wv.x << 16); wf[1] = __uint_as_float(wv.x & 0xffff0000u);
-            wf[2] = __uint_as_float(wv.y << 16); wf[3] = __uint_as_float(wv.y & 0xffff0000u);
-            wf[4] = __uint_as_float(wv.z << 16); wf[5] = __uint_as_float(wv.z & 0xffff0000u);
-            wf[6] = __uint_as_float(wv.w << 16); wf[7] = __uint_as_float(wv.w & 0xffff0000u);
-            wf2[0] = __uint_as_float(wv2.x << 16); wf2[1] = __uint_as_float(wv2.x & 0xffff0000u);
-            wf2[2] = __uint_as_float(wv2.y << 16); wf2[3] = __uint_as_float(wv2.y & 0xffff0000u);
-            wf2[4] = __uint_as_float(wv2.z << 16); wf2[5] = __uint_as_float(wv2.z & 0xffff0000u);
-            wf2[6] = __uint_as_float(wv2.w << 16); wf2[7] = __uint_as_float(wv2.w & 0xffff0000u);
+            unpack_bf16x8(wv, wf);
+            unpack_bf16x8(wv2, wf2);
             #pragma unroll
             for (int b = 0; b < MAXB; b++) {
                 if (b < B) {
@@ -181,10 +175,7 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
             const int u = active[t];
             uint4 wv = __ldg(reinterpret_cast<const uint4*>(wt + (size_t)(i0 + u) * ldw + c));
             float wf[8];
-            wf[0] = __uint_as_float(wv.x << 16); wf[1] = __uint_as_float(wv.x & 0xffff0000u);
-            wf[2] = __uint_as_float(wv.y << 16); wf[3] = __uint_as_float(wv.y & 0xffff0000u);
-            wf[4] = __uint_as_float(wv.z << 16); wf[5] = __uint_as_float(wv.z & 0xffff0000u);
-            wf[6] = __uint_as_float(wv.w << 16); wf[7] = __uint_as_float(wv.w & 0xffff0000u);
+            unpack_bf16x8(wv, wf);
             #pragma unroll
             for (int b = 0; b < SPT_MAX_BATCH; b++) {
                 if (b < batch) {
