@@ -16,6 +16,18 @@ use crate::text::{EmbedFn, Logits, StreamHook};
 
 /// Rows up to which products run on the GEMV kernel.
 const GEMV_ROWS: usize = 8;
+/// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK` overrides): longer prompts go
+/// in pieces of this size, which bounds the activation workspace (E4B: about 0.4 GB).
+const PREFILL_CHUNK: usize = 512;
+
+fn prefill_chunk() -> usize {
+    std::env::var("GEMMA3N_CUDA_PREFILL_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c: &usize| c > 0)
+        .unwrap_or(PREFILL_CHUNK)
+}
+
 /// Rows from which a prefill's attention runs as two GEMMs per KV head.
 const GEMM_ATTENTION_ROWS: usize = 32;
 /// Largest score buffer (heads x rows x keys, f32) of GEMM attention; longer prefills over
@@ -116,6 +128,20 @@ impl CudaTextModel {
         }
         let pos0 = cache.pos();
         cache.reserve(pos0 + n)?;
+        let chunk = prefill_chunk();
+        if n > chunk && hook.is_none() {
+            // A long prompt goes in pieces, so the activation workspace stays sized for
+            // `chunk` rows; each piece continues the sequence in the cache.
+            let mut out = Vec::new();
+            for part in ids.chunks(chunk) {
+                let logits = self.forward_full(part, cache, want, embed, None)?;
+                match want {
+                    Logits::All => out.extend_from_slice(&logits),
+                    Logits::Last => out = logits,
+                }
+            }
+            return Ok(out);
+        }
         let logit_rows = if want == Logits::All { n } else { 1 };
         let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
         let fits = guard
