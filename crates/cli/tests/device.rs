@@ -102,26 +102,30 @@ fn logits_on_the_cpu_explicitly_are_the_default() {
 }
 
 /// Every command that takes `--device` refuses a device it does not know, before any work.
+/// `run`, `chat` and `logits` (writing `out`) on the model in `dir`.
+fn commands<'a>(dir: &'a TempDir, out: &'a std::path::Path) -> [Vec<&'a str>; 3] {
+    [
+        vec!["run", "--model", dir.s(), "--prompt", "w5"],
+        vec!["chat", "--model", dir.s()],
+        vec![
+            "logits",
+            "--model",
+            dir.s(),
+            "--ids",
+            "2,5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ]
+}
+
 #[test]
 fn unknown_devices_are_refused() {
     let dir = model_with_tokenizer(NAME);
     let out = TempDir::new("device-bad");
     let f = out.join("logits.safetensors");
     for bad in ["bogus", "gpu", "cuda:x", "cuda:", "cpu:0"] {
-        let cmds: [Vec<&str>; 3] = [
-            vec!["run", "--model", dir.s(), "--prompt", "w5"],
-            vec!["chat", "--model", dir.s()],
-            vec![
-                "logits",
-                "--model",
-                dir.s(),
-                "--ids",
-                "2,5",
-                "--out",
-                f.to_str().unwrap(),
-            ],
-        ];
-        for cmd in cmds {
+        for cmd in commands(&dir, &f) {
             let r = gemma3n(&with_device(&cmd, Some(bad)), None);
             let what = format!("{} --device {bad}", cmd[0]);
             r.expect_clean_failure(&what, &["--device", &format!("`{bad}`"), "cuda:N"]);
@@ -140,20 +144,7 @@ fn cuda_is_refused_without_the_feature() {
     let out = TempDir::new("device-nocuda");
     let f = out.join("logits.safetensors");
     for dev in ["cuda", "cuda:0", "cuda:1"] {
-        let cmds: [Vec<&str>; 3] = [
-            vec!["run", "--model", dir.s(), "--prompt", "w5"],
-            vec!["chat", "--model", dir.s()],
-            vec![
-                "logits",
-                "--model",
-                dir.s(),
-                "--ids",
-                "2,5",
-                "--out",
-                f.to_str().unwrap(),
-            ],
-        ];
-        for cmd in cmds {
+        for cmd in commands(&dir, &f) {
             let r = gemma3n(&with_device(&cmd, Some(dev)), None);
             let what = format!("{} --device {dev}", cmd[0]);
             r.expect_clean_failure(
