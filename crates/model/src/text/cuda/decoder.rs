@@ -1,7 +1,10 @@
 //! The forward pass on the GPU: the layer loop of `text/decoder.rs` on device buffers.
 //!
 //! Up to 8 rows, matrix products are the decode GEMV kernel (several products that share
-//! an input in one launch); beyond, cuBLAS GEMMs on bf16 copies of the activations.
+//! an input in one launch, with fused epilogues); beyond, cuBLAS GEMMs on the activations
+//! split into bf16 parts, and from 32 rows attention as two f32 GEMMs per KV head. Prompts
+//! over 512 tokens go in pieces. A single-token step of a sequence is captured as a CUDA
+//! graph and replayed.
 
 use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg};
 use rayon::prelude::*;
