@@ -1,6 +1,7 @@
 //! The CUDA kernels compile with NVRTC for Hopper and export every kernel the backend
-//! launches. Needs libnvrtc only (no GPU): run with `--features cuda` where it is found
-//! (`tools/fetch_nvrtc.sh` fetches it; `.ci/run` does).
+//! launches, and the GEMV argument struct has the same size on both sides. Needs libnvrtc
+//! only (no GPU): run with `--features cuda` where it is found (`tools/fetch_nvrtc.sh`
+//! fetches it; `.ci/run` does).
 #![cfg(feature = "cuda")]
 
 #[test]
@@ -14,6 +15,21 @@ fn kernels_compile_for_sm90() {
         }
         r => r.expect("kernels compile"),
     };
+    // The GEMV kernels take one struct by value: its size in the kernel must be the size of
+    // the Rust struct the launcher fills.
+    for b in [1, 2, 4, 8] {
+        let decl = format!(".param .align 8 .b8 gemv_bf16_b{b}_param_0[");
+        let at = ptx
+            .find(&decl)
+            .unwrap_or_else(|| panic!("no {decl} in the PTX"));
+        let rest = &ptx[at + decl.len()..];
+        let size: usize = rest[..rest.find(']').unwrap()].parse().unwrap();
+        assert_eq!(
+            size,
+            gemma3n_compute::cuda::GEMV_ARGS_BYTES,
+            "gemv_bf16_b{b}: kernel argument size"
+        );
+    }
     for k in gemma3n_compute::cuda::KERNELS {
         assert!(
             ptx.contains(&format!(".entry {k}(")),

@@ -12,7 +12,7 @@
 
 mod ops;
 
-pub use ops::{Epilogue, GemvSeg, MAX_ROW};
+pub use ops::{Epilogue, GemvSeg, GEMV_ARGS_BYTES, MAX_ROW};
 
 use std::collections::HashMap;
 use std::path::PathBuf;

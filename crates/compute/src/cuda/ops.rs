@@ -77,6 +77,11 @@ struct RawGemvArgs {
     pad: i32,
 }
 
+/// Bytes of the GEMV kernels' by-value argument (checked against the compiled kernels by
+/// tests/cuda_kernels.rs).
+#[doc(hidden)]
+pub const GEMV_ARGS_BYTES: usize = std::mem::size_of::<RawGemvArgs>();
+
 // SAFETY: plain C struct of integers and floats, laid out as `GemvArgs` in gemv.cu.
 unsafe impl DeviceRepr for RawGemvArgs {}
 
