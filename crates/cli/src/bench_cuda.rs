@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use gemma3n_model::config::{KvSource, LayerType};
 use gemma3n_model::{Logits, SlicePlan, TextModel};
 
@@ -45,9 +45,9 @@ struct Report {
     host_ple_bytes: usize,
 }
 
-/// Matrix parameters of stored layer `l` at FFN width `f` (q, o, own k/v, FFN, LAuReL,
-/// per-layer gate and projection).
-fn layer_params(m: &TextModel, l: usize, f: usize, own: bool) -> (f64, f64) {
+/// Matrix parameters of a layer at FFN width `f` (q, o, own k/v, FFN, LAuReL, per-layer
+/// gate and projection): (everything but the FFN, the FFN).
+fn layer_params(m: &TextModel, f: usize, own: bool) -> (f64, f64) {
     let c = &m.cfg;
     let (d, h, g, hd) = (
         c.hidden_size as f64,
@@ -57,7 +57,6 @@ fn layer_params(m: &TextModel, l: usize, f: usize, own: bool) -> (f64, f64) {
     );
     let attn = 2.0 * h * hd * d + if own { 2.0 * g * hd * d } else { 0.0 };
     let other = 2.0 * c.laurel_rank as f64 * d + 2.0 * c.hidden_size_per_layer_input as f64 * d;
-    let _ = l;
     (attn + other, 3.0 * f as f64 * d)
 }
 
@@ -67,7 +66,7 @@ fn bytes_per_token(m: &TextModel, plan: &SlicePlan) -> (f64, f64) {
     let d = c.hidden_size as f64;
     let (mut dense, mut read) = (0.0, 0.0);
     for sl in &plan.layers {
-        let (other, ffn) = layer_params(m, sl.layer, sl.ffn_width, sl.kv == KvSource::Own);
+        let (other, ffn) = layer_params(m, sl.ffn_width, sl.kv == KvSource::Own);
         dense += other + ffn;
         let active = if sl.sparsity > 0.0 {
             (1.0 + 2.0 * (1.0 - sl.sparsity as f64)) / 3.0
@@ -96,7 +95,7 @@ fn prefill_flops(m: &TextModel, plan: &SlicePlan, t: usize) -> f64 {
         if sl.kv != KvSource::Own {
             rows = 1.0;
         }
-        let (other, ffn) = layer_params(m, sl.layer, sl.ffn_width, sl.kv == KvSource::Own);
+        let (other, ffn) = layer_params(m, sl.ffn_width, sl.kv == KvSource::Own);
         f += 2.0 * rows * (other + ffn);
         // Scores and weighted values over the visible keys of each row.
         let keys: f64 = if rows == 1.0 {
@@ -254,9 +253,6 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         gb(r.device_workspace_bytes),
         gb(r.host_ple_bytes)
     );
-    if a.reps == 0 {
-        bail!("--reps must be at least 1");
-    }
     Ok(())
 }
 

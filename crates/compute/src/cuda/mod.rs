@@ -233,30 +233,6 @@ impl Gpu {
         self.sync()
     }
 
-    /// Copies `out.len()` values from `buf` at byte offset `offset` to the host (waits for
-    /// everything queued before).
-    pub fn read<T: Copy>(&self, buf: &DeviceBuffer, offset: usize, out: &mut [T]) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(drv)?;
-        let bytes = std::mem::size_of_val(out);
-        assert!(
-            offset + bytes <= buf.bytes,
-            "read past the end of a device buffer"
-        );
-        if bytes == 0 {
-            return Ok(());
-        }
-        // SAFETY: as in `write`.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(
-                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, bytes),
-                buf.ptr + offset as u64,
-                self.stream.cu_stream(),
-            )
-            .map_err(drv)?;
-        }
-        self.sync()
-    }
-
     /// Copies `out.len()` values at `src` to the host (waits for everything queued before).
     pub fn read_at<T: Copy>(&self, src: DevPtr, out: &mut [T]) -> Result<()> {
         self.ctx.bind_to_thread().map_err(drv)?;
@@ -546,15 +522,6 @@ impl DeviceBuffer {
         DevPtr(self.ptr + 4 * i as u64)
     }
 
-    /// The address of the `i`-th bf16 (2-byte element).
-    pub fn bf16_at(&self, i: usize) -> DevPtr {
-        assert!(
-            i * 2 <= self.bytes,
-            "offset past the end of a device buffer"
-        );
-        DevPtr(self.ptr + 2 * i as u64)
-    }
-
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -577,11 +544,6 @@ impl DevPtr {
     /// `self` advanced by `n` f32 elements.
     pub fn add_f32(self, n: usize) -> DevPtr {
         DevPtr(self.0 + 4 * n as u64)
-    }
-
-    /// `self` advanced by `n` bf16 elements.
-    pub fn add_bf16(self, n: usize) -> DevPtr {
-        DevPtr(self.0 + 2 * n as u64)
     }
 
     pub fn is_null(self) -> bool {

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
 use super::weights::{DevMatrix, Down};
-use super::workspace::{Workspace, DECODE_SPLITS};
+use super::workspace::{Workspace, DECODE_SPLITS, SPLIT_PAIRS};
 use super::{gpu_err, CudaTextModel};
 use crate::config::{KvSource, LayerType};
 use crate::error::{ModelError, Result};
@@ -21,15 +21,7 @@ use crate::text::{EmbedFn, Logits, StreamHook};
 const GEMV_ROWS: usize = 8;
 /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK` overrides): longer prompts go
 /// in pieces of this size, which bounds the activation workspace (E4B: about 0.4 GB).
-const PREFILL_CHUNK: usize = 512;
-
-fn prefill_chunk() -> usize {
-    std::env::var("GEMMA3N_CUDA_PREFILL_CHUNK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&c: &usize| c > 0)
-        .unwrap_or(PREFILL_CHUNK)
-}
+pub(super) const PREFILL_CHUNK: usize = 512;
 
 /// Rows from which a prefill's attention runs as two GEMMs per KV head.
 const GEMM_ATTENTION_ROWS: usize = 32;
@@ -70,7 +62,7 @@ fn seg(
 /// decode step is re-recorded only a few times as the context grows), one when the rows
 /// alone give enough blocks.
 fn attention_splits(rows: usize, heads: usize, keys: usize) -> usize {
-    if rows * heads >= 256 {
+    if rows * heads >= SPLIT_PAIRS {
         return 1;
     }
     // About 8 keys per warp (4 warps per split) up to 1024 keys.
@@ -131,7 +123,7 @@ impl CudaTextModel {
         }
         let pos0 = cache.pos();
         cache.reserve(pos0 + n)?;
-        let chunk = prefill_chunk();
+        let chunk = self.settings.prefill_chunk;
         if n > chunk && hook.is_none() {
             // A long prompt goes in pieces, so the activation workspace stays sized for
             // `chunk` rows; each piece continues the sequence in the cache.
@@ -156,9 +148,7 @@ impl CudaTextModel {
         }
         let ws = guard.as_mut().expect("workspace");
         self.upload_inputs(ws, ids, pos0, embed)?;
-        let graphs = std::env::var_os("GEMMA3N_CUDA_GRAPHS").is_none_or(|v| v != "0")
-            && !self.gpu.profiling();
-        let rows = if n == 1 && embed.is_none() && hook.is_none() && graphs {
+        let rows = if n == 1 && embed.is_none() && hook.is_none() && self.settings.graphs {
             // A decode step: replay the captured graph of this sequence (recorded on first
             // use, again after the cache or the workspace moved).
             let splits = attention_splits(1, cfg.num_attention_heads, pos0 + 1);
@@ -179,9 +169,7 @@ impl CudaTextModel {
             // Prefills of many rows run attention as GEMMs over a score buffer, when it
             // stays within bounds.
             let need = cfg.num_attention_heads * n * (pos0 + n) * 4;
-            let gemm_attention =
-                std::env::var_os("GEMMA3N_CUDA_GEMM_ATTENTION").is_none_or(|v| v != "0");
-            if gemm_attention && n >= GEMM_ATTENTION_ROWS && need <= MAX_SCORE_BYTES {
+            if self.settings.gemm_attention && n >= GEMM_ATTENTION_ROWS && need <= MAX_SCORE_BYTES {
                 if ws.scores.as_ref().is_none_or(|b| b.bytes() < need) {
                     ws.scores = None;
                     ws.scores = Some(self.gpu.alloc(need).map_err(gpu_err)?);

@@ -27,14 +27,6 @@ pub(crate) fn gpu_err(e: CudaError) -> ModelError {
     ModelError::Invalid(e.to_string())
 }
 
-/// Parses `cuda` or `cuda:N` (the `--device` values of the CLI) into an ordinal.
-pub fn parse_device(s: &str) -> Option<usize> {
-    match s {
-        "cuda" => Some(0),
-        _ => s.strip_prefix("cuda:")?.parse().ok(),
-    }
-}
-
 /// The CPU decoder with the weights the GPU holds: every matrix rounded to bf16 as the
 /// upload does (the AltUp router, kept in f32 on the device, too; the per-layer table stays
 /// as it is). Against this, the two backends differ only in how they compute.
@@ -67,6 +59,37 @@ pub struct CudaTextModel {
     /// Bytes per per-layer table value sent to the device: 2 for a bf16 table (rows copied
     /// as they are), else 4 (rows converted to f32 on the host).
     ple_elt: usize,
+    /// Device bytes the upload took (every weight, vectors included).
+    weight_bytes: usize,
+    /// Switches read from the environment once, at load.
+    settings: Settings,
+}
+
+/// Run-time switches of the GPU decoder, from the environment (for comparisons and tests).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    /// Replay single-token steps as CUDA graphs (`GEMMA3N_CUDA_GRAPHS=0`: off; off while
+    /// profiling).
+    pub graphs: bool,
+    /// Prefill attention as GEMMs (`GEMMA3N_CUDA_GEMM_ATTENTION=0`: the per-row kernel).
+    pub gemm_attention: bool,
+    /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK`, default 512).
+    pub prefill_chunk: usize,
+}
+
+impl Settings {
+    fn from_env(gpu: &Gpu) -> Settings {
+        let off = |name: &str| std::env::var_os(name).is_some_and(|v| v == "0");
+        Settings {
+            graphs: !off("GEMMA3N_CUDA_GRAPHS") && !gpu.profiling(),
+            gemm_attention: !off("GEMMA3N_CUDA_GEMM_ATTENTION"),
+            prefill_chunk: std::env::var("GEMMA3N_CUDA_PREFILL_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&c: &usize| c > 0)
+                .unwrap_or(decoder::PREFILL_CHUNK),
+        }
+    }
 }
 
 /// Where the model's bytes live.
@@ -110,7 +133,9 @@ impl CudaTextModel {
                 cfg.head_dim
             )));
         }
+        let before = gpu.allocated_bytes();
         let w = DevWeights::upload(&gpu, &model.weights, progress)?;
+        let weight_bytes = gpu.allocated_bytes() - before;
         let half = cfg.head_dim / 2;
         let mut freqs = Vec::with_capacity(cfg.num_hidden_layers * half);
         for l in 0..cfg.num_hidden_layers {
@@ -125,6 +150,7 @@ impl CudaTextModel {
         } else {
             4
         };
+        let settings = Settings::from_env(&gpu);
         Ok(CudaTextModel {
             cpu: model,
             gpu,
@@ -133,6 +159,8 @@ impl CudaTextModel {
             ws: Mutex::new(None),
             activation_parts: std::sync::atomic::AtomicUsize::new(DEFAULT_ACTIVATION_PARTS),
             ple_elt,
+            weight_bytes,
+            settings,
         })
     }
 
@@ -154,7 +182,7 @@ impl CudaTextModel {
     pub fn memory(&self) -> MemoryReport {
         let ple = &self.cpu.weights.embed_tokens_per_layer;
         MemoryReport {
-            device_weight_bytes: self.weight_bytes(),
+            device_weight_bytes: self.weight_bytes,
             host_bytes: ple.nbytes(),
         }
     }
@@ -163,38 +191,6 @@ impl CudaTextModel {
     pub fn workspace_bytes(&self) -> usize {
         let ws = self.ws.lock().unwrap_or_else(|e| e.into_inner());
         ws.as_ref().map_or(0, |w| w.bytes())
-    }
-
-    fn weight_bytes(&self) -> usize {
-        let w = &self.w;
-        let mut b = w.embed.rows * w.embed.cols * 2 + w.ple_proj.rows * w.ple_proj.cols * 2;
-        for m in w.altup_proj.iter().chain(&w.altup_unembed) {
-            b += m.rows * m.cols * 2;
-        }
-        for l in &w.layers {
-            let down = match &l.down {
-                weights::Down::Normal(m) | weights::Down::Transposed(m) => m,
-            };
-            for m in [
-                Some(&l.q),
-                l.k.as_ref(),
-                l.v.as_ref(),
-                Some(&l.o),
-                Some(&l.gate),
-                Some(&l.up),
-                Some(down),
-                Some(&l.laurel_left),
-                Some(&l.laurel_right),
-                Some(&l.pl_gate),
-                Some(&l.pl_proj),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                b += m.rows * m.cols * 2;
-            }
-        }
-        b
     }
 
     /// A new sequence running the whole model, with room for `capacity` positions to

@@ -15,7 +15,7 @@ use crate::text::weights::{LayerWeights, TextWeights};
 /// A row-major bf16 matrix on the device.
 pub struct DevMatrix {
     buf: DeviceBuffer,
-    pub rows: usize,
+    /// Row length (the stride of the rows).
     pub cols: usize,
 }
 
@@ -44,7 +44,7 @@ impl DevMatrix {
             );
             gpu.upload(&host).map_err(gpu_err)?
         };
-        Ok(DevMatrix { buf, rows, cols })
+        Ok(DevMatrix { buf, cols })
     }
 }
 

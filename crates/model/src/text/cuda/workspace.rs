@@ -11,8 +11,11 @@ use super::gpu_err;
 use crate::config::TextConfig;
 use crate::error::Result;
 
-/// Key splits of single-row (decode) attention: one block per head and split.
+/// Most key splits of attention (one block per row, head and split).
 pub const DECODE_SPLITS: usize = 32;
+/// Attention splits keys only while rows x heads is below this (beyond, the rows alone
+/// give enough blocks): so the split partials never exceed this many (row, head) pairs.
+pub const SPLIT_PAIRS: usize = 256;
 
 /// Identifies a workspace (a captured decode step is tied to its buffers).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -43,6 +46,7 @@ pub struct Workspace {
     pub qkv: DeviceBuffer,
     pub q: DeviceBuffer,
     pub att: DeviceBuffer,
+    /// Partial results of split-key attention (`SPLIT_PAIRS` (row, head) pairs at most).
     pub part: DeviceBuffer,
     /// Finished-split counters of decode attention (`cap · H`, kept zeroed).
     pub done: DeviceBuffer,
@@ -113,7 +117,7 @@ impl Workspace {
             qkv: f(cap * qw)?,
             q: f(cap * h * hd)?,
             att: f(cap * h * hd)?,
-            part: f(cap * h * DECODE_SPLITS * (hd + 2))?,
+            part: f((cap * h).min(SPLIT_PAIRS) * DECODE_SPLITS * (hd + 2))?,
             done: f(cap * h)?,
             o: f(cap * d)?,
             lr: f(cap * d)?,
