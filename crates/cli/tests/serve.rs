@@ -415,28 +415,21 @@ fn concurrent_requests_are_batched_exactly() {
         json!({"model": model, "messages": [{"role": "user", "content": words.join(" ")}],
             "temperature": 0, "max_tokens": 4 + i % 9})
     };
-    let alone: Vec<String> = (0..32)
-        .map(|i| {
-            let (st, v) = post(&s, "/v1/chat/completions", &req(i));
-            assert_eq!(st, 200, "{v}");
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    // One request's reply text.
+    let ask = |i: usize| {
+        let (st, v) = post(&s, "/v1/chat/completions", &req(i));
+        assert_eq!(st, 200, "{v}");
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let alone: Vec<String> = (0..32).map(ask).collect();
     let together: Vec<String> = std::thread::scope(|sc| {
         let hs: Vec<_> = (0..32)
             .map(|i| {
-                let (s, r) = (&s, req(i));
-                sc.spawn(move || {
-                    let (st, v) = post(s, "/v1/chat/completions", &r);
-                    assert_eq!(st, 200, "{v}");
-                    v["choices"][0]["message"]["content"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
+                let ask = &ask;
+                sc.spawn(move || ask(i))
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
