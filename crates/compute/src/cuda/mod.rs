@@ -12,7 +12,7 @@
 
 mod ops;
 
-pub use ops::{Epilogue, GemvSeg, GEMV_ARGS_BYTES, MAX_ROW};
+pub use ops::{Epilogue, GemvSeg, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, MAX_ROW};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,7 +32,8 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 21] = [
+pub const KERNELS: [&str; 22] = [
+    "weights_to_bf16",
     "softmax_masked",
     "gemv_bf16_b1",
     "gemv_bf16_b2",

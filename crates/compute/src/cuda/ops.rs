@@ -15,24 +15,56 @@ const GEMV_MAX_SEGS: usize = 4;
 /// Key splits of decode attention for one row (each split a block).
 const ATT_WARPS: usize = 4;
 
+/// How a weight matrix is stored on the device (common.cu's W_* values).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// bf16 values.
+    #[default]
+    Bf16,
+    /// GGUF Q8_0's values: int8 rows and an f16 scale per 32 values.
+    Q8,
+    /// GGUF Q4_K's values: 4-bit rows (32 values in 16 bytes) and per 256 values the
+    /// super-block scales with the sub-block scales and mins unpacked (20 bytes).
+    Q4K,
+}
+
+impl WeightFormat {
+    fn code(self) -> i32 {
+        match self {
+            WeightFormat::Bf16 => 0,
+            WeightFormat::Q8 => 1,
+            WeightFormat::Q4K => 2,
+        }
+    }
+}
+
+/// A weight matrix on the device: its values and, for the quantized formats, its scales.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightPtr {
+    pub w: DevPtr,
+    pub sc: DevPtr,
+    pub fmt: WeightFormat,
+}
+
 /// What a product writes (gemv.cu's EPI_* values), with `acc = x · W[r]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Epilogue {
     /// `acc` (soft-capped when the launch has a cap).
     #[default]
     Plain,
-    /// `gelu(acc) · (x · W2[r])`: the gate and up products of a dense FFN at once.
-    Pair(DevPtr),
+    /// `gelu(acc) · (x · W2[r])`: the gate and up products of a dense FFN at once (W2
+    /// in the format of W).
+    Pair(WeightPtr),
     /// `gelu(aux[b, r]) · acc` (aux row stride given): up after the sparse gate.
     GeluAux(DevPtr, usize),
     /// `gelu(acc) · aux[b, r]`: the per-layer input gate.
     GeluAcc(DevPtr, usize),
 }
 
-/// One product `y[b, r] = Σ_k x[b, k] · W[r, k]` of a multi-product launch, W bf16.
+/// One product `y[b, r] = Σ_k x[b, k] · W[r, k]` of a multi-product launch.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct GemvSeg {
-    pub w: DevPtr,
+    pub w: WeightPtr,
     pub x: DevPtr,
     pub y: DevPtr,
     /// Optional: rows `r` with every `mask[b, r] <= 0` are skipped (y = 0).
@@ -51,6 +83,8 @@ pub struct GemvSeg {
 struct RawSeg {
     w: u64,
     w2: u64,
+    sc: u64,
+    sc2: u64,
     x: u64,
     y: u64,
     mask: u64,
@@ -64,7 +98,7 @@ struct RawSeg {
     ldaux: i32,
     epi: i32,
     block_start: i32,
-    pad: i32,
+    fmt: i32,
 }
 
 #[repr(C)]
@@ -205,14 +239,19 @@ impl Gpu {
             let mut blocks = 0usize;
             for (r, s) in a.seg.iter_mut().zip(chunk) {
                 let (epi, w2, aux, ldaux) = match s.epi {
-                    Epilogue::Plain => (0, 0, 0, 0),
-                    Epilogue::Pair(w2) => (1, w2.0, 0, 0),
-                    Epilogue::GeluAux(a, ld) => (2, 0, a.0, ld),
-                    Epilogue::GeluAcc(a, ld) => (3, 0, a.0, ld),
+                    Epilogue::Plain => (0, WeightPtr::default(), 0, 0),
+                    Epilogue::Pair(w2) => {
+                        assert_eq!(w2.fmt, s.w.fmt, "the matrices of a pair share a format");
+                        (1, w2, 0, 0)
+                    }
+                    Epilogue::GeluAux(a, ld) => (2, WeightPtr::default(), a.0, ld),
+                    Epilogue::GeluAcc(a, ld) => (3, WeightPtr::default(), a.0, ld),
                 };
                 *r = RawSeg {
-                    w: s.w.0,
-                    w2,
+                    w: s.w.w.0,
+                    w2: w2.w.0,
+                    sc: s.w.sc.0,
+                    sc2: w2.sc.0,
                     x: s.x.0,
                     y: s.y.0,
                     mask: s.mask.0,
@@ -226,7 +265,7 @@ impl Gpu {
                     ldaux: i(ldaux),
                     epi,
                     block_start: i(blocks),
-                    pad: 0,
+                    fmt: s.w.fmt.code(),
                 };
                 blocks += s.rows.div_ceil(GEMV_WARPS);
             }
@@ -248,17 +287,57 @@ impl Gpu {
     /// bf16 parts, `x = p0 + p1 + p2`, each multiplied and summed: one part is a bf16
     /// rounding, two keep about 16 bits, three about 24 (near f32). Each scratch buffer
     /// holds at least `batch · k` bf16 values.
-    pub fn gemm(&self, s: &GemvSeg, batch: usize, parts: &[DevPtr]) -> Result<()> {
+    ///
+    /// Quantized weights are first written to bf16 in pieces of rows (`wparts`: scratch
+    /// buffers of `wcap` values, one per activation part), split into as many parts as the
+    /// activations; the products of weight part i and activation part j with i + j below
+    /// the number of parts are summed (three parts: near-f32 weights and activations).
+    pub fn gemm(
+        &self,
+        s: &GemvSeg,
+        batch: usize,
+        parts: &[DevPtr],
+        wparts: &[DevPtr],
+        wcap: usize,
+    ) -> Result<()> {
         assert!(
             s.mask.is_null() && s.epi == Epilogue::Plain,
             "masked products and epilogues run on the gemv path"
         );
         self.split_bf16(s.x, s.ldx, parts, batch, s.k)?;
-        for (j, &p) in parts.iter().enumerate() {
-            let beta = if j == 0 { 0.0 } else { 1.0 };
-            self.gemm_raw(
-                s.w, false, s.rows, s.ldw, p, s.k, batch, s.k, s.y, s.ldy, beta,
-            )?;
+        if s.w.fmt == WeightFormat::Bf16 {
+            for (j, &p) in parts.iter().enumerate() {
+                let beta = if j == 0 { 0.0 } else { 1.0 };
+                self.gemm_raw(
+                    s.w.w, false, s.rows, s.ldw, p, s.k, batch, s.k, s.y, s.ldy, beta,
+                )?;
+            }
+            return Ok(());
+        }
+        let np = parts.len();
+        assert!(
+            wparts.len() >= np && wcap >= s.k,
+            "quantized GEMM without weight scratch"
+        );
+        let wp = |j: usize| if j < np { wparts[j] } else { DevPtr::NULL };
+        let per = wcap / s.k;
+        let mut r0 = 0;
+        while r0 < s.rows {
+            let n = per.min(s.rows - r0);
+            let total = n * s.k;
+            launch!(self, "weights_to_bf16", (total.div_ceil(256), 1, 1), 256;
+                s.w.fmt.code(), s.w.w.0, s.w.sc.0, i(s.ldw), i(n), i(s.k), wp(0).0, wp(1).0,
+                wp(2).0, i(s.k), i(r0))?;
+            let y = s.y.add_f32(r0);
+            let mut first = true;
+            for wi in 0..np {
+                for &p in &parts[..np - wi] {
+                    let beta = if first { 0.0 } else { 1.0 };
+                    first = false;
+                    self.gemm_raw(wp(wi), false, n, s.k, p, s.k, batch, s.k, y, s.ldy, beta)?;
+                }
+            }
+            r0 += n;
         }
         Ok(())
     }
@@ -400,7 +479,7 @@ impl Gpu {
     pub fn embed_rows(
         &self,
         ids: DevPtr,
-        table: DevPtr,
+        table: WeightPtr,
         d: usize,
         scale: f32,
         over: DevPtr,
@@ -409,7 +488,7 @@ impl Gpu {
         rows: usize,
     ) -> Result<()> {
         launch!(self, "embed_rows", (rows, 1, 1), 256;
-            ids.0, table.0, i(d), scale, over.0, flag.0, out.0)
+            ids.0, table.w.0, table.sc.0, table.fmt.code(), i(d), scale, over.0, flag.0, out.0)
     }
 
     /// Per-layer inputs from the projection `proj` and the host table rows `rows_in`

@@ -43,7 +43,7 @@ fn wr_f16(b: &mut [u8], at: usize, v: f32) {
 
 /// Unpacks the 6-bit scales and mins of a Q4_K/Q5_K block (`b` = its 12 scale bytes).
 #[inline(always)]
-pub(crate) fn unpack_scales_mins(b: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub fn unpack_scales_mins(b: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut m = [0u8; 8];
     for j in 0..4 {

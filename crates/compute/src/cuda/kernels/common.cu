@@ -27,6 +27,55 @@ __device__ __forceinline__ float bf16_to_f32(bf16_t v) {
     return __uint_as_float(((u32)v) << 16);
 }
 
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// Weight formats on the device (weights.rs in the model crate writes them):
+// W_BF16: bf16 values, rows of ldw.
+// W_Q8: GGUF Q8_0's values: int8 rows of ldw bytes, and an f16 scale per 32 values
+//   (scales [rows, ldw / 32]); value = scale * q.
+// W_Q4K: GGUF Q4_K's values: rows of ldw / 2 bytes, each 32 values in 16 bytes (value j
+//   in the low nibble of byte j, value j + 16 in the high one), and per 256 values a
+//   Q4KMeta (scales [rows, ldw / 256]); value = (d * sc[s]) * q - dmin * m[s] for the
+//   32-value sub-block s.
+#define W_BF16 0
+#define W_Q8 1
+#define W_Q4K 2
+
+struct Q4KMeta {
+    unsigned short d, dmin;
+    unsigned char sc[8], m[8];
+};
+
+// Value i of row r of a weight matrix in any format (the scalar path).
+__device__ __forceinline__ float weight_at(int fmt, const void* w, const void* sc, size_t r,
+                                          int ldw, int i) {
+    if (fmt == W_Q8) {
+        const signed char* q = (const signed char*)w + r * ldw;
+        const unsigned short* s = (const unsigned short*)sc + r * (ldw / 32);
+        return f16_to_f32(s[i / 32]) * (float)q[i];
+    }
+    if (fmt == W_Q4K) {
+        const unsigned char* q = (const unsigned char*)w + r * (ldw / 2);
+        const Q4KMeta& m = ((const Q4KMeta*)sc)[r * (ldw / 256) + i / 256];
+        const int sub = (i / 32) % 8, j = i % 32;
+        const unsigned char byte = q[(i / 32) * 16 + (j & 15)];
+        const float v = (float)(j < 16 ? byte & 15 : byte >> 4);
+        const float ds = f16_to_f32(m.d) * (float)m.sc[sub];
+        const float dm = f16_to_f32(m.dmin) * (float)m.m[sub];
+        return ds * v - dm;
+    }
+    return bf16_to_f32(((const bf16_t*)w)[r * ldw + i]);
+}
+
+// Bytes of a row of k values.
+__device__ __forceinline__ int weight_row_bytes(int fmt, int k) {
+    return fmt == W_Q8 ? k : fmt == W_Q4K ? k / 2 : 2 * k;
+}
+
 // Eight bf16 values (one 16-byte load) to f32.
 __device__ __forceinline__ void unpack_bf16x8(uint4 v, float f[8]) {
     f[0] = __uint_as_float(v.x << 16); f[1] = __uint_as_float(v.x & 0xffff0000u);

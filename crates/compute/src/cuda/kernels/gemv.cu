@@ -13,8 +13,10 @@
 #define EPI_GELU_ACC 3    // gelu(acc) * aux[b, r]: the per-layer input gate
 
 struct GemvSeg {
-    const bf16_t* w;      // [rows, ldw]
-    const bf16_t* w2;     // EPI_PAIR: the second matrix (same shape and stride)
+    const void* w;        // [rows, ldw] in format fmt (common.cu)
+    const void* w2;       // EPI_PAIR: the second matrix (same shape, stride and format)
+    const void* sc;       // W_Q8 / W_Q4K: the scales of w
+    const void* sc2;      // ... and of w2
     const float* x;       // [batch, ldx]
     float* y;             // [batch, ldy]
     const float* mask;    // optional [batch, ldm]: row r is skipped (y = 0) when every
@@ -22,7 +24,7 @@ struct GemvSeg {
     const float* aux;     // EPI_GELU_AUX / EPI_GELU_ACC: [batch, ldaux]
     int rows, k, ldw, ldx, ldy, ldm, ldaux, epi;
     int block_start;      // first block of this segment
-    int pad;
+    int fmt;              // W_BF16, W_Q8 or W_Q4K
 };
 
 struct GemvArgs {
@@ -32,6 +34,150 @@ struct GemvArgs {
     float cap;            // > 0: y = tanh(y / cap) * cap (final logit soft-cap)
     int pad;
 };
+
+// x[b, i..i+8) . w[0..8) accumulated into acc[b] for the batch rows.
+template <int MAXB>
+__device__ __forceinline__ void dot8(const float* x, int ldx, int B, int i, const float w[8],
+                                     float acc[MAXB]) {
+    #pragma unroll
+    for (int b = 0; b < MAXB; b++) {
+        if (b < B) {
+            const float4* xp = reinterpret_cast<const float4*>(x + (size_t)b * ldx + i);
+            float4 x0 = xp[0], x1 = xp[1];
+            acc[b] += w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w
+                    + w[4] * x1.x + w[5] * x1.y + w[6] * x1.z + w[7] * x1.w;
+        }
+    }
+}
+
+// Sixteen int8 values (one 16-byte load) to f32.
+__device__ __forceinline__ void unpack_i8x16(uint4 v, float f[16]) {
+    const u32 u[4] = {v.x, v.y, v.z, v.w};
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        #pragma unroll
+        for (int t = 0; t < 4; t++) f[4 * j + t] = (float)(signed char)(u[j] >> (8 * t));
+    }
+}
+
+// One warp's share of row `row` of a segment: acc[b] += x[b] . W[row] (and acc2 with W2
+// for a pair), lanes splitting the row.
+template <int MAXB, int FMT>
+__device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int lane,
+                                         float acc[MAXB], float acc2[MAXB]) {
+    const bool pair = g.epi == EPI_PAIR;
+    if (FMT == W_BF16) {
+        const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw;
+        const bf16_t* wr2 = pair ? (const bf16_t*)g.w2 + (size_t)row * g.ldw : wr;
+        const bool vec = ((g.k | g.ldw) & 7) == 0 && (g.ldx & 3) == 0 &&
+                         (((size_t)g.w | (size_t)g.x | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
+        if (vec) {
+            #pragma unroll 4
+            for (int i = lane * 8; i < g.k; i += 256) {
+                uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
+                uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
+                float wf[8], wf2[8];
+                unpack_bf16x8(wv, wf);
+                dot8<MAXB>(g.x, g.ldx, B, i, wf, acc);
+                if (pair) {
+                    unpack_bf16x8(wv2, wf2);
+                    dot8<MAXB>(g.x, g.ldx, B, i, wf2, acc2);
+                }
+            }
+        } else {
+            for (int i = lane; i < g.k; i += 32) {
+                float wf = bf16_to_f32(wr[i]);
+                float wf2 = bf16_to_f32(wr2[i]);
+                #pragma unroll
+                for (int b = 0; b < MAXB; b++)
+                    if (b < B) {
+                        float xv = g.x[(size_t)b * g.ldx + i];
+                        acc[b] += wf * xv;
+                        acc2[b] += wf2 * xv;
+                    }
+            }
+        }
+    } else if (FMT == W_Q8) {
+        // 16 values per lane and step; the scale of their 32-value block factored out.
+        const size_t ro = (size_t)row * g.ldw, so = (size_t)row * (g.ldw / 32);
+        #pragma unroll 2
+        for (int i = lane * 16; i < g.k; i += 512) {
+            #pragma unroll
+            for (int m = 0; m < (pair ? 2 : 1); m++) {
+                const signed char* w = (const signed char*)(m ? g.w2 : g.w) + ro;
+                const unsigned short* sc = (const unsigned short*)(m ? g.sc2 : g.sc) + so;
+                float wf[16];
+                unpack_i8x16(__ldg(reinterpret_cast<const uint4*>(w + i)), wf);
+                const float d = f16_to_f32(__ldg(sc + i / 32));
+                float part[MAXB];
+                #pragma unroll
+                for (int b = 0; b < MAXB; b++) part[b] = 0.0f;
+                dot8<MAXB>(g.x, g.ldx, B, i, wf, part);
+                dot8<MAXB>(g.x, g.ldx, B, i + 8, wf + 8, part);
+                #pragma unroll
+                for (int b = 0; b < MAXB; b++) {
+                    if (m) acc2[b] += d * part[b];
+                    else acc[b] += d * part[b];
+                }
+            }
+        }
+    } else {
+        // One 32-value sub-block per lane and step: value = ds * q - dm, so
+        // x . w = ds * (x . q) - dm * sum(x).
+        const size_t ro = (size_t)row * (g.ldw / 2), mo = (size_t)row * (g.ldw / 256);
+        #pragma unroll 2
+        for (int blk = lane; blk < g.k / 32; blk += 32) {
+            float xs[MAXB];
+            #pragma unroll
+            for (int b = 0; b < MAXB; b++) {
+                xs[b] = 0.0f;
+                if (b < B) {
+                    const float4* xp =
+                        reinterpret_cast<const float4*>(g.x + (size_t)b * g.ldx + blk * 32);
+                    #pragma unroll
+                    for (int t = 0; t < 8; t++) {
+                        float4 v = xp[t];
+                        xs[b] += (v.x + v.y) + (v.z + v.w);
+                    }
+                }
+            }
+            #pragma unroll
+            for (int m = 0; m < (pair ? 2 : 1); m++) {
+                const unsigned char* w = (const unsigned char*)(m ? g.w2 : g.w) + ro;
+                const Q4KMeta& mt = ((const Q4KMeta*)(m ? g.sc2 : g.sc))[mo + blk / 8];
+                uint4 qv = __ldg(reinterpret_cast<const uint4*>(w + blk * 16));
+                const u32 u[4] = {qv.x, qv.y, qv.z, qv.w};
+                float lo[16], hi[16];
+                #pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    #pragma unroll
+                    for (int t = 0; t < 4; t++) {
+                        u32 byte = (u[j] >> (8 * t)) & 0xffu;
+                        lo[4 * j + t] = (float)(byte & 15u);
+                        hi[4 * j + t] = (float)(byte >> 4);
+                    }
+                }
+                const int sub = blk % 8;
+                const float ds = f16_to_f32(mt.d) * (float)mt.sc[sub];
+                const float dm = f16_to_f32(mt.dmin) * (float)mt.m[sub];
+                float part[MAXB];
+                #pragma unroll
+                for (int b = 0; b < MAXB; b++) part[b] = 0.0f;
+                const int i = blk * 32;
+                dot8<MAXB>(g.x, g.ldx, B, i, lo, part);
+                dot8<MAXB>(g.x, g.ldx, B, i + 8, lo + 8, part);
+                dot8<MAXB>(g.x, g.ldx, B, i + 16, hi, part);
+                dot8<MAXB>(g.x, g.ldx, B, i + 24, hi + 8, part);
+                #pragma unroll
+                for (int b = 0; b < MAXB; b++) {
+                    const float v = ds * part[b] - dm * xs[b];
+                    if (m) acc2[b] += v;
+                    else acc[b] += v;
+                }
+            }
+        }
+    }
+}
 
 // The body, for at most MAXB activation rows (instantiated below for 1, 2, 4 and 8: the
 // single-row decode step keeps few registers, so more warps fit on each multiprocessor).
@@ -46,8 +192,10 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const int row = ((int)blockIdx.x - g.block_start) * GEMV_WARPS + warp;
     // The weights do not depend on the kernel before: fetch them while it finishes.
     if (row < g.rows && !g.mask) {
-        prefetch_l2(g.w + (size_t)row * g.ldw, g.k * 2, lane);
-        if (g.epi == EPI_PAIR) prefetch_l2(g.w2 + (size_t)row * g.ldw, g.k * 2, lane);
+        const int rb = weight_row_bytes(g.fmt, g.ldw);
+        const int kb = weight_row_bytes(g.fmt, g.k);
+        prefetch_l2((const char*)g.w + (size_t)row * rb, kb, lane);
+        if (g.epi == EPI_PAIR) prefetch_l2((const char*)g.w2 + (size_t)row * rb, kb, lane);
     }
     pdl_start();
     if (row >= g.rows) return;
@@ -64,35 +212,12 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     float acc[MAXB], acc2[MAXB];
     #pragma unroll
     for (int b = 0; b < MAXB; b++) { acc[b] = 0.0f; acc2[b] = 0.0f; }
-    const bf16_t* wr = g.w + (size_t)row * g.ldw;
-    const bf16_t* wr2 = pair ? g.w2 + (size_t)row * g.ldw : wr;
-    const bool vec = ((g.k | g.ldw) & 7) == 0 && (g.ldx & 3) == 0 &&
-                     (((size_t)g.w | (size_t)g.x | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
-    if (vec) {
-        #pragma unroll 4
-        for (int i = lane * 8; i < g.k; i += 256) {
-            uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
-            uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
-            float wf[8], wf2[8];
-            unpack_bf16x8(wv, wf);
-            unpack_bf16x8(wv2, wf2);
-            #pragma unroll
-            for (int b = 0; b < MAXB; b++) {
-                if (b < B) {
-                    const float4* xp = reinterpret_cast<const float4*>(g.x + (size_t)b * g.ldx + i);
-                    float4 x0 = xp[0], x1 = xp[1];
-                    acc[b] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w
-                            + wf[4] * x1.x + wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
-                    if (pair)
-                        acc2[b] += wf2[0] * x0.x + wf2[1] * x0.y + wf2[2] * x0.z + wf2[3] * x0.w
-                                 + wf2[4] * x1.x + wf2[5] * x1.y + wf2[6] * x1.z + wf2[7] * x1.w;
-                }
-            }
-        }
-    } else {
+    // The quantized paths read x in aligned float4s from 32-value blocks.
+    const bool qvec = (g.k & 31) == 0 && (g.ldx & 3) == 0 && ((size_t)g.x & 15) == 0;
+    if (g.fmt != W_BF16 && !qvec) {
         for (int i = lane; i < g.k; i += 32) {
-            float wf = bf16_to_f32(wr[i]);
-            float wf2 = bf16_to_f32(wr2[i]);
+            float wf = weight_at(g.fmt, g.w, g.sc, row, g.ldw, i);
+            float wf2 = pair ? weight_at(g.fmt, g.w2, g.sc2, row, g.ldw, i) : 0.0f;
             #pragma unroll
             for (int b = 0; b < MAXB; b++)
                 if (b < B) {
@@ -101,7 +226,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
                     acc2[b] += wf2 * xv;
                 }
         }
-    }
+    } else if (g.fmt == W_Q8) gemv_row<MAXB, W_Q8>(g, row, B, lane, acc, acc2);
+    else if (g.fmt == W_Q4K) gemv_row<MAXB, W_Q4K>(g, row, B, lane, acc, acc2);
+    else gemv_row<MAXB, W_BF16>(g, row, B, lane, acc, acc2);
     #pragma unroll
     for (int b = 0; b < MAXB; b++) {
         if (b < B) {
@@ -215,6 +342,27 @@ extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* p0, 
     int r = idx / n, c = idx % n;
     size_t o = (size_t)r * ldy + c;
     float v = x[(size_t)r * ldx + c];
+    bf16_t h = f32_to_bf16(v);
+    p0[o] = h;
+    if (!p1) return;
+    v -= bf16_to_f32(h);
+    h = f32_to_bf16(v);
+    p1[o] = h;
+    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
+}
+
+// Rows row0.. (rows of them) x columns [0, k) of a weight matrix (any format) to bf16
+// parts as split_bf16_rows makes them (p1, p2 may be null), to rows 0.. of the outputs
+// (ldo values each): the weights of a prefill GEMM on the tensor cores.
+extern "C" __global__ void weights_to_bf16(int fmt, const void* w, const void* sc, int ldw,
+                                           int rows, int k, bf16_t* p0, bf16_t* p1,
+                                           bf16_t* p2, int ldo, int row0) {
+    pdl_start();
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)rows * k) return;
+    int r = idx / k, c = idx % k;
+    float v = weight_at(fmt, w, sc, (size_t)(row0 + r), ldw, c);
+    size_t o = (size_t)r * ldo + c;
     bf16_t h = f32_to_bf16(v);
     p0[o] = h;
     if (!p1) return;

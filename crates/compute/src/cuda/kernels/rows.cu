@@ -11,14 +11,15 @@
 
 // Embedding rows: out[b] = table[ids[b]] * scale, or over[b] where flag[b] != 0
 // (multimodal soft embeddings computed on the host).
-extern "C" __global__ void embed_rows(const u32* ids, const bf16_t* table, int d, float scale,
-                                      const float* over, const int* flag, float* out) {
+extern "C" __global__ void embed_rows(const u32* ids, const void* table, const void* tsc,
+                                      int fmt, int d, float scale, const float* over,
+                                      const int* flag, float* out) {
     pdl_start();
     int b = blockIdx.x;
-    const bf16_t* row = table + (size_t)ids[b] * d;
     bool o = flag != 0 && flag[b] != 0;
     for (int i = threadIdx.x; i < d; i += blockDim.x)
-        out[(size_t)b * d + i] = o ? over[(size_t)b * d + i] : bf16_to_f32(row[i]) * scale;
+        out[(size_t)b * d + i] =
+            o ? over[(size_t)b * d + i] : weight_at(fmt, table, tsc, ids[b], d, i) * scale;
 }
 
 // Per-layer inputs (spec §3.2): for row b and layer l (grid (L, rows)):

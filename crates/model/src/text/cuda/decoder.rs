@@ -11,14 +11,14 @@ use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
 use super::weights::{DevMatrix, Down};
-use super::workspace::{Workspace, DECODE_SPLITS, SPLIT_PAIRS};
+use super::workspace::{Workspace, DECODE_SPLITS, SPLIT_PAIRS, WPART_VALUES};
 use super::{gpu_err, CudaTextModel};
 use crate::config::{KvSource, LayerType};
 use crate::error::{ModelError, Result};
 use crate::text::{EmbedFn, Logits, StreamHook};
 
 /// Rows up to which products run on the GEMV kernel.
-const GEMV_ROWS: usize = 8;
+pub(super) const GEMV_ROWS: usize = 8;
 /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK` overrides): longer prompts go
 /// in pieces of this size, which bounds the activation workspace (E4B: about 0.4 GB).
 pub(super) const PREFILL_CHUNK: usize = 512;
@@ -43,7 +43,7 @@ fn seg(
     ldy: usize,
 ) -> GemvSeg {
     GemvSeg {
-        w: w.ptr(),
+        w: w.wp(),
         x,
         y,
         mask: DevPtr::NULL,
@@ -144,7 +144,14 @@ impl CudaTextModel {
             .is_some_and(|w| w.cap >= n && w.logit_rows >= logit_rows);
         if !fits {
             *guard = None;
-            *guard = Some(Workspace::new(&self.gpu, cfg, n, logit_rows, self.ple_elt)?);
+            *guard = Some(Workspace::new(
+                &self.gpu,
+                cfg,
+                n,
+                logit_rows,
+                self.ple_elt,
+                self.w.quantized,
+            )?);
         }
         let ws = guard.as_mut().expect("workspace");
         self.upload_inputs(ws, ids, pos0, embed)?;
@@ -301,8 +308,11 @@ impl CudaTextModel {
             self.gpu.gemv(segs, n, cap).map_err(gpu_err)
         } else {
             let parts = self.parts(ws);
+            let wparts: Vec<DevPtr> = ws.wparts.iter().map(|b| b.ptr()).collect();
             for s in segs {
-                self.gpu.gemm(s, n, &parts).map_err(gpu_err)?;
+                self.gpu
+                    .gemm(s, n, &parts, &wparts, WPART_VALUES)
+                    .map_err(gpu_err)?;
             }
             Ok(())
         }
@@ -345,7 +355,7 @@ impl CudaTextModel {
         let mut pr = ws.pred.ptr();
         g.embed_rows(
             ws.ids(),
-            w.embed.ptr(),
+            w.embed.wp(),
             d,
             (d as f32).sqrt(),
             ws.over.ptr(),
@@ -643,7 +653,7 @@ impl CudaTextModel {
             (None, true) => {
                 // gelu(gate) ⊙ up in one pass over both matrices.
                 let mut pair = seg(&lw.gate, f, d, y, d, act, fmax);
-                pair.epi = Epilogue::Pair(lw.up.ptr());
+                pair.epi = Epilogue::Pair(lw.up.wp());
                 self.mm(ws, &[pair], n, 0.0)?;
             }
             (Some(z), true) => {

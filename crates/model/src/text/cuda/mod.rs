@@ -27,17 +27,28 @@ pub(crate) fn gpu_err(e: CudaError) -> ModelError {
     ModelError::Invalid(e.to_string())
 }
 
-/// The CPU decoder with the weights the GPU holds: every matrix rounded to bf16 as the
-/// upload does (the AltUp router, kept in f32 on the device, too; the per-layer table stays
-/// as it is). Against this, the two backends differ only in how they compute.
+/// The CPU decoder with the weights the GPU holds: Q8_0 and Q4_K matrices dequantized
+/// (the GPU reads their exact values), every other matrix rounded to bf16 as the upload
+/// does (the AltUp router, kept in f32 on the device, too; the per-layer table stays as it
+/// is). Against this, the two backends differ only in how they compute.
 pub fn with_device_weights(model: &TextModel) -> TextModel {
-    let w = model.weights.map_matrices(false, &|m| {
-        if m.dtype() == gemma3n_compute::DType::BF16 {
+    use gemma3n_compute::{cuda::WeightFormat, DType};
+    let mut w = model.weights.map_matrices(false, &|m| {
+        if m.dtype() == DType::BF16 {
             m.clone()
+        } else if weights::device_format(m) != WeightFormat::Bf16 {
+            m.quantize(DType::F32)
         } else {
-            m.quantize(gemma3n_compute::DType::BF16)
+            m.quantize(DType::BF16)
         }
     });
+    // Layers with activation sparsity keep `down` transposed on the GPU, in bf16 for every
+    // format (weights.rs): the CPU's `down` of those layers holds the same values.
+    for (l, src) in w.layers.iter_mut().zip(&model.weights.layers) {
+        if src.down_proj_t.is_some() && src.down_proj.dtype() != DType::BF16 {
+            l.down_proj = src.down_proj.quantize(DType::BF16);
+        }
+    }
     TextModel::new(model.cfg.clone(), w)
 }
 

@@ -1,10 +1,12 @@
-//! The text decoder's weights on the GPU: every matrix in bf16, the norm vectors and AltUp
-//! coefficients in f32. The per-layer embedding table is not uploaded: it stays in host
-//! memory (the mmap'd checkpoint) and only the rows of the current tokens travel.
+//! The text decoder's weights on the GPU: every matrix in bf16, or in its own values for
+//! the block formats the GPU kernels read (Q8_0, Q4_K: exact, repacked for aligned loads),
+//! the norm vectors and AltUp coefficients in f32. The per-layer embedding table is not
+//! uploaded: it stays in host memory (the mmap'd checkpoint) and only the rows of the
+//! current tokens travel.
 
 use std::sync::Arc;
 
-use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu};
+use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu, WeightFormat, WeightPtr};
 use gemma3n_compute::{DType, Matrix};
 use rayon::prelude::*;
 
@@ -12,39 +14,134 @@ use super::gpu_err;
 use crate::error::{ModelError, Result};
 use crate::text::weights::{LayerWeights, TextWeights};
 
-/// A row-major bf16 matrix on the device.
+/// A row-major matrix on the device.
 pub struct DevMatrix {
     buf: DeviceBuffer,
-    /// Row length (the stride of the rows).
+    /// The scales of a quantized format.
+    sc: Option<DeviceBuffer>,
+    fmt: WeightFormat,
+    /// Row length (the stride of the rows, in values).
     pub cols: usize,
 }
 
+/// The device format `m` is uploaded in: its own values for Q8_0 and Q4_K (unless
+/// `GEMMA3N_CUDA_BF16_WEIGHTS=1`), bf16 otherwise.
+pub fn device_format(m: &Matrix) -> WeightFormat {
+    let packed = m.row_stride_bytes() == m.dtype().row_bytes(m.cols());
+    let forced = std::env::var_os("GEMMA3N_CUDA_BF16_WEIGHTS").is_some_and(|v| v == "1");
+    match m.dtype() {
+        DType::Q8_0 if packed && !forced => WeightFormat::Q8,
+        DType::Q4_K if packed && !forced => WeightFormat::Q4K,
+        _ => WeightFormat::Bf16,
+    }
+}
+
+/// Q8_0 rows as the GPU reads them: the int8 values (`[rows, cols]`) and the f16 scales
+/// (`[rows, cols / 32]`, raw bits).
+pub fn repack_q8(m: &Matrix) -> (Vec<u8>, Vec<u16>) {
+    let (rows, cols) = (m.rows(), m.cols());
+    let nb = cols / 32;
+    let mut q = vec![0u8; rows * cols];
+    let mut sc = vec![0u16; rows * nb];
+    q.par_chunks_mut(cols)
+        .zip(sc.par_chunks_mut(nb))
+        .enumerate()
+        .for_each(|(r, (q, sc))| {
+            for (b, blk) in m.row_bytes(r).chunks_exact(34).take(nb).enumerate() {
+                sc[b] = u16::from_le_bytes([blk[0], blk[1]]);
+                q[32 * b..32 * b + 32].copy_from_slice(&blk[2..34]);
+            }
+        });
+    (q, sc)
+}
+
+/// Bytes of one Q4_K super-block's scales on the device (common.cu's `Q4KMeta`).
+pub const Q4K_META_BYTES: usize = 20;
+
+/// Q4_K rows as the GPU reads them: per 32-value sub-block 16 bytes (value j in the low
+/// nibble of byte j, value j + 16 in the high one; `[rows, cols / 2]`), and per 256-value
+/// super-block its `d`, `dmin` (f16 bits) and the unpacked 6-bit sub-block scales and
+/// mins (`[rows, cols / 256]` of 20 bytes).
+pub fn repack_q4k(m: &Matrix) -> (Vec<u8>, Vec<u8>) {
+    let (rows, cols) = (m.rows(), m.cols());
+    let nsb = cols / 256;
+    let mut q = vec![0u8; rows * cols / 2];
+    let mut meta = vec![0u8; rows * nsb * Q4K_META_BYTES];
+    q.par_chunks_mut(cols / 2)
+        .zip(meta.par_chunks_mut(nsb * Q4K_META_BYTES))
+        .enumerate()
+        .for_each(|(r, (q, meta))| {
+            for (b, blk) in m.row_bytes(r).chunks_exact(144).take(nsb).enumerate() {
+                let (sc, mn) = gemma3n_compute::quant::unpack_scales_mins(&blk[4..16]);
+                let out = &mut meta[b * Q4K_META_BYTES..(b + 1) * Q4K_META_BYTES];
+                out[..4].copy_from_slice(&blk[..4]);
+                out[4..12].copy_from_slice(&sc);
+                out[12..20].copy_from_slice(&mn);
+                let qs = &blk[16..144];
+                for s in 0..8 {
+                    let (c, shift) = (s / 2, 4 * (s % 2));
+                    let val = |l: usize| (qs[32 * c + l] >> shift) & 15;
+                    let dst = &mut q[b * 128 + s * 16..b * 128 + s * 16 + 16];
+                    for (j, o) in dst.iter_mut().enumerate() {
+                        *o = val(j) | (val(j + 16) << 4);
+                    }
+                }
+            }
+        });
+    (q, meta)
+}
+
 impl DevMatrix {
+    /// The matrix as the kernels take it.
+    pub fn wp(&self) -> WeightPtr {
+        WeightPtr {
+            w: self.buf.ptr(),
+            sc: self.sc.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
+            fmt: self.fmt,
+        }
+    }
+
+    /// The values of a bf16 matrix.
     pub fn ptr(&self) -> DevPtr {
+        debug_assert_eq!(self.fmt, WeightFormat::Bf16);
         self.buf.ptr()
     }
 
-    /// Uploads `m` converted to bf16 (bf16 matrices are copied as they are).
+    /// Uploads `m` in its [`device_format`] (bf16 matrices are copied as they are, other
+    /// non-native formats converted to bf16).
     pub fn upload(gpu: &Arc<Gpu>, m: &Matrix) -> Result<DevMatrix> {
         let (rows, cols) = (m.rows(), m.cols());
-        let buf = if m.dtype() == DType::BF16 && m.row_stride_bytes() == cols * 2 {
-            // SAFETY: a bf16 matrix with packed rows is rows·cols·2 contiguous bytes.
-            let bytes = unsafe { std::slice::from_raw_parts(m.base_ptr(), rows * cols * 2) };
-            gpu.upload(bytes).map_err(gpu_err)?
-        } else {
-            let mut host = vec![0u16; rows * cols];
-            host.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
-                || vec![0f32; cols],
-                |tmp, (r, out)| {
-                    m.row_to_f32(r, tmp);
-                    for (o, &v) in out.iter_mut().zip(tmp.iter()) {
-                        *o = half::bf16::from_f32(v).to_bits();
-                    }
-                },
-            );
-            gpu.upload(&host).map_err(gpu_err)?
+        let fmt = device_format(m);
+        let up = |data: &[u8]| gpu.upload(data).map_err(gpu_err);
+        let (buf, sc) = match fmt {
+            WeightFormat::Q8 => {
+                let (q, sc) = repack_q8(m);
+                (up(&q)?, Some(gpu.upload(&sc).map_err(gpu_err)?))
+            }
+            WeightFormat::Q4K => {
+                let (q, meta) = repack_q4k(m);
+                (up(&q)?, Some(up(&meta)?))
+            }
+            WeightFormat::Bf16 if m.dtype() == DType::BF16 && m.row_stride_bytes() == cols * 2 => {
+                // SAFETY: a bf16 matrix with packed rows is rows·cols·2 contiguous bytes.
+                let bytes = unsafe { std::slice::from_raw_parts(m.base_ptr(), rows * cols * 2) };
+                (up(bytes)?, None)
+            }
+            WeightFormat::Bf16 => {
+                let mut host = vec![0u16; rows * cols];
+                host.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
+                    || vec![0f32; cols],
+                    |tmp, (r, out)| {
+                        m.row_to_f32(r, tmp);
+                        for (o, &v) in out.iter_mut().zip(tmp.iter()) {
+                            *o = half::bf16::from_f32(v).to_bits();
+                        }
+                    },
+                );
+                (gpu.upload(&host).map_err(gpu_err)?, None)
+            }
         };
-        Ok(DevMatrix { buf, cols })
+        Ok(DevMatrix { buf, sc, fmt, cols })
     }
 }
 
@@ -93,6 +190,8 @@ pub struct DevWeights {
     pub altup_unembed: Vec<DevMatrix>,
     pub norm: DeviceBuffer,
     pub layers: Vec<DevLayer>,
+    /// Whether any matrix is in a quantized format.
+    pub quantized: bool,
 }
 
 fn vec_f32(gpu: &Arc<Gpu>, v: &[f32]) -> Result<DeviceBuffer> {
@@ -168,6 +267,29 @@ impl DevWeights {
             })?);
             progress(i + 2, total);
         }
+        let quantized = [&embed, &ple_proj]
+            .into_iter()
+            .chain(&altup_proj)
+            .chain(&altup_unembed)
+            .chain(layers.iter().flat_map(|l| {
+                let down = match &l.down {
+                    Down::Normal(m) | Down::Transposed(m) => m,
+                };
+                [
+                    &l.q,
+                    &l.o,
+                    &l.gate,
+                    &l.up,
+                    down,
+                    &l.laurel_left,
+                    &l.laurel_right,
+                ]
+                .into_iter()
+                .chain([&l.pl_gate, &l.pl_proj])
+                .chain(l.k.iter())
+                .chain(l.v.iter())
+            }))
+            .any(|m| m.fmt != WeightFormat::Bf16);
         Ok(DevWeights {
             embed,
             ple_proj,
@@ -176,6 +298,86 @@ impl DevWeights {
             altup_unembed,
             norm: vec_f32(gpu, &w.norm)?,
             layers,
+            quantized,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Value `i` of row `r` of a repacked matrix, read as common.cu's `weight_at` reads it.
+    fn read(fmt: WeightFormat, q: &[u8], sc: &[u8], cols: usize, r: usize, i: usize) -> f32 {
+        let f16 = |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        match fmt {
+            WeightFormat::Q8 => {
+                let s = &sc[2 * (r * cols / 32 + i / 32)..];
+                f16(s) * (q[r * cols + i] as i8) as f32
+            }
+            WeightFormat::Q4K => {
+                let m = &sc[Q4K_META_BYTES * (r * cols / 256 + i / 256)..];
+                let (sub, j) = ((i / 32) % 8, i % 32);
+                let byte = q[r * cols / 2 + (i / 32) * 16 + (j & 15)];
+                let v = if j < 16 { byte & 15 } else { byte >> 4 } as f32;
+                let ds = f16(&m[0..2]) * m[4 + sub] as f32;
+                let dm = f16(&m[2..4]) * m[12 + sub] as f32;
+                ds.mul_add(v, -dm)
+            }
+            WeightFormat::Bf16 => unreachable!(),
+        }
+    }
+
+    /// The repacked values are the format's own values: every element equals the CPU's
+    /// dequantization of the GGUF block, bit for bit.
+    #[test]
+    fn repacked_quantized_matrices_hold_the_exact_values() {
+        let (rows, cols) = (6, 512);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect();
+        for (dtype, fmt) in [
+            (DType::Q8_0, WeightFormat::Q8),
+            (DType::Q4_K, WeightFormat::Q4K),
+        ] {
+            let m = Matrix::from_f32_as(&data, rows, cols, dtype);
+            assert_eq!(device_format(&m), fmt);
+            let (q, sc) = match fmt {
+                WeightFormat::Q8 => {
+                    let (q, sc) = repack_q8(&m);
+                    (
+                        q,
+                        sc.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                    )
+                }
+                _ => repack_q4k(&m),
+            };
+            let want = m.to_f32_vec();
+            let mut nonzero_min = false;
+            for r in 0..rows {
+                for i in 0..cols {
+                    let got = read(fmt, &q, &sc, cols, r, i);
+                    assert_eq!(
+                        got.to_bits(),
+                        want[r * cols + i].to_bits(),
+                        "{dtype}: row {r} value {i}: {got} vs {}",
+                        want[r * cols + i]
+                    );
+                }
+            }
+            if fmt == WeightFormat::Q4K {
+                // The mins matter in this data (values of both signs).
+                nonzero_min = sc
+                    .chunks_exact(Q4K_META_BYTES)
+                    .any(|m| m[12..20].iter().any(|&v| v != 0));
+            }
+            assert!(fmt == WeightFormat::Q8 || nonzero_min);
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu, PinnedBuffer};
 
+use super::decoder::GEMV_ROWS;
 use super::gpu_err;
 use crate::config::TextConfig;
 use crate::error::Result;
@@ -19,6 +20,10 @@ pub const SPLIT_PAIRS: usize = 256;
 
 /// Identifies a workspace (a captured decode step is tied to its buffers).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Values of each bf16 weight part of a quantized GEMM (32 MB): matrices go in pieces of
+/// rows of this size.
+pub const WPART_VALUES: usize = 16 << 20;
 
 pub struct Workspace {
     pub id: u64,
@@ -65,6 +70,9 @@ pub struct Workspace {
     pub hf: DeviceBuffer,
     /// The bf16 parts of a GEMM's activations (see `Gpu::gemm`).
     pub xparts: [DeviceBuffer; 3],
+    /// Quantized weights of a GEMM written to bf16, up to three parts of `WPART_VALUES`
+    /// values each (only with quantized weights and more rows than the GEMV takes).
+    pub wparts: Vec<DeviceBuffer>,
     /// Attention scores of a prefill (`H x rows x keys`), sized per prefill; `None` for
     /// steps that use the per-row attention kernel.
     pub scores: Option<DeviceBuffer>,
@@ -81,6 +89,7 @@ impl Workspace {
         cap: usize,
         logit_rows: usize,
         ple_elt: usize,
+        quantized: bool,
     ) -> Result<Workspace> {
         let d = cfg.hidden_size;
         let lp = cfg.num_hidden_layers * cfg.hidden_size_per_layer_input;
@@ -136,6 +145,13 @@ impl Workspace {
                 gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
                 gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
             ],
+            wparts: if quantized && cap > GEMV_ROWS {
+                (0..3)
+                    .map(|_| gpu.alloc(2 * WPART_VALUES).map_err(gpu_err))
+                    .collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            },
             logits: f(logit_rows * cfg.vocab_size)?,
             logits_host: gpu
                 .alloc_pinned(4 * logit_rows * cfg.vocab_size)
@@ -193,7 +209,8 @@ impl Workspace {
             &self.xparts[2],
             &self.logits,
         ]
-        .iter()
+        .into_iter()
+        .chain(&self.wparts)
         .map(|b| b.bytes())
         .sum()
     }
