@@ -71,15 +71,7 @@ pub fn main(a: Args) -> Result<()> {
         if len == 0 {
             bail!("--prompt-lens: lengths must be at least 1");
         }
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ len as u64;
-        let prompt: Vec<u32> = (0..len)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (3 + (x >> 33) % (text_vocab - 3)) as u32
-            })
-            .collect();
+        let prompt = random_prompt(len, len as u64, text_vocab);
         let new_cpu = |m: &TextModel| match &slice {
             Some(s) => m.new_cache_for(s),
             None => Ok(m.new_cache()),
@@ -151,6 +143,61 @@ pub fn main(a: Args) -> Result<()> {
             if ok { "" } else { "  FAIL" }
         );
     }
+    // Sequences decoded together (a server's batched step; 10 = a group of 8 rows and one
+    // of 2): each row against its sequence alone on the CPU, fed the CPU's greedy tokens.
+    if a.steps > 0 {
+        let n = 10;
+        let mut cc = Vec::new();
+        let mut gc = Vec::new();
+        let mut lc = Vec::new();
+        for i in 0..n {
+            let len = 1 + 3 * i;
+            let prompt = random_prompt(len, 1000 + i as u64, text_vocab);
+            let (mut c, mut g) = match &slice {
+                Some(s) => (
+                    cpu.new_cache_for(s)?,
+                    gpu.new_cache_for(s, len + a.steps + 1)?,
+                ),
+                None => (cpu.new_cache(), gpu.new_cache(len + a.steps + 1)?),
+            };
+            lc.push(cpu.forward(&prompt, &mut c, Logits::Last)?);
+            gpu.forward(&prompt, &mut g, Logits::Last)?;
+            cc.push(c);
+            gc.push(g);
+        }
+        let v = cfg.vocab_size;
+        let (mut e, mut same, mut total) = (0f32, 0usize, 0usize);
+        let mut batch_ms = 0f64;
+        gpu.gpu().profile_take();
+        for _ in 0..a.steps {
+            let toks: Vec<u32> = lc.iter().map(|l| argmax(l)).collect();
+            let mut refs: Vec<_> = gc.iter_mut().collect();
+            let t = std::time::Instant::now();
+            let got = gpu.forward_batch(&toks, &mut refs)?;
+            batch_ms += t.elapsed().as_secs_f64() * 1e3;
+            for b in 0..n {
+                lc[b] = cpu.forward(&[toks[b]], &mut cc[b], Logits::Last)?;
+                let row = &got[b * v..(b + 1) * v];
+                e = e.max(rel_err(row, &lc[b]));
+                same += usize::from(argmax(row) == argmax(&lc[b]));
+                total += 1;
+            }
+        }
+        worst = worst.max(e);
+        let ok = e <= a.tolerance && same == total;
+        failures += usize::from(!ok);
+        println!(
+            "{n:>3} seqs  batched decode steps      {e:>11.3e}  {same}/{total} same{}",
+            if ok { "" } else { "  FAIL" }
+        );
+        eprintln!(
+            "(a batched step of {n} sequences: {:.2} ms)",
+            batch_ms / a.steps as f64
+        );
+        for (name, count, ms) in gpu.gpu().profile_take().into_iter().take(12) {
+            eprintln!("    {name:<24} {count:>6} launches {ms:>9.3} ms");
+        }
+    }
     println!(
         "parity {}: worst max rel err {worst:.3e} (tolerance {:.1e})",
         if failures == 0 { "PASSED" } else { "FAILED" },
@@ -160,6 +207,19 @@ pub fn main(a: Args) -> Result<()> {
         bail!("{failures} parity check(s) failed");
     }
     Ok(())
+}
+
+/// `len` pseudo-random text ids (seeded).
+fn random_prompt(len: usize, seed: u64, text_vocab: u64) -> Vec<u32> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (3 + (x >> 33) % (text_vocab - 3)) as u32
+        })
+        .collect()
 }
 
 /// Where the backends part: every AltUp stream after each layer, CPU against GPU.

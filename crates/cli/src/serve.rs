@@ -1,6 +1,6 @@
 //! `gemma3n serve`: the OpenAI-compatible HTTP server (crates/server).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use gemma3n_engine::SamplingParams;
 use gemma3n_server::{Model, Options};
 
@@ -33,6 +33,8 @@ pub struct Args {
     /// Base of the model ids (`NAME-E4B`, `NAME-E2B`, ... for an E4B-shaped model).
     #[arg(long, default_value = "gemma-3n")]
     served_model_name: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArgs,
     /// Do not load the vision and audio towers (saves memory; image and audio parts are
     /// then refused).
     #[arg(long)]
@@ -40,6 +42,7 @@ pub struct Args {
 }
 
 pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
+    let device = a.device.parse()?;
     let stack = a.model.load()?;
     let template = stack.template().ok();
     let stop_ids = stack.stop_ids();
@@ -63,10 +66,22 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
         ),
         _ => (None, None),
     };
+    let decoder: Option<std::sync::Arc<dyn gemma3n_engine::AnyDecoder>> = match device {
+        crate::device::Device::Cpu => None,
+        #[cfg(feature = "cuda")]
+        crate::device::Device::Cuda(n) => Some(std::sync::Arc::new(crate::device::to_gpu(
+            stack.model.clone(),
+            n,
+        )?)),
+        #[cfg(not(feature = "cuda"))]
+        crate::device::Device::Cuda(_) => unreachable!("parse refuses cuda without the feature"),
+    };
     let model = Model {
         vision,
         audio,
-        text: std::sync::Arc::into_inner(stack.model).context("the text model is shared")?,
+        decoder,
+        // Shared with the GPU copy, which reads its configuration and per-layer table.
+        text: stack.model,
         tokenizer: stack.tokenizer,
         template,
         stop_ids,

@@ -1,6 +1,6 @@
-//! `--device` of `run`, `chat` and `logits`: `--device cpu` is the default (same output as
-//! without the flag), unknown devices are refused, and a build without the `cuda` feature
-//! refuses `--device cuda` with a message that says how to get it.
+//! `--device` of `run`, `chat`, `logits` and `serve`: `--device cpu` is the default (same
+//! output as without the flag), unknown devices are refused, and a build without the `cuda`
+//! feature refuses `--device cuda` with a message that says how to get it.
 
 mod common;
 
@@ -102,11 +102,12 @@ fn logits_on_the_cpu_explicitly_are_the_default() {
 }
 
 /// Every command that takes `--device` refuses a device it does not know, before any work.
-/// `run`, `chat` and `logits` (writing `out`) on the model in `dir`.
-fn commands<'a>(dir: &'a TempDir, out: &'a std::path::Path) -> [Vec<&'a str>; 3] {
+/// `run`, `chat`, `logits` (writing `out`) and `serve` on the model in `dir`.
+fn commands<'a>(dir: &'a TempDir, out: &'a std::path::Path) -> [Vec<&'a str>; 4] {
     [
         vec!["run", "--model", dir.s(), "--prompt", "w5"],
         vec!["chat", "--model", dir.s()],
+        vec!["serve", "--model", dir.s(), "--port", "0"],
         vec![
             "logits",
             "--model",
@@ -159,23 +160,4 @@ fn cuda_is_refused_without_the_feature() {
         }
     }
     assert!(!f.exists(), "a refused logits command wrote its output");
-}
-
-/// `serve` keeps to the CPU: it has no `--device` flag.
-#[test]
-fn serve_has_no_device_flag() {
-    let dir = model_with_tokenizer(NAME);
-    let r = gemma3n(
-        &[
-            "serve",
-            "--model",
-            dir.s(),
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-        ],
-        None,
-    );
-    r.expect_clean_failure("serve --device", &["--device"]);
 }

@@ -15,6 +15,10 @@ fn kernels_compile_for_sm90() {
         }
         r => r.expect("kernels compile"),
     };
+    // For reading the code the kernels become (e.g. `ptxas -arch=sm_90 -v` on it).
+    if let Some(path) = std::env::var_os("GEMMA3N_DUMP_PTX") {
+        std::fs::write(path, &ptx).expect("write the PTX");
+    }
     // The GEMV kernels take one struct by value: its size in the kernel must be the size of
     // the Rust struct the launcher fills.
     for b in [1, 2, 4, 8] {

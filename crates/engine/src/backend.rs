@@ -1,6 +1,10 @@
 //! What the generation loop needs from a text decoder, so that one loop runs on every
 //! backend: the CPU [`TextModel`] always, the GPU `CudaTextModel` with the `cuda` feature.
 
+use std::any::Any;
+use std::sync::Arc;
+
+use gemma3n_model::matformer::SlicePlan;
 use gemma3n_model::text::EmbedFn;
 use gemma3n_model::{KvCache, Logits, ModelError, TextConfig, TextModel};
 
@@ -10,6 +14,18 @@ pub trait Decoder {
     type Cache: DecoderCache;
 
     fn config(&self) -> &TextConfig;
+
+    /// An empty sequence running `plan` (the whole model or a MatFormer slice).
+    fn new_cache_with_plan(&self, plan: Arc<SlicePlan>) -> Result<Self::Cache, ModelError>;
+
+    /// One decode step of several sequences of the same slice (the contract of
+    /// [`TextModel::forward_batch`]): `ids[b]` is the next token of `caches[b]`; returns
+    /// `B x V` logits.
+    fn forward_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut Self::Cache],
+    ) -> Result<Vec<f32>, ModelError>;
 
     /// Runs `ids` (the next tokens of the sequence held by `cache`) and returns logits,
     /// `embed` replacing the embedding rows of image and audio positions (the contract of
@@ -31,6 +47,84 @@ pub trait DecoderCache {
     fn clear(&mut self);
     /// Keeps the first `n` tokens; false when the cache cannot (it must then be cleared).
     fn truncate(&mut self, n: usize) -> bool;
+    /// The slice the sequence runs.
+    fn plan(&self) -> &Arc<SlicePlan>;
+}
+
+/// The KV cache of a sequence of an [`AnyDecoder`].
+pub trait SeqCache: Send {
+    fn plan(&self) -> &Arc<SlicePlan>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// A [`Decoder`] chosen at run time (the server holds one behind a pointer).
+/// (Its methods are named apart from [`Decoder`]'s, which every decoder also has.)
+pub trait AnyDecoder: Send + Sync {
+    fn text_config(&self) -> &TextConfig;
+    fn new_cache(&self, plan: Arc<SlicePlan>) -> Result<Box<dyn SeqCache>, ModelError>;
+    /// [`Decoder::forward_embedded`].
+    fn forward_sequence(
+        &self,
+        ids: &[u32],
+        cache: &mut dyn SeqCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+    ) -> Result<Vec<f32>, ModelError>;
+    /// [`Decoder::forward_batch`].
+    fn forward_sequences(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut dyn SeqCache],
+    ) -> Result<Vec<f32>, ModelError>;
+}
+
+impl<C: DecoderCache + Send + 'static> SeqCache for C {
+    fn plan(&self) -> &Arc<SlicePlan> {
+        DecoderCache::plan(self)
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+fn downcast<C: 'static>(cache: &mut dyn SeqCache) -> Result<&mut C, ModelError> {
+    cache
+        .as_any_mut()
+        .downcast_mut::<C>()
+        .ok_or_else(|| ModelError::Invalid("a KV cache of another decoder".into()))
+}
+
+impl<D> AnyDecoder for D
+where
+    D: Decoder + Send + Sync,
+    D::Cache: Send + 'static,
+{
+    fn text_config(&self) -> &TextConfig {
+        Decoder::config(self)
+    }
+    fn new_cache(&self, plan: Arc<SlicePlan>) -> Result<Box<dyn SeqCache>, ModelError> {
+        Ok(Box::new(self.new_cache_with_plan(plan)?))
+    }
+    fn forward_sequence(
+        &self,
+        ids: &[u32],
+        cache: &mut dyn SeqCache,
+        want: Logits,
+        embed: Option<EmbedFn<'_>>,
+    ) -> Result<Vec<f32>, ModelError> {
+        Decoder::forward_embedded(self, ids, downcast::<D::Cache>(cache)?, want, embed)
+    }
+    fn forward_sequences(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut dyn SeqCache],
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut typed = caches
+            .iter_mut()
+            .map(|c| downcast::<D::Cache>(&mut **c))
+            .collect::<Result<Vec<_>, _>>()?;
+        Decoder::forward_batch(self, ids, &mut typed)
+    }
 }
 
 impl Decoder for TextModel {
@@ -38,6 +132,18 @@ impl Decoder for TextModel {
 
     fn config(&self) -> &TextConfig {
         &self.cfg
+    }
+
+    fn new_cache_with_plan(&self, plan: Arc<SlicePlan>) -> Result<KvCache, ModelError> {
+        Ok(TextModel::new_cache_with_plan(self, plan))
+    }
+
+    fn forward_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<f32>, ModelError> {
+        TextModel::forward_batch(self, ids, caches)
     }
 
     fn forward_embedded(
@@ -61,6 +167,9 @@ impl DecoderCache for KvCache {
     fn truncate(&mut self, n: usize) -> bool {
         KvCache::truncate(self, n)
     }
+    fn plan(&self) -> &Arc<SlicePlan> {
+        KvCache::plan(self)
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -73,6 +182,19 @@ mod cuda {
 
         fn config(&self) -> &TextConfig {
             &self.cpu.cfg
+        }
+
+        fn new_cache_with_plan(&self, plan: Arc<SlicePlan>) -> Result<CudaKvCache, ModelError> {
+            // Room for 256 positions to start with; the cache grows as needed.
+            CudaTextModel::new_cache_with_plan(self, plan, 256)
+        }
+
+        fn forward_batch(
+            &self,
+            ids: &[u32],
+            caches: &mut [&mut CudaKvCache],
+        ) -> Result<Vec<f32>, ModelError> {
+            CudaTextModel::forward_batch(self, ids, caches)
         }
 
         fn forward_embedded(
@@ -95,6 +217,9 @@ mod cuda {
         }
         fn truncate(&mut self, n: usize) -> bool {
             CudaKvCache::truncate(self, n)
+        }
+        fn plan(&self) -> &Arc<SlicePlan> {
+            CudaKvCache::plan(self)
         }
     }
 }

@@ -8,7 +8,7 @@ pub mod sampling;
 pub mod stream;
 pub mod tokenizer;
 
-pub use backend::{Decoder, DecoderCache};
+pub use backend::{AnyDecoder, Decoder, DecoderCache, SeqCache};
 pub use chat::{
     expand_audio_placeholders, expand_image_placeholders, ChatMessage, ChatTemplate, ContentPart,
     Conversation, MessageContent, Prompt, TurnInput, AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER,

@@ -1,19 +1,21 @@
 //! `Session` over a backend other than the CPU `TextModel`: a toy decoder whose next token
 //! is always the last id + 1 runs the same generation loop, cache bookkeeping and context
-//! checks (what the GPU backend relies on).
+//! checks (what the GPU backend relies on), and the server's run-time-chosen decoder
+//! (`AnyDecoder`) batches it and refuses a cache of another decoder.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use gemma3n_engine::{Decoder, DecoderCache, Session, StopReason};
+use gemma3n_engine::{AnyDecoder, Decoder, DecoderCache, Session, StopReason};
 use gemma3n_model::text::EmbedFn;
-use gemma3n_model::{Logits, ModelError, TextConfig};
+use gemma3n_model::{KvCache, Logits, ModelError, SlicePlan, TextConfig};
 
 const VOCAB: usize = 64;
 
 struct Toy {
     cfg: TextConfig,
     /// Positions handed to the embed callback.
-    embedded: Cell<usize>,
+    embedded: AtomicUsize,
 }
 
 impl Toy {
@@ -22,7 +24,7 @@ impl Toy {
         cfg.max_position_embeddings = context;
         Toy {
             cfg,
-            embedded: Cell::new(0),
+            embedded: AtomicUsize::new(0),
         }
     }
 }
@@ -30,6 +32,7 @@ impl Toy {
 struct ToyCache {
     ids: Vec<u32>,
     can_truncate: bool,
+    plan: Arc<SlicePlan>,
 }
 
 impl ToyCache {
@@ -37,6 +40,7 @@ impl ToyCache {
         ToyCache {
             ids: vec![99; 3], // stale content: a session starts by clearing its cache
             can_truncate,
+            plan: Arc::new(SlicePlan::full(&TextConfig::e2b())),
         }
     }
 }
@@ -56,6 +60,9 @@ impl DecoderCache for ToyCache {
             false
         }
     }
+    fn plan(&self) -> &Arc<SlicePlan> {
+        &self.plan
+    }
 }
 
 impl Decoder for Toy {
@@ -63,6 +70,26 @@ impl Decoder for Toy {
 
     fn config(&self) -> &TextConfig {
         &self.cfg
+    }
+
+    fn new_cache_with_plan(&self, plan: Arc<SlicePlan>) -> Result<ToyCache, ModelError> {
+        Ok(ToyCache {
+            ids: Vec::new(),
+            can_truncate: true,
+            plan,
+        })
+    }
+
+    fn forward_batch(
+        &self,
+        ids: &[u32],
+        caches: &mut [&mut ToyCache],
+    ) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::new();
+        for (&id, c) in ids.iter().zip(caches.iter_mut()) {
+            out.extend(self.forward_embedded(&[id], c, Logits::Last, None)?);
+        }
+        Ok(out)
     }
 
     fn forward_embedded(
@@ -77,7 +104,7 @@ impl Decoder for Toy {
             let mut row = [0f32; 4];
             for (i, &id) in ids.iter().enumerate() {
                 f(cache.pos() + i, id, &mut row)?;
-                self.embedded.set(self.embedded.get() + 1);
+                self.embedded.fetch_add(1, Ordering::Relaxed);
             }
         }
         cache.ids.extend_from_slice(ids);
@@ -137,7 +164,11 @@ fn embed_reaches_the_backend_and_the_context_is_enforced() {
     let g = s
         .generate_embedded(&[1, 2], Some(&f), 10, &[], &mut argmax, &mut |_| true)
         .unwrap();
-    assert_eq!(toy.embedded.get(), 2, "only the prompt goes through embed");
+    assert_eq!(
+        toy.embedded.load(Ordering::Relaxed),
+        2,
+        "only the prompt goes through embed"
+    );
     assert_eq!(g.stop, StopReason::ContextFull);
     assert_eq!(s.tokens().len(), 6);
     assert_eq!(s.room(), 0);
@@ -145,4 +176,31 @@ fn embed_reaches_the_backend_and_the_context_is_enforced() {
         .generate(&[1], 1, &[], &mut argmax, &mut |_| true)
         .unwrap_err();
     assert!(err.to_string().contains("context length of 6"), "{err}");
+}
+
+#[test]
+fn a_decoder_chosen_at_run_time_batches_and_checks_its_caches() {
+    let toy = Toy::new(100);
+    let dec: &dyn AnyDecoder = &toy;
+    let plan = Arc::new(SlicePlan::full(&toy.cfg));
+    let mut a = dec.new_cache(plan.clone()).unwrap();
+    let mut b = dec.new_cache(plan.clone()).unwrap();
+    dec.forward_sequence(&[1, 2], &mut *a, Logits::Last, None)
+        .unwrap();
+    dec.forward_sequence(&[10], &mut *b, Logits::Last, None)
+        .unwrap();
+    // One step of both: each row is what the sequence alone gives (its last id + 1).
+    let logits = dec
+        .forward_sequences(&[5, 20], &mut [&mut *a, &mut *b])
+        .unwrap();
+    assert_eq!(logits.len(), 2 * VOCAB);
+    assert_eq!(argmax(&logits[..VOCAB], &[]), 6);
+    assert_eq!(argmax(&logits[VOCAB..], &[]), 21);
+    assert!(Arc::ptr_eq(a.plan(), &plan));
+    // A cache of another decoder (the CPU model's) is refused, not misread.
+    let mut other: Box<dyn gemma3n_engine::SeqCache> = Box::new(KvCache::new(&toy.cfg, plan));
+    let err = dec
+        .forward_sequence(&[1], &mut *other, Logits::Last, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("another decoder"), "{err}");
 }

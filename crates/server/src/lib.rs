@@ -28,7 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::stream::{self, StreamExt};
-use gemma3n_engine::{ChatMessage, ChatTemplate, ContentPart, SamplingParams, Tokenizer};
+use gemma3n_engine::{
+    AnyDecoder, ChatMessage, ChatTemplate, ContentPart, SamplingParams, Tokenizer,
+};
 use gemma3n_model::matformer::{official_slices, SlicePlan};
 use gemma3n_model::TextModel;
 use serde_json::{json, Value};
@@ -39,7 +41,10 @@ use worker::{Event, Job, Stats};
 
 /// The loaded model and what generation needs besides it.
 pub struct Model {
-    pub text: TextModel,
+    pub text: Arc<TextModel>,
+    /// Where the text decoder runs when not on the CPU (`serve --device cuda`: the same
+    /// weights on a GPU); `None`: `text`.
+    pub decoder: Option<Arc<dyn AnyDecoder>>,
     /// The towers, when the checkpoint has them (image and audio parts need them).
     pub vision: Option<gemma3n_model::vision::VisionModel>,
     pub audio: Option<gemma3n_model::audio::AudioModel>,
@@ -52,6 +57,13 @@ pub struct Model {
     /// The base of the model ids (`gemma-3n`): an E4B-shaped model is served as
     /// `gemma-3n-E4B` and its official sizes as `gemma-3n-E2B`, `gemma-3n-E3.39B`, ...
     pub name: String,
+}
+
+impl Model {
+    /// The decoder every request runs on.
+    pub fn decoder(&self) -> &dyn AnyDecoder {
+        self.decoder.as_deref().unwrap_or(&*self.text)
+    }
 }
 
 /// Server settings.

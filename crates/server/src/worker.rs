@@ -1,7 +1,8 @@
 //! The generation worker: one thread owns the model and runs every active request with
 //! continuous batching. Each step, every active sequence picks its next token, and the tokens
 //! to feed back go through the model in one batched forward pass per MatFormer slice
-//! ([`gemma3n_model::TextModel::forward_batch`], bit-identical to running each sequence alone); new requests
+//! ([`gemma3n_engine::AnyDecoder::forward_batch`]: on the CPU bit-identical to running each
+//! sequence alone; on a GPU up to 8 sequences through the decode kernels at once); new requests
 //! join between steps (their prompt is prefilled on its own, a piece per step), finished or cancelled ones
 //! leave and free their KV cache at once. A request whose channel is closed (the client went
 //! away) is cancelled at its next token.
@@ -10,11 +11,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gemma3n_engine::{Sampler, SamplingParams, TokenStream};
+use gemma3n_engine::{Sampler, SamplingParams, SeqCache, TokenStream};
 use gemma3n_model::matformer::SlicePlan;
 use gemma3n_model::prompt::MediaPrompt;
 use gemma3n_model::vision::preprocess::PixelValues;
-use gemma3n_model::{KvCache, Logits};
+use gemma3n_model::Logits;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::Model;
@@ -177,7 +178,7 @@ struct Seq<'m> {
     media: Option<MediaPrompt<'m>>,
     /// Prompt tokens already in the cache; the request decodes once all are.
     prefilled: usize,
-    cache: KvCache,
+    cache: Box<dyn SeqCache>,
     sampler: Sampler,
     stream: TokenStream<'m>,
     /// The tokens in the cache (prompt, then the fed-back tokens).
@@ -204,7 +205,10 @@ impl<'m> Seq<'m> {
     /// A new request: nothing prefilled yet.
     fn start(m: &'m Model, mut job: Job) -> Result<Seq<'m>, String> {
         let media = media_prompt(m, &mut job)?;
-        let cache = m.text.new_cache_with_plan(job.plan.clone());
+        let cache = m
+            .decoder()
+            .new_cache(job.plan.clone())
+            .map_err(|e| e.to_string())?;
         let sampler = Sampler::new(job.params.clone(), m.tokenizer.text_vocab_size())
             .map_err(|e| e.to_string())?;
         Ok(Seq {
@@ -239,10 +243,10 @@ impl<'m> Seq<'m> {
         let end = (self.prefilled + chunk.max(1)).min(self.job.prompt.len());
         let piece = &self.job.prompt[self.prefilled..end];
         self.logits = m
-            .text
-            .forward_embedded(
+            .decoder()
+            .forward_sequence(
                 piece,
-                &mut self.cache,
+                &mut *self.cache,
                 Logits::Last,
                 media
                     .as_ref()
@@ -467,18 +471,18 @@ pub fn run(
         for g in groups {
             let ids: Vec<u32> = g.iter().map(|&(_, id)| id).collect();
             let idx: Vec<usize> = g.iter().map(|&(i, _)| i).collect();
-            let mut caches: Vec<&mut KvCache> = active
+            let mut caches: Vec<&mut dyn SeqCache> = active
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| idx.contains(i))
-                .map(|(_, s)| &mut s.cache)
+                .map(|(_, s)| &mut *s.cache as &mut dyn SeqCache)
                 .collect();
             stats.decode_steps.fetch_add(1, Ordering::Relaxed);
             stats
                 .decode_rows
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
             stats.max_rows.fetch_max(ids.len(), Ordering::Relaxed);
-            match m.text.forward_batch(&ids, &mut caches) {
+            match m.decoder().forward_sequences(&ids, &mut caches) {
                 Ok(logits) => {
                     let v = logits.len() / ids.len();
                     for (r, (&i, &id)) in idx.iter().zip(&ids).enumerate() {

@@ -12,7 +12,7 @@
 
 mod ops;
 
-pub use ops::{Epilogue, GemvSeg, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, MAX_ROW};
+pub use ops::{Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, MAX_ROW};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -549,6 +549,11 @@ impl DevPtr {
 
     pub fn is_null(self) -> bool {
         self.0 == 0
+    }
+
+    /// The device address (for tables of pointers the kernels read).
+    pub fn addr(self) -> u64 {
+        self.0
     }
 }
 

@@ -46,6 +46,15 @@ pub struct WeightPtr {
     pub fmt: WeightFormat,
 }
 
+/// Where a layer's keys and values are: one cache for every row (`k`, `v`), or a device
+/// table of each row's own (keys, values) pointers (`rows`, u64 pairs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvPtrs {
+    pub k: DevPtr,
+    pub v: DevPtr,
+    pub rows: DevPtr,
+}
+
 /// What a product writes (gemv.cu's EPI_* values), with `acc = x · W[r]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Epilogue {
@@ -682,7 +691,8 @@ impl Gpu {
     }
 
     /// q/k/v norms, RoPE and the cache write (see attention.cu). `own`: the layer writes
-    /// its K/V (k and v follow q in each `qkv` row).
+    /// its K/V (k and v follow q in each `qkv` row). `kv.rows` (not null): a table of each
+    /// row's own (keys, values) pointers, for a step of several sequences.
     #[allow(clippy::too_many_arguments)]
     pub fn qkv_prep(
         &self,
@@ -693,8 +703,7 @@ impl Gpu {
         pos: DevPtr,
         inv_freq: DevPtr,
         q_out: DevPtr,
-        kcache: DevPtr,
-        vcache: DevPtr,
+        kv: KvPtrs,
         own: bool,
         rows: usize,
         h: usize,
@@ -704,8 +713,8 @@ impl Gpu {
     ) -> Result<()> {
         let heads = if own { h + 2 * g } else { h };
         launch!(self, "qkv_prep", (heads, rows, 1), 128;
-            qkv.0, i(ldqkv), wq.0, wk.0, pos.0, inv_freq.0, q_out.0, kcache.0, vcache.0,
-            i(h), i(g), i(hd), eps)
+            qkv.0, i(ldqkv), wq.0, wk.0, pos.0, inv_freq.0, q_out.0, kv.k.0, kv.v.0,
+            i(h), i(g), i(hd), eps, kv.rows.0)
     }
 
     /// Attention of `rows` query rows over a cache (`window` 0: full). With `nsplit > 1`,
@@ -715,8 +724,7 @@ impl Gpu {
     pub fn attention(
         &self,
         q: DevPtr,
-        kcache: DevPtr,
-        vcache: DevPtr,
+        kv: KvPtrs,
         pos: DevPtr,
         out: DevPtr,
         part: DevPtr,
@@ -730,7 +738,8 @@ impl Gpu {
     ) -> Result<()> {
         assert!(hd <= 256, "attention head_dim {hd} > 256");
         launch!(self, "attention_decode", (h, rows, nsplit), ATT_WARPS * 32;
-            q.0, kcache.0, vcache.0, pos.0, out.0, part.0, done.0, i(h), i(g), i(hd), i(window))
+            q.0, kv.k.0, kv.v.0, pos.0, out.0, part.0, done.0, i(h), i(g), i(hd), i(window),
+            kv.rows.0)
     }
 
     /// Attention of `rows` query rows of one sequence over `keys` cached positions with

@@ -8,12 +8,18 @@
 // grid (H + 2G, rows) when the layer owns its KV (else (H, rows)); block 128.
 // Head j < H: q = RoPE(RMSNorm(q_j) * w_q) -> q_out. H <= j < H+G: k, with w_k and RoPE,
 // -> kcache row pos[b]. H+G <= j: v = RMSNorm(v) (no weight) -> vcache row pos[b].
+// kv_rows (may be null): each row's own cache, (keys, values) pointers per row, for a step
+// of several sequences; else every row is in kcache / vcache.
 extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq,
                                     const float* wk, const int* pos, const float* inv_freq,
                                     float* q_out, float* kcache, float* vcache, int h, int g,
-                                    int hd, float eps) {
+                                    int hd, float eps, const unsigned long long* kv_rows) {
     pdl_start();
     int j = blockIdx.x, b = blockIdx.y;
+    if (kv_rows) {
+        kcache = (float*)kv_rows[2 * b];
+        vcache = (float*)kv_rows[2 * b + 1];
+    }
     const float* src = qkv + (size_t)b * ldqkv + (size_t)j * hd;
     float inv = rms_inv(src, hd, eps);
     const float* w = j < h ? wq : (j < h + g ? wk : 0);
@@ -63,7 +69,8 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
     }
 }
 
-// grid (H, rows, nsplit), block ATT_WARPS * 32. Query row b at position pos[b] sees keys
+// grid (H, rows, nsplit), block ATT_WARPS * 32 (kv_rows as in qkv_prep). Query row b at
+// position pos[b] sees keys
 // (pos - window, pos] (window 0: [0, pos]). Warp w of split s takes the keys
 // lo + s*ATT_WARPS + w, stepping by nsplit*ATT_WARPS, with an online softmax. With
 // nsplit == 1 the result is written to out; otherwise (max, sum, acc) partials go to
@@ -71,9 +78,15 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
 // them (done[] counts finished splits).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_decode(const float* q, const float* kcache, const float* vcache, const int* pos,
-                 float* out, float* part, int* done, int h, int g, int hd, int window) {
+                 float* out, float* part, int* done, int h, int g, int hd, int window,
+                 const unsigned long long* kv_rows) {
     pdl_start();
     const int head = blockIdx.x, b = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
+    if (kv_rows) {
+        // One sequence per row (see qkv_prep).
+        kcache = (const float*)kv_rows[2 * b];
+        vcache = (const float*)kv_rows[2 * b + 1];
+    }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kvh = head / (h / g);
     const int p = pos[b];

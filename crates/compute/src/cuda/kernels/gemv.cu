@@ -65,6 +65,9 @@ __device__ __forceinline__ void unpack_i8x16(uint4 v, float f[16]) {
 template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int lane,
                                          float acc[MAXB], float acc2[MAXB]) {
+    // Loop steps unrolled: fewer with more activation rows (registers).
+    constexpr int UNROLL_BF16 = MAXB <= 2 ? 4 : 1;
+    constexpr int UNROLL_Q = MAXB <= 2 ? 2 : 1;
     const bool pair = g.epi == EPI_PAIR;
     if (FMT == W_BF16) {
         const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw;
@@ -72,7 +75,7 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
         const bool vec = ((g.k | g.ldw) & 7) == 0 && (g.ldx & 3) == 0 &&
                          (((size_t)g.w | (size_t)g.x | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
         if (vec) {
-            #pragma unroll 4
+            #pragma unroll UNROLL_BF16
             for (int i = lane * 8; i < g.k; i += 256) {
                 uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
                 uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
@@ -100,7 +103,7 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
     } else if (FMT == W_Q8) {
         // 16 values per lane and step; the scale of their 32-value block factored out.
         const size_t ro = (size_t)row * g.ldw, so = (size_t)row * (g.ldw / 32);
-        #pragma unroll 2
+        #pragma unroll UNROLL_Q
         for (int i = lane * 16; i < g.k; i += 512) {
             #pragma unroll
             for (int m = 0; m < (pair ? 2 : 1); m++) {
@@ -125,7 +128,7 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
         // One 32-value sub-block per lane and step: value = ds * q - dm, so
         // x . w = ds * (x . q) - dm * sum(x).
         const size_t ro = (size_t)row * (g.ldw / 2), mo = (size_t)row * (g.ldw / 256);
-        #pragma unroll 2
+        #pragma unroll UNROLL_Q
         for (int blk = lane; blk < g.k / 32; blk += 32) {
             float xs[MAXB];
             #pragma unroll
@@ -245,8 +248,12 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 }
 
+// Blocks per multiprocessor the register budget must allow: several rows of activations
+// take many registers, and a single resident block leaves too few loads in flight.
+#define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : 3)
 #define GEMV_KERNEL(B)                                                                  \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_bf16_b##B(     \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(B))    \
+    gemv_bf16_b##B(                                                                     \
         const GemvArgs a) {                                                             \
         gemv_body<B>(a);                                                                \
     }

@@ -6,7 +6,7 @@
 //! over 512 tokens go in pieces. A single-token step of a sequence is captured as a CUDA
 //! graph and replayed.
 
-use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg};
+use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, KvPtrs};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
@@ -15,6 +15,7 @@ use super::workspace::{Workspace, DECODE_SPLITS, SPLIT_PAIRS, WPART_VALUES};
 use super::{gpu_err, CudaTextModel};
 use crate::config::{KvSource, LayerType};
 use crate::error::{ModelError, Result};
+use crate::matformer::SlicePlan;
 use crate::text::{EmbedFn, Logits, StreamHook};
 
 /// Rows up to which products run on the GEMV kernel.
@@ -67,6 +68,48 @@ fn attention_splits(rows: usize, heads: usize, keys: usize) -> usize {
     }
     // About 8 keys per warp (4 warps per split) up to 1024 keys.
     keys.div_ceil(32).next_power_of_two().min(DECODE_SPLITS)
+}
+
+/// Where the rows of a forward pass keep their keys and values.
+enum Caches<'a> {
+    /// Every row is a position of this sequence.
+    One(&'a CudaKvCache),
+    /// Each row is the next token of its own sequence (a batched decode step): for each
+    /// stored layer, `table` holds the rows' (keys, values) pointers (`rows` u64 pairs per
+    /// layer, in the workspace).
+    Rows {
+        plan: &'a std::sync::Arc<SlicePlan>,
+        table: DevPtr,
+        rows: usize,
+    },
+}
+
+impl Caches<'_> {
+    fn plan(&self) -> &std::sync::Arc<SlicePlan> {
+        match self {
+            Caches::One(c) => c.plan(),
+            Caches::Rows { plan, .. } => plan,
+        }
+    }
+
+    /// The keys and values of stored layer `layer` (one that owns them).
+    fn layer(&self, layer: usize) -> KvPtrs {
+        match self {
+            Caches::One(c) => {
+                let (k, v) = c.layer(layer);
+                KvPtrs {
+                    k,
+                    v,
+                    rows: DevPtr::NULL,
+                }
+            }
+            // u64 pairs: 4 floats' worth of bytes per row.
+            Caches::Rows { table, rows, .. } => KvPtrs {
+                rows: table.add_f32(4 * layer * rows),
+                ..KvPtrs::default()
+            },
+        }
+    }
 }
 
 impl CudaTextModel {
@@ -139,22 +182,9 @@ impl CudaTextModel {
         }
         let logit_rows = if want == Logits::All { n } else { 1 };
         let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = guard
-            .as_ref()
-            .is_some_and(|w| w.cap >= n && w.logit_rows >= logit_rows);
-        if !fits {
-            *guard = None;
-            *guard = Some(Workspace::new(
-                &self.gpu,
-                cfg,
-                n,
-                logit_rows,
-                self.ple_elt,
-                self.w.quantized,
-            )?);
-        }
-        let ws = guard.as_mut().expect("workspace");
-        self.upload_inputs(ws, ids, pos0, embed)?;
+        let ws = self.workspace(&mut guard, n, logit_rows)?;
+        let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
+        self.upload_inputs(ws, ids, &positions, embed)?;
         let rows = if n == 1 && embed.is_none() && hook.is_none() && self.settings.graphs {
             // A decode step: replay the captured graph of this sequence (recorded on first
             // use, again after the cache or the workspace moved).
@@ -163,7 +193,7 @@ impl CudaTextModel {
             if cache.graph.as_ref().map(|(k, _)| *k) != Some(key) {
                 cache.graph = None;
                 self.gpu.begin_capture().map_err(gpu_err)?;
-                let r = self.run(ws, cache, 1, want, false, None, splits);
+                let r = self.run(ws, &Caches::One(cache), 1, want, false, None, splits);
                 let graph = self.gpu.end_capture().map_err(gpu_err);
                 r?;
                 cache.graph = Some((key, graph?));
@@ -184,7 +214,15 @@ impl CudaTextModel {
             } else {
                 ws.scores = None;
             }
-            self.run(ws, cache, n, want, embed.is_some(), hook, splits)?
+            self.run(
+                ws,
+                &Caches::One(cache),
+                n,
+                want,
+                embed.is_some(),
+                hook,
+                splits,
+            )?
         };
         cache.advance(n);
         self.gpu.profile_collect().map_err(gpu_err)?;
@@ -202,6 +240,115 @@ impl CudaTextModel {
             }
         }
         Ok(logits)
+    }
+
+    /// The workspace, grown (never shrunk, so alternating prefills and batched steps do
+    /// not reallocate each time) to hold `n` rows and `logit_rows` rows of logits.
+    fn workspace<'w>(
+        &self,
+        guard: &'w mut Option<Workspace>,
+        n: usize,
+        logit_rows: usize,
+    ) -> Result<&'w mut Workspace> {
+        let fits = guard
+            .as_ref()
+            .is_some_and(|w| w.cap >= n && w.logit_rows >= logit_rows);
+        if !fits {
+            let (cap, rows) = guard.as_ref().map_or((n, logit_rows), |w| {
+                (w.cap.max(n), w.logit_rows.max(logit_rows))
+            });
+            *guard = None;
+            *guard = Some(Workspace::new(
+                &self.gpu,
+                &self.cpu.cfg,
+                cap,
+                rows,
+                self.ple_elt,
+                self.w.quantized,
+            )?);
+        }
+        Ok(guard.as_mut().expect("workspace"))
+    }
+
+    /// One decode step of several sequences running the same slice: `ids[b]` is the next
+    /// token of the sequence held by `caches[b]`. Returns their logits, `B x V` (the
+    /// contract of [`crate::TextModel::forward_batch`]). Up to 8 sequences go through the
+    /// decode kernels together (each row attending to its own cache); a lone sequence
+    /// replays its captured step.
+    pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
+        let cfg = &self.cpu.cfg;
+        if ids.len() != caches.len() {
+            return Err(ModelError::Invalid(format!(
+                "forward_batch: {} ids for {} sequences",
+                ids.len(),
+                caches.len()
+            )));
+        }
+        if caches.iter().skip(1).any(|c| c.plan() != caches[0].plan()) {
+            return Err(ModelError::Invalid(
+                "forward_batch: the sequences run different slices".into(),
+            ));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            return Err(ModelError::Invalid(format!(
+                "token id {bad} is outside the vocabulary (vocab_size = {})",
+                cfg.vocab_size
+            )));
+        }
+        let mut out = Vec::with_capacity(ids.len() * cfg.vocab_size);
+        for (ids, caches) in ids.chunks(GEMV_ROWS).zip(caches.chunks_mut(GEMV_ROWS)) {
+            if ids.len() == 1 {
+                out.extend(self.forward(ids, caches[0], Logits::Last)?);
+            } else {
+                out.extend(self.step_rows(ids, caches)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`CudaTextModel::forward_batch`] for 2 to 8 sequences.
+    fn step_rows(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
+        let cfg = &self.cpu.cfg;
+        let n = ids.len();
+        for c in caches.iter_mut() {
+            let p = c.pos();
+            c.reserve(p + 1)?;
+        }
+        let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        let ws = self.workspace(&mut guard, n, n)?;
+        let positions: Vec<u32> = caches.iter().map(|c| c.pos() as u32).collect();
+        self.upload_inputs(ws, ids, &positions, None)?;
+        // Each stored layer's (keys, values) pointers of every row.
+        let mut table = vec![0u64; cfg.num_hidden_layers * n * 2];
+        for sl in &caches[0].plan().layers {
+            if sl.kv != KvSource::Own {
+                continue;
+            }
+            for (b, c) in caches.iter().enumerate() {
+                let (k, v) = c.layer(sl.layer);
+                table[(sl.layer * n + b) * 2] = k.addr();
+                table[(sl.layer * n + b) * 2 + 1] = v.addr();
+            }
+        }
+        self.gpu.write(&ws.kv_rows, 0, &table).map_err(gpu_err)?;
+        let longest = positions.iter().max().copied().unwrap_or(0) as usize;
+        let splits = attention_splits(n, cfg.num_attention_heads, longest + 1);
+        let plan = caches[0].plan().clone();
+        let kv = Caches::Rows {
+            plan: &plan,
+            table: ws.kv_rows.ptr(),
+            rows: n,
+        };
+        self.run(ws, &kv, n, Logits::All, false, None, splits)?;
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        self.gpu.profile_collect().map_err(gpu_err)?;
+        let v = cfg.vocab_size;
+        self.gpu
+            .download(ws.logits.ptr(), &mut ws.logits_host, 4 * n * v)
+            .map_err(gpu_err)?;
+        Ok(ws.logits_host.as_slice::<f32>()[..n * v].to_vec())
     }
 
     /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
@@ -230,7 +377,7 @@ impl CudaTextModel {
         &self,
         ws: &mut Workspace,
         ids: &[u32],
-        pos0: usize,
+        positions: &[u32],
         embed: Option<EmbedFn<'_>>,
     ) -> Result<()> {
         let cfg = &self.cpu.cfg;
@@ -248,7 +395,7 @@ impl CudaTextModel {
                 let row = &mut over[t * d..(t + 1) * d];
                 w.embed_tokens.row_to_f32(id as usize, row);
                 row.iter_mut().for_each(|v| *v *= scale);
-                f(pos0 + t, id, row)?;
+                f(positions[t] as usize, id, row)?;
                 flags[t] = 1;
             }
             self.gpu.write(&ws.over, 0, &over).map_err(gpu_err)?;
@@ -266,7 +413,7 @@ impl CudaTextModel {
             let stage = ws.stage.as_mut_slice::<u32>();
             stage[..n].copy_from_slice(ids);
             for t in 0..n {
-                stage[cap + t] = (pos0 + t) as u32;
+                stage[cap + t] = positions[t];
                 stage[2 * cap + t] = flags[t] as u32;
             }
         }
@@ -323,7 +470,7 @@ impl CudaTextModel {
     fn run(
         &self,
         ws: &Workspace,
-        cache: &CudaKvCache,
+        caches: &Caches<'_>,
         n_all: usize,
         want: Logits,
         multimodal: bool,
@@ -405,7 +552,7 @@ impl CudaTextModel {
             Ok(())
         };
         observe(0, s, n_all)?;
-        let plan = cache.plan().clone();
+        let plan = caches.plan().clone();
         // The per-layer input injection of the previous layer, when not yet applied.
         let mut pending: Option<(DevPtr, DevPtr)> = None;
         let mut n = n_all;
@@ -461,7 +608,7 @@ impl CudaTextModel {
                 KvSource::Own => l,
                 KvSource::Shared(p) => p,
             };
-            let (kc, vc) = cache.layer(src);
+            let kv = caches.layer(src);
             let half = hd / 2;
             g.qkv_prep(
                 qkv,
@@ -471,8 +618,7 @@ impl CudaTextModel {
                 pos,
                 self.inv_freq.f32_at(l * half),
                 ws.q.ptr(),
-                kc,
-                vc,
+                kv,
                 own,
                 n,
                 h,
@@ -487,11 +633,11 @@ impl CudaTextModel {
             };
             // A prefill: every row of the step sees the same cached keys; two GEMMs. (Never
             // in a captured decode step: the GEMM sizes would be frozen into the graph.)
-            match (&ws.scores, n == n_all && n >= GEMM_ATTENTION_ROWS) {
-                (Some(sc), true) => g.attention_prefill(
+            match (&ws.scores, caches, n == n_all && n >= GEMM_ATTENTION_ROWS) {
+                (Some(sc), Caches::One(cache), true) => g.attention_prefill(
                     ws.q.ptr(),
-                    kc,
-                    vc,
+                    kv.k,
+                    kv.v,
                     pos,
                     ws.att.ptr(),
                     sc.ptr(),
@@ -504,8 +650,7 @@ impl CudaTextModel {
                 ),
                 _ => g.attention(
                     ws.q.ptr(),
-                    kc,
-                    vc,
+                    kv,
                     pos,
                     ws.att.ptr(),
                     ws.part.ptr(),

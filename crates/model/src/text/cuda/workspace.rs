@@ -70,6 +70,9 @@ pub struct Workspace {
     pub hf: DeviceBuffer,
     /// The bf16 parts of a GEMM's activations (see `Gpu::gemm`).
     pub xparts: [DeviceBuffer; 3],
+    /// A batched decode step's per-layer table of each row's (keys, values) pointers
+    /// (`L x cap` u64 pairs).
+    pub kv_rows: DeviceBuffer,
     /// Quantized weights of a GEMM written to bf16, up to three parts of `WPART_VALUES`
     /// values each (only with quantized weights and more rows than the GEMV takes).
     pub wparts: Vec<DeviceBuffer>,
@@ -145,6 +148,9 @@ impl Workspace {
                 gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
                 gpu.alloc(2 * cap * kmax).map_err(gpu_err)?,
             ],
+            kv_rows: gpu
+                .alloc(16 * cfg.num_hidden_layers * cap)
+                .map_err(gpu_err)?,
             wparts: if quantized && cap > GEMV_ROWS {
                 (0..3)
                     .map(|_| gpu.alloc(2 * WPART_VALUES).map_err(gpu_err))
@@ -208,6 +214,7 @@ impl Workspace {
             &self.xparts[1],
             &self.xparts[2],
             &self.logits,
+            &self.kv_rows,
         ]
         .into_iter()
         .chain(&self.wparts)
