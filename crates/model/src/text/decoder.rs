@@ -64,18 +64,7 @@ impl TextModel {
     /// row by row or a matmul whose rows do not interact; sparse FFN layers take the same
     /// per-row path as a single token).
     pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
-        if ids.len() != caches.len() {
-            return Err(ModelError::Invalid(format!(
-                "forward_batch: {} ids for {} sequences",
-                ids.len(),
-                caches.len()
-            )));
-        }
-        if caches.iter().skip(1).any(|c| c.plan() != caches[0].plan()) {
-            return Err(ModelError::Invalid(
-                "forward_batch: the sequences run different MatFormer slices".into(),
-            ));
-        }
+        check_batch(ids.len(), caches.iter().map(|c| c.plan()))?;
         let seq: Vec<usize> = (0..ids.len()).collect();
         self.run_rows(ids, caches, &seq, Logits::All, None, None)
     }
@@ -233,4 +222,27 @@ fn keep_last_row(streams: &mut [Vec<f32>], d: usize, n: usize) {
     for s in streams.iter_mut() {
         s.drain(..(n - 1) * d);
     }
+}
+
+/// The arguments of a batched step (either backend): one id per sequence, every sequence
+/// on the same MatFormer slice.
+pub(crate) fn check_batch<'a>(
+    ids: usize,
+    plans: impl ExactSizeIterator<Item = &'a std::sync::Arc<crate::matformer::SlicePlan>>,
+) -> Result<()> {
+    let sequences = plans.len();
+    if ids != sequences {
+        return Err(ModelError::Invalid(format!(
+            "forward_batch: {ids} ids for {sequences} sequences"
+        )));
+    }
+    let mut first = None;
+    for p in plans {
+        if *first.get_or_insert(p) != p {
+            return Err(ModelError::Invalid(
+                "forward_batch: the sequences run different MatFormer slices".into(),
+            ));
+        }
+    }
+    Ok(())
 }

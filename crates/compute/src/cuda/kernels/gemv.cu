@@ -338,6 +338,19 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
     }
 }
 
+// v as up to three bf16 parts at index o: p0 = bf16(v), p1 = bf16(v - p0),
+// p2 = bf16(v - p0 - p1) (p1, p2 may be null).
+__device__ __forceinline__ void split_bf16_at(float v, size_t o, bf16_t* p0, bf16_t* p1,
+                                              bf16_t* p2) {
+    bf16_t h = f32_to_bf16(v);
+    p0[o] = h;
+    if (!p1) return;
+    v -= bf16_to_f32(h);
+    h = f32_to_bf16(v);
+    p1[o] = h;
+    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
+}
+
 // Activations to bf16 split in up to three parts, p0 = bf16(x), p1 = bf16(x - p0),
 // p2 = bf16(x - p0 - p1) (p1, p2 may be null), for GEMMs that need more than bf16's
 // 8 bits of precision: the sum of the parts' products is near-f32.
@@ -347,15 +360,7 @@ extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* p0, 
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * n) return;
     int r = idx / n, c = idx % n;
-    size_t o = (size_t)r * ldy + c;
-    float v = x[(size_t)r * ldx + c];
-    bf16_t h = f32_to_bf16(v);
-    p0[o] = h;
-    if (!p1) return;
-    v -= bf16_to_f32(h);
-    h = f32_to_bf16(v);
-    p1[o] = h;
-    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
+    split_bf16_at(x[(size_t)r * ldx + c], (size_t)r * ldy + c, p0, p1, p2);
 }
 
 // Rows row0.. (rows of them) x columns [0, k) of a weight matrix (any format) to bf16
@@ -368,13 +373,6 @@ extern "C" __global__ void weights_to_bf16(int fmt, const void* w, const void* s
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)rows * k) return;
     int r = idx / k, c = idx % k;
-    float v = weight_at(fmt, w, sc, (size_t)(row0 + r), ldw, c);
-    size_t o = (size_t)r * ldo + c;
-    bf16_t h = f32_to_bf16(v);
-    p0[o] = h;
-    if (!p1) return;
-    v -= bf16_to_f32(h);
-    h = f32_to_bf16(v);
-    p1[o] = h;
-    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
+    split_bf16_at(weight_at(fmt, w, sc, (size_t)(row0 + r), ldw, c), (size_t)r * ldo + c, p0,
+                  p1, p2);
 }

@@ -277,18 +277,7 @@ impl CudaTextModel {
     /// replays its captured step.
     pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
         let cfg = &self.cpu.cfg;
-        if ids.len() != caches.len() {
-            return Err(ModelError::Invalid(format!(
-                "forward_batch: {} ids for {} sequences",
-                ids.len(),
-                caches.len()
-            )));
-        }
-        if caches.iter().skip(1).any(|c| c.plan() != caches[0].plan()) {
-            return Err(ModelError::Invalid(
-                "forward_batch: the sequences run different slices".into(),
-            ));
-        }
+        crate::text::decoder::check_batch(ids.len(), caches.iter().map(|c| c.plan()))?;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
             return Err(ModelError::Invalid(format!(
                 "token id {bad} is outside the vocabulary (vocab_size = {})",
