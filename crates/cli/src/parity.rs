@@ -66,22 +66,24 @@ pub fn main(a: Args) -> Result<()> {
     let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u64;
     let mut failures = 0;
     let mut worst = 0f32;
+    // A sequence on each side (the GPU one with room for a prompt of `len` and the steps).
+    let new_cpu = || match &slice {
+        Some(s) => cpu.new_cache_for(s),
+        None => Ok(cpu.new_cache()),
+    };
+    let new_gpu = |len: usize| match &slice {
+        Some(s) => gpu.new_cache_for(s, len + a.steps + 1),
+        None => gpu.new_cache(len + a.steps + 1),
+    };
     println!("prompt  check                      max rel err  tokens");
     for &len in &a.prompt_lens {
         if len == 0 {
             bail!("--prompt-lens: lengths must be at least 1");
         }
         let prompt = random_prompt(len, len as u64, text_vocab);
-        let new_cpu = |m: &TextModel| match &slice {
-            Some(s) => m.new_cache_for(s),
-            None => Ok(m.new_cache()),
-        };
-        let new_gpu = || match &slice {
-            Some(s) => gpu.new_cache_for(s, len + a.steps + 1),
-            None => gpu.new_cache(len + a.steps + 1),
-        };
+        let new_gpu = || new_gpu(len);
         // Every position.
-        let want = cpu.forward(&prompt, &mut new_cpu(&cpu)?, Logits::All)?;
+        let want = cpu.forward(&prompt, &mut new_cpu()?, Logits::All)?;
         let got = gpu.forward(&prompt, &mut new_gpu()?, Logits::All)?;
         let e = rel_err(&got, &want);
         worst = worst.max(e);
@@ -92,13 +94,13 @@ pub fn main(a: Args) -> Result<()> {
             if ok { "" } else { "FAIL" }
         );
         if !ok && failures == 1 {
-            trace(&cpu, &gpu, &prompt, new_cpu(&cpu)?, new_gpu()?)?;
+            trace(&cpu, &gpu, &prompt, new_cpu()?, new_gpu()?)?;
         }
         // A prefill that continues a sequence (a second chat turn): the first half, then
         // every position of the second half.
         if len >= 2 {
             let (a1, a2) = prompt.split_at(len / 2);
-            let mut cc = new_cpu(&cpu)?;
+            let mut cc = new_cpu()?;
             let mut gc = new_gpu()?;
             cpu.forward(a1, &mut cc, Logits::Last)?;
             gpu.forward(a1, &mut gc, Logits::Last)?;
@@ -114,7 +116,7 @@ pub fn main(a: Args) -> Result<()> {
             );
         }
         // Fast prefill, then greedy decoding on each side.
-        let mut cc = new_cpu(&cpu)?;
+        let mut cc = new_cpu()?;
         let mut gc = new_gpu()?;
         let mut lc = cpu.forward(&prompt, &mut cc, Logits::Last)?;
         let mut lg = gpu.forward(&prompt, &mut gc, Logits::Last)?;
@@ -153,13 +155,7 @@ pub fn main(a: Args) -> Result<()> {
         for i in 0..n {
             let len = 1 + 3 * i;
             let prompt = random_prompt(len, 1000 + i as u64, text_vocab);
-            let (mut c, mut g) = match &slice {
-                Some(s) => (
-                    cpu.new_cache_for(s)?,
-                    gpu.new_cache_for(s, len + a.steps + 1)?,
-                ),
-                None => (cpu.new_cache(), gpu.new_cache(len + a.steps + 1)?),
-            };
+            let (mut c, mut g) = (new_cpu()?, new_gpu(len)?);
             lc.push(cpu.forward(&prompt, &mut c, Logits::Last)?);
             gpu.forward(&prompt, &mut g, Logits::Last)?;
             cc.push(c);

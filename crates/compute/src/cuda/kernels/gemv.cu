@@ -60,8 +60,19 @@ __device__ __forceinline__ void unpack_i8x16(uint4 v, float f[16]) {
     }
 }
 
+// Whether a segment's weights and activations allow the 16-byte loads of gemv_row: bf16
+// rows of multiples of 8 values, quantized rows of whole 32-value blocks, 16-byte-aligned
+// pointers and activation rows of multiples of 4 floats.
+__device__ __forceinline__ bool gemv_aligned(const GemvSeg& g) {
+    const bool pair = g.epi == EPI_PAIR;
+    if ((g.ldx & 3) != 0 || ((size_t)g.x & 15) != 0) return false;
+    if (g.fmt != W_BF16) return (g.k & 31) == 0;
+    return ((g.k | g.ldw) & 7) == 0 &&
+           (((size_t)g.w | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
+}
+
 // One warp's share of row `row` of a segment: acc[b] += x[b] . W[row] (and acc2 with W2
-// for a pair), lanes splitting the row.
+// for a pair), lanes splitting the row in 16-byte loads (the segment is gemv_aligned).
 template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int lane,
                                          float acc[MAXB], float acc2[MAXB]) {
@@ -72,32 +83,16 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
     if (FMT == W_BF16) {
         const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw;
         const bf16_t* wr2 = pair ? (const bf16_t*)g.w2 + (size_t)row * g.ldw : wr;
-        const bool vec = ((g.k | g.ldw) & 7) == 0 && (g.ldx & 3) == 0 &&
-                         (((size_t)g.w | (size_t)g.x | (size_t)(pair ? g.w2 : g.w)) & 15) == 0;
-        if (vec) {
-            #pragma unroll UNROLL_BF16
-            for (int i = lane * 8; i < g.k; i += 256) {
-                uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
-                uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
-                float wf[8], wf2[8];
-                unpack_bf16x8(wv, wf);
-                dot8<MAXB>(g.x, g.ldx, B, i, wf, acc);
-                if (pair) {
-                    unpack_bf16x8(wv2, wf2);
-                    dot8<MAXB>(g.x, g.ldx, B, i, wf2, acc2);
-                }
-            }
-        } else {
-            for (int i = lane; i < g.k; i += 32) {
-                float wf = bf16_to_f32(wr[i]);
-                float wf2 = bf16_to_f32(wr2[i]);
-                #pragma unroll
-                for (int b = 0; b < MAXB; b++)
-                    if (b < B) {
-                        float xv = g.x[(size_t)b * g.ldx + i];
-                        acc[b] += wf * xv;
-                        acc2[b] += wf2 * xv;
-                    }
+        #pragma unroll UNROLL_BF16
+        for (int i = lane * 8; i < g.k; i += 256) {
+            uint4 wv = __ldg(reinterpret_cast<const uint4*>(wr + i));
+            uint4 wv2 = pair ? __ldg(reinterpret_cast<const uint4*>(wr2 + i)) : wv;
+            float wf[8], wf2[8];
+            unpack_bf16x8(wv, wf);
+            dot8<MAXB>(g.x, g.ldx, B, i, wf, acc);
+            if (pair) {
+                unpack_bf16x8(wv2, wf2);
+                dot8<MAXB>(g.x, g.ldx, B, i, wf2, acc2);
             }
         }
     } else if (FMT == W_Q8) {
@@ -215,9 +210,8 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     float acc[MAXB], acc2[MAXB];
     #pragma unroll
     for (int b = 0; b < MAXB; b++) { acc[b] = 0.0f; acc2[b] = 0.0f; }
-    // The quantized paths read x in aligned float4s from 32-value blocks.
-    const bool qvec = (g.k & 31) == 0 && (g.ldx & 3) == 0 && ((size_t)g.x & 15) == 0;
-    if (g.fmt != W_BF16 && !qvec) {
+    if (!gemv_aligned(g)) {
+        // One value at a time, any format.
         for (int i = lane; i < g.k; i += 32) {
             float wf = weight_at(g.fmt, g.w, g.sc, row, g.ldw, i);
             float wf2 = pair ? weight_at(g.fmt, g.w2, g.sc2, row, g.ldw, i) : 0.0f;
