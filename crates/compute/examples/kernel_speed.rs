@@ -4,7 +4,8 @@
 //! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick] [--quant]`
 //! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape and the float GEMM
 //! table; `--quant` runs only the block-format table, `--quant --decode` only its
-//! decode-shaped rows, t = 1, 2, 4).
+//! decode-shaped rows, t = 1, 2, 4; `--quant --batched` the integer kernels' GFLOP/s for
+//! t = 1..64 activation rows, as batched decode uses them).
 
 use std::time::Instant;
 
@@ -57,6 +58,10 @@ fn main() {
 
     let bw = bandwidth::measure_read_gb_s(512 << 20, threads);
     println!("threads {threads}; read bandwidth {bw:.1} GB/s (512 MiB buffer, best of 5)");
+    if args.iter().any(|a| a == "--batched") {
+        quant_batched();
+        return;
+    }
     if args.iter().any(|a| a == "--quant") {
         quant_speed(bw, args.iter().any(|a| a == "--decode"));
         return;
@@ -252,6 +257,41 @@ fn quant_speed(bw: f64, decode_only: bool) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The integer kernels' arithmetic throughput with several activation rows (batched decode):
+/// 2048 x 2048 (a few MB, cache-resident after the first call) and 1024 x 8192 (long rows,
+/// as a down projection), 1 thread and all.
+fn quant_batched() {
+    for (dtype, n, k) in [(2048, 2048), (1024, 8192)].into_iter().flat_map(|(n, k)| {
+        [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ]
+        .map(|d| (d, n, k))
+    }) {
+        let w = matrix(n, k, DType::BF16, 13).quantize(dtype);
+        for threads in [1, rayon::current_num_threads()] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let mut line = format!("quant batched {n}x{k} {dtype} {threads} thr GFLOP/s:");
+            for t in [1, 4, 8, 16, 32, 64] {
+                let x: Vec<f32> = (0..t * k)
+                    .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+                    .collect();
+                let mut out = vec![0f32; t * n];
+                let s = pool
+                    .install(|| time(20, || matmul_with(&x, t, &w, &mut out, MatmulPath::Gemv)));
+                line += &format!(" t={t} {:.1}", 2.0 * (t * k * n) as f64 / s / 1e9);
+            }
+            println!("{line}");
         }
     }
 }

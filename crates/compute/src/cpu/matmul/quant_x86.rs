@@ -102,13 +102,16 @@ const PF_MIN: usize = 768;
 const PF_MAX: usize = 8192;
 
 /// One Q8_0 / Q4_0 block `b` of `R` weight rows times `T` activation rows, accumulated into
-/// `acc` with the combined scales `sc` (weight scale times activation scale, all lanes).
+/// `acc`. The combined scale of weight row `r` and activation row `i` (weight scale times
+/// activation scale) is `sc[(r * T + i) * 8 + l]`: broadcast straight from memory, a load
+/// rather than two shuffles on the vector pipes that the integer products need.
 #[inline(always)]
 unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
     w: &[*const u8; R],
     b: usize,
     a: &[Act; T],
-    sc: &[[__m256; T]; R],
+    sc: *const f32,
+    l: usize,
     acc: &mut [[__m256; T]; R],
     pf: usize,
 ) {
@@ -129,7 +132,8 @@ unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
             unroll!(T, |i| {
                 let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xs[i], wq));
                 let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r][i] = _mm256_fmadd_ps(sc[r][i], p, acc[r][i]);
+                let s = _mm256_broadcast_ss(&*sc.add((r * T + i) * 8 + l));
+                acc[r][i] = _mm256_fmadd_ps(s, p, acc[r][i]);
             });
         } else {
             // Low nibbles (elements 0..16) in the low lane, high nibbles in the high one.
@@ -143,7 +147,8 @@ unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
                 // -8 · Σx of the block, in lane 0.
                 let off = _mm256_zextsi128_si256(_mm_cvtsi32_si128(*a[i].o.add(b)));
                 let p = _mm256_cvtepi32_ps(_mm256_add_epi32(p, off));
-                acc[r][i] = _mm256_fmadd_ps(sc[r][i], p, acc[r][i]);
+                let s = _mm256_broadcast_ss(&*sc.add((r * T + i) * 8 + l));
+                acc[r][i] = _mm256_fmadd_ps(s, p, acc[r][i]);
             });
         }
     });
@@ -152,7 +157,7 @@ unsafe fn block_q8<const D: u8, const R: usize, const T: usize>(
 /// Q8_0 or Q4_0 weights (`D`): `R` rows x `T` activation rows of `nb` blocks.
 ///
 /// The weight scales of 8 blocks are converted together (one f16 conversion and one
-/// multiply by the 8 activation scales); each block then takes its lane with one permute.
+/// multiply by the 8 activation scales) and stored; each block then broadcasts its own.
 #[inline(always)]
 unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
     w: [*const u8; R],
@@ -162,28 +167,27 @@ unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
 ) -> [[f32; T]; R] {
     let bb = if D == Q8_0 { 34 } else { 18 };
     let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut sc = [[_mm256_setzero_ps(); T]; R];
+    // Combined scales of 8 blocks, [r][i][block]. Shown to `black_box` after each write so
+    // that the compiler reads them back from memory instead of turning the broadcasts into
+    // shuffles of the stored vectors.
+    let mut scales = [[[0f32; 8]; T]; R];
+    let sc = scales.as_mut_ptr() as *mut f32;
     for g in 0..nb / 8 {
-        let mut s8 = [[_mm256_setzero_ps(); T]; R];
         unroll!(R, |r| {
             let f = |l: usize| (w[r].add(bb * (8 * g + l)) as *const u16).read_unaligned() as u64;
             let lo = f(0) | f(1) << 16 | f(2) << 32 | f(3) << 48;
             let hi = f(4) | f(5) << 16 | f(6) << 32 | f(7) << 48;
             let dw = _mm256_cvtph_ps(_mm_set_epi64x(hi as i64, lo as i64));
             unroll!(T, |i| {
-                s8[r][i] = _mm256_mul_ps(dw, _mm256_loadu_ps(a[i].d.add(8 * g)));
+                let s8 = _mm256_mul_ps(dw, _mm256_loadu_ps(a[i].d.add(8 * g)));
+                _mm256_storeu_ps(sc.add((r * T + i) * 8), s8);
             });
         });
+        std::hint::black_box(sc);
         unroll!(2, |h| {
             unroll!(4, |m| {
                 let l = 4 * h + m;
-                let idx = _mm256_set1_epi32(l as i32);
-                unroll!(R, |r| {
-                    unroll!(T, |i| {
-                        sc[r][i] = _mm256_permutevar8x32_ps(s8[r][i], idx);
-                    });
-                });
-                block_q8::<D, R, T>(&w, 8 * g + l, &a, &sc, &mut acc, pf);
+                block_q8::<D, R, T>(&w, 8 * g + l, &a, sc, l, &mut acc, pf);
             });
         });
     }
@@ -191,10 +195,12 @@ unsafe fn tile_q8<const D: u8, const R: usize, const T: usize>(
         unroll!(R, |r| {
             let dw = f16x8(w[r].add(bb * b));
             unroll!(T, |i| {
-                sc[r][i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*a[i].d.add(b)));
+                let s = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*a[i].d.add(b)));
+                _mm256_storeu_ps(sc.add((r * T + i) * 8), s);
             });
         });
-        block_q8::<D, R, T>(&w, b, &a, &sc, &mut acc, pf);
+        std::hint::black_box(sc);
+        block_q8::<D, R, T>(&w, b, &a, sc, 0, &mut acc, pf);
     }
     let mut res = [[0f32; T]; R];
     unroll!(R, |r| {
@@ -564,32 +570,40 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
         return;
     }
     // Many activation rows: each weight row (hot in L1 after the first group) against all of
-    // them, four at a time.
-    let groups: Vec<(usize, usize)> = (0..t).step_by(4).map(|i0| (i0, (t - i0).min(4))).collect();
+    // them, four at a time. (Two weight rows per tile, so that each activation load serves
+    // both, measured no faster: the integer multiplies are the bound.)
     for j in r0..r1 {
-        for &(i0, tt) in &groups {
-            match tt {
-                1 => tile::<D, 1, 1>(cx, j, [Act::new(act, i0, k, bs)], i0),
-                2 => tile::<D, 1, 2>(
-                    cx,
-                    j,
-                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
-                    i0,
-                ),
-                3 => tile::<D, 1, 3>(
-                    cx,
-                    j,
-                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
-                    i0,
-                ),
-                _ => tile::<D, 1, 4>(
-                    cx,
-                    j,
-                    std::array::from_fn(|i| Act::new(act, i0 + i, k, bs)),
-                    i0,
-                ),
-            }
-        }
+        all_act_rows::<D, 1>(cx, j, act, t, k, bs);
+    }
+}
+
+/// Output columns `j..j + R` for all `t` activation rows, four at a time.
+///
+/// # Safety
+/// As [`rows_avx2`], with `j + R` within the caller's columns.
+#[inline(always)]
+unsafe fn all_act_rows<const D: u8, const R: usize>(
+    cx: Ctx,
+    j: usize,
+    act: &QAct,
+    t: usize,
+    k: usize,
+    bs: usize,
+) {
+    let acts = |i0: usize| -> [Act; 4] {
+        std::array::from_fn(|i| Act::new(act, (i0 + i).min(t - 1), k, bs))
+    };
+    let mut i0 = 0;
+    while i0 + 4 <= t {
+        tile::<D, R, 4>(cx, j, acts(i0), i0);
+        i0 += 4;
+    }
+    let a = acts(i0);
+    match t - i0 {
+        1 => tile::<D, R, 1>(cx, j, [a[0]], i0),
+        2 => tile::<D, R, 2>(cx, j, [a[0], a[1]], i0),
+        3 => tile::<D, R, 3>(cx, j, [a[0], a[1], a[2]], i0),
+        _ => {}
     }
 }
 

@@ -208,3 +208,42 @@ fn gathered_quant_rows_equal_the_dense_matmul() {
         }
     }
 }
+
+#[test]
+fn rows_of_a_batch_equal_each_row_alone() {
+    // Batched decode is exact only if a row's output does not depend on the other rows: every
+    // tile shape (1 to 4 activation rows, one or several weight rows) must do the same
+    // arithmetic per output, for every weight format, up to the batch sizes the GEMV and
+    // integer paths take.
+    let (n, k) = (37, 512);
+    for dt in [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        let v = values(n * k, 21);
+        let w = if dt.is_quantized() {
+            Matrix::from_f32(&v, n, k).quantize(dt)
+        } else {
+            Matrix::from_f32_as(&v, n, k, dt)
+        };
+        for t in [2, 3, 4, 5, 7, 8, 13, 16, 33, 64] {
+            let x = values(t * k, t as u64);
+            let mut all = vec![0f32; t * n];
+            matmul(&x, t, &w, &mut all);
+            for i in 0..t {
+                let mut one = vec![0f32; n];
+                matmul(&x[i * k..(i + 1) * k], 1, &w, &mut one);
+                assert!(
+                    one == all[i * n..(i + 1) * n],
+                    "{dt} t={t}: row {i} differs from the same row alone"
+                );
+            }
+        }
+    }
+}
