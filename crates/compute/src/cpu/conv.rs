@@ -28,9 +28,11 @@ const TASK_COL_BYTES: usize = 2 << 20;
 /// Bytes of the `k` packed input rows of one channel slab of the depthwise kernel: large
 /// enough that the input is read in long contiguous runs (whole pixels where it fits), small
 /// enough to stay in the core's share of the cache.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const DW_RING_BYTES: usize = 1 << 20;
 
 /// Output pixels the depthwise AVX2 kernel computes together in the interior of a row.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const DW_SPAN: usize = 4;
 
 /// Largest score block one [`multi_query_attention`] task holds (bytes).
@@ -390,6 +392,7 @@ struct DwShape {
     s: usize,
     pt: usize,
     pl: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wo: usize,
 }
 
@@ -491,10 +494,7 @@ impl DepthwiseConv2d {
         #[cfg(target_arch = "x86_64")]
         let simd = simd && crate::cpu::has_avx2();
         #[cfg(not(target_arch = "x86_64"))]
-        let simd = {
-            let _ = simd;
-            false
-        };
+        let _ = simd;
         #[cfg(target_arch = "x86_64")]
         if simd {
             // Tasks: channel slabs (whose k packed input rows stay in cache from one output

@@ -1,7 +1,9 @@
 //! CPU kernels. Activations are f32; weights are read in their stored dtype.
 //!
-//! x86-64 kernels use AVX2 + FMA + F16C when the CPU has them (detected at run time); every
-//! kernel has a portable scalar fallback, which is what other architectures run.
+//! x86-64 kernels use AVX2 + FMA + F16C when the CPU has them (detected at run time); on
+//! aarch64 the matmuls (float GEMV and every block format) use NEON, with `SDOT` where the CPU
+//! has the dot-product extension. Every kernel has a portable scalar fallback, which is what
+//! the other kernels run on aarch64 and what other architectures run.
 
 pub mod bandwidth;
 pub mod conformer;
@@ -20,4 +22,12 @@ pub(crate) fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
+}
+
+/// Whether the NEON kernels can use the dot-product instructions (`SDOT`; Armv8.4, optional
+/// from Armv8.2). NEON itself is part of every aarch64 target.
+#[cfg(target_arch = "aarch64")]
+#[inline]
+pub(crate) fn has_neon_dotprod() -> bool {
+    std::arch::is_aarch64_feature_detected!("dotprod")
 }

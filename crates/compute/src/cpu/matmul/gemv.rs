@@ -61,6 +61,12 @@ unsafe fn gemv_rows(
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if simd {
+        // SAFETY: NEON is part of every aarch64 target; the rest is the caller's contract.
+        super::gemv_neon::gemv_rows_neon(x, t, w, r0, r1, out);
+        return;
+    }
     let _ = simd;
     gemv_rows_scalar(x, t, w, r0, r1, out);
 }

@@ -12,10 +12,43 @@
 //! Every strategy has a portable scalar fallback; [`matmul_with`] can force one (tests and
 //! benchmarks use it).
 
+/// Repeats `body` with `$i` bound to the constants 0, 1, 2, 3 below `$n` (at most 4): the
+/// SIMD kernels unroll their loops over tile rows, activation rows and blocks this way so that
+/// accumulator arrays stay in registers.
+#[allow(unused_macros)]
+macro_rules! unroll {
+    ($n:expr, |$i:ident| $body:block) => {{
+        #[allow(clippy::reversed_empty_ranges, unused_comparisons)]
+        {
+            debug_assert!($n <= 4);
+            {
+                let $i = 0usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 1usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 2usize;
+                if $i < $n $body
+            }
+            {
+                let $i = 3usize;
+                if $i < $n $body
+            }
+        }
+    }};
+}
+
 mod convert;
 mod gemm;
 mod gemv;
+#[cfg(target_arch = "aarch64")]
+mod gemv_neon;
 mod quant;
+#[cfg(target_arch = "aarch64")]
+mod quant_neon;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 
@@ -24,6 +57,8 @@ use crate::matrix::Matrix;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use super::has_avx2;
+#[cfg(target_arch = "aarch64")]
+pub(crate) use super::has_neon_dotprod;
 
 pub(crate) use convert::widen;
 
@@ -177,3 +212,5 @@ fn chunk_rows(n: usize, row_bytes: usize, target_bytes: usize, align: usize) -> 
 
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, target_arch = "aarch64"))]
+mod tests_neon;

@@ -67,10 +67,7 @@ impl QAct {
         #[cfg(target_arch = "x86_64")]
         let simd = simd && super::has_avx2();
         #[cfg(not(target_arch = "x86_64"))]
-        let simd = {
-            let _ = simd;
-            false
-        };
+        let _ = simd;
         let one = |(xb, q, d, s, o): Block| {
             #[cfg(target_arch = "x86_64")]
             if simd {
@@ -182,6 +179,12 @@ fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, ac
                 }
                 return;
             }
+            #[cfg(target_arch = "aarch64")]
+            if simd {
+                // SAFETY: dotprod only where detected; rows checked by the caller; o matches r.
+                unsafe { super::quant_neon::gather_neon(w, r, act, o, super::has_neon_dotprod()) };
+                return;
+            }
             let dot = scalar_dot(w.dtype());
             let s: &[i16] = if act_block(w.dtype()) == QK_K {
                 &act.s
@@ -247,6 +250,12 @@ unsafe fn rows_dispatch(
             DType::Q6_K => rows_avx2::<Q6_K>(w, r0, r1, act, t, out),
             d => unreachable!("{d}"),
         }
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if simd {
+        // SAFETY: dotprod only where detected; the rest is the caller's contract.
+        super::quant_neon::rows_neon(w, r0, r1, act, t, out, super::has_neon_dotprod());
         return;
     }
     let _ = simd;

@@ -27,34 +27,6 @@ pub(crate) const Q4_K: u8 = 2;
 pub(crate) const Q5_K: u8 = 3;
 pub(crate) const Q6_K: u8 = 4;
 
-/// Repeats `body` with `$i` bound to the constants 0, 1, 2, 3 below `$n` (at most 4): loops
-/// over tile rows, activation rows and chunks are unrolled this way so that accumulator
-/// arrays stay in registers.
-macro_rules! unroll {
-    ($n:expr, |$i:ident| $body:block) => {{
-        #[allow(clippy::reversed_empty_ranges, unused_comparisons)]
-        {
-            debug_assert!($n <= 4);
-            {
-                let $i = 0usize;
-                if $i < $n $body
-            }
-            {
-                let $i = 1usize;
-                if $i < $n $body
-            }
-            {
-                let $i = 2usize;
-                if $i < $n $body
-            }
-            {
-                let $i = 3usize;
-                if $i < $n $body
-            }
-        }
-    }};
-}
-
 /// The f16 at `p` converted to f32 in all 8 lanes.
 #[inline(always)]
 unsafe fn f16x8(p: *const u8) -> __m256 {
