@@ -21,8 +21,12 @@ fn kernels_compile_for_sm90() {
     }
     // The GEMV kernels take one struct by value: its size in the kernel must be the size of
     // the Rust struct the launcher fills.
-    for b in [1, 2, 4, 8] {
-        let decl = format!(".param .align 8 .b8 gemv_bf16_b{b}_param_0[");
+    for name in gemma3n_compute::cuda::GEMV_KERNELS
+        .iter()
+        .flatten()
+        .chain(&gemma3n_compute::cuda::GEMV_KERNELS_ANY)
+    {
+        let decl = format!(".param .align 8 .b8 {name}_param_0[");
         let at = ptx
             .find(&decl)
             .unwrap_or_else(|| panic!("no {decl} in the PTX"));
@@ -31,7 +35,7 @@ fn kernels_compile_for_sm90() {
         assert_eq!(
             size,
             gemma3n_compute::cuda::GEMV_ARGS_BYTES,
-            "gemv_bf16_b{b}: kernel argument size"
+            "{name}: kernel argument size"
         );
     }
     for k in gemma3n_compute::cuda::KERNELS {

@@ -12,7 +12,10 @@
 
 mod ops;
 
-pub use ops::{Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, MAX_ROW};
+pub use ops::{
+    Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS,
+    GEMV_KERNELS_ANY, MAX_ROW,
+};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,13 +35,17 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 22] = [
+pub const KERNELS: [&str; 26] = [
     "weights_to_bf16",
     "softmax_masked",
-    "gemv_bf16_b1",
-    "gemv_bf16_b2",
+    "gemv_any_b1",
+    "gemv_any_b2",
     "gemv_bf16_b4",
     "gemv_bf16_b8",
+    "gemv_q8_b4",
+    "gemv_q8_b8",
+    "gemv_q4k_b4",
+    "gemv_q4k_b8",
     "split_bf16_rows",
     "sparse_t_bf16",
     "embed_rows",

@@ -132,6 +132,15 @@ fn i(v: usize) -> i32 {
     i32::try_from(v).expect("size fits in a 32-bit kernel argument")
 }
 
+/// The GEMV kernels: for one or two activation rows one kernel for every weight format; for
+/// up to 4 and up to 8 rows one per format (`WeightFormat::code`).
+pub const GEMV_KERNELS_ANY: [&str; 2] = ["gemv_any_b1", "gemv_any_b2"];
+pub const GEMV_KERNELS: [[&str; 2]; 3] = [
+    ["gemv_bf16_b4", "gemv_bf16_b8"],
+    ["gemv_q8_b4", "gemv_q8_b8"],
+    ["gemv_q4k_b4", "gemv_q4k_b8"],
+];
+
 /// Rows longer than this do not fit the register-resident row kernels (rows.cu: RPT = 8
 /// values per thread, at most 256 threads, which keeps their registers within bounds).
 pub const MAX_ROW: usize = 2048;
@@ -235,60 +244,99 @@ impl Gpu {
         })
     }
     /// Up to 4 independent products in one launch (decode: `batch` ≤ 8 activation rows).
-    /// `cap > 0` soft-caps every output (`tanh(y / cap) · cap`).
+    /// `cap > 0` soft-caps every output (`tanh(y / cap) · cap`). With more than two
+    /// activation rows, products of different weight formats go in separate launches (one
+    /// kernel per format).
     pub fn gemv(&self, segs: &[GemvSeg], batch: usize, cap: f32) -> Result<()> {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
-        for chunk in segs.chunks(GEMV_MAX_SEGS) {
-            let mut a = RawGemvArgs {
-                nseg: chunk.len() as i32,
-                batch: batch as i32,
-                cap,
-                ..Default::default()
-            };
-            let mut blocks = 0usize;
-            for (r, s) in a.seg.iter_mut().zip(chunk) {
-                let (epi, w2, aux, ldaux) = match s.epi {
-                    Epilogue::Plain => (0, WeightPtr::default(), 0, 0),
-                    Epilogue::Pair(w2) => {
-                        assert_eq!(w2.fmt, s.w.fmt, "the matrices of a pair share a format");
-                        (1, w2, 0, 0)
-                    }
-                    Epilogue::GeluAux(a, ld) => (2, WeightPtr::default(), a.0, ld),
-                    Epilogue::GeluAcc(a, ld) => (3, WeightPtr::default(), a.0, ld),
-                };
-                *r = RawSeg {
-                    w: s.w.w.0,
-                    w2: w2.w.0,
-                    sc: s.w.sc.0,
-                    sc2: w2.sc.0,
-                    x: s.x.0,
-                    y: s.y.0,
-                    mask: s.mask.0,
-                    aux,
-                    rows: i(s.rows),
-                    k: i(s.k),
-                    ldw: i(s.ldw),
-                    ldx: i(s.ldx),
-                    ldy: i(s.ldy),
-                    ldm: i(s.ldm),
-                    ldaux: i(ldaux),
-                    epi,
-                    block_start: i(blocks),
-                    fmt: s.w.fmt.code(),
-                };
-                blocks += s.rows.div_ceil(GEMV_WARPS);
-            }
-            if blocks == 0 {
-                continue;
-            }
-            match batch {
-                1 => launch!(self, "gemv_bf16_b1", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
-                2 => launch!(self, "gemv_bf16_b2", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
-                3 | 4 => launch!(self, "gemv_bf16_b4", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
-                _ => launch!(self, "gemv_bf16_b8", (blocks, 1, 1), GEMV_WARPS * 32; a)?,
-            }
+        if batch <= 2 {
+            return self.gemv_launches(segs, |_| true, GEMV_KERNELS_ANY[batch - 1], batch, cap);
+        }
+        for fmt in [WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4K] {
+            let name = GEMV_KERNELS[fmt.code() as usize][usize::from(batch > 4)];
+            self.gemv_launches(segs, |s| s.w.fmt == fmt, name, batch, cap)?;
         }
         Ok(())
+    }
+
+    /// The products `segs` selected by `keep`, through kernel `name`, up to
+    /// `GEMV_MAX_SEGS` per launch.
+    fn gemv_launches(
+        &self,
+        segs: &[GemvSeg],
+        keep: impl Fn(&GemvSeg) -> bool,
+        name: &'static str,
+        batch: usize,
+        cap: f32,
+    ) -> Result<()> {
+        let mut buf = [GemvSeg::default(); GEMV_MAX_SEGS];
+        let mut n = 0;
+        for s in segs.iter().filter(|s| keep(s)) {
+            buf[n] = *s;
+            n += 1;
+            if n == GEMV_MAX_SEGS {
+                self.gemv_launch(&buf[..n], name, batch, cap)?;
+                n = 0;
+            }
+        }
+        if n > 0 {
+            self.gemv_launch(&buf[..n], name, batch, cap)?;
+        }
+        Ok(())
+    }
+
+    /// One launch of GEMV kernel `name` over at most `GEMV_MAX_SEGS` products.
+    fn gemv_launch(
+        &self,
+        chunk: &[GemvSeg],
+        name: &'static str,
+        batch: usize,
+        cap: f32,
+    ) -> Result<()> {
+        let mut a = RawGemvArgs {
+            nseg: chunk.len() as i32,
+            batch: batch as i32,
+            cap,
+            ..Default::default()
+        };
+        let mut blocks = 0usize;
+        for (r, s) in a.seg.iter_mut().zip(chunk) {
+            let (epi, w2, aux, ldaux) = match s.epi {
+                Epilogue::Plain => (0, WeightPtr::default(), 0, 0),
+                Epilogue::Pair(w2) => {
+                    assert_eq!(w2.fmt, s.w.fmt, "the matrices of a pair share a format");
+                    (1, w2, 0, 0)
+                }
+                Epilogue::GeluAux(a, ld) => (2, WeightPtr::default(), a.0, ld),
+                Epilogue::GeluAcc(a, ld) => (3, WeightPtr::default(), a.0, ld),
+            };
+            *r = RawSeg {
+                w: s.w.w.0,
+                w2: w2.w.0,
+                sc: s.w.sc.0,
+                sc2: w2.sc.0,
+                x: s.x.0,
+                y: s.y.0,
+                mask: s.mask.0,
+                aux,
+                rows: i(s.rows),
+                k: i(s.k),
+                ldw: i(s.ldw),
+                ldx: i(s.ldx),
+                ldy: i(s.ldy),
+                ldm: i(s.ldm),
+                ldaux: i(ldaux),
+                epi,
+                block_start: i(blocks),
+                fmt: s.w.fmt.code(),
+            };
+            blocks += s.rows.div_ceil(GEMV_WARPS);
+        }
+        if blocks == 0 {
+            return Ok(());
+        }
+        let mut vals = [KArg::from(a)];
+        self.launch_raw(name, (blocks, 1, 1), GEMV_WARPS * 32, &mut vals)
     }
 
     /// The same products for many activation rows on the tensor cores (cuBLAS, bf16 inputs,

@@ -24,7 +24,7 @@ struct GemvSeg {
     const float* aux;     // EPI_GELU_AUX / EPI_GELU_ACC: [batch, ldaux]
     int rows, k, ldw, ldx, ldy, ldm, ldaux, epi;
     int block_start;      // first block of this segment
-    int fmt;              // W_BF16, W_Q8 or W_Q4K
+    int fmt;              // W_BF16, W_Q8 or W_Q4K (for the W_ANY kernels)
 };
 
 struct GemvArgs {
@@ -177,9 +177,13 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
     }
 }
 
+// Format parameter of the kernels that read each segment's format at run time.
+#define W_ANY (-1)
+
 // The body, for at most MAXB activation rows (instantiated below for 1, 2, 4 and 8: the
-// single-row decode step keeps few registers, so more warps fit on each multiprocessor).
-template <int MAXB>
+// single-row decode step keeps few registers, so more warps fit on each multiprocessor), with
+// weights of format FMT (W_ANY: each segment's own).
+template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     int s = 0;
     #pragma unroll
@@ -190,8 +194,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     const int row = ((int)blockIdx.x - g.block_start) * GEMV_WARPS + warp;
     // The weights do not depend on the kernel before: fetch them while it finishes.
     if (row < g.rows && !g.mask) {
-        const int rb = weight_row_bytes(g.fmt, g.ldw);
-        const int kb = weight_row_bytes(g.fmt, g.k);
+        const int fmt = FMT == W_ANY ? g.fmt : FMT;
+        const int rb = weight_row_bytes(fmt, g.ldw);
+        const int kb = weight_row_bytes(fmt, g.k);
         prefetch_l2((const char*)g.w + (size_t)row * rb, kb, lane);
         if (g.epi == EPI_PAIR) prefetch_l2((const char*)g.w2 + (size_t)row * rb, kb, lane);
     }
@@ -213,8 +218,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     if (!gemv_aligned(g)) {
         // One value at a time, any format.
         for (int i = lane; i < g.k; i += 32) {
-            float wf = weight_at(g.fmt, g.w, g.sc, row, g.ldw, i);
-            float wf2 = pair ? weight_at(g.fmt, g.w2, g.sc2, row, g.ldw, i) : 0.0f;
+            const int fmt = FMT == W_ANY ? g.fmt : FMT;
+            float wf = weight_at(fmt, g.w, g.sc, row, g.ldw, i);
+            float wf2 = pair ? weight_at(fmt, g.w2, g.sc2, row, g.ldw, i) : 0.0f;
             #pragma unroll
             for (int b = 0; b < MAXB; b++)
                 if (b < B) {
@@ -223,9 +229,15 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
                     acc2[b] += wf2 * xv;
                 }
         }
-    } else if (g.fmt == W_Q8) gemv_row<MAXB, W_Q8>(g, row, B, lane, acc, acc2);
-    else if (g.fmt == W_Q4K) gemv_row<MAXB, W_Q4K>(g, row, B, lane, acc, acc2);
-    else gemv_row<MAXB, W_BF16>(g, row, B, lane, acc, acc2);
+    } else if (FMT != W_ANY) {
+        gemv_row<MAXB, (FMT == W_ANY ? W_BF16 : FMT)>(g, row, B, lane, acc, acc2);
+    } else if (g.fmt == W_Q8) {
+        gemv_row<MAXB, W_Q8>(g, row, B, lane, acc, acc2);
+    } else if (g.fmt == W_Q4K) {
+        gemv_row<MAXB, W_Q4K>(g, row, B, lane, acc, acc2);
+    } else {
+        gemv_row<MAXB, W_BF16>(g, row, B, lane, acc, acc2);
+    }
     #pragma unroll
     for (int b = 0; b < MAXB; b++) {
         if (b < B) {
@@ -242,19 +254,26 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 }
 
-// Blocks per multiprocessor the register budget must allow: several rows of activations
-// take many registers, and a single resident block leaves too few loads in flight.
+// One or two activation rows: one kernel for every format (the products of a launch may
+// mix formats, so a step of a quantized model needs no extra launches), which stays within
+// its register bound. Four or eight rows: one kernel per format, so that each holds only its
+// own loop's registers (all three loops in one spilled the 8-row accumulators to local
+// memory); a launch then takes the products of one format. Blocks per multiprocessor the
+// register budget must allow: a single resident block leaves too few loads in flight.
 #define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : 3)
-#define GEMV_KERNEL(B)                                                                  \
+#define GEMV_KERNEL(NAME, FMT, B)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(B))    \
-    gemv_bf16_b##B(                                                                     \
-        const GemvArgs a) {                                                             \
-        gemv_body<B>(a);                                                                \
+    gemv_##NAME##_b##B(const GemvArgs a) {                                              \
+        gemv_body<B, FMT>(a);                                                           \
     }
-GEMV_KERNEL(1)
-GEMV_KERNEL(2)
-GEMV_KERNEL(4)
-GEMV_KERNEL(8)
+GEMV_KERNEL(any, W_ANY, 1)
+GEMV_KERNEL(any, W_ANY, 2)
+GEMV_KERNEL(bf16, W_BF16, 4)
+GEMV_KERNEL(bf16, W_BF16, 8)
+GEMV_KERNEL(q8, W_Q8, 4)
+GEMV_KERNEL(q8, W_Q8, 8)
+GEMV_KERNEL(q4k, W_Q4K, 4)
+GEMV_KERNEL(q4k, W_Q4K, 8)
 
 // Sparse product with a transposed matrix: y[b, n] += sum_i a[b, i] * Wt[i, n] over the
 // hidden units i with a[b, i] != 0 (the exact sparse FFN's down projection; Wt = down^T,
