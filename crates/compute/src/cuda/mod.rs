@@ -595,13 +595,19 @@ fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-/// NVRTC options for compute capability `arch`.
+/// NVRTC options for compute capability `arch`. `GEMMA3N_CUDA_DEFINES` adds macro
+/// definitions (`NAME=VALUE`, whitespace-separated) for trying kernel variants without a
+/// rebuild; they are part of the cache key.
 fn compile_options(arch: (i32, i32)) -> CompileOptions {
+    let mut options = vec![
+        format!("--gpu-architecture=compute_{}{}", arch.0, arch.1),
+        "--std=c++17".into(),
+    ];
+    if let Ok(defs) = std::env::var("GEMMA3N_CUDA_DEFINES") {
+        options.extend(defs.split_whitespace().map(|d| format!("-D{d}")));
+    }
     CompileOptions {
-        options: vec![
-            format!("--gpu-architecture=compute_{}{}", arch.0, arch.1),
-            "--std=c++17".into(),
-        ],
+        options,
         prec_div: Some(true),
         prec_sqrt: Some(true),
         ..Default::default()
