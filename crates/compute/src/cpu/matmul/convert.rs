@@ -58,7 +58,8 @@ pub(crate) fn widen_scalar(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn widen_avx2(dtype: DType, src: *const u8, out: &mut [f32]) {
-    use super::gemv::x86::{load8, BF16, F16, F32};
+    use super::gemv::x86::load8;
+    use super::gemv::{BF16, F16, F32};
     use std::arch::x86_64::_mm256_storeu_ps;
     let n = out.len();
     let n8 = n & !7;

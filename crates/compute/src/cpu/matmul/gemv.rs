@@ -51,7 +51,7 @@ unsafe fn gemv_rows(
     #[cfg(target_arch = "x86_64")]
     if simd && super::has_avx2() {
         use crate::dtype::DType;
-        use x86::{gemv_rows_avx2, BF16, F16, F32};
+        use x86::gemv_rows_avx2;
         // SAFETY: the required CPU features were detected; the rest is the caller's contract.
         match w.dtype() {
             DType::F32 => gemv_rows_avx2::<F32>(x, t, w, r0, r1, out),
@@ -125,34 +125,188 @@ fn dot_lanes(a: &[f32], b: &[f32], acc: &mut [f32; 8]) {
     }
 }
 
+/// Stored dtype codes (const generic parameters of the SIMD kernels).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) const F32: u8 = 0;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) const BF16: u8 = 1;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) const F16: u8 = 2;
+
+/// Bytes of activations kept hot while a task's weight rows stream past them.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const X_BLOCK_BYTES: usize = 128 * 1024;
+
+/// Bytes per element of dtype code `D`.
+#[inline(always)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) const fn elem_size<const D: u8>() -> usize {
+    if D == F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Loads element `i` of dtype code `D` at `p` as f32 (the SIMD tiles' tail elements).
+///
+/// # Safety
+/// `p` must be readable for `i + 1` elements.
+#[inline(always)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) unsafe fn load1<const D: u8>(p: *const u8, i: usize) -> f32 {
+    use crate::dtype::{bf16_to_f32, f16_to_f32};
+    if D == F32 {
+        (p as *const f32).add(i).read_unaligned()
+    } else {
+        let b = (p as *const u16).add(i).read_unaligned();
+        if D == BF16 {
+            bf16_to_f32(b)
+        } else {
+            f16_to_f32(b)
+        }
+    }
+}
+
+/// A SIMD kernel's tile: the dot products of `T` activation rows `x[i]` with `R` weight rows
+/// `w[r]` of dtype code `D`, `k` long, with `T * R` accumulators in registers while the
+/// weight rows stream through. Every (activation row, weight row) pair must be computed by
+/// the same operations whatever `T` and `R`, so that a row's result does not depend on the
+/// batch it is in. The driver below ([`rows_simd`]) is shared by the architectures.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) trait Tile {
+    /// # Safety
+    /// The CPU features of the implementation available; each `x[i]` readable for `k`
+    /// floats and each `w[r]` for `k` elements of dtype `D`.
+    unsafe fn tile<const D: u8, const T: usize, const R: usize>(
+        x: [*const f32; T],
+        w: [*const u8; R],
+        k: usize,
+    ) -> [[f32; R]; T];
+}
+
+/// Runs the tile of `K` for activation rows `t0..t0+T` and weight rows `j..j+R`, and stores
+/// the results.
+///
+/// # Safety
+/// As [`Tile::tile`], plus `out` valid for `t * n` floats with columns `j..j+R` owned by the
+/// caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn tile_store<K: Tile, const D: u8, const T: usize, const R: usize>(
+    x: *const f32,
+    t0: usize,
+    k: usize,
+    w: &[*const u8],
+    j: usize,
+    n: usize,
+    out: OutPtr,
+) {
+    let xs: [*const f32; T] = std::array::from_fn(|i| x.add((t0 + i) * k));
+    let ws: [*const u8; R] = std::array::from_fn(|r| w[r]);
+    let res = K::tile::<D, T, R>(xs, ws, k);
+    for (i, row) in res.iter().enumerate() {
+        for (r, &v) in row.iter().enumerate() {
+            out.write((t0 + i) * n + j + r, v);
+        }
+    }
+}
+
+/// All `t` activation rows against weight rows `j..j+R` (`R` = 4 or 1).
+///
+/// # Safety
+/// As [`tile_store`] for every activation row `0..t`.
+#[inline(always)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn row_group<K: Tile, const D: u8, const R: usize>(
+    x: *const f32,
+    t: usize,
+    k: usize,
+    w: &[*const u8; R],
+    j: usize,
+    n: usize,
+    out: OutPtr,
+) {
+    let mut t0 = 0;
+    while t0 < t {
+        let tn = TB.min(t - t0);
+        // Four weight rows with one or two activation rows (up to 8 accumulators); two
+        // weight rows at a time with three or four activation rows.
+        match (tn, R) {
+            (1, 4) => tile_store::<K, D, 1, 4>(x, t0, k, w, j, n, out),
+            (2, 4) => tile_store::<K, D, 2, 4>(x, t0, k, w, j, n, out),
+            (3, 4) => {
+                tile_store::<K, D, 3, 2>(x, t0, k, &w[..2], j, n, out);
+                tile_store::<K, D, 3, 2>(x, t0, k, &w[2..], j + 2, n, out);
+            }
+            (4, 4) => {
+                tile_store::<K, D, 4, 2>(x, t0, k, &w[..2], j, n, out);
+                tile_store::<K, D, 4, 2>(x, t0, k, &w[2..], j + 2, n, out);
+            }
+            (1, _) => tile_store::<K, D, 1, 1>(x, t0, k, w, j, n, out),
+            (2, _) => tile_store::<K, D, 2, 1>(x, t0, k, w, j, n, out),
+            (3, _) => tile_store::<K, D, 3, 1>(x, t0, k, w, j, n, out),
+            _ => tile_store::<K, D, 4, 1>(x, t0, k, w, j, n, out),
+        }
+        t0 += tn;
+    }
+}
+
+/// `gemv_rows` through the tiles of `K` for dtype code `D`.
+///
+/// # Safety
+/// The CPU features of `K` available, and the contract of `gemv_rows`.
+#[inline(always)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) unsafe fn rows_simd<K: Tile, const D: u8>(
+    x: &[f32],
+    t: usize,
+    w: &Matrix,
+    r0: usize,
+    r1: usize,
+    out: OutPtr,
+) {
+    let k = w.cols();
+    let n = w.rows();
+    // Activation rows are taken in blocks of about X_BLOCK_BYTES so that, with many of them,
+    // the block stays in L2 while this task's weight rows pass over it.
+    let tb = (X_BLOCK_BYTES / (4 * k)).max(TB) / TB * TB;
+    let mut b0 = 0;
+    while b0 < t {
+        let bn = tb.min(t - b0);
+        // Activation rows b0..b0+bn, written to rows b0.. of `out`.
+        let xp = x.as_ptr().add(b0 * k);
+        let ob = OutPtr(out.0.add(b0 * n));
+        let mut j = r0;
+        while j + 4 <= r1 {
+            let ws = [
+                w.row_ptr(j),
+                w.row_ptr(j + 1),
+                w.row_ptr(j + 2),
+                w.row_ptr(j + 3),
+            ];
+            row_group::<K, D, 4>(xp, bn, k, &ws, j, n, ob);
+            j += 4;
+        }
+        while j < r1 {
+            row_group::<K, D, 1>(xp, bn, k, &[w.row_ptr(j)], j, n, ob);
+            j += 1;
+        }
+        b0 += bn;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
     //! AVX2 + FMA + F16C kernels.
 
     use std::arch::x86_64::*;
 
-    use super::{OutPtr, TB};
+    use super::{elem_size, load1, OutPtr, Tile, BF16, F32};
 
-    /// Bytes of activations kept hot while a task's weight rows stream past them.
-    const X_BLOCK_BYTES: usize = 128 * 1024;
     use crate::cpu::ops::x86::hsum;
-    use crate::dtype::{bf16_to_f32, f16_to_f32};
     use crate::matrix::Matrix;
-
-    /// Stored dtype codes (const generic parameters of the kernels).
-    pub(crate) const F32: u8 = 0;
-    pub(crate) const BF16: u8 = 1;
-    pub(crate) const F16: u8 = 2;
-
-    /// Bytes per element of dtype code `D`.
-    #[inline(always)]
-    const fn elem_size<const D: u8>() -> usize {
-        if D == F32 {
-            4
-        } else {
-            2
-        }
-    }
 
     /// Loads 8 consecutive elements of dtype code `D` at `p` (unaligned) as f32.
     /// bf16 is widened by a 16-bit left shift of each zero-extended element; f16 by F16C.
@@ -172,133 +326,49 @@ pub(super) mod x86 {
         }
     }
 
-    /// Loads element `i` of dtype code `D` at `p` as f32.
-    ///
-    /// # Safety
-    /// `p` must be readable for `i + 1` elements.
-    #[inline(always)]
-    unsafe fn load1<const D: u8>(p: *const u8, i: usize) -> f32 {
-        if D == F32 {
-            (p as *const f32).add(i).read_unaligned()
-        } else {
-            let b = (p as *const u16).add(i).read_unaligned();
-            if D == BF16 {
-                bf16_to_f32(b)
-            } else {
-                f16_to_f32(b)
-            }
-        }
-    }
+    /// The AVX2/FMA/F16C tile: one 8-lane FMA chain per (activation row, weight row) pair,
+    /// reduced by `hsum`, then the tail elements one by one.
+    pub(crate) struct Avx2;
 
-    /// Dot products of `T` activation rows `x[i]` with `R` weight rows `w[r]`, `k` long:
-    /// `T * R` accumulators stay in registers while the weight rows stream through.
-    ///
-    /// # Safety
-    /// AVX2/FMA/F16C available; each `x[i]` readable for `k` floats and each `w[r]` for `k`
-    /// elements of dtype `D`.
-    #[inline(always)]
-    unsafe fn tile<const D: u8, const T: usize, const R: usize>(
-        x: [*const f32; T],
-        w: [*const u8; R],
-        k: usize,
-    ) -> [[f32; R]; T] {
-        let es = elem_size::<D>();
-        let mut acc = [[_mm256_setzero_ps(); R]; T];
-        let k8 = k & !7;
-        let mut kk = 0;
-        while kk < k8 {
-            let mut wv = [_mm256_setzero_ps(); R];
-            for r in 0..R {
-                wv[r] = load8::<D>(w[r].add(kk * es));
-            }
-            for i in 0..T {
-                let xv = _mm256_loadu_ps(x[i].add(kk));
+    impl Tile for Avx2 {
+        #[inline(always)]
+        unsafe fn tile<const D: u8, const T: usize, const R: usize>(
+            x: [*const f32; T],
+            w: [*const u8; R],
+            k: usize,
+        ) -> [[f32; R]; T] {
+            let es = elem_size::<D>();
+            let mut acc = [[_mm256_setzero_ps(); R]; T];
+            let k8 = k & !7;
+            let mut kk = 0;
+            while kk < k8 {
+                let mut wv = [_mm256_setzero_ps(); R];
                 for r in 0..R {
-                    acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                    wv[r] = load8::<D>(w[r].add(kk * es));
                 }
-            }
-            kk += 8;
-        }
-        let mut res = [[0f32; R]; T];
-        for i in 0..T {
-            for r in 0..R {
-                res[i][r] = hsum(acc[i][r]);
-            }
-        }
-        for kk in k8..k {
-            for r in 0..R {
-                let wv = load1::<D>(w[r], kk);
                 for i in 0..T {
-                    res[i][r] += *x[i].add(kk) * wv;
+                    let xv = _mm256_loadu_ps(x[i].add(kk));
+                    for r in 0..R {
+                        acc[i][r] = _mm256_fmadd_ps(xv, wv[r], acc[i][r]);
+                    }
+                }
+                kk += 8;
+            }
+            let mut res = [[0f32; R]; T];
+            for i in 0..T {
+                for r in 0..R {
+                    res[i][r] = hsum(acc[i][r]);
                 }
             }
-        }
-        res
-    }
-
-    /// Runs [`tile`] for activation rows `t0..t0+T` and weight rows `j..j+R`, and stores the
-    /// results.
-    ///
-    /// # Safety
-    /// As [`tile`], plus `out` valid for `t * n` floats with columns `j..j+R` owned by the
-    /// caller.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_store<const D: u8, const T: usize, const R: usize>(
-        x: *const f32,
-        t0: usize,
-        k: usize,
-        w: &[*const u8],
-        j: usize,
-        n: usize,
-        out: OutPtr,
-    ) {
-        let xs: [*const f32; T] = std::array::from_fn(|i| x.add((t0 + i) * k));
-        let ws: [*const u8; R] = std::array::from_fn(|r| w[r]);
-        let res = tile::<D, T, R>(xs, ws, k);
-        for (i, row) in res.iter().enumerate() {
-            for (r, &v) in row.iter().enumerate() {
-                out.write((t0 + i) * n + j + r, v);
-            }
-        }
-    }
-
-    /// All activation rows against weight rows `j..j+R` (`R` = 4 or 1).
-    ///
-    /// # Safety
-    /// As [`tile_store`] for every activation row `0..t`.
-    #[inline(always)]
-    unsafe fn row_group<const D: u8, const R: usize>(
-        x: *const f32,
-        t: usize,
-        k: usize,
-        w: &[*const u8; R],
-        j: usize,
-        n: usize,
-        out: OutPtr,
-    ) {
-        let mut t0 = 0;
-        while t0 < t {
-            let tn = TB.min(t - t0);
-            // Four weight rows with one or two activation rows (up to 8 accumulators);
-            // two weight rows at a time with three or four activation rows.
-            match (tn, R) {
-                (1, 4) => tile_store::<D, 1, 4>(x, t0, k, w, j, n, out),
-                (2, 4) => tile_store::<D, 2, 4>(x, t0, k, w, j, n, out),
-                (3, 4) => {
-                    tile_store::<D, 3, 2>(x, t0, k, &w[..2], j, n, out);
-                    tile_store::<D, 3, 2>(x, t0, k, &w[2..], j + 2, n, out);
+            for kk in k8..k {
+                for r in 0..R {
+                    let wv = load1::<D>(w[r], kk);
+                    for i in 0..T {
+                        res[i][r] += *x[i].add(kk) * wv;
+                    }
                 }
-                (4, 4) => {
-                    tile_store::<D, 4, 2>(x, t0, k, &w[..2], j, n, out);
-                    tile_store::<D, 4, 2>(x, t0, k, &w[2..], j + 2, n, out);
-                }
-                (1, _) => tile_store::<D, 1, 1>(x, t0, k, w, j, n, out),
-                (2, _) => tile_store::<D, 2, 1>(x, t0, k, w, j, n, out),
-                (3, _) => tile_store::<D, 3, 1>(x, t0, k, w, j, n, out),
-                _ => tile_store::<D, 4, 1>(x, t0, k, w, j, n, out),
             }
-            t0 += tn;
+            res
         }
     }
 
@@ -315,33 +385,6 @@ pub(super) mod x86 {
         r1: usize,
         out: OutPtr,
     ) {
-        let k = w.cols();
-        let n = w.rows();
-        // Activation rows are taken in blocks of about X_BLOCK_BYTES so that, with many of
-        // them, the block stays in L2 while this task's weight rows pass over it.
-        let tb = (X_BLOCK_BYTES / (4 * k)).max(TB) / TB * TB;
-        let mut b0 = 0;
-        while b0 < t {
-            let bn = tb.min(t - b0);
-            // Activation rows b0..b0+bn, written to rows b0.. of `out`.
-            let xp = x.as_ptr().add(b0 * k);
-            let ob = OutPtr(out.0.add(b0 * n));
-            let mut j = r0;
-            while j + 4 <= r1 {
-                let ws = [
-                    w.row_ptr(j),
-                    w.row_ptr(j + 1),
-                    w.row_ptr(j + 2),
-                    w.row_ptr(j + 3),
-                ];
-                row_group::<D, 4>(xp, bn, k, &ws, j, n, ob);
-                j += 4;
-            }
-            while j < r1 {
-                row_group::<D, 1>(xp, bn, k, &[w.row_ptr(j)], j, n, ob);
-                j += 1;
-            }
-            b0 += bn;
-        }
+        super::rows_simd::<Avx2, D>(x, t, w, r0, r1, out)
     }
 }

@@ -44,6 +44,21 @@ pub(crate) fn act_block(dtype: DType) -> usize {
     }
 }
 
+/// A view of a call's operands for the SIMD tiles (quant_x86.rs, quant_neon.rs).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[derive(Clone, Copy)]
+pub(super) struct Ctx {
+    /// Row 0 of the weights.
+    pub(super) base: *const u8,
+    /// Bytes from one weight row to the next.
+    pub(super) stride: usize,
+    /// Blocks per row.
+    pub(super) nb: usize,
+    /// Output row length (weight rows).
+    pub(super) n: usize,
+    pub(super) out: OutPtr,
+}
+
 /// One activation block: values, quantized values, scale, sums of 16, offset.
 type Block<'a> = (
     &'a [f32],

@@ -26,7 +26,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::quant::QAct;
+use super::quant::{Ctx, QAct};
 use super::OutPtr;
 use crate::dtype::{f16_to_f32, DType};
 use crate::matrix::Matrix;
@@ -406,20 +406,6 @@ unsafe fn tile_res<const D: u8, const R: usize, const T: usize, const DP: bool>(
         Q6_K => tile_q6_k::<R, T, DP>(w, nb, a),
         _ => tile_qk_scale_min::<D, R, T, DP>(w, nb, a),
     }
-}
-
-/// A view of the call's operands for the tiles.
-#[derive(Clone, Copy)]
-struct Ctx {
-    /// Row 0 of the weights.
-    base: *const u8,
-    /// Bytes from one weight row to the next.
-    stride: usize,
-    /// Blocks per row.
-    nb: usize,
-    /// Output row length (weight rows).
-    n: usize,
-    out: OutPtr,
 }
 
 /// Output columns `j..j + R` for activation rows `i0..i0 + T` (`a`).

@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::quant::QAct;
+use super::quant::{Ctx, QAct};
 use super::OutPtr;
 use crate::cpu::ops::x86::hsum;
 use crate::matrix::Matrix;
@@ -392,20 +392,6 @@ unsafe fn tile_q6_k<const R: usize, const T: usize>(
         });
     });
     res
-}
-
-/// A view of the call's operands for the tiles.
-#[derive(Clone, Copy)]
-struct Ctx {
-    /// Row 0 of the weights.
-    base: *const u8,
-    /// Bytes from one weight row to the next.
-    stride: usize,
-    /// Blocks per row.
-    nb: usize,
-    /// Output row length (weight rows).
-    n: usize,
-    out: OutPtr,
 }
 
 /// The dot products of the `R` weight rows at `wp` with the `T` activation rows `a`.
