@@ -155,39 +155,42 @@ fn row_threads(d: usize) -> usize {
 }
 
 /// A kernel argument.
-enum KArg {
+enum KArg<'a> {
     U64(u64),
     I32(i32),
     F32(f32),
-    Gemv(Box<RawGemvArgs>),
+    Gemv(&'a mut RawGemvArgs),
 }
 
-impl From<u64> for KArg {
-    fn from(v: u64) -> KArg {
+impl From<u64> for KArg<'_> {
+    fn from(v: u64) -> Self {
         KArg::U64(v)
     }
 }
-impl From<i32> for KArg {
-    fn from(v: i32) -> KArg {
+impl From<i32> for KArg<'_> {
+    fn from(v: i32) -> Self {
         KArg::I32(v)
     }
 }
-impl From<f32> for KArg {
-    fn from(v: f32) -> KArg {
+impl From<f32> for KArg<'_> {
+    fn from(v: f32) -> Self {
         KArg::F32(v)
     }
 }
-impl From<RawGemvArgs> for KArg {
-    fn from(v: RawGemvArgs) -> KArg {
-        KArg::Gemv(Box::new(v))
+impl<'a> From<&'a mut RawGemvArgs> for KArg<'a> {
+    fn from(v: &'a mut RawGemvArgs) -> Self {
+        KArg::Gemv(v)
     }
 }
+
+/// Most parameters a kernel of kernels/ takes.
+const MAX_KERNEL_ARGS: usize = 32;
 
 /// Launches kernel `$name` with the given grid, block and arguments (each a value whose
 /// reference is a kernel argument).
 macro_rules! launch {
     ($gpu:expr, $name:literal, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
-        let mut vals: Vec<KArg> = vec![$(KArg::from($arg)),*];
+        let mut vals = [$(KArg::from($arg)),*];
         $gpu.launch_raw($name, $grid, $block, &mut vals)
     }};
 }
@@ -202,18 +205,23 @@ impl Gpu {
         name: &'static str,
         grid: (usize, usize, usize),
         block: usize,
-        vals: &mut [KArg],
+        vals: &mut [KArg<'_>],
     ) -> Result<()> {
         use cudarc::driver::sys;
-        let mut params: Vec<*mut std::ffi::c_void> = vals
-            .iter_mut()
-            .map(|v| match v {
+        // No allocation per launch: the parameter pointers live on the stack.
+        assert!(
+            vals.len() <= MAX_KERNEL_ARGS,
+            "{name}: too many kernel arguments"
+        );
+        let mut params = [std::ptr::null_mut::<std::ffi::c_void>(); MAX_KERNEL_ARGS];
+        for (p, v) in params.iter_mut().zip(vals.iter_mut()) {
+            *p = match v {
                 KArg::U64(x) => x as *mut u64 as *mut std::ffi::c_void,
                 KArg::I32(x) => x as *mut i32 as *mut std::ffi::c_void,
                 KArg::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
                 KArg::Gemv(x) => &mut **x as *mut RawGemvArgs as *mut std::ffi::c_void,
-            })
-            .collect();
+            };
+        }
         let f = self.func(name).cu_function();
         self.timed(name, || {
             self.ctx.bind_to_thread().map_err(super::drv)?;
@@ -335,7 +343,7 @@ impl Gpu {
         if blocks == 0 {
             return Ok(());
         }
-        let mut vals = [KArg::from(a)];
+        let mut vals = [KArg::from(&mut a)];
         self.launch_raw(name, (blocks, 1, 1), GEMV_WARPS * 32, &mut vals)
     }
 
