@@ -154,7 +154,7 @@ pub(super) const fn elem_size<const D: u8>() -> usize {
 /// `p` must be readable for `i + 1` elements.
 #[inline(always)]
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(super) unsafe fn load1<const D: u8>(p: *const u8, i: usize) -> f32 {
+unsafe fn load1<const D: u8>(p: *const u8, i: usize) -> f32 {
     use crate::dtype::{bf16_to_f32, f16_to_f32};
     if D == F32 {
         (p as *const f32).add(i).read_unaligned()
@@ -164,6 +164,30 @@ pub(super) unsafe fn load1<const D: u8>(p: *const u8, i: usize) -> f32 {
             bf16_to_f32(b)
         } else {
             f16_to_f32(b)
+        }
+    }
+}
+
+/// Adds the products of elements `k8..k` (the tail after the 8-element steps) to `res`,
+/// one at a time, in the order every SIMD tile uses.
+///
+/// # Safety
+/// Each `x[i]` readable for `k` floats and each `w[r]` for `k` elements of dtype `D`.
+#[inline(always)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) unsafe fn add_tail<const D: u8, const T: usize, const R: usize>(
+    x: &[*const f32; T],
+    w: &[*const u8; R],
+    k8: usize,
+    k: usize,
+    res: &mut [[f32; R]; T],
+) {
+    for kk in k8..k {
+        for r in 0..R {
+            let wv = load1::<D>(w[r], kk);
+            for i in 0..T {
+                res[i][r] += *x[i].add(kk) * wv;
+            }
         }
     }
 }
@@ -303,7 +327,7 @@ pub(super) mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{elem_size, load1, OutPtr, Tile, BF16, F32};
+    use super::{elem_size, OutPtr, Tile, BF16, F32};
 
     use crate::cpu::ops::x86::hsum;
     use crate::matrix::Matrix;
@@ -360,14 +384,7 @@ pub(super) mod x86 {
                     res[i][r] = hsum(acc[i][r]);
                 }
             }
-            for kk in k8..k {
-                for r in 0..R {
-                    let wv = load1::<D>(w[r], kk);
-                    for i in 0..T {
-                        res[i][r] += *x[i].add(kk) * wv;
-                    }
-                }
-            }
+            super::add_tail::<D, T, R>(&x, &w, k & !7, k, &mut res);
             res
         }
     }

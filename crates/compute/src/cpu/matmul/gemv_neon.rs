@@ -13,7 +13,7 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::gemv::{elem_size, load1, rows_simd, Tile, BF16, F16, F32};
+use super::gemv::{add_tail, elem_size, rows_simd, Tile, BF16, F16, F32};
 use super::OutPtr;
 use crate::dtype::DType;
 use crate::matrix::Matrix;
@@ -94,14 +94,7 @@ impl Tile for Neon {
                 res[i][r] = vaddvq_f32(vaddq_f32(acc[i][r][0], acc[i][r][1]));
             }
         }
-        for kk in k8..k {
-            for r in 0..R {
-                let wv = load1::<D>(w[r], kk);
-                for i in 0..T {
-                    res[i][r] += *x[i].add(kk) * wv;
-                }
-            }
-        }
+        add_tail::<D, T, R>(&x, &w, k8, k, &mut res);
         res
     }
 }
