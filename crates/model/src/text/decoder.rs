@@ -212,7 +212,7 @@ impl TextModel {
         let mut logits = vec![0f32; n * v];
         matmul(&hf, n, &w.embed_tokens, &mut logits);
         if let Some(cap) = cfg.final_logit_softcapping {
-            logits.iter_mut().for_each(|x| *x = (*x / cap).tanh() * cap);
+            ops::soft_cap_rows(&mut logits, v, cap);
         }
         Ok(logits)
     }

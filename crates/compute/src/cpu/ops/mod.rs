@@ -117,6 +117,40 @@ pub fn gelu_tanh_rows(x: &mut [f32], dim: usize) {
     }
 }
 
+/// Soft-capping, `cap · tanh(x / cap)`, in place (the final logit soft-cap), computed as
+/// `sign(x) · cap · (1 - e) / (1 + e)` with `e = e^(-2|x|/cap)`: absolute error within a few
+/// 1e-8 of `cap`.
+pub fn soft_cap(x: &mut [f32], cap: f32) {
+    if x.len() < PAR_MIN {
+        return dispatch!(x.len(), x86::soft_cap(x, cap), scalar::soft_cap(x, cap));
+    }
+    #[cfg(target_arch = "x86_64")]
+    let simd = use_simd(x.len());
+    x.par_chunks_mut(PAR_CHUNK).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2, FMA and F16C were detected by `use_simd`.
+            unsafe { x86::soft_cap(c, cap) };
+            return;
+        }
+        scalar::soft_cap(c, cap)
+    });
+}
+
+/// [`soft_cap`] on `dim`-long rows, each computed exactly as if alone (see
+/// [`gelu_tanh_rows`]): batched logits match each sequence's own bit for bit.
+pub fn soft_cap_rows(x: &mut [f32], dim: usize, cap: f32) {
+    #[cfg(target_arch = "x86_64")]
+    let whole = dim.is_multiple_of(8) && use_simd(dim);
+    #[cfg(not(target_arch = "x86_64"))]
+    let whole = true;
+    if whole || dim == 0 || x.len() <= dim {
+        soft_cap(x, cap);
+    } else {
+        x.chunks_mut(dim).for_each(|r| soft_cap(r, cap));
+    }
+}
+
 /// SiLU, `x · sigmoid(x)`, in place (computed as `x / (1 + e^(-x))`).
 pub fn silu(x: &mut [f32]) {
     if x.len() < PAR_MIN {
@@ -199,6 +233,14 @@ pub mod scalar {
             let u = *v;
             let e = (C2 * u * (1.0 + 0.044715 * u * u)).exp();
             *v = u / (1.0 + e);
+        }
+    }
+
+    /// See [`super::soft_cap`].
+    pub fn soft_cap(x: &mut [f32], cap: f32) {
+        for v in x.iter_mut() {
+            let e = ((-2.0 / cap) * v.abs()).exp();
+            *v = (cap * (1.0 - e) / (1.0 + e)).copysign(*v);
         }
     }
 

@@ -228,3 +228,43 @@ fn silu_and_glu_are_accurate() {
         }
     }
 }
+
+#[test]
+fn soft_cap_is_accurate_and_rows_match_each_row_alone() {
+    let cap = 30.0f32;
+    let mut xs: Vec<f32> = (-20_000..=20_000).map(|i| i as f32 * 1e-2).collect();
+    xs.extend(values(4099, 7, 40.0));
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, f32::MAX, f32::MIN]);
+    for simd in [true, false] {
+        let mut y = xs.clone();
+        if simd {
+            soft_cap(&mut y, cap);
+        } else {
+            scalar::soft_cap(&mut y, cap);
+        }
+        for (&x, &g) in xs.iter().zip(&y) {
+            let r = cap as f64 * (x as f64 / cap as f64).tanh();
+            // Absolute error against cap (the scale of every output): the cancellation in
+            // 1 - e for small |x| costs a few f32 ulps of 1.
+            assert!(
+                (g as f64 - r).abs() <= 1e-6 * cap as f64,
+                "simd={simd}: soft_cap({x}) = {g}, expected {r}"
+            );
+            assert_eq!(g.is_sign_negative(), x.is_sign_negative(), "sign of {x}");
+        }
+    }
+    let mut nan = [f32::NAN; 9];
+    soft_cap(&mut nan, cap);
+    assert!(nan.iter().all(|v| v.is_nan()));
+    // Rows of a length that leaves a scalar tail: each row as if alone.
+    for dim in [5, 37, 300, 1000] {
+        let x = values(4 * dim, dim as u64, 50.0);
+        let mut all = x.clone();
+        soft_cap_rows(&mut all, dim, cap);
+        for (r, row) in x.chunks(dim).enumerate() {
+            let mut one = row.to_vec();
+            soft_cap(&mut one, cap);
+            assert_eq!(one, all[r * dim..(r + 1) * dim], "dim {dim} row {r}");
+        }
+    }
+}

@@ -104,6 +104,26 @@ pub(super) unsafe fn gelu_tanh(x: &mut [f32]) {
     scalar::gelu_tanh(&mut x[n8..]);
 }
 
+/// `soft_cap` in place (see `super::soft_cap`).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn soft_cap(x: &mut [f32], cap: f32) {
+    let n8 = x.len() & !7;
+    let p = x.as_mut_ptr();
+    let k = _mm256_set1_ps(-2.0 / cap);
+    let c = _mm256_set1_ps(cap);
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut i = 0;
+    while i < n8 {
+        let v = _mm256_loadu_ps(p.add(i));
+        let e = exp8(_mm256_mul_ps(k, _mm256_andnot_ps(sign, v)));
+        let t = _mm256_div_ps(_mm256_mul_ps(c, _mm256_sub_ps(one, e)), _mm256_add_ps(one, e));
+        _mm256_storeu_ps(p.add(i), _mm256_or_ps(t, _mm256_and_ps(sign, v)));
+        i += 8;
+    }
+    scalar::soft_cap(&mut x[n8..], cap);
+}
+
 /// `silu` in place (see `super::silu`).
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn silu(x: &mut [f32]) {

@@ -234,9 +234,7 @@ impl CudaTextModel {
         if rows > GEMV_ROWS {
             // The GEMM path leaves the soft-cap to the host.
             if let Some(cap) = cfg.final_logit_softcapping {
-                logits
-                    .par_iter_mut()
-                    .for_each(|x| *x = (*x / cap).tanh() * cap);
+                gemma3n_compute::cpu::ops::soft_cap_rows(&mut logits, v, cap);
             }
         }
         Ok(logits)
