@@ -117,7 +117,10 @@ pub(super) unsafe fn soft_cap(x: &mut [f32], cap: f32) {
     while i < n8 {
         let v = _mm256_loadu_ps(p.add(i));
         let e = exp8(_mm256_mul_ps(k, _mm256_andnot_ps(sign, v)));
-        let t = _mm256_div_ps(_mm256_mul_ps(c, _mm256_sub_ps(one, e)), _mm256_add_ps(one, e));
+        let t = _mm256_div_ps(
+            _mm256_mul_ps(c, _mm256_sub_ps(one, e)),
+            _mm256_add_ps(one, e),
+        );
         _mm256_storeu_ps(p.add(i), _mm256_or_ps(t, _mm256_and_ps(sign, v)));
         i += 8;
     }
