@@ -13,6 +13,15 @@ use gemma3n_compute::cpu::{bandwidth, matmul_with, MatmulPath};
 use gemma3n_compute::storage::AlignedBytes;
 use gemma3n_compute::{DType, Matrix};
 
+/// The block formats of the integer kernels.
+const QUANT: [DType; 5] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
 /// A `rows x cols` matrix of `dtype` (a float type) holding small pseudo-random values.
 fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {
     let mut b = AlignedBytes::zeroed(rows * cols * dtype.size());
@@ -168,13 +177,7 @@ fn quant_speed(bw: f64, decode_only: bool) {
         .num_threads(1)
         .build()
         .expect("pool");
-    for dtype in [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for dtype in QUANT {
         let k = 2048;
         let n = (256 << 10) / dtype.row_bytes(k);
         let w = matrix(n, k, DType::BF16, 11).quantize(dtype);
@@ -192,13 +195,7 @@ fn quant_speed(bw: f64, decode_only: bool) {
     }
 
     // Block formats (GGUF): integer kernels with int8 activations, weights streamed from DRAM.
-    for dtype in [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for dtype in QUANT {
         for (n, k) in [(8192, 2048), (2048, 8192)] {
             let base = matrix(n, k, DType::BF16, 5).quantize(dtype);
             let copies = ((256 << 20) / base.nbytes()).max(2);
@@ -265,16 +262,10 @@ fn quant_speed(bw: f64, decode_only: bool) {
 /// 2048 x 2048 (a few MB, cache-resident after the first call) and 1024 x 8192 (long rows,
 /// as a down projection), 1 thread and all.
 fn quant_batched() {
-    for (dtype, n, k) in [(2048, 2048), (1024, 8192)].into_iter().flat_map(|(n, k)| {
-        [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ]
-        .map(|d| (d, n, k))
-    }) {
+    for ((n, k), dtype) in [(2048, 2048), (1024, 8192)]
+        .into_iter()
+        .flat_map(|nk| QUANT.map(|d| (nk, d)))
+    {
         let w = matrix(n, k, DType::BF16, 13).quantize(dtype);
         for threads in [1, rayon::current_num_threads()] {
             let pool = rayon::ThreadPoolBuilder::new()

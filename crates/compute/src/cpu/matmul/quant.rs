@@ -296,9 +296,10 @@ unsafe fn rows_dispatch(
 
 /// A weight row's portable dot product with a quantized activation row (values, block
 /// scales, sums of 16), by weight format.
-type DotFn = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
+pub(super) type DotFn = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
 
-fn scalar_dot(dtype: DType) -> DotFn {
+/// The portable dot product for weight format `dtype`.
+pub(super) fn scalar_dot(dtype: DType) -> DotFn {
     match dtype {
         DType::Q8_0 => dot_q8_0,
         DType::Q4_0 => dot_q4_0,

@@ -520,8 +520,7 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
         match (t, small_blocks) {
             (1, true) => rows_rt::<D, 4, 1>(cx, r0, r1, act, 0, k),
             (1, false) => rows_rt::<D, 1, 1>(cx, r0, r1, act, 0, k),
-            (2, true) => rows_rt::<D, 1, 2>(cx, r0, r1, act, 0, k),
-            (2, false) => rows_rt::<D, 1, 2>(cx, r0, r1, act, 0, k),
+            (2, _) => rows_rt::<D, 1, 2>(cx, r0, r1, act, 0, k),
             (3, _) => rows_rt::<D, 1, 3>(cx, r0, r1, act, 0, k),
             _ => rows_rt::<D, 1, 4>(cx, r0, r1, act, 0, k),
         }
@@ -531,37 +530,17 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
     // them, four at a time. (Two weight rows per tile, so that each activation load serves
     // both, measured no faster: the integer multiplies are the bound.)
     for j in r0..r1 {
-        all_act_rows::<D, 1>(cx, j, act, t, k, bs);
-    }
-}
-
-/// Output columns `j..j + R` for all `t` activation rows, four at a time.
-///
-/// # Safety
-/// As [`rows_avx2`], with `j + R` within the caller's columns.
-#[inline(always)]
-unsafe fn all_act_rows<const D: u8, const R: usize>(
-    cx: Ctx,
-    j: usize,
-    act: &QAct,
-    t: usize,
-    k: usize,
-    bs: usize,
-) {
-    let acts = |i0: usize| -> [Act; 4] {
-        std::array::from_fn(|i| Act::new(act, (i0 + i).min(t - 1), k, bs))
-    };
-    let mut i0 = 0;
-    while i0 + 4 <= t {
-        tile::<D, R, 4>(cx, j, acts(i0), i0);
-        i0 += 4;
-    }
-    let a = acts(i0);
-    match t - i0 {
-        1 => tile::<D, R, 1>(cx, j, [a[0]], i0),
-        2 => tile::<D, R, 2>(cx, j, [a[0], a[1]], i0),
-        3 => tile::<D, R, 3>(cx, j, [a[0], a[1], a[2]], i0),
-        _ => {}
+        let mut i0 = 0;
+        while i0 < t {
+            let a = |i: usize| Act::new(act, i0 + i, k, bs);
+            match t - i0 {
+                1 => tile::<D, 1, 1>(cx, j, [a(0)], i0),
+                2 => tile::<D, 1, 2>(cx, j, [a(0), a(1)], i0),
+                3 => tile::<D, 1, 3>(cx, j, [a(0), a(1), a(2)], i0),
+                _ => tile::<D, 1, 4>(cx, j, [a(0), a(1), a(2), a(3)], i0),
+            }
+            i0 += 4;
+        }
     }
 }
 

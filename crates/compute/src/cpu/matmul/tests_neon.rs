@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use super::quant::{act_block, dot_q4_0, dot_q4_k, dot_q5_k, dot_q6_k, dot_q8_0, QAct};
+use super::quant::{act_block, scalar_dot, QAct};
 use super::quant_neon::{gather_neon, rows_neon};
 use super::*;
 use crate::dtype::{f32_to_f16, DType};
@@ -42,22 +42,6 @@ fn expected_dotprod_detection() {
     eprintln!("dotprod detected: {has}");
     if let Ok(v) = std::env::var("GEMMA3N_EXPECT_DOTPROD") {
         assert_eq!(has, v == "1", "GEMMA3N_EXPECT_DOTPROD={v}");
-    }
-}
-
-/// A portable dot product of a weight row with a quantized activation row (values, block
-/// scales, sums of 16).
-type DotFn = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
-
-/// The portable dot product for weight format `dt`.
-fn scalar_dot(dt: DType) -> DotFn {
-    match dt {
-        DType::Q8_0 => dot_q8_0,
-        DType::Q4_0 => dot_q4_0,
-        DType::Q4_K => dot_q4_k,
-        DType::Q5_K => dot_q5_k,
-        DType::Q6_K => dot_q6_k,
-        d => unreachable!("{d}"),
     }
 }
 

@@ -101,20 +101,25 @@ pub fn gelu_tanh(x: &mut [f32]) {
     });
 }
 
-/// [`gelu_tanh`] on `dim`-long rows, each computed exactly as if alone: the kernel choice
-/// (8-lane body or scalar tail) depends on the length, so rows are handed over one by one
-/// unless every row would take the 8-lane body anyway. Batched rows of several sequences
-/// then match each sequence's own results bit for bit.
-pub fn gelu_tanh_rows(x: &mut [f32], dim: usize) {
+/// Applies the elementwise op `f` to `dim`-long rows of `x`, each computed exactly as if
+/// alone: the kernel choice (8-lane body or scalar tail) depends on the length, so rows are
+/// handed over one by one unless every row would take the 8-lane body anyway. Batched rows of
+/// several sequences then match each sequence's own results bit for bit.
+fn rows_as_alone(x: &mut [f32], dim: usize, f: impl Fn(&mut [f32])) {
     #[cfg(target_arch = "x86_64")]
     let whole = dim.is_multiple_of(8) && use_simd(dim);
     #[cfg(not(target_arch = "x86_64"))]
     let whole = true;
     if whole || dim == 0 || x.len() <= dim {
-        gelu_tanh(x);
+        f(x);
     } else {
-        x.chunks_mut(dim).for_each(gelu_tanh);
+        x.chunks_mut(dim).for_each(f);
     }
+}
+
+/// [`gelu_tanh`] on `dim`-long rows, each computed exactly as if alone.
+pub fn gelu_tanh_rows(x: &mut [f32], dim: usize) {
+    rows_as_alone(x, dim, gelu_tanh);
 }
 
 /// Soft-capping, `cap · tanh(x / cap)`, in place (the final logit soft-cap), computed as
@@ -137,18 +142,10 @@ pub fn soft_cap(x: &mut [f32], cap: f32) {
     });
 }
 
-/// [`soft_cap`] on `dim`-long rows, each computed exactly as if alone (see
-/// [`gelu_tanh_rows`]): batched logits match each sequence's own bit for bit.
+/// [`soft_cap`] on `dim`-long rows, each computed exactly as if alone: batched logits match
+/// each sequence's own bit for bit.
 pub fn soft_cap_rows(x: &mut [f32], dim: usize, cap: f32) {
-    #[cfg(target_arch = "x86_64")]
-    let whole = dim.is_multiple_of(8) && use_simd(dim);
-    #[cfg(not(target_arch = "x86_64"))]
-    let whole = true;
-    if whole || dim == 0 || x.len() <= dim {
-        soft_cap(x, cap);
-    } else {
-        x.chunks_mut(dim).for_each(|r| soft_cap(r, cap));
-    }
+    rows_as_alone(x, dim, |r| soft_cap(r, cap));
 }
 
 /// SiLU, `x · sigmoid(x)`, in place (computed as `x / (1 + e^(-x))`).
