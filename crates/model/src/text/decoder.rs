@@ -119,12 +119,7 @@ impl TextModel {
             }
         }
         let pos0 = pos[0];
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(ModelError::Invalid(format!(
-                "token id {bad} is outside the vocabulary (vocab_size = {})",
-                cfg.vocab_size
-            )));
-        }
+        check_ids(ids, cfg.vocab_size)?;
         let eps = cfg.rms_norm_eps;
 
         // Embeddings, scaled by √D in f32.
@@ -226,6 +221,16 @@ fn keep_last_row(streams: &mut [Vec<f32>], d: usize, n: usize) {
 
 /// The arguments of a batched step (either backend): one id per sequence, every sequence
 /// on the same MatFormer slice.
+/// Every token id below `vocab_size`, or an error naming the first that is not.
+pub(crate) fn check_ids(ids: &[u32], vocab_size: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab_size) {
+        Some(&bad) => Err(ModelError::Invalid(format!(
+            "token id {bad} is outside the vocabulary (vocab_size = {vocab_size})"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub(crate) fn check_batch<'a>(
     ids: usize,
     plans: impl ExactSizeIterator<Item = &'a std::sync::Arc<crate::matformer::SlicePlan>>,

@@ -158,12 +158,7 @@ impl CudaTextModel {
         if n == 0 {
             return Err(ModelError::Invalid("forward called with no tokens".into()));
         }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(ModelError::Invalid(format!(
-                "token id {bad} is outside the vocabulary (vocab_size = {})",
-                cfg.vocab_size
-            )));
-        }
+        crate::text::decoder::check_ids(ids, cfg.vocab_size)?;
         let pos0 = cache.pos();
         cache.reserve(pos0 + n)?;
         let chunk = self.settings.prefill_chunk;
@@ -276,12 +271,7 @@ impl CudaTextModel {
     pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
         let cfg = &self.cpu.cfg;
         crate::text::decoder::check_batch(ids.len(), caches.iter().map(|c| c.plan()))?;
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
-            return Err(ModelError::Invalid(format!(
-                "token id {bad} is outside the vocabulary (vocab_size = {})",
-                cfg.vocab_size
-            )));
-        }
+        crate::text::decoder::check_ids(ids, cfg.vocab_size)?;
         let mut out = Vec::with_capacity(ids.len() * cfg.vocab_size);
         for (ids, caches) in ids.chunks(GEMV_ROWS).zip(caches.chunks_mut(GEMV_ROWS)) {
             if ids.len() == 1 {
