@@ -229,9 +229,15 @@ impl Sampler {
     /// The next id given the logits over the model vocabulary and the ids seen so far (the
     /// repetition penalty applies to them; HF passes prompt and generated ids).
     pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Result<u32> {
+        let p = &self.params;
+        if p.is_greedy() && p.repetition_penalty == 1.0 && p.banned_ids.is_empty() {
+            // Nothing changes the scores: the largest logit, without a copy.
+            let n = logits.len().min(self.text_vocab_size);
+            return argmax(&logits[..n]);
+        }
         self.prepare_scores(logits, previous)?;
         if self.params.is_greedy() {
-            return self.argmax();
+            return argmax(&self.scores);
         }
         self.filter_candidates()?;
         let total: f64 = self.cand.iter().map(|c| c.0).sum();
@@ -251,7 +257,7 @@ impl Sampler {
     pub fn distribution(&mut self, logits: &[f32], previous: &[u32]) -> Result<Vec<(u32, f64)>> {
         self.prepare_scores(logits, previous)?;
         if self.params.is_greedy() {
-            return Ok(vec![(self.argmax()?, 1.0)]);
+            return Ok(vec![(argmax(&self.scores)?, 1.0)]);
         }
         self.filter_candidates()?;
         self.cand
@@ -286,19 +292,6 @@ impl Sampler {
         Ok(())
     }
 
-    /// Index of the largest score (the lowest id among ties, as torch.argmax); NaN and -inf
-    /// never win.
-    fn argmax(&self) -> Result<u32> {
-        let mut best: Option<(f32, usize)> = None;
-        for (i, &s) in self.scores.iter().enumerate() {
-            if s > f32::NEG_INFINITY && best.is_none_or(|(b, _)| s > b) {
-                best = Some((s, i));
-            }
-        }
-        best.map(|(_, i)| i as u32).ok_or_else(nothing_to_sample)
-    }
-
-    /// Fills `cand` with the kept ids and their unnormalized probabilities (f64).
     fn filter_candidates(&mut self) -> Result<()> {
         let t = f64::from(self.params.temperature);
         let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
@@ -387,6 +380,24 @@ impl Sampler {
         }
         Ok(())
     }
+}
+
+/// Index of the largest score (the lowest id among ties, as torch.argmax); NaN and -inf
+/// never win. Two passes that the compiler vectorizes: the maximum, then its first place.
+fn argmax(scores: &[f32]) -> Result<u32> {
+    if scores.is_empty() {
+        return Err(Error::Sampling("empty logits".into()));
+    }
+    // f32::max ignores NaN, so the maximum is that of the other scores.
+    let best = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    if best == f32::NEG_INFINITY {
+        return Err(nothing_to_sample());
+    }
+    let at = scores
+        .iter()
+        .position(|&s| s == best)
+        .expect("the maximum is a score");
+    Ok(at as u32)
 }
 
 fn nothing_to_sample() -> Error {

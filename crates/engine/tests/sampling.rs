@@ -248,6 +248,17 @@ fn masked_ids_are_never_sampled() {
 }
 
 #[test]
+fn greedy_takes_the_first_of_tied_maxima_and_never_nan() {
+    let mut g = Sampler::new(SamplingParams::greedy(), 6).unwrap();
+    let logits = [1.0, f32::NAN, 3.0, 3.0, f32::NEG_INFINITY, 2.0, 9.0];
+    // The last value lies past the text vocabulary of 6 ids.
+    assert_eq!(g.sample(&logits, &[]).unwrap(), 2);
+    assert_eq!(g.sample(&[f32::NAN, -5.0, f32::NAN], &[]).unwrap(), 1);
+    assert!(g.sample(&[f32::NAN, f32::NEG_INFINITY], &[]).is_err());
+    assert!(g.sample(&[], &[]).is_err());
+}
+
+#[test]
 fn same_seed_same_sequence() {
     let logits = random_logits(3000, 5, 4.0);
     let draw = |seed| {

@@ -7,6 +7,7 @@
 //! leave and free their KV cache at once. A request whose channel is closed (the client went
 //! away) is cancelled at its next token.
 
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -191,6 +192,8 @@ struct Seq<'m> {
     /// Bytes of `text` already sent.
     sent: usize,
     lps: Vec<TokenLogprob>,
+    /// The next token, picked ahead (in parallel with the other sequences') for `step`.
+    picked: Option<Result<u32, String>>,
 }
 
 /// What a sequence does after its pick.
@@ -225,12 +228,18 @@ impl<'m> Seq<'m> {
             text: String::new(),
             sent: 0,
             lps: Vec::new(),
+            picked: None,
         })
     }
 
     /// Whether the whole prompt is in the cache.
     fn decoding(&self) -> bool {
         self.prefilled == self.job.prompt.len()
+    }
+
+    /// Whether this step's `step` picks a token.
+    fn will_pick(&self) -> bool {
+        self.decoding() && self.completion < self.job.max_tokens
     }
 
     /// Prefills the next piece of the prompt.
@@ -269,14 +278,13 @@ impl<'m> Seq<'m> {
                 }
             }
         }
-        let id = self
-            .sampler
-            .sample(&logits, &self.history)
-            .map_err(|e| e.to_string())?;
-        if let Some(n) = job.logprobs {
-            self.lps.push(logprobs(m, &logits, id, n));
+        let id = self.sampler.sample(&logits, &self.history);
+        if let (Ok(id), Some(n)) = (&id, job.logprobs) {
+            self.lps.push(logprobs(m, &logits, *id, n));
         }
-        Ok(id)
+        // The buffer is refilled by the next step's forward pass.
+        self.logits = logits;
+        id.map_err(|e| e.to_string())
     }
 
     /// Picks and emits the next token, as `Session::generate` would.
@@ -287,7 +295,10 @@ impl<'m> Seq<'m> {
         if self.completion == self.job.max_tokens {
             return Ok(self.finish("length"));
         }
-        let next = self.pick(m)?;
+        let next = match self.picked.take() {
+            Some(p) => p?,
+            None => self.pick(m)?,
+        };
         if m.stop_ids.contains(&next) {
             self.lps.pop();
             return Ok(self.finish("stop"));
@@ -432,7 +443,13 @@ pub fn run(
             }
         }
         stats.active.store(active.len(), Ordering::Relaxed);
-        // Every sequence picks; the ones that continue are fed back together.
+        // Every decoding sequence picks its next token, all at once (sampling and
+        // log-probabilities scan the whole vocabulary); then, in order, each emits it and
+        // the ones that continue are fed back together.
+        active
+            .par_iter_mut()
+            .filter(|s| s.will_pick())
+            .for_each(|s| s.picked = Some(s.pick(m)));
         let mut feed: Vec<(usize, u32)> = Vec::new();
         let mut keep = vec![true; active.len()];
         for (i, seq) in active.iter_mut().enumerate() {
@@ -485,11 +502,18 @@ pub fn run(
             match m.decoder().forward_sequences(&ids, &mut caches) {
                 Ok(logits) => {
                     let v = logits.len() / ids.len();
+                    let mut row = vec![None; active.len()];
                     for (r, (&i, &id)) in idx.iter().zip(&ids).enumerate() {
-                        let seq = &mut active[i];
-                        seq.logits = logits[r * v..(r + 1) * v].to_vec();
-                        seq.history.push(id);
+                        row[i] = Some(r);
+                        active[i].history.push(id);
                     }
+                    // Each sequence's row of logits (1 MB each), copied in parallel.
+                    active.par_iter_mut().zip(row).for_each(|(seq, r)| {
+                        if let Some(r) = r {
+                            seq.logits.clear();
+                            seq.logits.extend_from_slice(&logits[r * v..(r + 1) * v]);
+                        }
+                    });
                 }
                 Err(e) => failed.extend(idx.iter().map(|&i| (i, e.to_string()))),
             }

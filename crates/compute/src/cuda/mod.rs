@@ -14,7 +14,7 @@ mod ops;
 
 pub use ops::{
     Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS,
-    GEMV_KERNELS_ANY, MAX_ROW,
+    GEMV_KERNEL_ONE, MAX_ROW,
 };
 
 use std::collections::HashMap;
@@ -39,15 +39,15 @@ pub const KERNELS: [&str; 26] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
-    "gemv_any_b2",
-    "gemv_bf16_b4",
-    "gemv_bf16_b8",
-    "gemv_q8_b4",
-    "gemv_q8_b8",
-    "gemv_q4k_b4",
+    "gemv_tc_bf16_b8",
+    "gemv_tc_bf16_b16",
+    "gemv_tc_q8_b8",
+    "gemv_tc_q8_b16",
     "gemv_q4k_b8",
     "split_bf16_rows",
     "sparse_t_bf16",
+    "sparse_tc_bf16_b8",
+    "sparse_tc_bf16_b16",
     "embed_rows",
     "ple_combine",
     "match_magnitude",

@@ -7,10 +7,17 @@ use cudarc::driver::DeviceRepr;
 
 use super::{CudaError, DevPtr, Gpu, Result};
 
-/// Output rows per block of `gemv_bf16` (one warp each).
+/// Output rows per block of the f32 GEMV kernels (one warp each).
 const GEMV_WARPS: usize = 8;
-/// Activation rows `gemv_bf16` and `sparse_t_bf16` take at once.
-pub const GEMV_MAX_BATCH: usize = 8;
+/// Threads of a block of the tensor-core GEMV kernels, and its output rows.
+const TC_THREADS: usize = 256;
+const TC_ROWS: usize = 16;
+/// Activation rows the GEMV kernels take at once.
+pub const GEMV_MAX_BATCH: usize = 16;
+/// Activation rows of one `sparse_t_bf16` launch.
+const SPT_ROWS: usize = 8;
+/// Units (rows of the transposed matrix) per block of `sparse_tc_bf16_*`.
+const TT_UNITS: usize = 1024;
 const GEMV_MAX_SEGS: usize = 4;
 /// Key splits of decode attention for one row (each split a block).
 const ATT_WARPS: usize = 4;
@@ -87,6 +94,24 @@ pub struct GemvSeg {
     pub epi: Epilogue,
 }
 
+impl GemvSeg {
+    /// The same product for activation rows `r0..` (x, y, mask and epilogue rows).
+    fn skip_rows(&self, r0: usize) -> GemvSeg {
+        let mut s = *self;
+        s.x = s.x.add_f32(r0 * s.ldx);
+        s.y = s.y.add_f32(r0 * s.ldy);
+        if !s.mask.is_null() {
+            s.mask = s.mask.add_f32(r0 * s.ldm);
+        }
+        s.epi = match s.epi {
+            Epilogue::GeluAux(a, ld) => Epilogue::GeluAux(a.add_f32(r0 * ld), ld),
+            Epilogue::GeluAcc(a, ld) => Epilogue::GeluAcc(a.add_f32(r0 * ld), ld),
+            e => e,
+        };
+        s
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RawSeg {
@@ -132,14 +157,28 @@ fn i(v: usize) -> i32 {
     i32::try_from(v).expect("size fits in a 32-bit kernel argument")
 }
 
-/// The GEMV kernels: for one or two activation rows one kernel for every weight format; for
-/// up to 4 and up to 8 rows one per format (`WeightFormat::code`).
-pub const GEMV_KERNELS_ANY: [&str; 2] = ["gemv_any_b1", "gemv_any_b2"];
+/// The GEMV kernels: for one activation row one kernel for every weight format (a quantized
+/// model's single-sequence step needs no extra launches); for 2 to 16 rows one per format
+/// (`WeightFormat::code`): the tensor-core kernels for bf16 and Q8_0, the f32 one for Q4_K.
+pub const GEMV_KERNEL_ONE: &str = "gemv_any_b1";
+/// Per format: the kernel for up to 8 rows and the one for up to 16 (Q4_K: 8 rows at a
+/// time).
 pub const GEMV_KERNELS: [[&str; 2]; 3] = [
-    ["gemv_bf16_b4", "gemv_bf16_b8"],
-    ["gemv_q8_b4", "gemv_q8_b8"],
-    ["gemv_q4k_b4", "gemv_q4k_b8"],
+    ["gemv_tc_bf16_b8", "gemv_tc_bf16_b16"],
+    ["gemv_tc_q8_b8", "gemv_tc_q8_b16"],
+    ["gemv_q4k_b8", "gemv_q4k_b8"],
 ];
+/// Activation rows of one launch of the f32 kernels.
+const GEMV_F32_ROWS: usize = 8;
+
+/// Output rows per block of a GEMV kernel.
+fn gemv_block_rows(name: &str) -> usize {
+    if name.starts_with("gemv_tc") {
+        TC_ROWS
+    } else {
+        GEMV_WARPS
+    }
+}
 
 /// Rows longer than this do not fit the register-resident row kernels (rows.cu: RPT = 8
 /// values per thread, at most 256 threads, which keeps their registers within bounds).
@@ -251,36 +290,46 @@ impl Gpu {
                 .map_err(|e| CudaError::Driver(format!("launching {name}: {e}")))
         })
     }
-    /// Up to 4 independent products in one launch (decode: `batch` ≤ 8 activation rows).
-    /// `cap > 0` soft-caps every output (`tanh(y / cap) · cap`). With more than two
-    /// activation rows, products of different weight formats go in separate launches (one
+    /// Up to 4 independent products in one launch (decode: `batch` ≤ 16 activation rows).
+    /// `cap > 0` soft-caps every output (`tanh(y / cap) · cap`). With more than one
+    /// activation row, products of different weight formats go in separate launches (one
     /// kernel per format).
     pub fn gemv(&self, segs: &[GemvSeg], batch: usize, cap: f32) -> Result<()> {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
-        if batch <= 2 {
-            return self.gemv_launches(segs, |_| true, GEMV_KERNELS_ANY[batch - 1], batch, cap);
+        if batch == 1 {
+            return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, 0, batch, cap);
         }
         for fmt in [WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4K] {
-            let name = GEMV_KERNELS[fmt.code() as usize][usize::from(batch > 4)];
-            self.gemv_launches(segs, |s| s.w.fmt == fmt, name, batch, cap)?;
+            let name = GEMV_KERNELS[fmt.code() as usize][usize::from(batch > 8)];
+            let keep = |s: &GemvSeg| s.w.fmt == fmt;
+            if name.starts_with("gemv_tc") {
+                self.gemv_launches(segs, keep, name, 0, batch, cap)?;
+                continue;
+            }
+            // The f32 kernel, 8 activation rows at a time.
+            for r0 in (0..batch).step_by(GEMV_F32_ROWS) {
+                let n = GEMV_F32_ROWS.min(batch - r0);
+                self.gemv_launches(segs, keep, name, r0, n, cap)?;
+            }
         }
         Ok(())
     }
 
     /// The products `segs` selected by `keep`, through kernel `name`, up to
-    /// `GEMV_MAX_SEGS` per launch.
+    /// `GEMV_MAX_SEGS` per launch, for activation rows `r0..r0 + batch`.
     fn gemv_launches(
         &self,
         segs: &[GemvSeg],
         keep: impl Fn(&GemvSeg) -> bool,
         name: &'static str,
+        r0: usize,
         batch: usize,
         cap: f32,
     ) -> Result<()> {
         let mut buf = [GemvSeg::default(); GEMV_MAX_SEGS];
         let mut n = 0;
         for s in segs.iter().filter(|s| keep(s)) {
-            buf[n] = *s;
+            buf[n] = s.skip_rows(r0);
             n += 1;
             if n == GEMV_MAX_SEGS {
                 self.gemv_launch(&buf[..n], name, batch, cap)?;
@@ -338,13 +387,18 @@ impl Gpu {
                 block_start: i(blocks),
                 fmt: s.w.fmt.code(),
             };
-            blocks += s.rows.div_ceil(GEMV_WARPS);
+            blocks += s.rows.div_ceil(gemv_block_rows(name));
         }
         if blocks == 0 {
             return Ok(());
         }
+        let threads = if name.starts_with("gemv_tc") {
+            TC_THREADS
+        } else {
+            GEMV_WARPS * 32
+        };
         let mut vals = [KArg::from(&mut a)];
-        self.launch_raw(name, (blocks, 1, 1), GEMV_WARPS * 32, &mut vals)
+        self.launch_raw(name, (blocks, 1, 1), threads, &mut vals)
     }
 
     /// The same products for many activation rows on the tensor cores (cuBLAS, bf16 inputs,
@@ -523,19 +577,44 @@ impl Gpu {
             "sparse_t batch {batch}"
         );
         self.timed("memset", || {
+            if ldy == ncols {
+                return self.zero(y, batch * ncols * 4);
+            }
             for b in 0..batch {
                 self.zero(y.add_f32(b * ldy), ncols * 4)?;
             }
             Ok(())
         })?;
+        let tc = batch >= 2
+            && (ncols | ldw).is_multiple_of(8)
+            && lda.is_multiple_of(2)
+            && wt.0.is_multiple_of(16)
+            && a.0.is_multiple_of(8);
+        if tc {
+            // The tensor-core kernel (dense but for runs of 16 units no row keeps).
+            let grid = (ncols.div_ceil(64), units.div_ceil(TT_UNITS), 1);
+            return if batch <= 8 {
+                launch!(self, "sparse_tc_bf16_b8", grid, TC_THREADS;
+                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
+            } else {
+                launch!(self, "sparse_tc_bf16_b16", grid, TC_THREADS;
+                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
+            };
+        }
         let per_block = if ncols.is_multiple_of(8) {
             256 * 8
         } else {
             256
         };
         let splits = units.div_ceil(512);
-        launch!(self, "sparse_t_bf16", (ncols.div_ceil(per_block), splits, 1), 256;
-            wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
+        // At most SPT_ROWS activation rows per launch.
+        for r0 in (0..batch).step_by(SPT_ROWS) {
+            let (a, y) = (a.add_f32(r0 * lda), y.add_f32(r0 * ldy));
+            let n = SPT_ROWS.min(batch - r0);
+            launch!(self, "sparse_t_bf16", (ncols.div_ceil(per_block), splits, 1), 256;
+                wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(n), i(units), i(ncols))?;
+        }
+        Ok(())
     }
 
     /// `out[b] = table[ids[b]] · scale` (bf16 table of width d), or `over[b]` where

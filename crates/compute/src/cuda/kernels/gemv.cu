@@ -180,7 +180,7 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
 // Format parameter of the kernels that read each segment's format at run time.
 #define W_ANY (-1)
 
-// The body, for at most MAXB activation rows (instantiated below for 1, 2, 4 and 8: the
+// The body, for at most MAXB activation rows (instantiated below for 1 and 8: the
 // single-row decode step keeps few registers, so more warps fit on each multiprocessor), with
 // weights of format FMT (W_ANY: each segment's own).
 template <int MAXB, int FMT>
@@ -254,12 +254,12 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 }
 
-// One or two activation rows: one kernel for every format (the products of a launch may
-// mix formats, so a step of a quantized model needs no extra launches), which stays within
-// its register bound. Four or eight rows: one kernel per format, so that each holds only its
-// own loop's registers (all three loops in one spilled the 8-row accumulators to local
-// memory); a launch then takes the products of one format. Blocks per multiprocessor the
-// register budget must allow: a single resident block leaves too few loads in flight.
+// One activation row: one kernel for every format (the products of a launch may mix
+// formats, so a step of a quantized model needs no extra launches). Two to eight rows of
+// Q4_K weights: a kernel of that format alone, so that it holds only its own loop's registers
+// (all three loops in one spilled the 8-row accumulators to local memory); bf16 and Q8_0
+// rows go to the tensor-core kernels below. Blocks per multiprocessor the register budget
+// must allow: a single resident block leaves too few loads in flight.
 #define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : 3)
 #define GEMV_KERNEL(NAME, FMT, B)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(B))    \
@@ -267,13 +267,290 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         gemv_body<B, FMT>(a);                                                           \
     }
 GEMV_KERNEL(any, W_ANY, 1)
-GEMV_KERNEL(any, W_ANY, 2)
-GEMV_KERNEL(bf16, W_BF16, 4)
-GEMV_KERNEL(bf16, W_BF16, 8)
-GEMV_KERNEL(q8, W_Q8, 4)
-GEMV_KERNEL(q8, W_Q8, 8)
-GEMV_KERNEL(q4k, W_Q4K, 4)
 GEMV_KERNEL(q4k, W_Q4K, 8)
+
+// Tensor-core GEMV for 2 to 16 activation rows (bf16 and Q8_0 weights). The single-row
+// kernels above read each weight once, but with several activation rows each weight value
+// costs one f32 multiply-add per row and every warp reloads all the activations, so they fall
+// far below the memory bandwidth. Here the weights are the A operand of the tensor cores'
+// m16n8k16 bf16 product (Q8_0's int8 values are exact in bf16; the block scale is applied
+// to each 32-value step's result) and the activation rows are its 8 columns (two products
+// for 9 to 16 rows), split into TC_PARTS bf16 parts x = p0 + p1 + p2 (p1 = bf16(x - p0), ...): the parts' products are
+// exact in the f32 accumulators, so three parts give about the precision of an f32 GEMV.
+//
+// A block computes 16 output rows; its TC_WARPS warps split k in steps of 32 values (warp w
+// takes steps w, w + TC_WARPS, ...) and their results are summed in shared memory. Within a
+// step, lane (g = lane / 4, t = lane % 4) holds the 8 consecutive weights at 8t.. of rows g
+// and g + 8, and the same 8 activations of activation row g (and g + 8): the first product takes values
+// 0-3 of every lane, the second values 4-7 (a fixed permutation of k within the step, the
+// same for both operands, so the sum is unchanged).
+#define TC_WARPS 8
+#define TC_ROWS 16
+#ifndef TC_PARTS
+#define TC_PARTS 3
+#endif
+#ifndef TC_UNROLL
+#define TC_UNROLL 4
+#endif
+
+// c += A (16 x 16, rows g and g + 8 of a[0..4)) . B (16 x 8, b0, b1), f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0,
+                                         u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Two activations (x0 at the lower k) as TC_PARTS packed bf16 pairs: p[0] = bf16(x),
+// p[1] = bf16(x - p[0]), ...
+__device__ __forceinline__ void split_pair(float x0, float x1, u32 p[TC_PARTS]) {
+    #pragma unroll
+    for (int i = 0; i < TC_PARTS; i++) {
+        u32 d;
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(x1), "f"(x0));
+        p[i] = d;
+        x0 -= __uint_as_float(d << 16);
+        x1 -= __uint_as_float(d & 0xffff0000u);
+    }
+}
+
+// Int8 values i and i + 1 of v (bytes, offset by 128: v ^ 0x80808080) as a packed bf16
+// pair, exactly: 2^23 + q + 128 is built from the bits, the offset subtracted in f32, and
+// the upper halves of the two f32 values (integers of at most 8 significant bits: the lower
+// halves are zero) are the bf16 values.
+__device__ __forceinline__ u32 i8pair_bf16(u32 biased, int i) {
+    const float f0 = __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 | i)) - 8388736.0f;
+    const float f1 =
+        __uint_as_float(__byte_perm(biased, 0x4B000000u, 0x7440 | (i + 1))) - 8388736.0f;
+    return __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
+}
+
+// The raw weights of one step for this lane: rows g and g + 8, the 8 values at 8t.. (bf16:
+// 16 bytes each; Q8_0: 8 bytes each and the rows' scales of the step's block).
+struct TcRaw {
+    uint4 a, b;
+    unsigned short sa, sb;
+};
+
+template <int FMT>
+__device__ __forceinline__ TcRaw tc_load(const void* w, const void* sc, size_t ra, size_t rb,
+                                         int ldw, int t, int step) {
+    TcRaw r;
+    if (FMT == W_BF16) {
+        const bf16_t* p = (const bf16_t*)w + step * 32 + 8 * t;
+        r.a = __ldg(reinterpret_cast<const uint4*>(p + ra * ldw));
+        r.b = __ldg(reinterpret_cast<const uint4*>(p + rb * ldw));
+        r.sa = r.sb = 0;
+    } else {
+        const signed char* p = (const signed char*)w + step * 32 + 8 * t;
+        const uint2 a = __ldg(reinterpret_cast<const uint2*>(p + ra * ldw));
+        const uint2 b = __ldg(reinterpret_cast<const uint2*>(p + rb * ldw));
+        r.a = make_uint4(a.x, a.y, 0, 0);
+        r.b = make_uint4(b.x, b.y, 0, 0);
+        const unsigned short* s = (const unsigned short*)sc + step;
+        r.sa = __ldg(s + ra * (ldw / 32));
+        r.sb = __ldg(s + rb * (ldw / 32));
+    }
+    return r;
+}
+
+// acc += this step's products: the two m16n8k16 products (values 0-3 and 4-7 of each lane)
+// for every activation part, the Q8_0 block scale applied per row after them.
+template <int FMT, int NT>
+__device__ __forceinline__ void tc_step(const TcRaw& r, const u32 xb[NT][TC_PARTS][4],
+                                        float acc[NT][4]) {
+    u32 a[8];
+    if (FMT == W_BF16) {
+        a[0] = r.a.x; a[1] = r.b.x; a[2] = r.a.y; a[3] = r.b.y;
+        a[4] = r.a.z; a[5] = r.b.z; a[6] = r.a.w; a[7] = r.b.w;
+    } else {
+        const u32 a0 = r.a.x ^ 0x80808080u, a1 = r.a.y ^ 0x80808080u;
+        const u32 b0 = r.b.x ^ 0x80808080u, b1 = r.b.y ^ 0x80808080u;
+        a[0] = i8pair_bf16(a0, 0); a[1] = i8pair_bf16(b0, 0);
+        a[2] = i8pair_bf16(a0, 2); a[3] = i8pair_bf16(b0, 2);
+        a[4] = i8pair_bf16(a1, 0); a[5] = i8pair_bf16(b1, 0);
+        a[6] = i8pair_bf16(a1, 2); a[7] = i8pair_bf16(b1, 2);
+    }
+    #pragma unroll
+    for (int n = 0; n < NT; n++) {
+        if (FMT == W_BF16) {
+            #pragma unroll
+            for (int p = 0; p < TC_PARTS; p++) {
+                mma_bf16(acc[n], a[0], a[1], a[2], a[3], xb[n][p][0], xb[n][p][1]);
+                mma_bf16(acc[n], a[4], a[5], a[6], a[7], xb[n][p][2], xb[n][p][3]);
+            }
+        } else {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            #pragma unroll
+            for (int p = 0; p < TC_PARTS; p++) {
+                mma_bf16(c, a[0], a[1], a[2], a[3], xb[n][p][0], xb[n][p][1]);
+                mma_bf16(c, a[4], a[5], a[6], a[7], xb[n][p][2], xb[n][p][3]);
+            }
+            const float sa = f16_to_f32(r.sa), sb = f16_to_f32(r.sb);
+            acc[n][0] += sa * c[0];
+            acc[n][1] += sa * c[1];
+            acc[n][2] += sb * c[2];
+            acc[n][3] += sb * c[3];
+        }
+    }
+}
+
+// Whether a segment suits the tensor-core loop: whole 32-value steps, rows and activations
+// at 16-byte (bf16) / 8-byte (Q8_0) boundaries.
+template <int FMT>
+__device__ __forceinline__ bool tc_aligned(const GemvSeg& g) {
+    const bool pair = g.epi == EPI_PAIR;
+    if ((g.k & 31) != 0 || (g.ldx & 3) != 0 || ((size_t)g.x & 15) != 0) return false;
+    const size_t ptrs = (size_t)g.w | (size_t)(pair ? g.w2 : g.w);
+    return FMT == W_BF16 ? (g.ldw & 7) == 0 && (ptrs & 15) == 0
+                         : (g.ldw & 31) == 0 && (ptrs & 7) == 0;
+}
+
+template <int FMT, int NT>
+__device__ __forceinline__ void gemv_tc_body(const GemvArgs& a) {
+    int s = 0;
+    #pragma unroll
+    for (int i = 1; i < GEMV_MAX_SEGS; i++)
+        if (i < a.nseg && (int)blockIdx.x >= a.seg[i].block_start) s = i;
+    const GemvSeg& G = a.seg[s];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = ((int)blockIdx.x - G.block_start) * TC_ROWS;
+    const bool pair = G.epi == EPI_PAIR;
+    const int kb = weight_row_bytes(FMT, G.k), rbytes = weight_row_bytes(FMT, G.ldw);
+    // The weights do not depend on the kernel before: fetch them while it finishes (two
+    // rows per warp).
+    if (!G.mask) {
+        #pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int r = row0 + 2 * warp + j;
+            if (r < G.rows) {
+                prefetch_l2((const char*)G.w + (size_t)r * rbytes, kb, lane);
+                if (pair) prefetch_l2((const char*)G.w2 + (size_t)r * rbytes, kb, lane);
+            }
+        }
+    }
+    pdl_start();
+    const int B = a.batch;
+    constexpr int COLS = 8 * NT;  // activation rows of the block's results
+    // Output (row rr, activation row b) of the block's TC_ROWS x COLS results, one per
+    // thread (and a second round for NT = 2 with 256 threads: exactly one each).
+    static_assert(TC_ROWS * COLS <= TC_WARPS * 32, "one result per thread");
+    const int rr = threadIdx.x / COLS, b = threadIdx.x % COLS, r = row0 + rr;
+    const bool writes = threadIdx.x < TC_ROWS * COLS && r < G.rows && b < B;
+    // Rows whose every mask value is <= 0 are written as 0; a block of such rows only.
+    __shared__ int live[TC_ROWS];
+    if (G.mask) {
+        if (threadIdx.x < TC_ROWS) {
+            const int mr = row0 + threadIdx.x;
+            bool any = false;
+            if (mr < G.rows)
+                for (int i = 0; i < B; i++) any |= G.mask[(size_t)i * G.ldm + mr] > 0.0f;
+            live[threadIdx.x] = any;
+        }
+        if (!__syncthreads_or(threadIdx.x < TC_ROWS && live[threadIdx.x])) {
+            if (writes) G.y[(size_t)b * G.ldy + r] = 0.0f;
+            return;
+        }
+    }
+    float acc[NT][4], acc2[NT][4];
+    #pragma unroll
+    for (int n = 0; n < NT; n++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++) acc[n][j] = acc2[n][j] = 0.0f;
+    if (tc_aligned<FMT>(G)) {
+        // Rows past the end are read as the last row (their results are dropped), and
+        // activation rows past the batch as the last one.
+        const size_t ra = min(row0 + g, G.rows - 1), rb = min(row0 + g + 8, G.rows - 1);
+        const float* xr[NT];
+        #pragma unroll
+        for (int n = 0; n < NT; n++) xr[n] = G.x + (size_t)min(g + 8 * n, B - 1) * G.ldx + 8 * t;
+        const int steps = G.k / 32;
+        for (int s0 = warp; s0 < steps; s0 += TC_WARPS * TC_UNROLL) {
+            TcRaw w1[TC_UNROLL], w2[TC_UNROLL];
+            #pragma unroll
+            for (int u = 0; u < TC_UNROLL; u++) {
+                const int st = s0 + u * TC_WARPS;
+                if (st < steps) {
+                    w1[u] = tc_load<FMT>(G.w, G.sc, ra, rb, G.ldw, t, st);
+                    if (pair) w2[u] = tc_load<FMT>(G.w2, G.sc2, ra, rb, G.ldw, t, st);
+                }
+            }
+            #pragma unroll
+            for (int u = 0; u < TC_UNROLL; u++) {
+                const int st = s0 + u * TC_WARPS;
+                if (st < steps) {
+                    u32 xb[NT][TC_PARTS][4];
+                    #pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        const float4* xp = reinterpret_cast<const float4*>(xr[n] + st * 32);
+                        const float4 x0 = xp[0], x1 = xp[1];
+                        const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+                        #pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            u32 pp[TC_PARTS];
+                            split_pair(xv[2 * q], xv[2 * q + 1], pp);
+                            #pragma unroll
+                            for (int p = 0; p < TC_PARTS; p++) xb[n][p][q] = pp[p];
+                        }
+                    }
+                    tc_step<FMT, NT>(w1[u], xb, acc);
+                    if (pair) tc_step<FMT, NT>(w2[u], xb, acc2);
+                }
+            }
+        }
+    } else if (warp == 0) {
+        // One value at a time: lane (g, t) sums rows g and g + 8 for activation rows
+        // 2t + 8n and 2t + 8n + 1 (the accumulator layout of the tensor-core loop).
+        for (int i = 0; i < G.k; i++) {
+            #pragma unroll
+            for (int n = 0; n < NT; n++)
+                #pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int wr = min(row0 + g + 8 * (j >> 1), G.rows - 1);
+                    const int xb = min(8 * n + 2 * t + (j & 1), B - 1);
+                    const float xv = G.x[(size_t)xb * G.ldx + i];
+                    acc[n][j] += weight_at(FMT, G.w, G.sc, wr, G.ldw, i) * xv;
+                    if (pair) acc2[n][j] += weight_at(FMT, G.w2, G.sc2, wr, G.ldw, i) * xv;
+                }
+        }
+    }
+    // The warps' sums, each output once: red[m][warp][row][activation row].
+    __shared__ float red[2][TC_WARPS][TC_ROWS][COLS];
+    #pragma unroll
+    for (int n = 0; n < NT; n++)
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            red[0][warp][g + 8 * (j >> 1)][8 * n + 2 * t + (j & 1)] = acc[n][j];
+            if (pair) red[1][warp][g + 8 * (j >> 1)][8 * n + 2 * t + (j & 1)] = acc2[n][j];
+        }
+    __syncthreads();
+    if (!writes) return;
+    float v = 0.0f, v2 = 0.0f;
+    #pragma unroll
+    for (int w = 0; w < TC_WARPS; w++) {
+        v += red[0][w][rr][b];
+        if (pair) v2 += red[1][w][rr][b];
+    }
+    if (G.mask && !live[rr]) v = 0.0f;
+    else if (G.epi == EPI_PAIR) v = gelu_tanh(v) * v2;
+    else if (G.epi == EPI_GELU_AUX) v = gelu_tanh(G.aux[(size_t)b * G.ldaux + r]) * v;
+    else if (G.epi == EPI_GELU_ACC) v = gelu_tanh(v) * G.aux[(size_t)b * G.ldaux + r];
+    else if (a.cap > 0.0f) v = tanhf(v / a.cap) * a.cap;
+    G.y[(size_t)b * G.ldy + r] = v;
+}
+
+// Up to 8 activation rows (one tile of 8 columns) and up to 16 (two).
+#define GEMV_TC_KERNEL(NAME, FMT, B)                                                    \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32)                         \
+    gemv_tc_##NAME##_b##B(const GemvArgs a) {                                           \
+        gemv_tc_body<FMT, B / 8>(a);                                                    \
+    }
+GEMV_TC_KERNEL(bf16, W_BF16, 8)
+GEMV_TC_KERNEL(bf16, W_BF16, 16)
+GEMV_TC_KERNEL(q8, W_Q8, 8)
+GEMV_TC_KERNEL(q8, W_Q8, 16)
 
 // Sparse product with a transposed matrix: y[b, n] += sum_i a[b, i] * Wt[i, n] over the
 // hidden units i with a[b, i] != 0 (the exact sparse FFN's down projection; Wt = down^T,
@@ -349,6 +626,117 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
             atomicAdd(&y[(size_t)b * ldy + c], acc);
         }
     }
+}
+
+// The same product for 2 to 16 activation rows on the tensor cores: y[b, n] += sum_i
+// a[b, i] * Wt[i, n]. With several rows the units some row keeps cover most of the matrix,
+// so it is read densely except for runs of 16 units no row keeps. The m16n8k16 product
+// takes 16 output columns as M, 16 units as K and the activation rows as N (split in
+// TC_PARTS bf16 parts as in gemv_tc). A warp covers 64 columns: lane (g, t) loads the 8
+// columns at 8g.. of units 2t, 2t + 1, 2t + 8 and 2t + 9 of a 16-unit step, and the four
+// products j = 0..3 take its columns 2j (as row g of A) and 2j + 1 (as row g + 8). Grid
+// (ncols / 64, units / TT_UNITS); the block's warps split its units in 16-unit steps, sum
+// in shared memory and add to y (zeroed first) atomically. Needs ncols, ldw multiples of 8,
+// lda even and 16-byte-aligned wt, 8-byte-aligned a (the launcher checks).
+#define TT_WARPS 8
+#define TT_UNITS 1024
+
+template <int NT>
+__device__ __forceinline__ void sparse_tc_body(const bf16_t* wt, int ldw, const float* a,
+                                               int lda, float* y, int ldy, int batch,
+                                               int units, int ncols) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * 64;
+    const int k_begin = blockIdx.y * TT_UNITS, k_end = min(units, k_begin + TT_UNITS);
+    const bool cols_in = n0 + 8 * g + 8 <= ncols;
+    pdl_start();
+    float acc[4][NT][4];
+    #pragma unroll
+    for (int j = 0; j < 4; j++)
+        #pragma unroll
+        for (int n = 0; n < NT; n++)
+            #pragma unroll
+            for (int q = 0; q < 4; q++) acc[j][n][q] = 0.0f;
+    for (int k0 = k_begin + 16 * warp; k0 < k_end; k0 += 16 * TT_WARPS) {
+        // This lane's activations: units 2t, 2t + 1, 2t + 8, 2t + 9 of activation row g
+        // (and g + 8); rows past the batch read as the last one, units past the end as 0.
+        float2 x[NT][2];
+        bool any = false;
+        #pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const float* ar = a + (size_t)min(g + 8 * n, batch - 1) * lda;
+            #pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int k = k0 + 2 * t + 8 * h;
+                x[n][h] = k < k_end ? *reinterpret_cast<const float2*>(ar + k)
+                                    : make_float2(0.0f, 0.0f);
+                any |= x[n][h].x != 0.0f || x[n][h].y != 0.0f;
+            }
+        }
+        if (!__any_sync(0xffffffffu, any)) continue;  // no row keeps these 16 units
+        uint4 w[4];
+        #pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int k = k0 + 2 * t + (i & 1) + 8 * (i >> 1);
+            w[i] = cols_in && k < k_end
+                       ? __ldg(reinterpret_cast<const uint4*>(wt + (size_t)k * ldw + n0 + 8 * g))
+                       : make_uint4(0, 0, 0, 0);
+        }
+        u32 xb[NT][TC_PARTS][4];
+        #pragma unroll
+        for (int n = 0; n < NT; n++) {
+            u32 pp[TC_PARTS];
+            split_pair(x[n][0].x, x[n][0].y, pp);
+            #pragma unroll
+            for (int p = 0; p < TC_PARTS; p++) xb[n][p][0] = pp[p];
+            split_pair(x[n][1].x, x[n][1].y, pp);
+            #pragma unroll
+            for (int p = 0; p < TC_PARTS; p++) xb[n][p][1] = pp[p];
+        }
+        const u32 r0[4] = {w[0].x, w[0].y, w[0].z, w[0].w}, r1[4] = {w[1].x, w[1].y, w[1].z, w[1].w};
+        const u32 r8[4] = {w[2].x, w[2].y, w[2].z, w[2].w}, r9[4] = {w[3].x, w[3].y, w[3].z, w[3].w};
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const u32 a0 = __byte_perm(r0[j], r1[j], 0x5410), a1 = __byte_perm(r0[j], r1[j], 0x7632);
+            const u32 a2 = __byte_perm(r8[j], r9[j], 0x5410), a3 = __byte_perm(r8[j], r9[j], 0x7632);
+            #pragma unroll
+            for (int n = 0; n < NT; n++)
+                #pragma unroll
+                for (int p = 0; p < TC_PARTS; p++)
+                    mma_bf16(acc[j][n], a0, a1, a2, a3, xb[n][p][0], xb[n][p][1]);
+        }
+    }
+    // red[warp][column][activation row], then one atomic add per (column, row).
+    constexpr int COLS = 8 * NT;
+    __shared__ float red[TT_WARPS][64][COLS];
+    #pragma unroll
+    for (int j = 0; j < 4; j++)
+        #pragma unroll
+        for (int n = 0; n < NT; n++)
+            #pragma unroll
+            for (int q = 0; q < 4; q++)
+                red[warp][8 * g + 2 * j + (q >> 1)][8 * n + 2 * t + (q & 1)] = acc[j][n][q];
+    __syncthreads();
+    for (int o = threadIdx.x; o < 64 * COLS; o += TT_WARPS * 32) {
+        const int c = o / COLS, b = o % COLS;
+        if (b >= batch || n0 + c >= ncols) continue;
+        float v = 0.0f;
+        #pragma unroll
+        for (int w = 0; w < TT_WARPS; w++) v += red[w][c][b];
+        if (v != 0.0f) atomicAdd(&y[(size_t)b * ldy + n0 + c], v);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TT_WARPS * 32)
+sparse_tc_bf16_b8(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int ldy,
+                  int batch, int units, int ncols) {
+    sparse_tc_body<1>(wt, ldw, a, lda, y, ldy, batch, units, ncols);
+}
+extern "C" __global__ void __launch_bounds__(TT_WARPS * 32)
+sparse_tc_bf16_b16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int ldy,
+                   int batch, int units, int ncols) {
+    sparse_tc_body<2>(wt, ldw, a, lda, y, ldy, batch, units, ncols);
 }
 
 // v as up to three bf16 parts at index o: p0 = bf16(v), p1 = bf16(v - p0),

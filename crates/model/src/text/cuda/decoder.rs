@@ -19,7 +19,7 @@ use crate::matformer::SlicePlan;
 use crate::text::{EmbedFn, Logits, StreamHook};
 
 /// Rows up to which products run on the GEMV kernel.
-pub(super) const GEMV_ROWS: usize = 8;
+pub(super) const GEMV_ROWS: usize = 16;
 /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK` overrides): longer prompts go
 /// in pieces of this size, which bounds the activation workspace (E4B: about 0.4 GB).
 pub(super) const PREFILL_CHUNK: usize = 512;
@@ -32,6 +32,16 @@ const MAX_SCORE_BYTES: usize = 1 << 30;
 
 /// Rows up to which sparse layers read only the active rows of `up` and `downᵀ`.
 const SPARSE_ROWS: usize = 4;
+
+/// The logits out of the page-locked buffer, rows of `v` copied in parallel (16 rows of
+/// 262144 logits are 16 MB).
+fn copy_rows(src: &[f32], v: usize) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    out.par_chunks_mut(v)
+        .zip(src.par_chunks(v))
+        .for_each(|(o, s)| o.copy_from_slice(s));
+    out
+}
 
 /// A product `y = x · Wᵀ` over the first `rows` rows and `k` columns of `w`.
 fn seg(
@@ -225,7 +235,7 @@ impl CudaTextModel {
         self.gpu
             .download(ws.logits.ptr(), &mut ws.logits_host, 4 * rows * v)
             .map_err(gpu_err)?;
-        let mut logits = ws.logits_host.as_slice::<f32>()[..rows * v].to_vec();
+        let mut logits = copy_rows(&ws.logits_host.as_slice::<f32>()[..rows * v], v);
         if rows > GEMV_ROWS {
             // The GEMM path leaves the soft-cap to the host.
             if let Some(cap) = cfg.final_logit_softcapping {
@@ -265,7 +275,7 @@ impl CudaTextModel {
 
     /// One decode step of several sequences running the same slice: `ids[b]` is the next
     /// token of the sequence held by `caches[b]`. Returns their logits, `B x V` (the
-    /// contract of [`crate::TextModel::forward_batch`]). Up to 8 sequences go through the
+    /// contract of [`crate::TextModel::forward_batch`]). Up to 16 sequences go through the
     /// decode kernels together (each row attending to its own cache); a lone sequence
     /// replays its captured step.
     pub fn forward_batch(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
@@ -283,7 +293,7 @@ impl CudaTextModel {
         Ok(out)
     }
 
-    /// [`CudaTextModel::forward_batch`] for 2 to 8 sequences.
+    /// [`CudaTextModel::forward_batch`] for 2 to 16 sequences.
     fn step_rows(&self, ids: &[u32], caches: &mut [&mut CudaKvCache]) -> Result<Vec<f32>> {
         let cfg = &self.cpu.cfg;
         let n = ids.len();
@@ -325,7 +335,7 @@ impl CudaTextModel {
         self.gpu
             .download(ws.logits.ptr(), &mut ws.logits_host, 4 * n * v)
             .map_err(gpu_err)?;
-        Ok(ws.logits_host.as_slice::<f32>()[..n * v].to_vec())
+        Ok(copy_rows(&ws.logits_host.as_slice::<f32>()[..n * v], v))
     }
 
     /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
@@ -426,7 +436,7 @@ impl CudaTextModel {
         ws.xparts[..n].iter().map(|b| b.ptr()).collect()
     }
 
-    /// Products `y = x · Wᵀ`: one GEMV launch up to 8 rows, else one GEMM each.
+    /// Products `y = x · Wᵀ`: one GEMV launch up to 16 rows, else one GEMM each.
     fn mm(&self, ws: &Workspace, segs: &[GemvSeg], n: usize, cap: f32) -> Result<()> {
         if n <= GEMV_ROWS {
             self.gpu.gemv(segs, n, cap).map_err(gpu_err)
