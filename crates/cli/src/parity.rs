@@ -36,6 +36,10 @@ pub struct Args {
     slice: crate::slice::SliceArgs,
 }
 
+/// Largest max relative error of a product kernel against the f64 product of the same
+/// values (f32 accumulation over 1024 terms, activations in near-f32 bf16 parts).
+const KERNEL_TOLERANCE: f64 = 1e-5;
+
 fn rel_err(a: &[f32], reference: &[f32]) -> f32 {
     let num = a
         .iter()
@@ -194,6 +198,23 @@ pub fn main(a: Args) -> Result<()> {
             eprintln!("    {name:<24} {count:>6} launches {ms:>9.3} ms");
         }
     }
+    // The product kernels alone, on random data (Q4_K and every batch size included).
+    println!("kernel check                                  max rel err");
+    let mut kernel_worst = 0f64;
+    for c in gemma3n_model::text::cuda::check_kernels(gpu.gpu())? {
+        let ok = c.err <= KERNEL_TOLERANCE;
+        failures += usize::from(!ok);
+        kernel_worst = kernel_worst.max(c.err);
+        println!(
+            "{:<45} {:>11.3e}{}",
+            c.name,
+            c.err,
+            if ok { "" } else { "  FAIL" }
+        );
+    }
+    println!(
+        "kernel checks: worst max rel err {kernel_worst:.3e} (tolerance {KERNEL_TOLERANCE:.0e})"
+    );
     println!(
         "parity {}: worst max rel err {worst:.3e} (tolerance {:.1e})",
         if failures == 0 { "PASSED" } else { "FAILED" },

@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 26] = [
+pub const KERNELS: [&str; 27] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -43,7 +43,8 @@ pub const KERNELS: [&str; 26] = [
     "gemv_tc_bf16_b16",
     "gemv_tc_q8_b8",
     "gemv_tc_q8_b16",
-    "gemv_q4k_b8",
+    "gemv_tc_q4k_b8",
+    "gemv_tc_q4k_b16",
     "split_bf16_rows",
     "sparse_t_bf16",
     "sparse_tc_bf16_b8",

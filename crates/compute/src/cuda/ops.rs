@@ -94,24 +94,6 @@ pub struct GemvSeg {
     pub epi: Epilogue,
 }
 
-impl GemvSeg {
-    /// The same product for activation rows `r0..` (x, y, mask and epilogue rows).
-    fn skip_rows(&self, r0: usize) -> GemvSeg {
-        let mut s = *self;
-        s.x = s.x.add_f32(r0 * s.ldx);
-        s.y = s.y.add_f32(r0 * s.ldy);
-        if !s.mask.is_null() {
-            s.mask = s.mask.add_f32(r0 * s.ldm);
-        }
-        s.epi = match s.epi {
-            Epilogue::GeluAux(a, ld) => Epilogue::GeluAux(a.add_f32(r0 * ld), ld),
-            Epilogue::GeluAcc(a, ld) => Epilogue::GeluAcc(a.add_f32(r0 * ld), ld),
-            e => e,
-        };
-        s
-    }
-}
-
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct RawSeg {
@@ -158,18 +140,14 @@ fn i(v: usize) -> i32 {
 }
 
 /// The GEMV kernels: for one activation row one kernel for every weight format (a quantized
-/// model's single-sequence step needs no extra launches); for 2 to 16 rows one per format
-/// (`WeightFormat::code`): the tensor-core kernels for bf16 and Q8_0, the f32 one for Q4_K.
+/// model's single-sequence step needs no extra launches); for 2 to 16 rows the tensor-core
+/// kernels, one per format (`WeightFormat::code`), for up to 8 rows and for up to 16.
 pub const GEMV_KERNEL_ONE: &str = "gemv_any_b1";
-/// Per format: the kernel for up to 8 rows and the one for up to 16 (Q4_K: 8 rows at a
-/// time).
 pub const GEMV_KERNELS: [[&str; 2]; 3] = [
     ["gemv_tc_bf16_b8", "gemv_tc_bf16_b16"],
     ["gemv_tc_q8_b8", "gemv_tc_q8_b16"],
-    ["gemv_q4k_b8", "gemv_q4k_b8"],
+    ["gemv_tc_q4k_b8", "gemv_tc_q4k_b16"],
 ];
-/// Activation rows of one launch of the f32 kernels.
-const GEMV_F32_ROWS: usize = 8;
 
 /// Output rows per block of a GEMV kernel.
 fn gemv_block_rows(name: &str) -> usize {
@@ -297,39 +275,29 @@ impl Gpu {
     pub fn gemv(&self, segs: &[GemvSeg], batch: usize, cap: f32) -> Result<()> {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
         if batch == 1 {
-            return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, 0, batch, cap);
+            return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, batch, cap);
         }
         for fmt in [WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4K] {
             let name = GEMV_KERNELS[fmt.code() as usize][usize::from(batch > 8)];
-            let keep = |s: &GemvSeg| s.w.fmt == fmt;
-            if name.starts_with("gemv_tc") {
-                self.gemv_launches(segs, keep, name, 0, batch, cap)?;
-                continue;
-            }
-            // The f32 kernel, 8 activation rows at a time.
-            for r0 in (0..batch).step_by(GEMV_F32_ROWS) {
-                let n = GEMV_F32_ROWS.min(batch - r0);
-                self.gemv_launches(segs, keep, name, r0, n, cap)?;
-            }
+            self.gemv_launches(segs, |s| s.w.fmt == fmt, name, batch, cap)?;
         }
         Ok(())
     }
 
     /// The products `segs` selected by `keep`, through kernel `name`, up to
-    /// `GEMV_MAX_SEGS` per launch, for activation rows `r0..r0 + batch`.
+    /// `GEMV_MAX_SEGS` per launch.
     fn gemv_launches(
         &self,
         segs: &[GemvSeg],
         keep: impl Fn(&GemvSeg) -> bool,
         name: &'static str,
-        r0: usize,
         batch: usize,
         cap: f32,
     ) -> Result<()> {
         let mut buf = [GemvSeg::default(); GEMV_MAX_SEGS];
         let mut n = 0;
         for s in segs.iter().filter(|s| keep(s)) {
-            buf[n] = s.skip_rows(r0);
+            buf[n] = *s;
             n += 1;
             if n == GEMV_MAX_SEGS {
                 self.gemv_launch(&buf[..n], name, batch, cap)?;

@@ -180,9 +180,9 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
 // Format parameter of the kernels that read each segment's format at run time.
 #define W_ANY (-1)
 
-// The body, for at most MAXB activation rows (instantiated below for 1 and 8: the
-// single-row decode step keeps few registers, so more warps fit on each multiprocessor), with
-// weights of format FMT (W_ANY: each segment's own).
+// The body, for at most MAXB activation rows (instantiated below for 1: the single-row
+// decode step keeps few registers, so more warps fit on each multiprocessor), with weights of
+// format FMT (W_ANY: each segment's own).
 template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     int s = 0;
@@ -255,11 +255,9 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
 }
 
 // One activation row: one kernel for every format (the products of a launch may mix
-// formats, so a step of a quantized model needs no extra launches). Two to eight rows of
-// Q4_K weights: a kernel of that format alone, so that it holds only its own loop's registers
-// (all three loops in one spilled the 8-row accumulators to local memory); bf16 and Q8_0
-// rows go to the tensor-core kernels below. Blocks per multiprocessor the register budget
-// must allow: a single resident block leaves too few loads in flight.
+// formats, so a step of a quantized model needs no extra launches). Blocks per
+// multiprocessor the register budget must allow: a single resident block leaves too few
+// loads in flight.
 #define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : 3)
 #define GEMV_KERNEL(NAME, FMT, B)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(B))    \
@@ -267,23 +265,23 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         gemv_body<B, FMT>(a);                                                           \
     }
 GEMV_KERNEL(any, W_ANY, 1)
-GEMV_KERNEL(q4k, W_Q4K, 8)
 
-// Tensor-core GEMV for 2 to 16 activation rows (bf16 and Q8_0 weights). The single-row
-// kernels above read each weight once, but with several activation rows each weight value
-// costs one f32 multiply-add per row and every warp reloads all the activations, so they fall
-// far below the memory bandwidth. Here the weights are the A operand of the tensor cores'
-// m16n8k16 bf16 product (Q8_0's int8 values are exact in bf16; the block scale is applied
-// to each 32-value step's result) and the activation rows are its 8 columns (two products
-// for 9 to 16 rows), split into TC_PARTS bf16 parts x = p0 + p1 + p2 (p1 = bf16(x - p0), ...): the parts' products are
-// exact in the f32 accumulators, so three parts give about the precision of an f32 GEMV.
+// Tensor-core GEMV for 2 to 16 activation rows. The kernel above reads each weight once,
+// but with several activation rows each weight value costs one f32 multiply-add per row and
+// every warp reloads all the activations, which keeps it far below the memory bandwidth
+// (8 rows took 5x the time of one). Here the weights are the A operand of the tensor
+// cores' m16n8k16 bf16 product (Q8_0's int8 and Q4_K's 4-bit values are exact in bf16;
+// the block scales are applied to each 32-value step's result) and the activation rows are
+// its 8 columns (two products for 9 to 16 rows), split into TC_PARTS bf16 parts
+// x = p0 + p1 + p2 (p1 = bf16(x - p0), ...): the parts' products are exact in the f32
+// accumulators, so three parts give about the precision of an f32 GEMV.
 //
 // A block computes 16 output rows; its TC_WARPS warps split k in steps of 32 values (warp w
 // takes steps w, w + TC_WARPS, ...) and their results are summed in shared memory. Within a
-// step, lane (g = lane / 4, t = lane % 4) holds the 8 consecutive weights at 8t.. of rows g
-// and g + 8, and the same 8 activations of activation row g (and g + 8): the first product takes values
-// 0-3 of every lane, the second values 4-7 (a fixed permutation of k within the step, the
-// same for both operands, so the sum is unchanged).
+// step, lane (g = lane / 4, t = lane % 4) holds 8 weights of rows g and g + 8 and the same
+// 8 activations of activation row g (and g + 8): the first product takes values 0-3 of every
+// lane, the second values 4-7 (a fixed permutation of k within the step, the same for both
+// operands, so the sum is unchanged).
 #define TC_WARPS 8
 #define TC_ROWS 16
 #ifndef TC_PARTS
@@ -326,23 +324,35 @@ __device__ __forceinline__ u32 i8pair_bf16(u32 biased, int i) {
     return __byte_perm(__float_as_uint(f0), __float_as_uint(f1), 0x7632);
 }
 
-// The raw weights of one step for this lane: rows g and g + 8, the 8 values at 8t.. (bf16:
-// 16 bytes each; Q8_0: 8 bytes each and the rows' scales of the step's block).
+// Four 4-bit values (bytes of v, already masked to their low nibbles) as two packed bf16
+// pairs, exactly: 0x4300 | q is the bf16 value 128 + q, then 128 is subtracted.
+__device__ __forceinline__ void u4x4_bf16(u32 v, u32& p01, u32& p23) {
+    const u32 off = 0x43004300u;
+    u32 a = __byte_perm(v, off, 0x5150), b = __byte_perm(v, off, 0x5352);
+    asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(p01) : "r"(a), "r"(off));
+    asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(p23) : "r"(b), "r"(off));
+}
+
+// The raw weights of one step for this lane: rows g and g + 8, 8 values each (bf16: the 16
+// bytes at 8t..; Q8_0: the 8 bytes at 8t.. and the rows' scales of the step's block; Q4_K:
+// the 4 bytes at 4t.. of the step's 32-value sub-block, holding values 4t..4t+3 and
+// 16+4t..16+4t+3, with the super-block's d, dmin and the sub-block's scale and min).
 struct TcRaw {
     uint4 a, b;
-    unsigned short sa, sb;
+    u32 sa, sb;   // Q8_0: the f16 scale; Q4_K: d | dmin << 16
+    u32 ma, mb;   // Q4_K: sc[sub] | m[sub] << 8
 };
 
 template <int FMT>
 __device__ __forceinline__ TcRaw tc_load(const void* w, const void* sc, size_t ra, size_t rb,
                                          int ldw, int t, int step) {
     TcRaw r;
+    r.sa = r.sb = r.ma = r.mb = 0;
     if (FMT == W_BF16) {
         const bf16_t* p = (const bf16_t*)w + step * 32 + 8 * t;
         r.a = __ldg(reinterpret_cast<const uint4*>(p + ra * ldw));
         r.b = __ldg(reinterpret_cast<const uint4*>(p + rb * ldw));
-        r.sa = r.sb = 0;
-    } else {
+    } else if (FMT == W_Q8) {
         const signed char* p = (const signed char*)w + step * 32 + 8 * t;
         const uint2 a = __ldg(reinterpret_cast<const uint2*>(p + ra * ldw));
         const uint2 b = __ldg(reinterpret_cast<const uint2*>(p + rb * ldw));
@@ -351,12 +361,25 @@ __device__ __forceinline__ TcRaw tc_load(const void* w, const void* sc, size_t r
         const unsigned short* s = (const unsigned short*)sc + step;
         r.sa = __ldg(s + ra * (ldw / 32));
         r.sb = __ldg(s + rb * (ldw / 32));
+    } else {
+        const unsigned char* p = (const unsigned char*)w + step * 16 + 4 * t;
+        r.a = make_uint4(__ldg(reinterpret_cast<const u32*>(p + ra * (ldw / 2))), 0, 0, 0);
+        r.b = make_uint4(__ldg(reinterpret_cast<const u32*>(p + rb * (ldw / 2))), 0, 0, 0);
+        const Q4KMeta* m = (const Q4KMeta*)sc + step / 8;
+        const Q4KMeta& ma = m[ra * (ldw / 256)];
+        const Q4KMeta& mb = m[rb * (ldw / 256)];
+        const int sub = step % 8;
+        r.sa = __ldg(reinterpret_cast<const u32*>(&ma));
+        r.sb = __ldg(reinterpret_cast<const u32*>(&mb));
+        r.ma = __ldg(&ma.sc[sub]) | ((u32)__ldg(&ma.m[sub]) << 8);
+        r.mb = __ldg(&mb.sc[sub]) | ((u32)__ldg(&mb.m[sub]) << 8);
     }
     return r;
 }
 
-// acc += this step's products: the two m16n8k16 products (values 0-3 and 4-7 of each lane)
-// for every activation part, the Q8_0 block scale applied per row after them.
+// acc += this step's products: the two m16n8k16 products (the lane's values 0-3 and 4-7)
+// for every activation part; Q8_0's block scale applied per row after them, and Q4_K's
+// value = ds * q - dm as ds * (q . x) - dm * sum(x), the sums from a product with ones.
 template <int FMT, int NT>
 __device__ __forceinline__ void tc_step(const TcRaw& r, const u32 xb[NT][TC_PARTS][4],
                                         float acc[NT][4]) {
@@ -364,13 +387,18 @@ __device__ __forceinline__ void tc_step(const TcRaw& r, const u32 xb[NT][TC_PART
     if (FMT == W_BF16) {
         a[0] = r.a.x; a[1] = r.b.x; a[2] = r.a.y; a[3] = r.b.y;
         a[4] = r.a.z; a[5] = r.b.z; a[6] = r.a.w; a[7] = r.b.w;
-    } else {
+    } else if (FMT == W_Q8) {
         const u32 a0 = r.a.x ^ 0x80808080u, a1 = r.a.y ^ 0x80808080u;
         const u32 b0 = r.b.x ^ 0x80808080u, b1 = r.b.y ^ 0x80808080u;
         a[0] = i8pair_bf16(a0, 0); a[1] = i8pair_bf16(b0, 0);
         a[2] = i8pair_bf16(a0, 2); a[3] = i8pair_bf16(b0, 2);
         a[4] = i8pair_bf16(a1, 0); a[5] = i8pair_bf16(b1, 0);
         a[6] = i8pair_bf16(a1, 2); a[7] = i8pair_bf16(b1, 2);
+    } else {
+        u4x4_bf16(r.a.x & 0x0f0f0f0fu, a[0], a[2]);
+        u4x4_bf16(r.b.x & 0x0f0f0f0fu, a[1], a[3]);
+        u4x4_bf16((r.a.x >> 4) & 0x0f0f0f0fu, a[4], a[6]);
+        u4x4_bf16((r.b.x >> 4) & 0x0f0f0f0fu, a[5], a[7]);
     }
     #pragma unroll
     for (int n = 0; n < NT; n++) {
@@ -387,24 +415,43 @@ __device__ __forceinline__ void tc_step(const TcRaw& r, const u32 xb[NT][TC_PART
                 mma_bf16(c, a[0], a[1], a[2], a[3], xb[n][p][0], xb[n][p][1]);
                 mma_bf16(c, a[4], a[5], a[6], a[7], xb[n][p][2], xb[n][p][3]);
             }
-            const float sa = f16_to_f32(r.sa), sb = f16_to_f32(r.sb);
-            acc[n][0] += sa * c[0];
-            acc[n][1] += sa * c[1];
-            acc[n][2] += sb * c[2];
-            acc[n][3] += sb * c[3];
+            if (FMT == W_Q8) {
+                const float sa = f16_to_f32(r.sa), sb = f16_to_f32(r.sb);
+                acc[n][0] += sa * c[0];
+                acc[n][1] += sa * c[1];
+                acc[n][2] += sb * c[2];
+                acc[n][3] += sb * c[3];
+            } else {
+                const u32 one = 0x3f803f80u;  // bf16 1.0, twice
+                float sx[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                #pragma unroll
+                for (int p = 0; p < TC_PARTS; p++) {
+                    mma_bf16(sx, one, one, one, one, xb[n][p][0], xb[n][p][1]);
+                    mma_bf16(sx, one, one, one, one, xb[n][p][2], xb[n][p][3]);
+                }
+                const float dsa = f16_to_f32(r.sa & 0xffffu) * (float)(r.ma & 0xffu);
+                const float dma = f16_to_f32(r.sa >> 16) * (float)(r.ma >> 8);
+                const float dsb = f16_to_f32(r.sb & 0xffffu) * (float)(r.mb & 0xffu);
+                const float dmb = f16_to_f32(r.sb >> 16) * (float)(r.mb >> 8);
+                acc[n][0] += dsa * c[0] - dma * sx[0];
+                acc[n][1] += dsa * c[1] - dma * sx[1];
+                acc[n][2] += dsb * c[2] - dmb * sx[2];
+                acc[n][3] += dsb * c[3] - dmb * sx[3];
+            }
         }
     }
 }
 
 // Whether a segment suits the tensor-core loop: whole 32-value steps, rows and activations
-// at 16-byte (bf16) / 8-byte (Q8_0) boundaries.
+// at 16-byte (bf16) / 8-byte (Q8_0) / 4-byte (Q4_K) boundaries.
 template <int FMT>
 __device__ __forceinline__ bool tc_aligned(const GemvSeg& g) {
     const bool pair = g.epi == EPI_PAIR;
     if ((g.k & 31) != 0 || (g.ldx & 3) != 0 || ((size_t)g.x & 15) != 0) return false;
     const size_t ptrs = (size_t)g.w | (size_t)(pair ? g.w2 : g.w);
-    return FMT == W_BF16 ? (g.ldw & 7) == 0 && (ptrs & 15) == 0
-                         : (g.ldw & 31) == 0 && (ptrs & 7) == 0;
+    if (FMT == W_BF16) return (g.ldw & 7) == 0 && (ptrs & 15) == 0;
+    if (FMT == W_Q8) return (g.ldw & 31) == 0 && (ptrs & 7) == 0;
+    return (g.ldw & 255) == 0 && (ptrs & 3) == 0;
 }
 
 template <int FMT, int NT>
@@ -465,7 +512,8 @@ __device__ __forceinline__ void gemv_tc_body(const GemvArgs& a) {
         const size_t ra = min(row0 + g, G.rows - 1), rb = min(row0 + g + 8, G.rows - 1);
         const float* xr[NT];
         #pragma unroll
-        for (int n = 0; n < NT; n++) xr[n] = G.x + (size_t)min(g + 8 * n, B - 1) * G.ldx + 8 * t;
+        for (int n = 0; n < NT; n++)
+            xr[n] = G.x + (size_t)min(g + 8 * n, B - 1) * G.ldx + (FMT == W_Q4K ? 4 : 8) * t;
         const int steps = G.k / 32;
         for (int s0 = warp; s0 < steps; s0 += TC_WARPS * TC_UNROLL) {
             TcRaw w1[TC_UNROLL], w2[TC_UNROLL];
@@ -484,8 +532,11 @@ __device__ __forceinline__ void gemv_tc_body(const GemvArgs& a) {
                     u32 xb[NT][TC_PARTS][4];
                     #pragma unroll
                     for (int n = 0; n < NT; n++) {
-                        const float4* xp = reinterpret_cast<const float4*>(xr[n] + st * 32);
-                        const float4 x0 = xp[0], x1 = xp[1];
+                        // The lane's 8 activations: at 8t.. (Q4_K: 4t.. and 16 + 4t..).
+                        const float* xs = xr[n] + st * 32;
+                        const float4 x0 = *reinterpret_cast<const float4*>(xs);
+                        const float4 x1 =
+                            *reinterpret_cast<const float4*>(xs + (FMT == W_Q4K ? 16 : 4));
                         const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
                         #pragma unroll
                         for (int q = 0; q < 4; q++) {
@@ -551,6 +602,8 @@ GEMV_TC_KERNEL(bf16, W_BF16, 8)
 GEMV_TC_KERNEL(bf16, W_BF16, 16)
 GEMV_TC_KERNEL(q8, W_Q8, 8)
 GEMV_TC_KERNEL(q8, W_Q8, 16)
+GEMV_TC_KERNEL(q4k, W_Q4K, 8)
+GEMV_TC_KERNEL(q4k, W_Q4K, 16)
 
 // Sparse product with a transposed matrix: y[b, n] += sum_i a[b, i] * Wt[i, n] over the
 // hidden units i with a[b, i] != 0 (the exact sparse FFN's down projection; Wt = down^T,

@@ -4,13 +4,16 @@
 //! softmax and RoPE in f32); the per-layer embedding table stays in host memory.
 //!
 //! Files: `weights` (upload), `kv_cache` (the device KV cache), `workspace` (activation
-//! buffers sized once per batch shape), `decoder` (the layer loop).
+//! buffers sized once per batch shape), `decoder` (the layer loop), `kernel_check` (the
+//! product kernels against the host on random data, for `gemma3n parity`).
 
 mod decoder;
+mod kernel_check;
 mod kv_cache;
 mod weights;
 mod workspace;
 
+pub use kernel_check::{check_kernels, KernelCheck};
 pub use kv_cache::CudaKvCache;
 
 use std::sync::{Arc, Mutex};

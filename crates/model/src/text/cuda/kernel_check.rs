@@ -1,0 +1,169 @@
+//! Checks of the decode product kernels on random data against an f64 product on the host,
+//! run by `gemma3n parity` on the GPU machine. They cover what the fixtures cannot: Q4_K
+//! matrices (rows of 256 values and more), every batch size of the tensor-core kernels
+//! (one tile of activation rows and two), row counts that are not a multiple of a block's,
+//! and the sparse product with the transposed matrix.
+
+use std::sync::Arc;
+
+use gemma3n_compute::cuda::{Epilogue, GemvSeg, Gpu};
+use gemma3n_compute::{DType, Matrix};
+
+use super::gpu_err;
+use super::weights::DevMatrix;
+use crate::error::Result;
+
+/// One check: what ran and its max relative error (max |got - want| / max |want|).
+pub struct KernelCheck {
+    pub name: String,
+    pub err: f64,
+}
+
+/// Batch sizes the checks run: the single-row kernel, one tile of 8 activation rows, two.
+const BATCHES: [usize; 6] = [1, 2, 5, 8, 9, 16];
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let num = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0f64, f64::max);
+    let den = want.iter().map(|w| w.abs()).fold(0f64, f64::max);
+    num / den.max(f64::MIN_POSITIVE)
+}
+
+/// The dequantized values of `m`, row-major.
+fn values(m: &Matrix) -> Vec<f32> {
+    let mut out = vec![0f32; m.rows() * m.cols()];
+    for (r, row) in out.chunks_exact_mut(m.cols()).enumerate() {
+        m.row_to_f32(r, row);
+    }
+    out
+}
+
+/// Runs every check.
+pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
+    let e = gpu_err;
+    let mut out = Vec::new();
+    // 300 rows: the last block of 16 (and of 8) output rows is partial.
+    let (rows, cols) = (300, 1024);
+    let data = random(rows * cols, 1, 1.5);
+    for (dtype, label) in [
+        (DType::BF16, "bf16"),
+        (DType::Q8_0, "Q8_0"),
+        (DType::Q4_K, "Q4_K"),
+    ] {
+        let m = Matrix::from_f32_as(&data, rows, cols, dtype);
+        let w = values(&m);
+        let dm = DevMatrix::upload(gpu, &m)?;
+        for (pair, what) in [(false, "x.W"), (true, "gelu(x.W)*(x.W2)")] {
+            for &batch in &BATCHES {
+                let x = random(batch * cols, 10 + batch as u64, 1.0);
+                let xb = gpu.upload(&x).map_err(e)?;
+                let yb = gpu.alloc(batch * rows * 4).map_err(e)?;
+                let mut seg = GemvSeg {
+                    w: dm.wp(),
+                    x: xb.ptr(),
+                    y: yb.ptr(),
+                    rows,
+                    k: cols,
+                    ldw: dm.cols,
+                    ldx: cols,
+                    ldy: rows,
+                    ..Default::default()
+                };
+                if pair {
+                    // The same matrix twice: gelu(a) * a.
+                    seg.epi = Epilogue::Pair(dm.wp());
+                }
+                gpu.gemv(&[seg], batch, 0.0).map_err(e)?;
+                let mut got = vec![0f32; batch * rows];
+                gpu.read_at(yb.ptr(), &mut got).map_err(e)?;
+                let want: Vec<f64> = (0..batch * rows)
+                    .map(|i| {
+                        let (b, r) = (i / rows, i % rows);
+                        let dot: f64 = x[b * cols..(b + 1) * cols]
+                            .iter()
+                            .zip(&w[r * cols..(r + 1) * cols])
+                            .map(|(&a, &v)| a as f64 * v as f64)
+                            .sum();
+                        if pair {
+                            gelu_tanh(dot) * dot
+                        } else {
+                            dot
+                        }
+                    })
+                    .collect();
+                out.push(KernelCheck {
+                    name: format!("gemv {label} {what}, {batch} rows"),
+                    err: rel_err(&got, &want),
+                });
+            }
+        }
+    }
+    // The sparse product with a transposed bf16 matrix: most activations zero, as after
+    // the Gaussian top-k, and a run of units no row keeps.
+    let (units, ncols) = (1000, 200);
+    let wt = Matrix::from_f32_as(&random(units * ncols, 2, 1.0), units, ncols, DType::BF16);
+    let w = values(&wt);
+    let dm = DevMatrix::upload(gpu, &wt)?;
+    for &batch in &BATCHES {
+        let mut a = random(batch * units, 20 + batch as u64, 1.0);
+        for (i, v) in a.iter_mut().enumerate() {
+            let unit = i % units;
+            if (unit * 7 + i / units) % 10 != 0 || (300..340).contains(&unit) {
+                *v = 0.0;
+            }
+        }
+        let ab = gpu.upload(&a).map_err(e)?;
+        let yb = gpu.alloc(batch * ncols * 4).map_err(e)?;
+        gpu.sparse_t(
+            dm.ptr(),
+            dm.cols,
+            ab.ptr(),
+            units,
+            yb.ptr(),
+            ncols,
+            batch,
+            units,
+            ncols,
+        )
+        .map_err(e)?;
+        let mut got = vec![0f32; batch * ncols];
+        gpu.read_at(yb.ptr(), &mut got).map_err(e)?;
+        let want: Vec<f64> = (0..batch * ncols)
+            .map(|i| {
+                let (b, c) = (i / ncols, i % ncols);
+                (0..units)
+                    .map(|u| a[b * units + u] as f64 * w[u * ncols + c] as f64)
+                    .sum()
+            })
+            .collect();
+        out.push(KernelCheck {
+            name: format!("sparse down (transposed bf16), {batch} rows"),
+            err: rel_err(&got, &want),
+        });
+    }
+    Ok(out)
+}
+
+/// gelu with the tanh approximation, in f64.
+fn gelu_tanh(u: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * u * (1.0 + (c * (u + 0.044715 * u * u * u)).tanh())
+}
