@@ -553,13 +553,15 @@ impl Gpu {
             }
             Ok(())
         })?;
-        let tc = batch >= 2
-            && (ncols | ldw).is_multiple_of(8)
+        // The tensor-core kernel (dense but for runs of 16 units no row keeps), also for one
+        // row: its 256 blocks (E2B) read more bytes than the per-unit kernel's 16 but at
+        // the bandwidth (E2B decode step 2.68 -> 2.62 ms); the per-unit kernel remains for
+        // shapes the tensor-core loads cannot take.
+        let tc = (ncols | ldw).is_multiple_of(8)
             && lda.is_multiple_of(2)
             && wt.0.is_multiple_of(16)
             && a.0.is_multiple_of(8);
         if tc {
-            // The tensor-core kernel (dense but for runs of 16 units no row keeps).
             let grid = (ncols.div_ceil(64), units.div_ceil(TT_UNITS), 1);
             return if batch <= 8 {
                 launch!(self, "sparse_tc_bf16_b8", grid, TC_THREADS;

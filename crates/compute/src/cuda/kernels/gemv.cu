@@ -681,9 +681,10 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
     }
 }
 
-// The same product for 2 to 16 activation rows on the tensor cores: y[b, n] += sum_i
-// a[b, i] * Wt[i, n]. With several rows the units some row keeps cover most of the matrix,
-// so it is read densely except for runs of 16 units no row keeps. The m16n8k16 product
+// The same product for 1 to 16 activation rows on the tensor cores: y[b, n] += sum_i
+// a[b, i] * Wt[i, n]. The matrix is read densely except for runs of 16 units no row keeps
+// (with several rows the kept units cover most of it; with one, the many blocks of this
+// kernel still beat the per-unit loop above). The m16n8k16 product
 // takes 16 output columns as M, 16 units as K and the activation rows as N (split in
 // TC_PARTS bf16 parts as in gemv_tc). A warp covers 64 columns: lane (g, t) loads the 8
 // columns at 8g.. of units 2t, 2t + 1, 2t + 8 and 2t + 9 of a 16-unit step, and the four
