@@ -35,6 +35,15 @@ struct GemvArgs {
     int pad;
 };
 
+// The segment of a launch this block works on (segments own consecutive blocks).
+__device__ __forceinline__ int block_segment(const GemvArgs& a) {
+    int s = 0;
+    #pragma unroll
+    for (int i = 1; i < GEMV_MAX_SEGS; i++)
+        if (i < a.nseg && (int)blockIdx.x >= a.seg[i].block_start) s = i;
+    return s;
+}
+
 // x[b, i..i+8) . w[0..8) accumulated into acc[b] for the batch rows.
 template <int MAXB>
 __device__ __forceinline__ void dot8(const float* x, int ldx, int B, int i, const float w[8],
@@ -185,11 +194,7 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
 // format FMT (W_ANY: each segment's own).
 template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
-    int s = 0;
-    #pragma unroll
-    for (int i = 1; i < GEMV_MAX_SEGS; i++)
-        if (i < a.nseg && (int)blockIdx.x >= a.seg[i].block_start) s = i;
-    const GemvSeg g = a.seg[s];
+    const GemvSeg g = a.seg[block_segment(a)];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = ((int)blockIdx.x - g.block_start) * GEMV_WARPS + warp;
     // The weights do not depend on the kernel before: fetch them while it finishes.
@@ -456,11 +461,7 @@ __device__ __forceinline__ bool tc_aligned(const GemvSeg& g) {
 
 template <int FMT, int NT>
 __device__ __forceinline__ void gemv_tc_body(const GemvArgs& a) {
-    int s = 0;
-    #pragma unroll
-    for (int i = 1; i < GEMV_MAX_SEGS; i++)
-        if (i < a.nseg && (int)blockIdx.x >= a.seg[i].block_start) s = i;
-    const GemvSeg& G = a.seg[s];
+    const GemvSeg& G = a.seg[block_segment(a)];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int row0 = ((int)blockIdx.x - G.block_start) * TC_ROWS;

@@ -22,16 +22,11 @@ pub struct KernelCheck {
 /// Batch sizes the checks run: the single-row kernel, one tile of 8 activation rows, two.
 const BATCHES: [usize; 6] = [1, 2, 5, 8, 9, 16];
 
+/// `n` pseudo-random values in [-scale, scale).
 fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-        })
-        .collect()
+    let mut v = gemma3n_compute::testing::values(n, seed);
+    v.iter_mut().for_each(|x| *x *= scale);
+    v
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
