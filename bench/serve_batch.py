@@ -5,10 +5,10 @@
    same requests sent one at a time.
 2. With a model file (--model, e.g. a `gemma3n quantize --synthetic e2b --type q8_0
    --tokenizer DIR` GGUF), the aggregate completion tokens/s of 1, 4, 8 and 16 concurrent
-   greedy requests of 64 tokens.
+   greedy requests of 64 tokens (--tokens N).
 
 Usage: python3 bench/serve_batch.py --bin target/release/gemma3n --device cuda \
-           --tiny DIR [--model FILE --tokenizer DIR]
+           --tiny DIR [--model FILE --tokenizer DIR] [--tokens N]
 """
 import json, subprocess, threading, time, urllib.request
 
@@ -20,6 +20,7 @@ ap.add_argument("--device", default="cpu")
 ap.add_argument("--tiny", required=True)
 ap.add_argument("--model")
 ap.add_argument("--tokenizer")
+ap.add_argument("--tokens", type=int, default=64, help="completion tokens per request")
 args = ap.parse_args()
 BIN, DEVICE = args.bin, args.device
 
@@ -73,7 +74,7 @@ if args.model:
     p, url = start(["--model", args.model, "--max-batch", "16"] + tok)
     complete(url, "warm up", 8)
     for streams in (1, 4, 8, 16):
-        res, dt = concurrent(url, [f"hello number {i} tell me a story" for i in range(streams)], 64)
+        res, dt = concurrent(url, [f"hello number {i} tell me a story" for i in range(streams)], args.tokens)
         toks = sum(r[1] for r in res)
         print(f"{streams:2d} streams: {toks} tokens in {dt:.2f} s = {toks / dt:.1f} tok/s")
     p.kill()
