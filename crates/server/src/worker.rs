@@ -184,8 +184,9 @@ struct Seq<'m> {
     stream: TokenStream<'m>,
     /// The tokens in the cache (prompt, then the fed-back tokens).
     history: Vec<u32>,
-    /// Logits for the next pick.
-    logits: Vec<f32>,
+    /// Logits for the next pick: this sequence's row of a (batched) forward pass's result,
+    /// shared with the other rows rather than copied out.
+    logits: LogitRow,
     counts: HashMap<u32, u32>,
     completion: usize,
     text: String,
@@ -194,6 +195,40 @@ struct Seq<'m> {
     lps: Vec<TokenLogprob>,
     /// The next token, picked ahead (in parallel with the other sequences') for `step`.
     picked: Option<Result<u32, String>>,
+}
+
+/// One row of logits: `len` values at `start` of a forward pass's result, which the rows of
+/// a batched step share.
+#[derive(Default)]
+struct LogitRow {
+    data: Arc<Vec<f32>>,
+    start: usize,
+    len: usize,
+}
+
+impl LogitRow {
+    /// A result of one row.
+    fn whole(v: Vec<f32>) -> LogitRow {
+        let len = v.len();
+        LogitRow {
+            data: Arc::new(v),
+            start: 0,
+            len,
+        }
+    }
+
+    /// Row `r` of a batch result with rows of `v` values.
+    fn row(data: &Arc<Vec<f32>>, r: usize, v: usize) -> LogitRow {
+        LogitRow {
+            data: data.clone(),
+            start: r * v,
+            len: v,
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.data[self.start..self.start + self.len]
+    }
 }
 
 /// What a sequence does after its pick.
@@ -222,7 +257,7 @@ impl<'m> Seq<'m> {
             cache,
             sampler,
             stream: TokenStream::new(&m.tokenizer, true),
-            logits: Vec::new(),
+            logits: LogitRow::default(),
             counts: HashMap::new(),
             completion: 0,
             text: String::new(),
@@ -251,17 +286,18 @@ impl<'m> Seq<'m> {
         };
         let end = (self.prefilled + chunk.max(1)).min(self.job.prompt.len());
         let piece = &self.job.prompt[self.prefilled..end];
-        self.logits = m
-            .decoder()
-            .forward_sequence(
-                piece,
-                &mut *self.cache,
-                Logits::Last,
-                media
-                    .as_ref()
-                    .map(|_| &embed as gemma3n_model::text::EmbedFn),
-            )
-            .map_err(|e| e.to_string())?;
+        self.logits = LogitRow::whole(
+            m.decoder()
+                .forward_sequence(
+                    piece,
+                    &mut *self.cache,
+                    Logits::Last,
+                    media
+                        .as_ref()
+                        .map(|_| &embed as gemma3n_model::text::EmbedFn),
+                )
+                .map_err(|e| e.to_string())?,
+        );
         self.history.extend_from_slice(piece);
         self.prefilled = end;
         Ok(())
@@ -270,21 +306,26 @@ impl<'m> Seq<'m> {
     /// The next token from the current logits (penalties, sampling, log-probabilities).
     fn pick(&mut self, m: &Model) -> Result<u32, String> {
         let job = &self.job;
-        let mut logits = std::mem::take(&mut self.logits);
-        if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
+        let mut penalized = Vec::new();
+        let logits = if job.presence_penalty != 0.0 || job.frequency_penalty != 0.0 {
+            penalized.extend_from_slice(self.logits.as_slice());
             for (&id, &c) in &self.counts {
-                if let Some(v) = logits.get_mut(id as usize) {
+                if let Some(v) = penalized.get_mut(id as usize) {
                     *v -= job.presence_penalty + job.frequency_penalty * c as f32;
                 }
             }
+            &penalized[..]
+        } else {
+            self.logits.as_slice()
+        };
+        let id = self
+            .sampler
+            .sample(logits, &self.history)
+            .map_err(|e| e.to_string())?;
+        if let Some(n) = job.logprobs {
+            self.lps.push(logprobs(m, logits, id, n));
         }
-        let id = self.sampler.sample(&logits, &self.history);
-        if let (Ok(id), Some(n)) = (&id, job.logprobs) {
-            self.lps.push(logprobs(m, &logits, *id, n));
-        }
-        // The buffer is refilled by the next step's forward pass.
-        self.logits = logits;
-        id.map_err(|e| e.to_string())
+        Ok(id)
     }
 
     /// Picks and emits the next token, as `Session::generate` would.
@@ -502,18 +543,12 @@ pub fn run(
             match m.decoder().forward_sequences(&ids, &mut caches) {
                 Ok(logits) => {
                     let v = logits.len() / ids.len();
-                    let mut row = vec![None; active.len()];
+                    let logits = Arc::new(logits);
                     for (r, (&i, &id)) in idx.iter().zip(&ids).enumerate() {
-                        row[i] = Some(r);
-                        active[i].history.push(id);
+                        let seq = &mut active[i];
+                        seq.logits = LogitRow::row(&logits, r, v);
+                        seq.history.push(id);
                     }
-                    // Each sequence's row of logits (1 MB each), copied in parallel.
-                    active.par_iter_mut().zip(row).for_each(|(seq, r)| {
-                        if let Some(r) = r {
-                            seq.logits.clear();
-                            seq.logits.extend_from_slice(&logits[r * v..(r + 1) * v]);
-                        }
-                    });
                 }
                 Err(e) => failed.extend(idx.iter().map(|&i| (i, e.to_string()))),
             }
