@@ -70,8 +70,8 @@ type Block<'a> = (
 
 impl QAct {
     /// Quantizes `t` rows of `k` values with blocks of `bs` (32: offsets, no sums; 256: sums
-    /// of 16, no offsets). `simd`: through the AVX2 quantizer where the CPU has it (same
-    /// values).
+    /// of 16, no offsets). `simd`: through the AVX2 quantizer where the CPU has it, or the
+    /// NEON one on aarch64 (same values).
     pub(crate) fn quantize(&mut self, x: &[f32], k: usize, bs: usize, simd: bool) {
         let nb = x.len() / bs;
         self.q.resize(x.len(), 0);
@@ -81,13 +81,19 @@ impl QAct {
         self.o.resize(if sums { 0 } else { nb }, 0);
         #[cfg(target_arch = "x86_64")]
         let simd = simd && super::has_avx2();
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = simd;
         let one = |(xb, q, d, s, o): Block| {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: AVX2/FMA detected; the slices have matching lengths.
                 unsafe { super::quant_x86::quantize_act_block_avx2(xb, q, d, s, o) };
+                return;
+            }
+            #[cfg(target_arch = "aarch64")]
+            if simd {
+                // SAFETY: NEON is part of aarch64; the slices have matching lengths.
+                unsafe { super::quant_neon::quantize_act_block_neon(xb, q, d, s, o) };
                 return;
             }
             quantize_act_block(xb, q, d, s, o)
@@ -414,7 +420,8 @@ pub(crate) fn dot_q6_k(w: &[u8], q: &[i8], d: &[f32], s: &[i16]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The AVX2 activation quantizer gives exactly the portable one's values, ties included.
+    /// The AVX2 (x86-64) or NEON (aarch64) activation quantizer gives exactly the portable
+    /// one's values, ties included.
     #[test]
     fn simd_activation_quantization_matches_scalar() {
         let mut x: Vec<f32> = (0..4096)

@@ -645,3 +645,53 @@ pub(crate) unsafe fn gather_neon(
         d => unreachable!("{d}"),
     }
 }
+
+/// One block of activations to int8, exactly as the portable `quantize_act_block`: the scale
+/// `amax / 127` (`vmaxnm` skips NaN as `f32::max` does), each value times `127 / amax`
+/// rounded to nearest with ties away from zero (`FCVTAS`, as `f32::round`; NaN to 0 and the
+/// saturated out-of-range values to ±127, as the portable clamp and cast), the sums of 16 and
+/// the offset `-8 · Σq`.
+///
+/// # Safety
+/// NEON only (part of every aarch64 CPU). `x.len()` a multiple of 32, `q.len() == x.len()`,
+/// `s` empty or of `x.len() / 16` sums.
+pub(crate) unsafe fn quantize_act_block_neon(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut f32,
+    s: &mut [i16],
+    o: &mut i32,
+) {
+    let n = x.len();
+    assert!(n.is_multiple_of(32) && q.len() == n && (s.is_empty() || s.len() == n / 16));
+    let xp = x.as_ptr();
+    let mut m = vdupq_n_f32(0.0);
+    for c in (0..n).step_by(4) {
+        m = vmaxnmq_f32(m, vabsq_f32(vld1q_f32(xp.add(c))));
+    }
+    let amax = vmaxnmvq_f32(m);
+    *d = amax / 127.0;
+    let id = vdupq_n_f32(if amax == 0.0 { 0.0 } else { 127.0 / amax });
+    let (lo, hi) = (vdupq_n_s32(-127), vdupq_n_s32(127));
+    let quant = |p: *const f32| {
+        let r = vcvtaq_s32_f32(vmulq_f32(vld1q_f32(p), id));
+        vmaxq_s32(vminq_s32(r, hi), lo)
+    };
+    let mut total = 0i32;
+    for c in (0..n).step_by(16) {
+        let (a, b) = (quant(xp.add(c)), quant(xp.add(c + 4)));
+        let (e, f) = (quant(xp.add(c + 8)), quant(xp.add(c + 12)));
+        let ab = vcombine_s16(vqmovn_s32(a), vqmovn_s32(b));
+        let ef = vcombine_s16(vqmovn_s32(e), vqmovn_s32(f));
+        vst1q_s8(
+            q.as_mut_ptr().add(c),
+            vcombine_s8(vqmovn_s16(ab), vqmovn_s16(ef)),
+        );
+        let sum = vaddvq_s32(vaddq_s32(vaddq_s32(a, b), vaddq_s32(e, f)));
+        if !s.is_empty() {
+            s[c / 16] = sum as i16;
+        }
+        total += sum;
+    }
+    *o = -8 * total;
+}
