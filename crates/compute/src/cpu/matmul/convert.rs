@@ -24,6 +24,13 @@ pub(crate) fn widen(dtype: DType, bytes: &[u8], out: &mut [f32], simd: bool) {
         unsafe { widen_avx2(dtype, bytes.as_ptr(), out) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if simd {
+        // SAFETY: NEON is part of aarch64, and `bytes` holds `out.len()` elements
+        // (asserted above).
+        unsafe { super::gemv_neon::widen_neon(dtype, bytes.as_ptr(), out) };
+        return;
+    }
     let _ = simd;
     widen_scalar(dtype, bytes, out);
 }

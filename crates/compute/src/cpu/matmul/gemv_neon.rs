@@ -119,3 +119,35 @@ pub(crate) unsafe fn gemv_rows_neon(
         d => unreachable!("gemv: block format {d} goes to the integer kernels"),
     }
 }
+
+/// NEON version of `convert::widen` for f32, bf16 and f16 rows, 8 elements per step (the
+/// tail through the portable code).
+///
+/// # Safety
+/// `src` must be readable for `out.len() * dtype.size()` bytes; `dtype` is F32, BF16 or F16.
+pub(crate) unsafe fn widen_neon(dtype: DType, src: *const u8, out: &mut [f32]) {
+    unsafe fn run<const D: u8>(src: *const u8, es: usize, out: &mut [f32]) -> usize {
+        let n8 = out.len() & !7;
+        let dst = out.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: i + 8 <= n8 <= out.len(): the 8 source elements and destination floats
+        // are in bounds; loads and stores are unaligned.
+        while i < n8 {
+            let [lo, hi] = load8::<D>(src.add(i * es));
+            vst1q_f32(dst.add(i), lo);
+            vst1q_f32(dst.add(i + 4), hi);
+            i += 8;
+        }
+        n8
+    }
+    let es = dtype.size();
+    let n8 = match dtype {
+        DType::F32 => run::<F32>(src, es, out),
+        DType::BF16 => run::<BF16>(src, es, out),
+        DType::F16 => run::<F16>(src, es, out),
+        q => unreachable!("widen_neon: block format {q}"),
+    };
+    let n = out.len();
+    let tail = std::slice::from_raw_parts(src.add(n8 * es), (n - n8) * es);
+    super::convert::widen_scalar(dtype, tail, &mut out[n8..]);
+}
