@@ -13,14 +13,8 @@ use gemma3n_compute::cpu::{bandwidth, matmul_with, MatmulPath};
 use gemma3n_compute::storage::AlignedBytes;
 use gemma3n_compute::{DType, Matrix};
 
-/// The block formats of the integer kernels.
-const QUANT: [DType; 5] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+// The block formats of the integer kernels.
+use gemma3n_compute::testing::QUANT_DTYPES as QUANT;
 
 /// A `rows x cols` matrix of `dtype` (a float type) holding small pseudo-random values.
 fn matrix(rows: usize, cols: usize, dtype: DType, seed: u64) -> Matrix {

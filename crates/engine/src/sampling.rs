@@ -292,6 +292,7 @@ impl Sampler {
         Ok(())
     }
 
+    /// Fills `cand` with the kept ids and their unnormalized probabilities (f64).
     fn filter_candidates(&mut self) -> Result<()> {
         let t = f64::from(self.params.temperature);
         let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);

@@ -149,12 +149,12 @@ pub const GEMV_KERNELS: [[&str; 2]; 3] = [
     ["gemv_tc_q4k_b8", "gemv_tc_q4k_b16"],
 ];
 
-/// Output rows per block of a GEMV kernel.
-fn gemv_block_rows(name: &str) -> usize {
+/// Output rows and threads per block of a GEMV kernel.
+fn gemv_block(name: &str) -> (usize, usize) {
     if name.starts_with("gemv_tc") {
-        TC_ROWS
+        (TC_ROWS, TC_THREADS)
     } else {
-        GEMV_WARPS
+        (GEMV_WARPS, GEMV_WARPS * 32)
     }
 }
 
@@ -324,6 +324,7 @@ impl Gpu {
             cap,
             ..Default::default()
         };
+        let (block_rows, threads) = gemv_block(name);
         let mut blocks = 0usize;
         for (r, s) in a.seg.iter_mut().zip(chunk) {
             let (epi, w2, aux, ldaux) = match s.epi {
@@ -355,16 +356,11 @@ impl Gpu {
                 block_start: i(blocks),
                 fmt: s.w.fmt.code(),
             };
-            blocks += s.rows.div_ceil(gemv_block_rows(name));
+            blocks += s.rows.div_ceil(block_rows);
         }
         if blocks == 0 {
             return Ok(());
         }
-        let threads = if name.starts_with("gemv_tc") {
-            TC_THREADS
-        } else {
-            GEMV_WARPS * 32
-        };
         let mut vals = [KArg::from(&mut a)];
         self.launch_raw(name, (blocks, 1, 1), threads, &mut vals)
     }

@@ -175,13 +175,7 @@ fn gathered_quant_rows_equal_the_dense_matmul() {
     // gives that row (same activation quantization, same kernel), SIMD and scalar.
     let (n, k) = (203, 512);
     let x = values(k, 4);
-    for dt in [
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for dt in crate::testing::QUANT_DTYPES {
         let w = Matrix::from_f32(&values(n * k, 9), n, k).quantize(dt);
         let rows: Vec<usize> = (0..n).filter(|r| r % 5 == 1 || r % 17 == 0).rev().collect();
         for simd in [true, false] {

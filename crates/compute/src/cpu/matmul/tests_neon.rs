@@ -19,13 +19,7 @@ use crate::quant::QK_K;
 use crate::storage::AlignedBytes;
 use crate::testing::values;
 
-const QUANT: [DType; 5] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+use crate::testing::QUANT_DTYPES as QUANT;
 
 /// The `SDOT` settings this CPU can run: without, and with where it has the extension.
 fn dotprod_modes() -> Vec<bool> {

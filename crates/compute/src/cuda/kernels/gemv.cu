@@ -305,14 +305,14 @@ __device__ __forceinline__ void mma_bf16(float c[4], u32 a0, u32 a1, u32 a2, u32
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Two activations (x0 at the lower k) as TC_PARTS packed bf16 pairs: p[0] = bf16(x),
-// p[1] = bf16(x - p[0]), ...
-__device__ __forceinline__ void split_pair(float x0, float x1, u32 p[TC_PARTS]) {
+// Two activations (x0 at the lower k) as TC_PARTS packed bf16 pairs, into register q of
+// each part's B fragment: xb[0][q] = bf16(x), xb[1][q] = bf16(x - xb[0][q]), ...
+__device__ __forceinline__ void split_pair(float x0, float x1, u32 xb[TC_PARTS][4], int q) {
     #pragma unroll
     for (int i = 0; i < TC_PARTS; i++) {
         u32 d;
         asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(x1), "f"(x0));
-        p[i] = d;
+        xb[i][q] = d;
         x0 -= __uint_as_float(d << 16);
         x1 -= __uint_as_float(d & 0xffff0000u);
     }
@@ -540,12 +540,7 @@ __device__ __forceinline__ void gemv_tc_body(const GemvArgs& a) {
                             *reinterpret_cast<const float4*>(xs + (FMT == W_Q4K ? 16 : 4));
                         const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
                         #pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            u32 pp[TC_PARTS];
-                            split_pair(xv[2 * q], xv[2 * q + 1], pp);
-                            #pragma unroll
-                            for (int p = 0; p < TC_PARTS; p++) xb[n][p][q] = pp[p];
-                        }
+                        for (int q = 0; q < 4; q++) split_pair(xv[2 * q], xv[2 * q + 1], xb[n], q);
                     }
                     tc_step<FMT, NT>(w1[u], xb, acc);
                     if (pair) tc_step<FMT, NT>(w2[u], xb, acc2);
@@ -741,13 +736,8 @@ __device__ __forceinline__ void sparse_tc_body(const bf16_t* wt, int ldw, const 
         u32 xb[NT][TC_PARTS][4];
         #pragma unroll
         for (int n = 0; n < NT; n++) {
-            u32 pp[TC_PARTS];
-            split_pair(x[n][0].x, x[n][0].y, pp);
-            #pragma unroll
-            for (int p = 0; p < TC_PARTS; p++) xb[n][p][0] = pp[p];
-            split_pair(x[n][1].x, x[n][1].y, pp);
-            #pragma unroll
-            for (int p = 0; p < TC_PARTS; p++) xb[n][p][1] = pp[p];
+            split_pair(x[n][0].x, x[n][0].y, xb[n], 0);
+            split_pair(x[n][1].x, x[n][1].y, xb[n], 1);
         }
         const u32 r0[4] = {w[0].x, w[0].y, w[0].z, w[0].w}, r1[4] = {w[1].x, w[1].y, w[1].z, w[1].w};
         const u32 r8[4] = {w[2].x, w[2].y, w[2].z, w[2].w}, r9[4] = {w[3].x, w[3].y, w[3].z, w[3].w};
