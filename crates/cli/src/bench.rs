@@ -170,9 +170,6 @@ pub fn main(a: Args) -> Result<()> {
         );
     }
     if let crate::device::Device::Cuda(n) = a.device.parse()? {
-        if a.batch.is_some() {
-            bail!("--batch is not supported with --device cuda yet");
-        }
         return gpu_bench(&a, model, &name, n);
     }
     let cfg = &model.cfg;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use gemma3n_model::config::{KvSource, LayerType};
 use gemma3n_model::{Logits, SlicePlan, TextModel};
+use rayon::prelude::*;
 
 use crate::bench::{argmax, Args};
 
@@ -43,6 +44,12 @@ struct Report {
     device_workspace_bytes: usize,
     device_total_bytes: usize,
     host_ple_bytes: usize,
+    /// `--batch B`: sequences decoded together, one batched step per token of each.
+    batch: Option<usize>,
+    /// Their aggregate tokens/s (median of `--reps`), host work included.
+    batch_tok_s: Option<f64>,
+    /// GPU time of one batched step of up to 16 of them (replays of its captured graph).
+    batch_gpu_ms_per_step: Option<f64>,
 }
 
 /// Matrix parameters of a layer at FFN width `f` (q, o, own k/v, FFN, LAuReL, per-layer
@@ -142,7 +149,16 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         }
     }
     if gpu.profiling() {
-        profile(&gm, &plan, &prompt, a.gen.min(32))?;
+        profile(&gm, &plan, &prompt, a.gen.min(32), a.batch)?;
+        for s in gm.gemv_speed()? {
+            println!(
+                "product    {:<28} {:>9.1} us {:>8.1} MB {:>7.0} GB/s",
+                s.name,
+                s.us,
+                s.bytes as f64 / 1e6,
+                s.bytes as f64 / s.us / 1e3
+            );
+        }
     }
     let mut prefills = Vec::new();
     let mut decodes = Vec::new();
@@ -167,6 +183,15 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
+    };
+    let (batch_tok_s, batch_gpu_ms) = match a.batch {
+        Some(b) => {
+            let mut v = (0..a.reps)
+                .map(|_| batch_decode(&gm, cfg, &plan, a, b, text_vocab))
+                .collect::<Result<Vec<_>>>()?;
+            (Some(median(&mut v)), gm.batch_step_ms(b.min(16), 20)?)
+        }
+        None => (None, None),
     };
     let prefill_s = median(&mut prefills);
     let decode_s = median(&mut decodes);
@@ -217,6 +242,9 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         device_workspace_bytes: ws,
         device_total_bytes: gpu.allocated_bytes(),
         host_ple_bytes: mem.host_bytes,
+        batch: a.batch,
+        batch_tok_s,
+        batch_gpu_ms_per_step: batch_gpu_ms,
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -245,6 +273,19 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         r.copy_bandwidth_gb_s,
         r.roofline_pct
     );
+    if let (Some(b), Some(t)) = (r.batch, r.batch_tok_s) {
+        println!(
+            "batch      {b} sequences: {t:.1} tok/s aggregate ({:.3} ms per step), {:.2}x one sequence",
+            1e3 * b as f64 / t,
+            t / r.decode_tok_s
+        );
+        if let Some(ms) = r.batch_gpu_ms_per_step {
+            println!(
+                "batch step {ms:.3} ms per step of {} sequences on the GPU alone",
+                b.min(16)
+            );
+        }
+    }
     println!(
         "memory     device {:.2} GB (weights {:.2}, KV {:.3}, workspace {:.3}); host per-layer table {:.2} GB",
         gb(r.device_total_bytes),
@@ -256,12 +297,49 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     Ok(())
 }
 
-/// `GEMMA3N_CUDA_PROFILE=1`: GPU time per op of one prefill and of `steps` decode steps.
+/// Aggregate tokens/s of `b` sequences decoded together: each gets the prompt (its own
+/// random tokens past the first 8), then `--gen` batched steps, greedy, timed with the
+/// host's work (logits download, argmax) as `serve` does it.
+fn batch_decode(
+    gm: &gemma3n_model::text::cuda::CudaTextModel,
+    cfg: &gemma3n_model::TextConfig,
+    plan: &Arc<SlicePlan>,
+    a: &Args,
+    b: usize,
+    text_vocab: usize,
+) -> Result<f64> {
+    if b == 0 || b > 256 {
+        anyhow::bail!("--batch must be in 1..=256");
+    }
+    let room = a.prompt_len + a.gen + 1;
+    let mut caches = Vec::with_capacity(b);
+    let mut next = Vec::with_capacity(b);
+    for s in 0..b {
+        let prompt = crate::bench::random_prompt(cfg, a.prompt_len, a.seed + s as u64);
+        let mut c = gm.new_cache_with_plan(plan.clone(), room)?;
+        let l = gm.forward(&prompt, &mut c, Logits::Last)?;
+        next.push(argmax(&l[..text_vocab]));
+        caches.push(c);
+    }
+    let t = Instant::now();
+    for _ in 0..a.gen {
+        let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+        let l = gm.forward_batch(&next, &mut refs)?;
+        // The picks in parallel, as `serve` makes them.
+        let v = l.len() / b;
+        next = l.par_chunks(v).map(|r| argmax(&r[..text_vocab])).collect();
+    }
+    Ok((b * a.gen) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// `GEMMA3N_CUDA_PROFILE=1`: GPU time per op of one prefill and of `steps` decode steps
+/// (with `--batch`, also of `steps` batched steps of up to 16 sequences).
 fn profile(
     gm: &gemma3n_model::text::cuda::CudaTextModel,
     plan: &Arc<SlicePlan>,
     prompt: &[u32],
     steps: usize,
+    batch: Option<usize>,
 ) -> Result<()> {
     let gpu = gm.gpu();
     gpu.profile_take();
@@ -293,5 +371,22 @@ fn profile(
     let wall = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     table("decode", steps);
     println!("profile    decode wall time {wall:.3} ms per token (events on every op)");
+    if let Some(b) = batch.filter(|&b| b > 1) {
+        let b = b.min(16);
+        let mut caches = Vec::with_capacity(b);
+        for _ in 0..b {
+            let mut c = gm.new_cache_with_plan(plan.clone(), prompt.len() + steps + 1)?;
+            gm.forward(prompt, &mut c, Logits::Last)?;
+            caches.push(c);
+        }
+        gpu.profile_take();
+        let mut next = vec![argmax(&logits); b];
+        for _ in 0..steps {
+            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+            let l = gm.forward_batch(&next, &mut refs)?;
+            next = l.chunks(l.len() / b).map(argmax).collect();
+        }
+        table(&format!("batched decode of {b} sequences"), steps);
+    }
     Ok(())
 }

@@ -104,6 +104,8 @@ pub struct Gpu {
     pdl: bool,
     /// Per-op GPU timing (`GEMMA3N_CUDA_PROFILE=1`): events around every launch.
     profile: Option<std::sync::Mutex<Profile>>,
+    /// Set while timing is paused ([`Gpu::without_timing`]).
+    untimed: std::sync::atomic::AtomicBool,
 }
 
 /// Events recorded around each op of a step, and the totals per op name.
@@ -169,6 +171,7 @@ impl Gpu {
             profile: std::env::var_os("GEMMA3N_CUDA_PROFILE")
                 .is_some_and(|v| v == "1")
                 .then(|| std::sync::Mutex::new(Profile::default())),
+            untimed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -321,6 +324,15 @@ impl Gpu {
         a.elapsed_ms(&b).map_err(drv)
     }
 
+    /// Runs `f` with per-op timing paused (for ops captured into a graph, which events
+    /// around each launch would break).
+    pub fn without_timing<T>(&self, f: impl FnOnce() -> T) -> T {
+        let was = self.untimed.swap(true, Ordering::Relaxed);
+        let r = f();
+        self.untimed.store(was, Ordering::Relaxed);
+        r
+    }
+
     /// Whether ops are being timed (`GEMMA3N_CUDA_PROFILE=1`; graphs are not used then).
     pub fn profiling(&self) -> bool {
         self.profile.is_some()
@@ -331,6 +343,9 @@ impl Gpu {
         let Some(p) = &self.profile else {
             return f();
         };
+        if self.untimed.load(Ordering::Relaxed) {
+            return f();
+        }
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let a = self.ctx.new_event(flags).map_err(drv)?;
         let b = self.ctx.new_event(flags).map_err(drv)?;

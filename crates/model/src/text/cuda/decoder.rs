@@ -3,8 +3,8 @@
 //! Up to 8 rows, matrix products are the decode GEMV kernel (several products that share
 //! an input in one launch, with fused epilogues); beyond, cuBLAS GEMMs on the activations
 //! split into bf16 parts, and from 32 rows attention as two f32 GEMMs per KV head. Prompts
-//! over 512 tokens go in pieces. A single-token step of a sequence is captured as a CUDA
-//! graph and replayed.
+//! over 512 tokens go in pieces. A single-token step of a sequence, and a batched step of
+//! 2 to 16 sequences, is captured as a CUDA graph and replayed.
 
 use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, KvPtrs};
 use rayon::prelude::*;
@@ -42,7 +42,7 @@ fn copy_rows(src: &[f32]) -> Vec<f32> {
 }
 
 /// A product `y = x · Wᵀ` over the first `rows` rows and `k` columns of `w`.
-fn seg(
+pub(super) fn seg(
     w: &DevMatrix,
     rows: usize,
     k: usize,
@@ -280,6 +280,10 @@ impl CudaTextModel {
         let cfg = &self.cpu.cfg;
         crate::text::decoder::check_batch(ids.len(), caches.iter().map(|c| c.plan()))?;
         crate::text::decoder::check_ids(ids, cfg.vocab_size)?;
+        if (2..=GEMV_ROWS).contains(&ids.len()) {
+            // One batched step: its result as it is, not copied again.
+            return self.step_rows(ids, caches);
+        }
         let mut out = Vec::with_capacity(ids.len() * cfg.vocab_size);
         for (ids, caches) in ids.chunks(GEMV_ROWS).zip(caches.chunks_mut(GEMV_ROWS)) {
             if ids.len() == 1 {
@@ -324,7 +328,19 @@ impl CudaTextModel {
             table: ws.kv_rows.ptr(),
             rows: n,
         };
-        self.run(ws, &kv, n, Logits::All, false, None, splits)?;
+        if self.settings.graphs {
+            // Replayed from its graph (recorded on the first step of this shape).
+            let graph = ws.batch_graph(n, splits, &plan, |ws| {
+                self.gpu.begin_capture().map_err(gpu_err)?;
+                let r = self.run(ws, &kv, n, Logits::All, false, None, splits);
+                let graph = self.gpu.end_capture().map_err(gpu_err);
+                r?;
+                graph
+            })?;
+            graph.launch().map_err(gpu_err)?;
+        } else {
+            self.run(ws, &kv, n, Logits::All, false, None, splits)?;
+        }
         for c in caches.iter_mut() {
             c.advance(1);
         }
@@ -342,6 +358,31 @@ impl CudaTextModel {
         let Some((_, graph)) = &cache.graph else {
             return Ok(None);
         };
+        graph.launch().map_err(gpu_err)?;
+        let ms = self
+            .gpu
+            .time_ms(&mut || {
+                for _ in 0..reps {
+                    graph.launch()?;
+                }
+                Ok(())
+            })
+            .map_err(gpu_err)?;
+        Ok(Some(ms as f64 / reps as f64))
+    }
+
+    /// GPU time of the last captured batched step of `rows` sequences (milliseconds, mean
+    /// of `reps` replays; each replay recomputes that step, writing the same keys and
+    /// values again), or `None` if none was captured.
+    pub fn batch_step_ms(&self, rows: usize, reps: usize) -> Result<Option<f64>> {
+        let guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(graph) = guard
+            .as_ref()
+            .and_then(|ws| ws.batch_graphs.iter().rev().find(|g| g.rows == rows))
+        else {
+            return Ok(None);
+        };
+        let graph = &graph.graph;
         graph.launch().map_err(gpu_err)?;
         let ms = self
             .gpu

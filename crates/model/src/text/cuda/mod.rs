@@ -8,11 +8,13 @@
 //! product kernels against the host on random data, for `gemma3n parity`).
 
 mod decoder;
+mod gemv_speed;
 mod kernel_check;
 mod kv_cache;
 mod weights;
 mod workspace;
 
+pub use gemv_speed::GemvSpeed;
 pub use kernel_check::{check_kernels, KernelCheck};
 pub use kv_cache::CudaKvCache;
 

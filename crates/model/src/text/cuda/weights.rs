@@ -92,6 +92,11 @@ pub fn repack_q4k(m: &Matrix) -> (Vec<u8>, Vec<u8>) {
 }
 
 impl DevMatrix {
+    /// Device bytes of the values and scales.
+    pub fn bytes(&self) -> usize {
+        self.buf.bytes() + self.sc.as_ref().map_or(0, |b| b.bytes())
+    }
+
     /// The matrix as the kernels take it.
     pub fn wp(&self) -> WeightPtr {
         WeightPtr {

@@ -5,12 +5,29 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu, PinnedBuffer};
+use gemma3n_compute::cuda::{DevPtr, DeviceBuffer, Gpu, Graph, PinnedBuffer};
 
 use super::decoder::GEMV_ROWS;
 use super::gpu_err;
 use crate::config::TextConfig;
 use crate::error::Result;
+use crate::matformer::SlicePlan;
+
+/// Most captured batched steps a workspace keeps (the oldest goes first beyond): one per
+/// (rows, key splits, slice) seen, at most 15 x 6 per slice.
+const MAX_BATCH_GRAPHS: usize = 64;
+
+/// A batched decode step captured as a graph: `rows` sequences with `splits` key splits of
+/// attention on slice `plan`. Everything a step changes (token ids, positions, per-layer
+/// rows, the table of each row's key/value pointers) lives in the workspace's device
+/// buffers, so one capture serves every later step of that shape.
+pub struct BatchGraph {
+    pub rows: usize,
+    pub splits: usize,
+    /// Held so that its address, the key, cannot be reused by another plan.
+    pub plan: Arc<SlicePlan>,
+    pub graph: Graph,
+}
 
 /// Most key splits of attention (one block per row, head and split).
 pub const DECODE_SPLITS: usize = 32;
@@ -83,6 +100,8 @@ pub struct Workspace {
     pub logits: DeviceBuffer,
     pub logits_host: PinnedBuffer,
     pub logit_rows: usize,
+    /// Captured batched steps on these buffers (dropped with them).
+    pub batch_graphs: Vec<BatchGraph>,
 }
 
 impl Workspace {
@@ -164,7 +183,38 @@ impl Workspace {
                 .map_err(gpu_err)?,
             logit_rows,
             scores: None,
+            batch_graphs: Vec::new(),
         })
+    }
+
+    /// The captured batched step of this shape, recording it with `capture` first if needed.
+    pub fn batch_graph(
+        &mut self,
+        rows: usize,
+        splits: usize,
+        plan: &Arc<SlicePlan>,
+        capture: impl FnOnce(&Workspace) -> Result<Graph>,
+    ) -> Result<&Graph> {
+        let same =
+            |g: &BatchGraph| g.rows == rows && g.splits == splits && Arc::ptr_eq(&g.plan, plan);
+        if !self.batch_graphs.iter().any(same) {
+            let graph = capture(self)?;
+            if self.batch_graphs.len() == MAX_BATCH_GRAPHS {
+                self.batch_graphs.remove(0);
+            }
+            self.batch_graphs.push(BatchGraph {
+                rows,
+                splits,
+                plan: plan.clone(),
+                graph,
+            });
+        }
+        let g = self
+            .batch_graphs
+            .iter()
+            .find(|g| same(g))
+            .expect("recorded");
+        Ok(&g.graph)
     }
 
     pub fn ids(&self) -> DevPtr {
