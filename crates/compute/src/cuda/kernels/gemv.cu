@@ -3,6 +3,13 @@
 // independent products ("segments", each with its own x, W and y) run in one launch.
 
 #define GEMV_WARPS 8
+// Loop steps of one row a lane keeps in flight (single-row kernel): bf16, block formats.
+#ifndef GEMV_UNROLL_BF16
+#define GEMV_UNROLL_BF16 4
+#endif
+#ifndef GEMV_UNROLL_Q
+#define GEMV_UNROLL_Q 2
+#endif
 #define GEMV_MAX_BATCH 8
 #define GEMV_MAX_SEGS 4
 
@@ -86,8 +93,8 @@ template <int MAXB, int FMT>
 __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int lane,
                                          float acc[MAXB], float acc2[MAXB]) {
     // Loop steps unrolled: fewer with more activation rows (registers).
-    constexpr int UNROLL_BF16 = MAXB <= 2 ? 4 : 1;
-    constexpr int UNROLL_Q = MAXB <= 2 ? 2 : 1;
+    constexpr int UNROLL_BF16 = MAXB <= 2 ? GEMV_UNROLL_BF16 : 1;
+    constexpr int UNROLL_Q = MAXB <= 2 ? GEMV_UNROLL_Q : 1;
     const bool pair = g.epi == EPI_PAIR;
     if (FMT == W_BF16) {
         const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw;
@@ -263,7 +270,10 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
 // formats, so a step of a quantized model needs no extra launches). Blocks per
 // multiprocessor the register budget must allow: a single resident block leaves too few
 // loads in flight.
-#define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : 3)
+#ifndef GEMV_MIN_BLOCKS_1
+#define GEMV_MIN_BLOCKS_1 3
+#endif
+#define GEMV_MIN_BLOCKS(B) ((B) >= 4 ? 2 : GEMV_MIN_BLOCKS_1)
 #define GEMV_KERNEL(NAME, FMT, B)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, GEMV_MIN_BLOCKS(B))    \
     gemv_##NAME##_b##B(const GemvArgs a) {                                              \
