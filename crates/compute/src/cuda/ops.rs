@@ -846,9 +846,49 @@ impl Gpu {
     /// Attention of `rows` query rows of one sequence over `keys` cached positions with
     /// two f32 GEMMs per KV head (cuBLAS, batched over the query heads of the group) and a
     /// masked softmax between them: for prefills, where the rows share every key.
-    /// `scores` holds `h · rows · keys` floats.
+    /// `scores` holds `h · rows · keys` floats. With `tf32` the two GEMMs run on the tensor
+    /// cores with their inputs rounded to TF32 (10-bit mantissas: for prefills whose other
+    /// products take bf16 activations), else in full f32.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_prefill(
+        &self,
+        tf32: bool,
+        q: DevPtr,
+        kcache: DevPtr,
+        vcache: DevPtr,
+        pos: DevPtr,
+        out: DevPtr,
+        scores: DevPtr,
+        rows: usize,
+        keys: usize,
+        h: usize,
+        g: usize,
+        hd: usize,
+        window: usize,
+    ) -> Result<()> {
+        if tf32 {
+            self.set_math(blas::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH)?;
+        }
+        let r = self.attention_gemms(
+            q, kcache, vcache, pos, out, scores, rows, keys, h, g, hd, window,
+        );
+        if tf32 {
+            self.set_math(blas::cublasMath_t::CUBLAS_DEFAULT_MATH)?;
+        }
+        r
+    }
+
+    /// The math mode of the cuBLAS handle's later calls.
+    fn set_math(&self, mode: blas::cublasMath_t) -> Result<()> {
+        // SAFETY: the handle is live; the mode is a valid enum value.
+        unsafe { blas::cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| CudaError::Blas(format!("{e:?}")))
+    }
+
+    /// [`Gpu::attention_prefill`]'s GEMMs and softmax in the handle's math mode.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_gemms(
         &self,
         q: DevPtr,
         kcache: DevPtr,

@@ -501,7 +501,7 @@ impl CudaTextModel {
         want: Logits,
         multimodal: bool,
         mut hook: Option<StreamHook<'_>>,
-        splits: usize,
+        mut splits: usize,
     ) -> Result<usize> {
         let cfg = &self.cpu.cfg;
         let w = &self.w;
@@ -593,6 +593,10 @@ impl CudaTextModel {
                 g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
                 row0 += n - 1;
                 n = 1;
+                // One query row: its keys split over blocks again.
+                if let Caches::One(c) = caches {
+                    splits = attention_splits(1, h, c.pos() + n_all);
+                }
             }
             let lw = &w.layers[l];
             let pos = ws.pos().add_f32(row0);
@@ -661,6 +665,7 @@ impl CudaTextModel {
             // in a captured decode step: the GEMM sizes would be frozen into the graph.)
             match (&ws.scores, caches, n == n_all && n >= GEMM_ATTENTION_ROWS) {
                 (Some(sc), Caches::One(cache), true) => g.attention_prefill(
+                    self.parts(ws).len() == 1,
                     ws.q.ptr(),
                     kv.k,
                     kv.v,
