@@ -458,10 +458,18 @@ impl Gpu {
         n: usize,
     ) -> Result<()> {
         assert!((1..=3).contains(&parts.len()), "1 to 3 activation parts");
-        let p = |j: usize| parts.get(j).copied().unwrap_or(DevPtr::NULL).0;
-        let total = rows * n;
-        launch!(self, "split_bf16_rows", (total.div_ceil(256), 1, 1), 256;
-            x.0, i(ldx), p(0), p(1), p(2), i(n), i(rows), i(n))
+        // 8 values per thread, one row per grid row (at most 65535 rows a launch).
+        let at = |j: usize, r0: usize| match parts.get(j) {
+            Some(&q) => q.0 + 2 * (r0 * n) as u64,
+            None => 0,
+        };
+        for r0 in (0..rows).step_by(65535) {
+            let m = (rows - r0).min(65535);
+            let xr = x.add_f32(r0 * ldx);
+            launch!(self, "split_bf16_rows", (n.div_ceil(8 * 256), m, 1), 256;
+                xr.0, i(ldx), at(0, r0), at(1, r0), at(2, r0), i(n), i(m), i(n))?;
+        }
+        Ok(())
     }
 
     /// `y = op(W) · xb (+ beta · y)` with bf16 `xb` (row stride `ldx`): `y[b, n] = Σ_k xb[b, k] · W(n, k)`;
@@ -709,9 +717,14 @@ impl Gpu {
         rows: usize,
         f: usize,
     ) -> Result<()> {
-        let blocks = (rows * f).div_ceil(256).min(4096);
-        launch!(self, "gelu_mul", (blocks, 1, 1), 256;
-            g.0, i(ldg), u.0, i(ldu), out.0, i(ldo), i(rows), i(f))
+        // 4 values per thread, one row per grid row (at most 65535 rows a launch).
+        for r0 in (0..rows).step_by(65535) {
+            let m = (rows - r0).min(65535);
+            launch!(self, "gelu_mul", (f.div_ceil(4 * 256), m, 1), 256;
+                g.add_f32(r0 * ldg).0, i(ldg), u.add_f32(r0 * ldu).0, i(ldu),
+                out.add_f32(r0 * ldo).0, i(ldo), i(m), i(f))?;
+        }
+        Ok(())
     }
 
     /// The FFN residual, AltUp correct and the PLE gate input (see rows.cu).

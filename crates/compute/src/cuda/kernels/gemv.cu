@@ -810,13 +810,39 @@ __device__ __forceinline__ void split_bf16_at(float v, size_t o, bf16_t* p0, bf1
 // Activations to bf16 split in up to three parts, p0 = bf16(x), p1 = bf16(x - p0),
 // p2 = bf16(x - p0 - p1) (p1, p2 may be null), for GEMMs that need more than bf16's
 // 8 bits of precision: the sum of the parts' products is near-f32.
+// Grid (column blocks, rows): each thread takes 8 values of its row, with 16-byte loads and
+// stores where the row allows them.
 extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* p0, bf16_t* p1,
                                            bf16_t* p2, int ldy, int rows, int n) {
     pdl_start();
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)rows * n) return;
-    int r = idx / n, c = idx % n;
-    split_bf16_at(x[(size_t)r * ldx + c], (size_t)r * ldy + c, p0, p1, p2);
+    const int r = blockIdx.y;
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (r >= rows || c0 >= n) return;
+    const float* xr = x + (size_t)r * ldx + c0;
+    const size_t o = (size_t)r * ldy + c0;
+    const bool vec = c0 + 8 <= n && (((size_t)xr & 15) == 0) && ((o & 7) == 0) &&
+                     ((((size_t)p0 | (size_t)p1 | (size_t)p2) & 15) == 0);
+    if (!vec) {
+        for (int j = 0; j < 8 && c0 + j < n; j++) split_bf16_at(xr[j], o + j, p0, p1, p2);
+        return;
+    }
+    const float4 a = *reinterpret_cast<const float4*>(xr);
+    const float4 b = *reinterpret_cast<const float4*>(xr + 4);
+    float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    bf16_t* parts[3] = {p0, p1, p2};
+    #pragma unroll
+    for (int p = 0; p < 3; p++) {
+        if (!parts[p]) break;
+        u32 w[4];
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bf16_t lo = f32_to_bf16(v[2 * j]), hi = f32_to_bf16(v[2 * j + 1]);
+            w[j] = (u32)lo | ((u32)hi << 16);
+            v[2 * j] -= bf16_to_f32(lo);
+            v[2 * j + 1] -= bf16_to_f32(hi);
+        }
+        *reinterpret_cast<uint4*>(parts[p] + o) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
 }
 
 // Rows row0.. (rows of them) x columns [0, k) of a weight matrix (any format) to bf16
