@@ -882,9 +882,39 @@ impl Gpu {
         if tf32 {
             self.set_math(blas::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH)?;
         }
-        let r = self.attention_gemms(
-            q, kcache, vcache, pos, out, scores, rows, keys, h, g, hd, window,
-        );
+        let r = (|| -> Result<()> {
+            let group = h / g;
+            let t = blas::cublasOperation_t::CUBLAS_OP_T;
+            let n = blas::cublasOperation_t::CUBLAS_OP_N;
+            let plane = rows * keys;
+            for kv in 0..g {
+                // Sᵀ[keys, rows] = K_gᵀ · Q_h (column-major), for each query head of the group.
+                self.sgemm_batched(
+                    "cublas_sgemm_qk",
+                    (t, n),
+                    (keys, rows, hd),
+                    (kcache.add_f32(kv * hd), g * hd, 0),
+                    (q.add_f32(kv * group * hd), h * hd, hd),
+                    (scores.add_f32(kv * group * rows * keys), keys, plane),
+                    group,
+                )?;
+            }
+            launch!(self, "softmax_masked", (rows, h, 1), 256;
+                scores.0, i(keys), i(rows), pos.0, i(window))?;
+            for kv in 0..g {
+                // Oᵀ[hd, rows] = V_gᵀ · Pᵀ (column-major), for each query head of the group.
+                self.sgemm_batched(
+                    "cublas_sgemm_pv",
+                    (n, n),
+                    (hd, rows, keys),
+                    (vcache.add_f32(kv * hd), g * hd, 0),
+                    (scores.add_f32(kv * group * rows * keys), keys, plane),
+                    (out.add_f32(kv * group * hd), h * hd, hd),
+                    group,
+                )?;
+            }
+            Ok(())
+        })();
         if tf32 {
             self.set_math(blas::cublasMath_t::CUBLAS_DEFAULT_MATH)?;
         }
@@ -897,56 +927,6 @@ impl Gpu {
         unsafe { blas::cublasSetMathMode(*self.blas.handle(), mode) }
             .result()
             .map_err(|e| CudaError::Blas(format!("{e:?}")))
-    }
-
-    /// [`Gpu::attention_prefill`]'s GEMMs and softmax in the handle's math mode.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_gemms(
-        &self,
-        q: DevPtr,
-        kcache: DevPtr,
-        vcache: DevPtr,
-        pos: DevPtr,
-        out: DevPtr,
-        scores: DevPtr,
-        rows: usize,
-        keys: usize,
-        h: usize,
-        g: usize,
-        hd: usize,
-        window: usize,
-    ) -> Result<()> {
-        let group = h / g;
-        let t = blas::cublasOperation_t::CUBLAS_OP_T;
-        let n = blas::cublasOperation_t::CUBLAS_OP_N;
-        let plane = rows * keys;
-        for kv in 0..g {
-            // Sᵀ[keys, rows] = K_gᵀ · Q_h (column-major), for each query head of the group.
-            self.sgemm_batched(
-                "cublas_sgemm_qk",
-                (t, n),
-                (keys, rows, hd),
-                (kcache.add_f32(kv * hd), g * hd, 0),
-                (q.add_f32(kv * group * hd), h * hd, hd),
-                (scores.add_f32(kv * group * rows * keys), keys, plane),
-                group,
-            )?;
-        }
-        launch!(self, "softmax_masked", (rows, h, 1), 256;
-            scores.0, i(keys), i(rows), pos.0, i(window))?;
-        for kv in 0..g {
-            // Oᵀ[hd, rows] = V_gᵀ · Pᵀ (column-major), for each query head of the group.
-            self.sgemm_batched(
-                "cublas_sgemm_pv",
-                (n, n),
-                (hd, rows, keys),
-                (vcache.add_f32(kv * hd), g * hd, 0),
-                (scores.add_f32(kv * group * rows * keys), keys, plane),
-                (out.add_f32(kv * group * hd), h * hd, hd),
-                group,
-            )?;
-        }
-        Ok(())
     }
 
     /// `batch` f32 GEMMs `C = op(A) · op(B)` (column-major, cuBLAS), operands given as

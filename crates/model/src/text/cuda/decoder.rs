@@ -6,7 +6,7 @@
 //! over 512 tokens go in pieces. A single-token step of a sequence, and a batched step of
 //! 2 to 16 sequences, is captured as a CUDA graph and replayed.
 
-use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, KvPtrs};
+use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Graph, KvPtrs};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
@@ -358,6 +358,11 @@ impl CudaTextModel {
         let Some((_, graph)) = &cache.graph else {
             return Ok(None);
         };
+        self.replay_ms(graph, reps).map(Some)
+    }
+
+    /// Mean milliseconds of `reps` replays of `graph` (after one untimed replay).
+    pub(super) fn replay_ms(&self, graph: &Graph, reps: usize) -> Result<f64> {
         graph.launch().map_err(gpu_err)?;
         let ms = self
             .gpu
@@ -368,7 +373,7 @@ impl CudaTextModel {
                 Ok(())
             })
             .map_err(gpu_err)?;
-        Ok(Some(ms as f64 / reps as f64))
+        Ok(ms as f64 / reps as f64)
     }
 
     /// GPU time of the last captured batched step of `rows` sequences (milliseconds, mean
@@ -382,18 +387,7 @@ impl CudaTextModel {
         else {
             return Ok(None);
         };
-        let graph = &graph.graph;
-        graph.launch().map_err(gpu_err)?;
-        let ms = self
-            .gpu
-            .time_ms(&mut || {
-                for _ in 0..reps {
-                    graph.launch()?;
-                }
-                Ok(())
-            })
-            .map_err(gpu_err)?;
-        Ok(Some(ms as f64 / reps as f64))
+        self.replay_ms(&graph.graph, reps).map(Some)
     }
 
     /// Token ids, positions, multimodal rows and the per-layer table rows of the tokens
