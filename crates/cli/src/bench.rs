@@ -129,6 +129,9 @@ pub fn main(a: Args) -> Result<()> {
     if a.prompt_len == 0 || a.gen == 0 || a.reps == 0 {
         bail!("--prompt-len, --gen and --reps must be at least 1");
     }
+    if a.batch.is_some_and(|b| b == 0 || b > 256) {
+        bail!("--batch must be in 1..=256");
+    }
     let (name, model, dtype) = match (&a.model, &a.synthetic) {
         (Some(path), None) => {
             let m = crate::load::load_any(path)?;
@@ -357,9 +360,6 @@ fn print_report(r: &Report, json: bool) -> Result<()> {
 /// Decode of `b` sequences together (one `forward_batch` per step) against one sequence
 /// alone: aggregate tokens/s of each (median of `--reps`).
 fn batch_decode(a: &Args, model: &TextModel, b: usize) -> Result<()> {
-    if b == 0 || b > 256 {
-        bail!("--batch must be in 1..=256");
-    }
     let cfg = &model.cfg;
     let text_vocab = cfg.vocab_size_per_layer_input.min(cfg.vocab_size) as u32;
     let low = if text_vocab > 2000 { 1000 } else { 3 };

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use gemma3n_model::config::{KvSource, LayerType};
+use gemma3n_model::text::cuda::{CudaKvCache, CudaTextModel};
 use gemma3n_model::{Logits, SlicePlan, TextModel};
 use rayon::prelude::*;
 
@@ -149,7 +150,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         }
     }
     if gpu.profiling() {
-        profile(&gm, &plan, &prompt, a.gen.min(32), a.batch)?;
+        profile(&gm, cfg, &plan, a, &prompt, text_vocab)?;
         for s in gm.gemv_speed()? {
             println!(
                 "product    {:<28} {:>9.1} us {:>8.1} MB {:>7.0} GB/s",
@@ -297,20 +298,16 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     Ok(())
 }
 
-/// Aggregate tokens/s of `b` sequences decoded together: each gets the prompt (its own
-/// random tokens past the first 8), then `--gen` batched steps, greedy, timed with the
-/// host's work (logits download, argmax) as `serve` does it.
-fn batch_decode(
-    gm: &gemma3n_model::text::cuda::CudaTextModel,
+/// `b` sequences ready for batched decode: each prefilled with its own random prompt of
+/// `--prompt-len` tokens, with its greedy next token.
+fn batch_start(
+    gm: &CudaTextModel,
     cfg: &gemma3n_model::TextConfig,
     plan: &Arc<SlicePlan>,
     a: &Args,
     b: usize,
     text_vocab: usize,
-) -> Result<f64> {
-    if b == 0 || b > 256 {
-        anyhow::bail!("--batch must be in 1..=256");
-    }
+) -> Result<(Vec<CudaKvCache>, Vec<u32>)> {
     let room = a.prompt_len + a.gen + 1;
     let mut caches = Vec::with_capacity(b);
     let mut next = Vec::with_capacity(b);
@@ -321,26 +318,54 @@ fn batch_decode(
         next.push(argmax(&l[..text_vocab]));
         caches.push(c);
     }
-    let t = Instant::now();
-    for _ in 0..a.gen {
+    Ok((caches, next))
+}
+
+/// `steps` batched decode steps of the sequences in `caches`, greedy, the picks made in
+/// parallel on the host as `serve` makes them.
+fn batch_steps(
+    gm: &CudaTextModel,
+    caches: &mut [CudaKvCache],
+    next: &mut Vec<u32>,
+    steps: usize,
+    text_vocab: usize,
+) -> Result<()> {
+    for _ in 0..steps {
         let mut refs: Vec<&mut _> = caches.iter_mut().collect();
-        let l = gm.forward_batch(&next, &mut refs)?;
-        // The picks in parallel, as `serve` makes them.
-        let v = l.len() / b;
-        next = l.par_chunks(v).map(|r| argmax(&r[..text_vocab])).collect();
+        let l = gm.forward_batch(next, &mut refs)?;
+        let v = l.len() / caches.len();
+        *next = l.par_chunks(v).map(|r| argmax(&r[..text_vocab])).collect();
     }
+    Ok(())
+}
+
+/// Aggregate tokens/s of `b` sequences decoded together: [`batch_start`], then `--gen`
+/// batched steps timed with the host's work (logits download, picks).
+fn batch_decode(
+    gm: &CudaTextModel,
+    cfg: &gemma3n_model::TextConfig,
+    plan: &Arc<SlicePlan>,
+    a: &Args,
+    b: usize,
+    text_vocab: usize,
+) -> Result<f64> {
+    let (mut caches, mut next) = batch_start(gm, cfg, plan, a, b, text_vocab)?;
+    let t = Instant::now();
+    batch_steps(gm, &mut caches, &mut next, a.gen, text_vocab)?;
     Ok((b * a.gen) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// `GEMMA3N_CUDA_PROFILE=1`: GPU time per op of one prefill and of `steps` decode steps
 /// (with `--batch`, also of `steps` batched steps of up to 16 sequences).
 fn profile(
-    gm: &gemma3n_model::text::cuda::CudaTextModel,
+    gm: &CudaTextModel,
+    cfg: &gemma3n_model::TextConfig,
     plan: &Arc<SlicePlan>,
+    a: &Args,
     prompt: &[u32],
-    steps: usize,
-    batch: Option<usize>,
+    text_vocab: usize,
 ) -> Result<()> {
+    let steps = a.gen.min(32);
     let gpu = gm.gpu();
     gpu.profile_take();
     let mut cache = gm.new_cache_with_plan(plan.clone(), prompt.len() + steps + 1)?;
@@ -371,21 +396,11 @@ fn profile(
     let wall = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     table("decode", steps);
     println!("profile    decode wall time {wall:.3} ms per token (events on every op)");
-    if let Some(b) = batch.filter(|&b| b > 1) {
+    if let Some(b) = a.batch.filter(|&b| b > 1) {
         let b = b.min(16);
-        let mut caches = Vec::with_capacity(b);
-        for _ in 0..b {
-            let mut c = gm.new_cache_with_plan(plan.clone(), prompt.len() + steps + 1)?;
-            gm.forward(prompt, &mut c, Logits::Last)?;
-            caches.push(c);
-        }
+        let (mut caches, mut next) = batch_start(gm, cfg, plan, a, b, text_vocab)?;
         gpu.profile_take();
-        let mut next = vec![argmax(&logits); b];
-        for _ in 0..steps {
-            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
-            let l = gm.forward_batch(&next, &mut refs)?;
-            next = l.chunks(l.len() / b).map(argmax).collect();
-        }
+        batch_steps(gm, &mut caches, &mut next, steps, text_vocab)?;
         table(&format!("batched decode of {b} sequences"), steps);
     }
     Ok(())

@@ -195,11 +195,11 @@ impl CudaTextModel {
             let key = (ws.id, cache.generation, splits);
             if cache.graph.as_ref().map(|(k, _)| *k) != Some(key) {
                 cache.graph = None;
-                self.gpu.begin_capture().map_err(gpu_err)?;
-                let r = self.run(ws, &Caches::One(cache), 1, want, false, None, splits);
-                let graph = self.gpu.end_capture().map_err(gpu_err);
-                r?;
-                cache.graph = Some((key, graph?));
+                let graph = self.capture(|| {
+                    self.run(ws, &Caches::One(cache), 1, want, false, None, splits)
+                        .map(|_| ())
+                })?;
+                cache.graph = Some((key, graph));
             }
             let (_, graph) = cache.graph.as_ref().expect("captured");
             graph.launch().map_err(gpu_err)?;
@@ -331,11 +331,10 @@ impl CudaTextModel {
         if self.settings.graphs {
             // Replayed from its graph (recorded on the first step of this shape).
             let graph = ws.batch_graph(n, splits, &plan, |ws| {
-                self.gpu.begin_capture().map_err(gpu_err)?;
-                let r = self.run(ws, &kv, n, Logits::All, false, None, splits);
-                let graph = self.gpu.end_capture().map_err(gpu_err);
-                r?;
-                graph
+                self.capture(|| {
+                    self.run(ws, &kv, n, Logits::All, false, None, splits)
+                        .map(|_| ())
+                })
             })?;
             graph.launch().map_err(gpu_err)?;
         } else {
@@ -359,6 +358,16 @@ impl CudaTextModel {
             return Ok(None);
         };
         self.replay_ms(graph, reps).map(Some)
+    }
+
+    /// The ops `f` queues, recorded as a graph instead of run (the capture ends even when
+    /// `f` fails).
+    pub(super) fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<Graph> {
+        self.gpu.begin_capture().map_err(gpu_err)?;
+        let r = f();
+        let graph = self.gpu.end_capture().map_err(gpu_err);
+        r?;
+        graph
     }
 
     /// Mean milliseconds of `reps` replays of `graph` (after one untimed replay).

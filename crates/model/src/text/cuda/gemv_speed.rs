@@ -79,14 +79,14 @@ impl CudaTextModel {
         let mut out = Vec::new();
         for rows in [1, 16] {
             for (name, s, bytes) in &cases {
-                g.begin_capture().map_err(gpu_err)?;
-                let mut r = Ok(());
-                for _ in 0..LAUNCHES {
-                    r = r.and_then(|_| g.gemv(std::slice::from_ref(s), rows, 0.0));
-                }
-                let graph = g.end_capture().map_err(gpu_err);
-                r.map_err(gpu_err)?;
-                let ms = self.replay_ms(&graph?, 1)?;
+                let graph = self.capture(|| {
+                    for _ in 0..LAUNCHES {
+                        g.gemv(std::slice::from_ref(s), rows, 0.0)
+                            .map_err(gpu_err)?;
+                    }
+                    Ok(())
+                })?;
+                let ms = self.replay_ms(&graph, 1)?;
                 out.push(GemvSpeed {
                     name: format!("{name}, {rows} row{}", if rows > 1 { "s" } else { "" }),
                     bytes: *bytes,

@@ -197,24 +197,23 @@ impl Workspace {
     ) -> Result<&Graph> {
         let same =
             |g: &BatchGraph| g.rows == rows && g.splits == splits && Arc::ptr_eq(&g.plan, plan);
-        if !self.batch_graphs.iter().any(same) {
-            let graph = capture(self)?;
-            if self.batch_graphs.len() == MAX_BATCH_GRAPHS {
-                self.batch_graphs.remove(0);
+        let i = match self.batch_graphs.iter().position(same) {
+            Some(i) => i,
+            None => {
+                let graph = capture(self)?;
+                if self.batch_graphs.len() == MAX_BATCH_GRAPHS {
+                    self.batch_graphs.remove(0);
+                }
+                self.batch_graphs.push(BatchGraph {
+                    rows,
+                    splits,
+                    plan: plan.clone(),
+                    graph,
+                });
+                self.batch_graphs.len() - 1
             }
-            self.batch_graphs.push(BatchGraph {
-                rows,
-                splits,
-                plan: plan.clone(),
-                graph,
-            });
-        }
-        let g = self
-            .batch_graphs
-            .iter()
-            .find(|g| same(g))
-            .expect("recorded");
-        Ok(&g.graph)
+        };
+        Ok(&self.batch_graphs[i].graph)
     }
 
     pub fn ids(&self) -> DevPtr {
