@@ -102,6 +102,9 @@ pub struct Gpu {
     allocated: AtomicUsize,
     /// Programmatic dependent launch (`GEMMA3N_CUDA_PDL=0` turns it off).
     pdl: bool,
+    /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
+    /// measures what a kernel costs inside the step (the results are then wrong).
+    skip: Vec<String>,
     /// Per-op GPU timing (`GEMMA3N_CUDA_PROFILE=1`): events around every launch.
     profile: Option<std::sync::Mutex<Profile>>,
     /// Set while timing is paused ([`Gpu::without_timing`]).
@@ -168,6 +171,9 @@ impl Gpu {
             arch,
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
+            skip: std::env::var("GEMMA3N_CUDA_SKIP")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             profile: std::env::var_os("GEMMA3N_CUDA_PROFILE")
                 .is_some_and(|v| v == "1")
                 .then(|| std::sync::Mutex::new(Profile::default())),

@@ -239,6 +239,9 @@ impl Gpu {
                 KArg::Gemv(x) => &mut **x as *mut RawGemvArgs as *mut std::ffi::c_void,
             };
         }
+        if self.skip.iter().any(|k| k == name) {
+            return Ok(());
+        }
         let f = self.func(name).cu_function();
         self.timed(name, || {
             self.ctx.bind_to_thread().map_err(super::drv)?;
@@ -825,6 +828,7 @@ impl Gpu {
         hd: usize,
         eps: f32,
     ) -> Result<()> {
+        assert!(hd <= 256, "qkv_prep head_dim {hd} > 256");
         let heads = if own { h + 2 * g } else { h };
         launch!(self, "qkv_prep", (heads, rows, 1), 128;
             qkv.0, i(ldqkv), wq.0, wk.0, pos.0, inv_freq.0, q_out.0, kv.k.0, kv.v.0,

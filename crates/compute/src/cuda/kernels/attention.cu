@@ -9,38 +9,41 @@
 // Head j < H: q = RoPE(RMSNorm(q_j) * w_q) -> q_out. H <= j < H+G: k, with w_k and RoPE,
 // -> kcache row pos[b]. H+G <= j: v = RMSNorm(v) (no weight) -> vcache row pos[b].
 // kv_rows (may be null): each row's own cache, (keys, values) pointers per row, for a step
-// of several sequences; else every row is in kcache / vcache.
+// of several sequences; else every row is in kcache / vcache. The weights and the rotation
+// (positions come from the host) are ready before the wait for the product.
 extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq,
                                     const float* wk, const int* pos, const float* inv_freq,
                                     float* q_out, float* kcache, float* vcache, int h, int g,
                                     int hd, float eps, const unsigned long long* kv_rows) {
-    pdl_start();
     int j = blockIdx.x, b = blockIdx.y;
     if (kv_rows) {
         kcache = (float*)kv_rows[2 * b];
         vcache = (float*)kv_rows[2 * b + 1];
     }
     const float* src = qkv + (size_t)b * ldqkv + (size_t)j * hd;
-    float inv = rms_inv(src, hd, eps);
     const float* w = j < h ? wq : (j < h + g ? wk : 0);
     float* dst;
     if (j < h) dst = q_out + ((size_t)b * h + j) * hd;
     else if (j < h + g) dst = kcache + ((size_t)pos[b] * g + (j - h)) * hd;
     else dst = vcache + ((size_t)pos[b] * g + (j - h - g)) * hd;
-    int half = hd / 2;
-    if (j >= h + g) {
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) dst[i] = src[i] * inv;
-        return;
+    const int half = hd / 2;
+    // At most ATT_MAX_HD / 2 / 128 = 1 pair per thread.
+    const int i = threadIdx.x;
+    const bool has = i < half;
+    float w0 = 1.0f, w1 = 1.0f, sn = 0.0f, cs = 1.0f;
+    if (has && w) {
+        w0 = w[i];
+        w1 = w[i + half];
     }
-    float p = (float)pos[b];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float x0 = src[i] * inv * w[i];
-        float x1 = src[i + half] * inv * w[i + half];
-        float sn, cs;
-        sincosf(p * inv_freq[i], &sn, &cs);
-        dst[i] = x0 * cs - x1 * sn;
-        dst[i + half] = x1 * cs + x0 * sn;
-    }
+    if (has && j < h + g) sincosf((float)pos[b] * inv_freq[i], &sn, &cs);
+    pdl_start();
+    float x0 = has ? src[i] : 0.0f, x1 = has ? src[i + half] : 0.0f;
+    const float inv = 1.0f / sqrtf(block_sum(x0 * x0 + x1 * x1) / (float)hd + eps);
+    if (!has) return;
+    x0 *= inv * w0;
+    x1 *= inv * w1;
+    dst[i] = x0 * cs - x1 * sn;
+    dst[i + half] = x1 * cs + x0 * sn;
 }
 
 // Merges the nsplit (<= 32) partials of one (row, head) into out (block-wide): the
@@ -76,11 +79,13 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
 // nsplit == 1 the result is written to out; otherwise (max, sum, acc) partials go to
 // part[((b*H + head)*nsplit + s)*(hd+2)]; the last split block of each (row, head) merges
 // them (done[] counts finished splits).
+//
+// The cached keys before pos[b] were written by earlier steps or layers, so their lines are
+// fetched into L2 before the wait for the kernel before (which may write key pos[b]).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_decode(const float* q, const float* kcache, const float* vcache, const int* pos,
                  float* out, float* part, int* done, int h, int g, int hd, int window,
                  const unsigned long long* kv_rows) {
-    pdl_start();
     const int head = blockIdx.x, b = blockIdx.y, s = blockIdx.z, nsplit = gridDim.z;
     if (kv_rows) {
         // One sequence per row (see qkv_prep).
@@ -91,6 +96,13 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
     const int kvh = head / (h / g);
     const int p = pos[b];
     const int lo = window > 0 ? max(0, p + 1 - window) : 0;
+    const size_t row = (size_t)g * hd;
+    const int step = nsplit * ATT_WARPS;
+    for (int key = lo + s * ATT_WARPS + warp; key < p; key += step) {
+        prefetch_l2(kcache + key * row + (size_t)kvh * hd, hd * 4, lane);
+        prefetch_l2(vcache + key * row + (size_t)kvh * hd, hd * 4, lane);
+    }
+    pdl_start();
     const int per_lane = (hd + 31) / 32;
     float qv[ATT_MAX_HD / 32], acc[ATT_MAX_HD / 32];
     const float* qr = q + ((size_t)b * h + head) * hd;
@@ -101,8 +113,6 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    const size_t row = (size_t)g * hd;
-    const int step = nsplit * ATT_WARPS;
     // Two keys per step, their loads and reductions independent of each other.
     for (int key = lo + s * ATT_WARPS + warp; key <= p; key += 2 * step) {
         const int key2 = key + step;

@@ -93,7 +93,11 @@ __device__ __forceinline__ void altup_router_regs(const float xv[RPT], const flo
 // [Optional: the previous layer's PLE injection, s_k += RMSNorm(inj) * w_inj for k >= 1,
 // written back.] AltUp predict (spec §3.4 a) and the layer's input norm:
 // pred_i = s_i + sum_j C[i][j] s_j with C = W_p . m(s_0); x = RMSNorm(pred_0) * w_in.
-// Every input is loaded first, in one round, then the reductions run on registers.
+// Every input is loaded first, in one round, then the reductions run on registers. With an
+// injection the kernel before is the injection's product, and the streams were written
+// before that one (common.cu: the kernel two back has finished when this one starts), so
+// they are loaded and the router (stream 0 only, which the injection leaves alone) is
+// computed while that product finishes.
 extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
                                          const float* w_inj, const float* norm_w,
                                          const float* router, const float* coefs,
@@ -105,13 +109,18 @@ extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
     float iw[RPT], qv[RPT], qw[RPT];
     FOR_ROW(j, i, d) iw[j] = in_w[i];
     for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
+    const bool early = inj != 0;
+    float sv[ALTUP_A][RPT], m[ALTUP_A];
+    if (early) {
+        FOR_ROW(j, i, d) qw[j] = w_inj[i];
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
+        altup_router_regs(sv[0], nw, rw, d, eps, m);
+    }
     pdl_start();
-    float sv[ALTUP_A][RPT];
-    #pragma unroll
-    for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
-    if (inj) {
+    if (early) {
         float sq = 0.0f;
-        FOR_ROW(j, i, d) { qv[j] = inj[r + i]; qw[j] = w_inj[i]; sq += qv[j] * qv[j]; }
+        FOR_ROW(j, i, d) { qv[j] = inj[r + i]; sq += qv[j] * qv[j]; }
         float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
         FOR_ROW(j, i, d) {
             float v = qv[j] * inv * qw[j];
@@ -121,9 +130,11 @@ extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
                 s[k * ss + r + i] = sv[k][j];
             }
         }
+    } else {
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
+        altup_router_regs(sv[0], nw, rw, d, eps, m);
     }
-    float m[ALTUP_A];
-    altup_router_regs(sv[0], nw, rw, d, eps, m);
     float c[ALTUP_A][ALTUP_A];
     #pragma unroll
     for (int i = 0; i < ALTUP_A; i++)
@@ -159,19 +170,22 @@ extern "C" __global__ void post_attention(const float* a, const float* o, int ld
     size_t r = (size_t)blockIdx.x * d;
     float pa[RPT], pl[RPT], pf[RPT];
     FOR_ROW(j, i, d) { pa[j] = w_pa[i]; pl[j] = w_lau[i]; pf[j] = w_pf[i]; }
+    // a and x come from the AltUp prediction, launches before the products this kernel
+    // follows: loaded before the wait.
+    float ov[RPT], lv[RPT], av[RPT], xv[RPT];
+    FOR_ROW(j, i, d) { av[j] = a[r + i]; xv[j] = x[r + i]; }
     pdl_start();
     const float* orow = o + (size_t)blockIdx.x * ldo;
-    float ov[RPT], lv[RPT], av[RPT], xv[RPT], so = 0.0f, sl = 0.0f;
+    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     FOR_ROW(j, i, d) {
         ov[j] = orow[i];
         lv[j] = lr[r + i];
-        av[j] = a[r + i];
-        xv[j] = x[r + i];
-        so += ov[j] * ov[j];
-        sl += lv[j] * lv[j];
+        sums[0] += ov[j] * ov[j];
+        sums[1] += lv[j] * lv[j];
     }
-    float inv_o = 1.0f / sqrtf(block_sum(so) / (float)d + eps);
-    float inv_l = 1.0f / sqrtf(block_sum(sl) / (float)d + eps);
+    block_sum4(sums);
+    float inv_o = 1.0f / sqrtf(sums[0] / (float)d + eps);
+    float inv_l = 1.0f / sqrtf(sums[1] / (float)d + eps);
     float hv[RPT], sq = 0.0f;
     FOR_ROW(j, i, d) {
         float lau = lv[j] * inv_l * pl[j] + xv[j];
@@ -240,13 +254,17 @@ extern "C" __global__ void post_ffn_correct(const float* h, const float* f, cons
     float wf[RPT], sc[RPT];
     FOR_ROW(j, i, d) { wf[j] = w_pf[i]; sc[j] = out_scale ? out_scale[i] : 1.0f; }
     for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
-    pdl_start();
+    // h and the predictions were written before the FFN's products (two launches at least):
+    // loaded before the wait.
     float fv[RPT], hv[RPT], pv[ALTUP_A][RPT], sf = 0.0f;
     FOR_ROW(j, i, d) {
-        fv[j] = f[r + i];
         hv[j] = h[r + i];
         #pragma unroll
         for (int k = 0; k < ALTUP_A; k++) pv[k][j] = p[k * ss + r + i];
+    }
+    pdl_start();
+    FOR_ROW(j, i, d) {
+        fv[j] = f[r + i];
         sf += fv[j] * fv[j];
     }
     float inv = 1.0f / sqrtf(block_sum(sf) / (float)d + eps);
