@@ -72,6 +72,34 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
     }
 }
 
+#ifndef ATT_KEYS
+#define ATT_KEYS 4
+#endif
+
+// Loads into kv[t], vv[t] the key and value rows of the keys key0 + t * step (t <
+// ATT_KEYS) in [from, to]; keys past p get zeros (masked out later).
+__device__ __forceinline__ void att_load(const float* kcache, const float* vcache, int key0,
+                                         int step, int p, int from, int to, size_t row,
+                                         int kvh, int hd, int lane, int per_lane,
+                                         float kv[ATT_KEYS][ATT_MAX_HD / 32],
+                                         float vv[ATT_KEYS][ATT_MAX_HD / 32]) {
+    #pragma unroll
+    for (int t = 0; t < ATT_KEYS; t++) {
+        const int key = key0 + t * step;
+        const bool past = key > p;
+        if (!past && (key < from || key > to)) continue;
+        const float* kr = kcache + (size_t)key * row + (size_t)kvh * hd;
+        const float* vr = vcache + (size_t)key * row + (size_t)kvh * hd;
+        #pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+            const int dd = lane + 32 * i;
+            const bool in = !past && i < per_lane && dd < hd;
+            kv[t][i] = in ? kr[dd] : 0.0f;
+            vv[t][i] = in ? vr[dd] : 0.0f;
+        }
+    }
+}
+
 // grid (H, rows, nsplit), block ATT_WARPS * 32 (kv_rows as in qkv_prep). Query row b at
 // position pos[b] sees keys
 // (pos - window, pos] (window 0: [0, pos]). Warp w of split s takes the keys
@@ -80,8 +108,10 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
 // part[((b*H + head)*nsplit + s)*(hd+2)]; the last split block of each (row, head) merges
 // them (done[] counts finished splits).
 //
-// The cached keys before pos[b] were written by earlier steps or layers, so their lines are
-// fetched into L2 before the wait for the kernel before (which may write key pos[b]).
+// The cached keys before pos[b] were written by earlier steps or layers (for a step of
+// several rows of one sequence: those before row 0's position), so they are read before
+// the wait for the kernel before, which writes the step's new keys: each warp's first
+// ATT_KEYS keys into registers, the rest of its keys into L2 (always safe).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_decode(const float* q, const float* kcache, const float* vcache, const int* pos,
                  float* out, float* part, int* done, int h, int g, int hd, int window,
@@ -102,8 +132,16 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
         prefetch_l2(kcache + key * row + (size_t)kvh * hd, hd * 4, lane);
         prefetch_l2(vcache + key * row + (size_t)kvh * hd, hd * 4, lane);
     }
-    pdl_start();
+    // This warp's first ATT_KEYS keys into registers before the wait too, except those the
+    // kernel before may be writing: key p, and with several rows of one sequence every
+    // key from row 0's position on. Those are loaded after the wait.
+    const int fresh = kv_rows || gridDim.y == 1 ? p : pos[0];
     const int per_lane = (hd + 31) / 32;
+    const int first = lo + s * ATT_WARPS + warp;
+    float kv[ATT_KEYS][ATT_MAX_HD / 32], vv[ATT_KEYS][ATT_MAX_HD / 32];
+    att_load(kcache, vcache, first, step, p, 0, fresh - 1, row, kvh, hd, lane, per_lane, kv, vv);
+    pdl_start();
+    att_load(kcache, vcache, first, step, p, fresh, p, row, kvh, hd, lane, per_lane, kv, vv);
     float qv[ATT_MAX_HD / 32], acc[ATT_MAX_HD / 32];
     const float* qr = q + ((size_t)b * h + head) * hd;
     #pragma unroll
@@ -113,43 +151,43 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    // Two keys per step, their loads and reductions independent of each other.
-    for (int key = lo + s * ATT_WARPS + warp; key <= p; key += 2 * step) {
-        const int key2 = key + step;
-        const bool two = key2 <= p;
-        const float* kr = kcache + key * row + (size_t)kvh * hd;
-        const float* vr = vcache + key * row + (size_t)kvh * hd;
-        const float* kr2 = kcache + (two ? key2 : key) * row + (size_t)kvh * hd;
-        const float* vr2 = vcache + (two ? key2 : key) * row + (size_t)kvh * hd;
-        float kv[ATT_MAX_HD / 32], vv[ATT_MAX_HD / 32], kv2[ATT_MAX_HD / 32], vv2[ATT_MAX_HD / 32];
+    // ATT_KEYS keys per step, their loads and reductions independent of each other.
+    for (int key = first; key <= p; key += ATT_KEYS * step) {
+        if (key != first)
+            att_load(kcache, vcache, key, step, p, 0, p, row, kvh, hd, lane, per_lane, kv, vv);
+        float dot[ATT_KEYS];
         #pragma unroll
-        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
-            int dd = lane + 32 * i;
-            bool in = i < per_lane && dd < hd;
-            kv[i] = in ? kr[dd] : 0.0f;
-            vv[i] = in ? vr[dd] : 0.0f;
-            kv2[i] = in ? kr2[dd] : 0.0f;
-            vv2[i] = in ? vr2[dd] : 0.0f;
-        }
-        float dot = 0.0f, dot2 = 0.0f;
-        #pragma unroll
-        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
-            dot += qv[i] * kv[i];
-            dot2 += qv[i] * kv2[i];
+        for (int t = 0; t < ATT_KEYS; t++) {
+            dot[t] = 0.0f;
+            #pragma unroll
+            for (int i = 0; i < ATT_MAX_HD / 32; i++) dot[t] += qv[i] * kv[t][i];
         }
         #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            dot2 += __shfl_xor_sync(0xffffffffu, dot2, o);
+            #pragma unroll
+            for (int t = 0; t < ATT_KEYS; t++) dot[t] += __shfl_xor_sync(0xffffffffu, dot[t], o);
         }
-        if (!two) dot2 = -INFINITY;
-        float mn = fmaxf(m, fmaxf(dot, dot2));
-        float corr = expf(m - mn);
-        float e = expf(dot - mn);
-        float e2 = two ? expf(dot2 - mn) : 0.0f;
-        l = l * corr + e + e2;
+        float mn = m;
         #pragma unroll
-        for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] = acc[i] * corr + e * vv[i] + e2 * vv2[i];
+        for (int t = 0; t < ATT_KEYS; t++) {
+            if (key + t * step > p) dot[t] = -INFINITY;
+            mn = fmaxf(mn, dot[t]);
+        }
+        const float corr = expf(m - mn);
+        float e[ATT_KEYS];
+        l *= corr;
+        #pragma unroll
+        for (int t = 0; t < ATT_KEYS; t++) {
+            e[t] = key + t * step <= p ? expf(dot[t] - mn) : 0.0f;
+            l += e[t];
+        }
+        #pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+            float v = acc[i] * corr;
+            #pragma unroll
+            for (int t = 0; t < ATT_KEYS; t++) v += e[t] * vv[t][i];
+            acc[i] = v;
+        }
         m = mn;
     }
     // Combine the warps of this block.
