@@ -21,11 +21,10 @@ fn kernels_compile_for_sm90() {
     }
     // The GEMV kernels take one struct by value: its size in the kernel must be the size of
     // the Rust struct the launcher fills.
-    for name in gemma3n_compute::cuda::GEMV_KERNELS
-        .iter()
-        .flatten()
-        .chain([&gemma3n_compute::cuda::GEMV_KERNEL_ONE])
-    {
+    for name in gemma3n_compute::cuda::GEMV_KERNELS.iter().flatten().chain([
+        &gemma3n_compute::cuda::GEMV_KERNEL_ONE,
+        &gemma3n_compute::cuda::GEMV_KERNEL_ROWBLOCK,
+    ]) {
         let decl = format!(".param .align 8 .b8 {name}_param_0[");
         let at = ptx
             .find(&decl)

@@ -14,7 +14,7 @@ mod ops;
 
 pub use ops::{
     Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS,
-    GEMV_KERNEL_ONE, MAX_ROW,
+    GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
 };
 
 use std::collections::HashMap;
@@ -35,10 +35,11 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 27] = [
+pub const KERNELS: [&str; 28] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
+    "gemv_rowblock_b1",
     "gemv_tc_bf16_b8",
     "gemv_tc_bf16_b16",
     "gemv_tc_q8_b8",
@@ -102,6 +103,8 @@ pub struct Gpu {
     allocated: AtomicUsize,
     /// Programmatic dependent launch (`GEMMA3N_CUDA_PDL=0` turns it off).
     pdl: bool,
+    /// Products of few long rows on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK=0`: off).
+    rowblock: bool,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
     /// measures what a kernel costs inside the step (the results are then wrong).
     skip: Vec<String>,
@@ -171,6 +174,7 @@ impl Gpu {
             arch,
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
+            rowblock: std::env::var_os("GEMMA3N_CUDA_ROWBLOCK").is_none_or(|v| v != "0"),
             skip: std::env::var("GEMMA3N_CUDA_SKIP")
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),

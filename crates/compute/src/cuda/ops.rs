@@ -149,9 +149,31 @@ pub const GEMV_KERNELS: [[&str; 2]; 3] = [
     ["gemv_tc_q4k_b8", "gemv_tc_q4k_b16"],
 ];
 
+/// The single-row kernel for one product of few long bf16 rows (one block per row).
+pub const GEMV_KERNEL_ROWBLOCK: &str = "gemv_rowblock_b1";
+
+/// Whether product `s` (alone in its launch, one activation row) goes to
+/// `gemv_rowblock_b1`: bf16, at most 512 rows of at least 1024 values, k / 8 a multiple of
+/// 8, no mask, 16-byte-aligned rows and activations.
+fn rowblock_fits(s: &GemvSeg) -> bool {
+    let pair_w = match s.epi {
+        Epilogue::Pair(w2) => w2.w.0,
+        _ => s.w.w.0,
+    };
+    s.w.fmt == WeightFormat::Bf16
+        && s.mask.is_null()
+        && s.rows <= 512
+        && s.k >= 1024
+        && s.k % 64 == 0
+        && s.ldw % 8 == 0
+        && (s.w.w.0 | pair_w | s.x.0) % 16 == 0
+}
+
 /// Output rows and threads per block of a GEMV kernel.
 fn gemv_block(name: &str) -> (usize, usize) {
-    if name.starts_with("gemv_tc") {
+    if name == GEMV_KERNEL_ROWBLOCK {
+        (1, GEMV_WARPS * 32)
+    } else if name.starts_with("gemv_tc") {
         (TC_ROWS, TC_THREADS)
     } else {
         (GEMV_WARPS, GEMV_WARPS * 32)
@@ -278,6 +300,11 @@ impl Gpu {
     pub fn gemv(&self, segs: &[GemvSeg], batch: usize, cap: f32) -> Result<()> {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
         if batch == 1 {
+            if let [s] = segs {
+                if self.rowblock && rowblock_fits(s) {
+                    return self.gemv_launch(segs, GEMV_KERNEL_ROWBLOCK, batch, cap);
+                }
+            }
             return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, batch, cap);
         }
         for fmt in [WeightFormat::Bf16, WeightFormat::Q8, WeightFormat::Q4K] {

@@ -193,6 +193,17 @@ __device__ __forceinline__ void gemv_row(const GemvSeg& g, int row, int B, int l
     }
 }
 
+// Writes output `row` of batch row b from its sums v = x . W[row] (and v2 = x . W2[row]
+// for a pair), through the segment's epilogue.
+__device__ __forceinline__ void gemv_store(const GemvSeg& g, float cap, int b, int row, float v,
+                                           float v2) {
+    if (g.epi == EPI_PAIR) v = gelu_tanh(v) * v2;
+    else if (g.epi == EPI_GELU_AUX) v = gelu_tanh(g.aux[(size_t)b * g.ldaux + row]) * v;
+    else if (g.epi == EPI_GELU_ACC) v = gelu_tanh(v) * g.aux[(size_t)b * g.ldaux + row];
+    else if (cap > 0.0f) v = tanhf(v / cap) * cap;
+    g.y[(size_t)b * g.ldy + row] = v;
+}
+
 // Format parameter of the kernels that read each segment's format at run time.
 #define W_ANY (-1)
 
@@ -255,13 +266,7 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         if (b < B) {
             float v = warp_sum(acc[b]);
             float v2 = pair ? warp_sum(acc2[b]) : 0.0f;
-            if (lane == 0) {
-                if (g.epi == EPI_PAIR) v = gelu_tanh(v) * v2;
-                else if (g.epi == EPI_GELU_AUX) v = gelu_tanh(g.aux[(size_t)b * g.ldaux + row]) * v;
-                else if (g.epi == EPI_GELU_ACC) v = gelu_tanh(v) * g.aux[(size_t)b * g.ldaux + row];
-                else if (a.cap > 0.0f) v = tanhf(v / a.cap) * a.cap;
-                g.y[(size_t)b * g.ldy + row] = v;
-            }
+            if (lane == 0) gemv_store(g, a.cap, b, row, v, v2);
         }
     }
 }
@@ -280,6 +285,62 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
         gemv_body<B, FMT>(a);                                                           \
     }
 GEMV_KERNEL(any, W_ANY, 1)
+
+// One activation row, one bf16 product of few long rows (the per-layer input gate: 256
+// rows of 2048), where one warp per row would leave most of the GPU idle: one block per
+// output row, its 8 warps each over k / 8 consecutive values (the host checks that k / 8
+// is a multiple of 8 and the pointers allow 16-byte loads). Each lane's first 8 weights
+// are loaded before the wait.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_rowblock_b1(const GemvArgs a) {
+    const GemvSeg& g = a.seg[0];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x;
+    const bool pair = g.epi == EPI_PAIR;
+    const int kp = g.k / GEMV_WARPS, k0 = warp * kp;
+    const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw + k0;
+    const bf16_t* wr2 = pair ? (const bf16_t*)g.w2 + (size_t)row * g.ldw + k0 : wr;
+    const bool has = lane * 8 < kp;
+    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
+    if (has) {
+        w0 = __ldg(reinterpret_cast<const uint4*>(wr + lane * 8));
+        if (pair) w1 = __ldg(reinterpret_cast<const uint4*>(wr2 + lane * 8));
+    }
+    if (kp > 256) {
+        prefetch_l2(wr + 256, (kp - 256) * 2, lane);
+        if (pair) prefetch_l2(wr2 + 256, (kp - 256) * 2, lane);
+    }
+    pdl_start();
+    const float* x = g.x + k0;
+    float acc[1] = {0.0f}, acc2[1] = {0.0f}, wf[8];
+    for (int i = lane * 8; i < kp; i += 256) {
+        if (i != lane * 8) {
+            w0 = __ldg(reinterpret_cast<const uint4*>(wr + i));
+            if (pair) w1 = __ldg(reinterpret_cast<const uint4*>(wr2 + i));
+        }
+        unpack_bf16x8(w0, wf);
+        dot8<1>(x, 0, 1, i, wf, acc);
+        if (pair) {
+            unpack_bf16x8(w1, wf);
+            dot8<1>(x, 0, 1, i, wf, acc2);
+        }
+    }
+    __shared__ float red[2][GEMV_WARPS];
+    const float v = warp_sum(acc[0]), v2 = pair ? warp_sum(acc2[0]) : 0.0f;
+    if (lane == 0) {
+        red[0][warp] = v;
+        red[1][warp] = v2;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.0f, t2 = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++) {
+            t += red[0][w];
+            t2 += red[1][w];
+        }
+        gemv_store(g, a.cap, 0, row, t, t2);
+    }
+}
 
 // Tensor-core GEMV for 2 to 16 activation rows. The kernel above reads each weight once,
 // but with several activation rows each weight value costs one f32 multiply-add per row and
