@@ -164,9 +164,9 @@ fn rowblock_fits(s: &GemvSeg) -> bool {
         && s.mask.is_null()
         && s.rows <= 512
         && s.k >= 1024
-        && s.k % 64 == 0
-        && s.ldw % 8 == 0
-        && (s.w.w.0 | pair_w | s.x.0) % 16 == 0
+        && s.k.is_multiple_of(64)
+        && s.ldw.is_multiple_of(8)
+        && (s.w.w.0 | pair_w | s.x.0).is_multiple_of(16)
 }
 
 /// Output rows and threads per block of a GEMV kernel.
