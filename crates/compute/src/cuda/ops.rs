@@ -20,7 +20,7 @@ const SPT_ROWS: usize = 8;
 const TT_UNITS: usize = 1024;
 const GEMV_MAX_SEGS: usize = 4;
 /// Key splits of decode attention for one row (each split a block).
-const ATT_WARPS: usize = 4;
+const ATT_WARPS: usize = 8;
 
 /// How a weight matrix is stored on the device (common.cu's W_* values).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 // ("flash-decoding") and combined.
 
 #define ATT_MAX_HD 256
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 
 // grid (H + 2G, rows) when the layer owns its KV (else (H, rows)); block 128.
 // Head j < H: q = RoPE(RMSNorm(q_j) * w_q) -> q_out. H <= j < H+G: k, with w_k and RoPE,

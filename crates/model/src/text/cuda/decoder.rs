@@ -74,7 +74,8 @@ fn attention_splits(rows: usize, heads: usize, keys: usize) -> usize {
     if rows * heads >= SPLIT_PAIRS {
         return 1;
     }
-    // About 8 keys per warp (4 warps per split) up to 1024 keys.
+    // About 4 keys per warp (8 warps per split, 32 keys) up to 1024 keys: one step of
+    // attention.cu's loop, loaded before the wait.
     keys.div_ceil(32).next_power_of_two().min(DECODE_SPLITS)
 }
 
