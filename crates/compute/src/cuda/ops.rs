@@ -19,7 +19,8 @@ const SPT_ROWS: usize = 8;
 /// Units (rows of the transposed matrix) per block of `sparse_tc_bf16_*`.
 const TT_UNITS: usize = 1024;
 const GEMV_MAX_SEGS: usize = 4;
-/// Key splits of decode attention for one row (each split a block).
+/// Warps per block (one key split of one row and head) of decode attention: attention.cu's
+/// `ATT_WARPS`.
 const ATT_WARPS: usize = 8;
 
 /// How a weight matrix is stored on the device (common.cu's W_* values).
