@@ -82,15 +82,10 @@ struct Report {
     bandwidth_pct: f64,
 }
 
-/// The index of the largest logit (greedy decoding).
+/// The index of the largest logit (greedy decoding), as the engine's sampler picks it (0
+/// when none is finite).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
+    gemma3n_engine::sampling::argmax(x).unwrap_or(0)
 }
 
 /// The benchmark prompt: BOS, then `len - 1` pseudo-random ordinary text ids (above the

@@ -385,7 +385,7 @@ impl Sampler {
 
 /// Index of the largest score (the lowest id among ties, as torch.argmax); NaN and -inf
 /// never win. Two passes that the compiler vectorizes: the maximum, then its first place.
-fn argmax(scores: &[f32]) -> Result<u32> {
+pub fn argmax(scores: &[f32]) -> Result<u32> {
     if scores.is_empty() {
         return Err(Error::Sampling("empty logits".into()));
     }
