@@ -248,6 +248,9 @@ impl Gpu {
         vals: &mut [KArg<'_>],
     ) -> Result<()> {
         use cudarc::driver::sys;
+        if self.skip.iter().any(|k| k == name) {
+            return Ok(());
+        }
         // No allocation per launch: the parameter pointers live on the stack.
         assert!(
             vals.len() <= MAX_KERNEL_ARGS,
@@ -261,9 +264,6 @@ impl Gpu {
                 KArg::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
                 KArg::Gemv(x) => &mut **x as *mut RawGemvArgs as *mut std::ffi::c_void,
             };
-        }
-        if self.skip.iter().any(|k| k == name) {
-            return Ok(());
         }
         let f = self.func(name).cu_function();
         self.timed(name, || {

@@ -128,7 +128,9 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
     const int lo = window > 0 ? max(0, p + 1 - window) : 0;
     const size_t row = (size_t)g * hd;
     const int step = nsplit * ATT_WARPS;
-    for (int key = lo + s * ATT_WARPS + warp; key < p; key += step) {
+    const int first = lo + s * ATT_WARPS + warp;
+    // The keys after this warp's first step into L2 (the first step's go to registers).
+    for (int key = first + ATT_KEYS * step; key < p; key += step) {
         prefetch_l2(kcache + key * row + (size_t)kvh * hd, hd * 4, lane);
         prefetch_l2(vcache + key * row + (size_t)kvh * hd, hd * 4, lane);
     }
@@ -137,7 +139,6 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
     // key from row 0's position on. Those are loaded after the wait.
     const int fresh = kv_rows || gridDim.y == 1 ? p : pos[0];
     const int per_lane = (hd + 31) / 32;
-    const int first = lo + s * ATT_WARPS + warp;
     float kv[ATT_KEYS][ATT_MAX_HD / 32], vv[ATT_KEYS][ATT_MAX_HD / 32];
     att_load(kcache, vcache, first, step, p, 0, fresh - 1, row, kvh, hd, lane, per_lane, kv, vv);
     pdl_start();

@@ -109,16 +109,20 @@ extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
     float iw[RPT], qv[RPT], qw[RPT];
     FOR_ROW(j, i, d) iw[j] = in_w[i];
     for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
-    const bool early = inj != 0;
     float sv[ALTUP_A][RPT], m[ALTUP_A];
-    if (early) {
-        FOR_ROW(j, i, d) qw[j] = w_inj[i];
+    // The streams and the router's outputs.
+    auto route = [&]() {
         #pragma unroll
         for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
         altup_router_regs(sv[0], nw, rw, d, eps, m);
+    };
+    if (inj) {
+        FOR_ROW(j, i, d) qw[j] = w_inj[i];
+        route();
     }
     pdl_start();
-    if (early) {
+    if (!inj) route();
+    if (inj) {
         float sq = 0.0f;
         FOR_ROW(j, i, d) { qv[j] = inj[r + i]; sq += qv[j] * qv[j]; }
         float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
@@ -130,10 +134,6 @@ extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
                 s[k * ss + r + i] = sv[k][j];
             }
         }
-    } else {
-        #pragma unroll
-        for (int k = 0; k < ALTUP_A; k++) FOR_ROW(j, i, d) sv[k][j] = s[k * ss + r + i];
-        altup_router_regs(sv[0], nw, rw, d, eps, m);
     }
     float c[ALTUP_A][ALTUP_A];
     #pragma unroll
