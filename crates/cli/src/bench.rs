@@ -170,6 +170,7 @@ pub fn main(a: Args) -> Result<()> {
     if let crate::device::Device::Cuda(n) = a.device.parse()? {
         return gpu_bench(&a, model, &name, n);
     }
+    let model = crate::load::cpu_layout(model);
     let cfg = &model.cfg;
     if a.prompt_len + a.gen > cfg.max_position_embeddings {
         bail!(

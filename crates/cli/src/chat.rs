@@ -32,7 +32,7 @@ fn new_conversation(system: &Option<String>) -> Conversation {
 
 pub fn main(a: Args) -> Result<()> {
     let device = a.device.parse()?;
-    let stack = a.model.load()?;
+    let stack = a.model.load(device)?;
     let template = stack.template()?;
     let mut sampler = stack.sampler(&a.sampling)?;
     match device {

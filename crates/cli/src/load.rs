@@ -34,6 +34,18 @@ pub fn synthetic_shape(name: &str) -> Result<gemma3n_model::TextConfig> {
     }
 }
 
+/// `model` with its weights in the CPU decoder's layout ([`TextModel::into_cpu_layout`]),
+/// with a spinner while the matrices are rearranged.
+pub fn cpu_layout(model: TextModel) -> TextModel {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid"));
+    spinner.set_message("arranging weights for the CPU kernels");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let model = model.into_cpu_layout();
+    spinner.finish_and_clear();
+    model
+}
+
 /// Loads the text decoder from a checkpoint directory or a GGUF file (`*.gguf`).
 pub fn load_any(path: &Path) -> Result<TextModel> {
     if path

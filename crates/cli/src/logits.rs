@@ -56,7 +56,11 @@ pub fn main(a: Args) -> Result<()> {
     let device = a.device.parse()?;
     let pixels = crate::images::read_images(&a.images)?;
     let sound = crate::audio::read_audio(&a.audio)?;
-    let model = std::sync::Arc::new(crate::load::load_any(&a.model)?);
+    let mut model = crate::load::load_any(&a.model)?;
+    if device == Device::Cpu {
+        model = crate::load::cpu_layout(model);
+    }
+    let model = std::sync::Arc::new(model);
     let plan = a.slice.plan(&model.cfg)?;
     // The towers run on the CPU; their soft tokens reach the decoder through `embed`.
     let (vision, image_soft) = match pixels.is_empty() {

@@ -68,7 +68,7 @@ pub fn main(a: Args) -> Result<()> {
             );
         }
     }
-    let stack = a.model.load()?;
+    let stack = a.model.load(device)?;
     let (vision, image_soft) = if pixels.is_empty() {
         None
     } else {

@@ -43,7 +43,7 @@ pub struct Args {
 
 pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
     let device = a.device.parse()?;
-    let stack = a.model.load()?;
+    let stack = a.model.load(device)?;
     let template = stack.template().ok();
     let stop_ids = stack.stop_ids();
     let defaults = match &stack.gen_config {

@@ -48,9 +48,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The model with its tokenizer, chat template and generation defaults.
-    pub fn load(&self) -> Result<TextStack> {
-        TextStack::load(&self.model, self.tokenizer.as_deref())
+    /// The model with its tokenizer, chat template and generation defaults, its weights in
+    /// the CPU decoder's layout when `device` is the CPU.
+    pub fn load(&self, device: crate::device::Device) -> Result<TextStack> {
+        TextStack::load(
+            &self.model,
+            self.tokenizer.as_deref(),
+            device == crate::device::Device::Cpu,
+        )
     }
 }
 
@@ -68,8 +73,9 @@ pub struct TextStack {
 impl TextStack {
     /// `model` is a checkpoint directory, or a GGUF file with `tokenizer_dir` holding
     /// tokenizer.json (and the chat template / generation config) — for GGUF files the
-    /// tokenizer directory defaults to the file's directory.
-    pub fn load(model: &Path, tokenizer_dir: Option<&Path>) -> Result<TextStack> {
+    /// tokenizer directory defaults to the file's directory. `cpu`: arrange the weights for
+    /// the CPU decoder.
+    pub fn load(model: &Path, tokenizer_dir: Option<&Path>, cpu: bool) -> Result<TextStack> {
         let is_gguf = model
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
@@ -107,6 +113,11 @@ impl TextStack {
             (m, ckpt.config.eos_token_ids)
         };
         let tokenizer = Tokenizer::from_file(&tok_path)?;
+        let model = if cpu {
+            crate::load::cpu_layout(model)
+        } else {
+            model
+        };
         Ok(TextStack {
             model: Arc::new(model),
             files_dir,

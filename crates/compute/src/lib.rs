@@ -14,7 +14,7 @@ pub mod storage;
 pub mod testing;
 
 pub use dtype::DType;
-pub use matrix::Matrix;
+pub use matrix::{Layout, Matrix};
 pub use storage::Storage;
 
 /// Errors raised by this crate.

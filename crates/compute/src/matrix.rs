@@ -8,12 +8,39 @@
 //! Block formats (Q8_0, Q4_K, ...) are matrices like any other: a row holds `cols / block`
 //! blocks, `row_stride` (in elements) is a multiple of the block size, and a column prefix
 //! must end on a block boundary.
+//!
+//! A Q8_0 matrix may also be stored with its rows interleaved in groups of eight
+//! ([`Layout::Q8_0x8`], made by [`Matrix::interleave_q8_0`]): the CPU's decode kernel then
+//! reads one contiguous stream per eight rows and combines the eight rows' sums in one vector.
+//! The values are the same; only the byte order differs.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::dtype::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, DType};
 use crate::storage::{AlignedBytes, Storage};
 use crate::ComputeError;
+
+/// How the rows of a matrix are arranged in its storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Row after row, `row_stride` elements apart: the layout of every file format.
+    Rows,
+    /// Q8_0 rows in groups of eight, `8 * row_stride / 32` blocks of 272 bytes a group
+    /// ([`Q8X8_GROUP_BLOCK`]). Block `b` of a group holds the group's eight f16 scales of
+    /// block `b` (row `r` of the group in slot [`Q8X8_SLOT`]`[r]`), then the 32 values of
+    /// each row as four chunks of 8: chunk `c` of row `r` at byte `16 + 64 c + 8 r`.
+    Q8_0x8,
+}
+
+/// Bytes of one block column of an interleaved group: 8 scales and 8 x 32 values.
+pub const Q8X8_GROUP_BLOCK: usize = 16 + 8 * 32;
+
+/// Scale slot of each row of an interleaved group. The slot order 0,1,4,5,2,3,6,7 is the
+/// order of the eight row sums after the kernel's pairwise horizontal add of rows 0-3 and
+/// 4-7 (`_mm256_hadd_epi32` works within 128-bit lanes), so that the scales line up with
+/// the sums without a shuffle. The map is its own inverse.
+pub const Q8X8_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
 
 #[derive(Clone)]
 pub struct Matrix {
@@ -23,14 +50,15 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     row_stride: usize,
+    layout: Layout,
 }
 
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Matrix({} x {}, {}, stride {})",
-            self.rows, self.cols, self.dtype, self.row_stride
+            "Matrix({} x {}, {}, stride {}, {:?})",
+            self.rows, self.cols, self.dtype, self.row_stride, self.layout
         )
     }
 }
@@ -75,6 +103,7 @@ impl Matrix {
             rows,
             cols,
             row_stride: cols,
+            layout: Layout::Rows,
         })
     }
 
@@ -132,6 +161,7 @@ impl Matrix {
             rows,
             cols,
             row_stride: cols,
+            layout: Layout::Rows,
         }
     }
 
@@ -148,15 +178,94 @@ impl Matrix {
     pub fn row_stride(&self) -> usize {
         self.row_stride
     }
+    /// How the rows are arranged in storage.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
     /// Bytes a full pass over the matrix reads.
     pub fn nbytes(&self) -> usize {
         self.rows * self.dtype.row_bytes(self.cols)
     }
 
-    /// Bytes between the starts of consecutive rows.
+    /// Bytes between the starts of consecutive rows ([`Layout::Rows`]; for
+    /// [`Layout::Q8_0x8`], an eighth of [`Matrix::group_stride_bytes`]).
     #[inline]
     pub fn row_stride_bytes(&self) -> usize {
         self.dtype.row_bytes(self.row_stride)
+    }
+
+    /// Bytes between the starts of consecutive groups of eight rows ([`Layout::Q8_0x8`]).
+    #[inline]
+    pub fn group_stride_bytes(&self) -> usize {
+        8 * self.row_stride_bytes()
+    }
+
+    /// A copy with the rows interleaved in groups of eight ([`Layout::Q8_0x8`]), for a Q8_0
+    /// matrix in [`Layout::Rows`]; `None` otherwise. The copy is packed (its row stride is
+    /// `cols`); a last partial group is padded with zero rows, which no view reads.
+    pub fn interleave_q8_0(&self) -> Option<Matrix> {
+        use rayon::prelude::*;
+        if self.dtype != DType::Q8_0 || self.layout != Layout::Rows || self.rows == 0 {
+            return None;
+        }
+        let nb = self.cols / 32;
+        let group = nb * Q8X8_GROUP_BLOCK;
+        let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * group);
+        if group > 0 {
+            bytes
+                .as_mut_slice()
+                .par_chunks_mut(group)
+                .enumerate()
+                .for_each(|(g, out)| {
+                    let present = 8.min(self.rows - 8 * g);
+                    for (r, &slot) in Q8X8_SLOT.iter().enumerate().take(present) {
+                        let row = self.row_bytes(8 * g + r);
+                        for (blk, o) in row
+                            .chunks_exact(34)
+                            .zip(out.chunks_exact_mut(Q8X8_GROUP_BLOCK))
+                        {
+                            o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
+                            for c in 0..4 {
+                                let at = 16 + 64 * c + 8 * r;
+                                o[at..at + 8].copy_from_slice(&blk[2 + 8 * c..10 + 8 * c]);
+                            }
+                        }
+                    }
+                });
+        }
+        Some(Matrix {
+            storage: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+            dtype: DType::Q8_0,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.cols,
+            layout: Layout::Q8_0x8,
+        })
+    }
+
+    /// Row `r`'s blocks in the file layout: borrowed for [`Layout::Rows`], gathered from its
+    /// group for [`Layout::Q8_0x8`].
+    pub fn row_blocks(&self, r: usize) -> Cow<'_, [u8]> {
+        match self.layout {
+            Layout::Rows => Cow::Borrowed(self.row_bytes(r)),
+            Layout::Q8_0x8 => {
+                assert!(r < self.rows, "row_blocks: row {r} of {}", self.rows);
+                let nb = self.cols / 32;
+                let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
+                let mut row = vec![0u8; nb * 34];
+                let s = 2 * Q8X8_SLOT[r % 8];
+                for (b, blk) in row.chunks_exact_mut(34).enumerate() {
+                    let src = &g[b * Q8X8_GROUP_BLOCK..(b + 1) * Q8X8_GROUP_BLOCK];
+                    blk[..2].copy_from_slice(&src[s..s + 2]);
+                    for c in 0..4 {
+                        let at = 16 + 64 * c + 8 * (r % 8);
+                        blk[2 + 8 * c..10 + 8 * c].copy_from_slice(&src[at..at + 8]);
+                    }
+                }
+                Cow::Owned(row)
+            }
+        }
     }
 
     /// This matrix converted to `dtype`: quantized to a block format, or rounded / widened to
@@ -174,9 +283,16 @@ impl Matrix {
         }
     }
 
-    /// Rows `start..start+n` (no copy).
+    /// Rows `start..start+n` (no copy). For [`Layout::Q8_0x8`], `start` must be a multiple
+    /// of 8.
     pub fn row_range(&self, start: usize, n: usize) -> Matrix {
         assert!(start + n <= self.rows, "row_range out of bounds");
+        if self.layout == Layout::Q8_0x8 {
+            assert!(
+                start.is_multiple_of(8),
+                "row_range of an interleaved matrix must start on a group of 8 (row {start})"
+            );
+        }
         Matrix {
             offset: self.offset + start * self.row_stride_bytes(),
             rows: n,
@@ -202,9 +318,14 @@ impl Matrix {
         }
     }
 
-    /// The raw bytes of row `r` (its `cols` elements).
+    /// The raw bytes of row `r` (its `cols` elements), for [`Layout::Rows`] ([`Matrix::row_blocks`]
+    /// takes either layout).
     #[inline]
     pub fn row_bytes(&self, r: usize) -> &[u8] {
+        assert!(
+            self.layout == Layout::Rows,
+            "row_bytes of an interleaved matrix (use row_blocks)"
+        );
         debug_assert!(r < self.rows);
         let start = self.offset + r * self.row_stride_bytes();
         &self.storage.bytes()[start..start + self.dtype.row_bytes(self.cols)]
@@ -230,6 +351,23 @@ impl Matrix {
     /// Converts row `r` to f32 into `out` (length `cols`).
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "row_to_f32: out length");
+        if self.layout == Layout::Q8_0x8 {
+            // Straight from the group: each block's scale times its 32 values.
+            assert!(r < self.rows, "row_to_f32: row {r} of {}", self.rows);
+            let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
+            let s = 2 * Q8X8_SLOT[r % 8];
+            for (b, o) in out.chunks_exact_mut(32).enumerate() {
+                let src = &g[b * Q8X8_GROUP_BLOCK..(b + 1) * Q8X8_GROUP_BLOCK];
+                let d = f16_to_f32(u16::from_le_bytes([src[s], src[s + 1]]));
+                for (c, o) in o.chunks_exact_mut(8).enumerate() {
+                    let at = 16 + 64 * c + 8 * (r % 8);
+                    for (o, &q) in o.iter_mut().zip(&src[at..at + 8]) {
+                        *o = d * (q as i8) as f32;
+                    }
+                }
+            }
+            return;
+        }
         let b = self.row_bytes(r);
         match self.dtype {
             DType::F32 => {

@@ -327,3 +327,74 @@ fn matrix_api_with_block_formats() {
         assert_eq!(DType::from_ggml_type(dt.ggml_type()), Some(dt));
     }
 }
+
+/// Q8_0 rows interleaved in groups of eight (the CPU decode layout) hold the same values as
+/// the file layout, in every view, and every matmul path gives the same results on them.
+#[test]
+fn interleaved_q8_0_matches_the_row_layout() {
+    use gemma3n_compute::cpu::matmul::gather_rows_quant;
+    use gemma3n_compute::Layout;
+    let (n, k) = (520, 1024);
+    let rows = Matrix::from_f32_as(&values(n * k, 91), n, k, DType::Q8_0);
+    let il = rows.interleave_q8_0().expect("520 rows interleave");
+    assert_eq!(il.layout(), Layout::Q8_0x8);
+    assert_eq!((il.rows(), il.cols(), il.nbytes()), (n, k, rows.nbytes()));
+    assert_eq!(il.to_f32_vec(), rows.to_f32_vec());
+    for r in [0, 1, 7, 8, 13, 519] {
+        assert_eq!(&*il.row_blocks(r), rows.row_bytes(r), "row {r} bytes");
+    }
+    // Only Q8_0 in the row layout; a partial last group is padded.
+    assert!(il.interleave_q8_0().is_none());
+    assert!(rows.quantize(DType::Q4_0).interleave_q8_0().is_none());
+    let views = [
+        ("full", rows.clone(), il.clone()),
+        // A partial last group: the kernel computes the group, writes its first 5 rows.
+        ("row_prefix", rows.row_prefix(13), il.row_prefix(13)),
+        (
+            "interleaved row_prefix",
+            rows.row_prefix(21),
+            rows.row_prefix(21).interleave_q8_0().expect("padded"),
+        ),
+        ("row_range", rows.row_range(8, 301), il.row_range(8, 301)),
+        ("col_prefix", rows.col_prefix(512), il.col_prefix(512)),
+        (
+            "row_range+col_prefix",
+            rows.row_range(16, 61).col_prefix(768),
+            il.row_range(16, 61).col_prefix(768),
+        ),
+    ];
+    for (name, r, v) in &views {
+        assert_eq!(v.to_f32_vec(), r.to_f32_vec(), "{name} values");
+        for t in [1, 2, 3, 4, 5, 9, 70] {
+            let x = values(t * v.cols(), t as u64 + 40);
+            check_all_paths(&x, t, v, &format!("interleaved {name}"));
+            // The row layout's kernels give the same outputs up to f32 summation order.
+            let (mut a, mut b) = (vec![0f32; t * v.rows()], vec![0f32; t * v.rows()]);
+            matmul_with(&x, t, r, &mut a, MatmulPath::Gemv);
+            matmul_with(&x, t, v, &mut b, MatmulPath::Gemv);
+            for (j, (a, b)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                    "{name} t={t} [{j}]: {a} vs {b}"
+                );
+            }
+        }
+        // Gathered rows of an interleaved matrix (the portable kernel) equal the dense ones.
+        let x = values(v.cols(), 3);
+        let mut dense = vec![0f32; v.rows()];
+        matmul_with(&x, 1, v, &mut dense, MatmulPath::Scalar);
+        let sel: Vec<usize> = (0..v.rows()).step_by(3).collect();
+        let mut got = vec![0f32; sel.len()];
+        gather_rows_quant(&x, v, &sel, &mut got, true);
+        for (&j, g) in sel.iter().zip(&got) {
+            assert_eq!(*g, dense[j], "{name} gathered row {j}");
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "must start on a group of 8")]
+fn interleaved_row_range_off_a_group_panics() {
+    let m = Matrix::from_f32_as(&values(16 * 64, 1), 16, 64, DType::Q8_0);
+    let _ = m.interleave_q8_0().expect("16 rows").row_range(3, 5);
+}

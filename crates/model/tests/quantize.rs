@@ -96,8 +96,41 @@ fn block_formats_stay_close_to_hf() {
         );
         assert!(e <= bound, "{preset}: rel err {e} > {bound}");
         assert!(agree >= agree_min, "{preset}: top-1 agreement {agree}");
+        // The CPU decoder's layout (Q8_0 rows interleaved on x86-64 with AVX2) gives the
+        // same logits up to f32 summation order, in prefill and in single-token decode.
+        let (_, m2) = TextModel::load_gguf(&path, &mut |_, _| {}).unwrap();
+        let m2 = m2.into_cpu_layout();
+        if preset == "q8_0" && cfg!(target_arch = "x86_64") && avx2() {
+            let l0 = &m2.weights.layers[0];
+            assert_eq!(l0.q_proj.layout(), gemma3n_compute::Layout::Q8_0x8);
+            // 300 rows: the last group padded.
+            assert_eq!(
+                m2.weights.embed_tokens.layout(),
+                gemma3n_compute::Layout::Q8_0x8
+            );
+        }
+        let mut c2 = m2.new_cache();
+        let got2 = m2.forward(&ids, &mut c2, Logits::All).unwrap();
+        let e2 = rel_err(&got2, &got);
+        assert!(e2 <= 1e-4, "{preset}: CPU layout prefill differs by {e2:e}");
+        let (mut c1, mut c2) = (m.new_cache(), m2.new_cache());
+        for &id in &ids[..6] {
+            let a = m.forward(&[id], &mut c1, Logits::Last).unwrap();
+            let b = m2.forward(&[id], &mut c2, Logits::Last).unwrap();
+            let e = rel_err(&b, &a);
+            assert!(e <= 1e-4, "{preset}: CPU layout decode differs by {e:e}");
+        }
         let _ = std::fs::remove_file(&path);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> bool {
+    false
 }
 
 #[test]

@@ -31,3 +31,16 @@ pub(crate) fn has_avx2() -> bool {
 pub(crate) fn has_neon_dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
 }
+
+/// `m` rearranged for this CPU's decode kernels, or `None` where its stored layout is the
+/// fastest: Q8_0 matrices get their rows interleaved in groups of eight
+/// ([`crate::matrix::Layout::Q8_0x8`]) on x86-64 with AVX2, where the interleaved kernel
+/// streams one contiguous run of bytes per eight rows. The values are unchanged.
+pub fn decode_layout(m: &crate::Matrix) -> Option<crate::Matrix> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        return m.interleave_q8_0();
+    }
+    let _ = m;
+    None
+}

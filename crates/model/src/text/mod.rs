@@ -59,6 +59,44 @@ impl TextModel {
         Ok(TextModel::new(cfg, weights))
     }
 
+    /// The model with its weights rearranged for the CPU's kernels (see
+    /// [`gemma3n_compute::cpu::decode_layout`]): the matrices the decoder multiplies whole
+    /// change layout where this CPU has a faster kernel for another one; the per-layer table
+    /// and the `up` matrices of activation-sparse layers (read a row at a time in decode)
+    /// keep theirs. Values are unchanged. For the CPU decoder only: the GPU upload reads
+    /// the file layout.
+    pub fn into_cpu_layout(mut self) -> TextModel {
+        use gemma3n_compute::cpu::decode_layout;
+        use gemma3n_compute::Matrix;
+        fn re(m: &mut Matrix) {
+            if let Some(n) = decode_layout(m) {
+                *m = n;
+            }
+        }
+        let w = &mut self.weights;
+        re(&mut w.embed_tokens);
+        re(&mut w.per_layer_model_projection);
+        w.altup_projections.iter_mut().for_each(re);
+        w.altup_unembed_projections.iter_mut().for_each(re);
+        for l in &mut w.layers {
+            re(&mut l.q_proj);
+            l.k_proj.iter_mut().for_each(re);
+            l.v_proj.iter_mut().for_each(re);
+            re(&mut l.o_proj);
+            re(&mut l.gate_proj);
+            if l.down_proj_t.is_none() {
+                re(&mut l.up_proj);
+            }
+            re(&mut l.down_proj);
+            re(&mut l.laurel_left);
+            re(&mut l.laurel_right);
+            re(&mut l.altup.modality_router);
+            re(&mut l.per_layer_input_gate);
+            re(&mut l.per_layer_projection);
+        }
+        self
+    }
+
     /// A new sequence running the whole model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(&self.cfg, self.full.clone())

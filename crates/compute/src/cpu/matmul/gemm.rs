@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{chunk_rows, OutPtr};
 use crate::dtype::DType;
-use crate::matrix::Matrix;
+use crate::matrix::{Layout, Matrix};
 
 /// Bytes of f32 scratch per panel. Larger panels amortise the crate's packing of `x` (done
 /// once per call) over more weight rows; 1 MiB (128 rows at k = 2048) measured best here.
@@ -96,7 +96,11 @@ fn widen_and_multiply(
         buf.resize(m * k, 0.0);
     }
     for (r, dst) in buf[..m * k].chunks_exact_mut(k).enumerate() {
-        super::widen(w.dtype(), w.row_bytes(j0 + r), dst, true);
+        if w.layout() == Layout::Rows {
+            super::widen(w.dtype(), w.row_bytes(j0 + r), dst, true);
+        } else {
+            w.row_to_f32(j0 + r, dst);
+        }
     }
     // SAFETY: `buf` holds m rows of k floats (stride k); this task owns output columns j0..j1.
     unsafe { panel_gemm(x, t, k, buf.as_ptr(), k, j0, j1, w.rows(), out) };

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::{chunk_rows, OutPtr};
 use crate::dtype::DType;
-use crate::matrix::Matrix;
+use crate::matrix::{Layout, Matrix};
 use crate::quant::{rd_f16, unpack_scales_mins, QK, QK_K};
 
 /// Weight bytes per rayon task: 1 MiB (E2B Q8_0 decode +3-10% over 256 KiB in alternating
@@ -184,8 +184,11 @@ fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, ac
     out.par_chunks_mut(GATHER_ROWS_PER_TASK)
         .zip(rows.par_chunks(GATHER_ROWS_PER_TASK))
         .for_each(|(o, r)| {
+            // Interleaved matrices (not used for gathers by the model) take the portable
+            // kernel on their rows copied out of the groups.
+            let rows_layout = w.layout() == Layout::Rows;
             #[cfg(target_arch = "x86_64")]
-            if simd && super::has_avx2() {
+            if simd && rows_layout && super::has_avx2() {
                 use super::quant_x86::*;
                 // SAFETY: AVX2/FMA/F16C detected; rows checked by the caller; o matches r.
                 unsafe {
@@ -201,7 +204,7 @@ fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, ac
                 return;
             }
             #[cfg(target_arch = "aarch64")]
-            if simd {
+            if simd && rows_layout {
                 // SAFETY: dotprod only where detected; rows checked by the caller; o matches r.
                 unsafe { super::quant_neon::gather_neon(w, r, act, o, super::has_neon_dotprod()) };
                 return;
@@ -213,7 +216,7 @@ fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, ac
                 &[]
             };
             for (o, &row) in o.iter_mut().zip(r) {
-                *o = dot(w.row_bytes(row), &act.q, &act.d, s);
+                *o = dot(&w.row_blocks(row), &act.q, &act.d, s);
             }
         });
 }
@@ -228,7 +231,9 @@ fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut Q
     );
     act.quantize(x, k, act_block(dtype), simd);
     let act = &*act;
-    let rows = chunk_rows(n, dtype.row_bytes(k), CHUNK_BYTES, 4);
+    // Interleaved matrices split on their groups of eight rows.
+    let align = if w.layout() == Layout::Q8_0x8 { 8 } else { 4 };
+    let rows = chunk_rows(n, dtype.row_bytes(k), CHUNK_BYTES, align);
     let outp = OutPtr(out.as_mut_ptr());
     let task = |c: usize| {
         let r0 = c * rows;
@@ -260,6 +265,13 @@ unsafe fn rows_dispatch(
     simd: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
+    if simd && super::has_avx2() && w.layout() == Layout::Q8_0x8 {
+        // SAFETY: AVX2/FMA/F16C detected; r0 is on a group of 8 (`run` splits on groups);
+        // the rest is the caller's contract.
+        super::quant_x86::rows_avx2_q8x8(w, r0, r1, act, t, out);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if simd && super::has_avx2() {
         use super::quant_x86::*;
         // SAFETY: AVX2/FMA/F16C detected; the rest is the caller's contract.
@@ -274,7 +286,7 @@ unsafe fn rows_dispatch(
         return;
     }
     #[cfg(target_arch = "aarch64")]
-    if simd {
+    if simd && w.layout() == Layout::Rows {
         // SAFETY: dotprod only where detected; the rest is the caller's contract.
         super::quant_neon::rows_neon(w, r0, r1, act, t, out, super::has_neon_dotprod());
         return;
@@ -285,7 +297,7 @@ unsafe fn rows_dispatch(
     let dot = scalar_dot(w.dtype());
     let ab = act_block(w.dtype());
     for j in r0..r1 {
-        let wr = w.row_bytes(j);
+        let wr = &*w.row_blocks(j);
         for i in 0..t {
             let q = &act.q[i * k..(i + 1) * k];
             let d = &act.d[i * k / ab..(i + 1) * k / ab];
