@@ -196,9 +196,12 @@ fn quant_speed(bw: f64, decode_only: bool) {
             let ws: Vec<Matrix> = (0..copies)
                 .map(|_| {
                     let bytes: Vec<u8> = (0..n).flat_map(|r| base.row_bytes(r).to_vec()).collect();
-                    Matrix::owned(AlignedBytes::from_bytes(&bytes), dtype, n, k)
+                    let m = Matrix::owned(AlignedBytes::from_bytes(&bytes), dtype, n, k);
+                    // The layout the CPU decoder uses.
+                    gemma3n_compute::cpu::decode_layout(&m).unwrap_or(m)
                 })
                 .collect();
+            let layout = format!("{:?}", ws[0].layout());
             let bytes = ws[0].nbytes() as f64;
             for t in [1, 2, 4] {
                 let x = vec![0.01f32; t * k];
@@ -219,8 +222,8 @@ fn quant_speed(bw: f64, decode_only: bool) {
                     })
                 });
                 println!(
-                    "quant {n}x{k} {dtype} t={t}: cold {:.1} GB/s ({:.0}% of bw), {:.3} ms; \
-                     1 thread L3-hot {:.1} GB/s",
+                    "quant {n}x{k} {dtype} ({layout}) t={t}: cold {:.1} GB/s ({:.0}% of bw), \
+                     {:.3} ms; 1 thread L3-hot {:.1} GB/s",
                     bytes / cold / 1e9,
                     100.0 * bytes / cold / 1e9 / bw,
                     cold * 1e3,

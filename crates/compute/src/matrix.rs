@@ -9,10 +9,10 @@
 //! blocks, `row_stride` (in elements) is a multiple of the block size, and a column prefix
 //! must end on a block boundary.
 //!
-//! A Q8_0 matrix may also be stored with its rows interleaved in groups of eight
-//! ([`Layout::Q8_0x8`], made by [`Matrix::interleave_q8_0`]): the CPU's decode kernel then
-//! reads one contiguous stream per eight rows and combines the eight rows' sums in one vector.
-//! The values are the same; only the byte order differs.
+//! A Q8_0 or Q4_K matrix may also be stored with its rows interleaved in groups of eight
+//! ([`Layout::Q8_0x8`], [`Layout::Q4_Kx8`], made by [`Matrix::interleave8`]): the CPU's
+//! decode kernels then read one contiguous stream per eight rows and combine the eight rows'
+//! sums in one vector. The values are the same; only the byte order differs.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::ComputeError;
 
 /// How the rows of a matrix are arranged in its storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum Layout {
     /// Row after row, `row_stride` elements apart: the layout of every file format.
     Rows,
@@ -31,7 +32,19 @@ pub enum Layout {
     /// block `b` (row `r` of the group in slot [`Q8X8_SLOT`]`[r]`), then the 32 values of
     /// each row as four chunks of 8: chunk `c` of row `r` at byte `16 + 64 c + 8 r`.
     Q8_0x8,
+    /// Q4_K rows in groups of eight, `row_stride / 256` super-blocks of 1184 bytes a group
+    /// ([`Q4KX8_GROUP_BLOCK`]). Super-block `b` of a group holds the eight rows' f16 `d`
+    /// (bytes 0..16) and `dmin` (16..32), both in slot order ([`Q8X8_SLOT`]); the 6-bit
+    /// scales unpacked to bytes, sub-block `s` of row `r` at `32 + 8 s + r`; the mins unpacked,
+    /// sub-blocks `2 p` and `2 p + 1` of row `r` at `96 + 16 p + 2 slot(r)` and the byte
+    /// after; then the 4-bit values: bytes `32 c + 8 q .. + 8` of row `r`'s 128 at
+    /// `160 + 64 (4 c + q) + 8 r`.
+    Q4_Kx8,
 }
+
+/// Bytes of one super-block column of an interleaved Q4_K group (8 x 144 in the file, the
+/// scales and mins unpacked to a byte each: 32 more).
+pub const Q4KX8_GROUP_BLOCK: usize = 32 + 64 + 64 + 8 * 128;
 
 /// Bytes of one block column of an interleaved group: 8 scales and 8 x 32 values.
 pub const Q8X8_GROUP_BLOCK: usize = 16 + 8 * 32;
@@ -194,20 +207,84 @@ impl Matrix {
         self.dtype.row_bytes(self.row_stride)
     }
 
-    /// Bytes between the starts of consecutive groups of eight rows ([`Layout::Q8_0x8`]).
+    /// Bytes between the starts of consecutive groups of eight rows (interleaved layouts).
     #[inline]
     pub fn group_stride_bytes(&self) -> usize {
-        8 * self.row_stride_bytes()
+        match self.layout {
+            Layout::Q4_Kx8 => self.row_stride / 256 * Q4KX8_GROUP_BLOCK,
+            _ => 8 * self.row_stride_bytes(),
+        }
     }
 
-    /// A copy with the rows interleaved in groups of eight ([`Layout::Q8_0x8`]), for a Q8_0
-    /// matrix in [`Layout::Rows`]; `None` otherwise. The copy is packed (its row stride is
-    /// `cols`); a last partial group is padded with zero rows, which no view reads.
-    pub fn interleave_q8_0(&self) -> Option<Matrix> {
-        use rayon::prelude::*;
-        if self.dtype != DType::Q8_0 || self.layout != Layout::Rows || self.rows == 0 {
+    /// A copy with the rows interleaved in groups of eight ([`Layout::Q8_0x8`] or
+    /// [`Layout::Q4_Kx8`]), for a Q8_0 or Q4_K matrix in [`Layout::Rows`]; `None` otherwise.
+    /// The copy is packed (its row stride is `cols`); a last partial group is padded with
+    /// zero rows, which no view reads.
+    pub fn interleave8(&self) -> Option<Matrix> {
+        if self.layout != Layout::Rows || self.rows == 0 {
             return None;
         }
+        match self.dtype {
+            DType::Q8_0 => Some(self.interleave_q8_0()),
+            DType::Q4_K => Some(self.interleave_q4_k()),
+            _ => None,
+        }
+    }
+
+    /// An owned interleaved matrix over `bytes`.
+    fn interleaved(&self, bytes: AlignedBytes, layout: Layout) -> Matrix {
+        Matrix {
+            storage: Arc::new(Storage::Owned(bytes)),
+            offset: 0,
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.cols,
+            layout,
+        }
+    }
+
+    fn interleave_q4_k(&self) -> Matrix {
+        use rayon::prelude::*;
+        let nb = self.cols / 256;
+        let group = nb * Q4KX8_GROUP_BLOCK;
+        let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * group);
+        if group > 0 {
+            bytes
+                .as_mut_slice()
+                .par_chunks_mut(group)
+                .enumerate()
+                .for_each(|(g, out)| {
+                    let present = 8.min(self.rows - 8 * g);
+                    for (r, &slot) in Q8X8_SLOT.iter().enumerate().take(present) {
+                        let row = self.row_bytes(8 * g + r);
+                        for (blk, o) in row
+                            .chunks_exact(144)
+                            .zip(out.chunks_exact_mut(Q4KX8_GROUP_BLOCK))
+                        {
+                            o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
+                            o[16 + 2 * slot..18 + 2 * slot].copy_from_slice(&blk[2..4]);
+                            let (sc, m) = crate::quant::unpack_scales_mins(&blk[4..16]);
+                            for sb in 0..8 {
+                                o[32 + 8 * sb + r] = sc[sb];
+                                o[96 + 16 * (sb / 2) + 2 * slot + sb % 2] = m[sb];
+                            }
+                            for c in 0..4 {
+                                for q in 0..4 {
+                                    let at = 160 + 64 * (4 * c + q) + 8 * r;
+                                    let src = 16 + 32 * c + 8 * q;
+                                    o[at..at + 8].copy_from_slice(&blk[src..src + 8]);
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        self.interleaved(bytes, Layout::Q4_Kx8)
+    }
+
+    fn interleave_q8_0(&self) -> Matrix {
+        use rayon::prelude::*;
         let nb = self.cols / 32;
         let group = nb * Q8X8_GROUP_BLOCK;
         let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * group);
@@ -233,22 +310,38 @@ impl Matrix {
                     }
                 });
         }
-        Some(Matrix {
-            storage: Arc::new(Storage::Owned(bytes)),
-            offset: 0,
-            dtype: DType::Q8_0,
-            rows: self.rows,
-            cols: self.cols,
-            row_stride: self.cols,
-            layout: Layout::Q8_0x8,
-        })
+        self.interleaved(bytes, Layout::Q8_0x8)
     }
 
     /// Row `r`'s blocks in the file layout: borrowed for [`Layout::Rows`], gathered from its
-    /// group for [`Layout::Q8_0x8`].
+    /// group for the interleaved layouts.
     pub fn row_blocks(&self, r: usize) -> Cow<'_, [u8]> {
         match self.layout {
             Layout::Rows => Cow::Borrowed(self.row_bytes(r)),
+            Layout::Q4_Kx8 => {
+                assert!(r < self.rows, "row_blocks: row {r} of {}", self.rows);
+                let nb = self.cols / 256;
+                let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
+                let (i, slot) = (r % 8, Q8X8_SLOT[r % 8]);
+                let mut row = vec![0u8; nb * 144];
+                for (b, blk) in row.chunks_exact_mut(144).enumerate() {
+                    let src = &g[b * Q4KX8_GROUP_BLOCK..(b + 1) * Q4KX8_GROUP_BLOCK];
+                    blk[..2].copy_from_slice(&src[2 * slot..2 * slot + 2]);
+                    blk[2..4].copy_from_slice(&src[16 + 2 * slot..18 + 2 * slot]);
+                    let sc: [u8; 8] = std::array::from_fn(|sb| src[32 + 8 * sb + i]);
+                    let m: [u8; 8] =
+                        std::array::from_fn(|sb| src[96 + 16 * (sb / 2) + 2 * slot + sb % 2]);
+                    blk[4..16].copy_from_slice(&crate::quant::pack_scales_mins(&sc, &m));
+                    for c in 0..4 {
+                        for q in 0..4 {
+                            let at = 160 + 64 * (4 * c + q) + 8 * i;
+                            let dst = 16 + 32 * c + 8 * q;
+                            blk[dst..dst + 8].copy_from_slice(&src[at..at + 8]);
+                        }
+                    }
+                }
+                Cow::Owned(row)
+            }
             Layout::Q8_0x8 => {
                 assert!(r < self.rows, "row_blocks: row {r} of {}", self.rows);
                 let nb = self.cols / 32;
@@ -287,14 +380,17 @@ impl Matrix {
     /// of 8.
     pub fn row_range(&self, start: usize, n: usize) -> Matrix {
         assert!(start + n <= self.rows, "row_range out of bounds");
-        if self.layout == Layout::Q8_0x8 {
+        let offset = if self.layout == Layout::Rows {
+            self.offset + start * self.row_stride_bytes()
+        } else {
             assert!(
                 start.is_multiple_of(8),
                 "row_range of an interleaved matrix must start on a group of 8 (row {start})"
             );
-        }
+            self.offset + start / 8 * self.group_stride_bytes()
+        };
         Matrix {
-            offset: self.offset + start * self.row_stride_bytes(),
+            offset,
             rows: n,
             ..self.clone()
         }
@@ -368,7 +464,7 @@ impl Matrix {
             }
             return;
         }
-        let b = self.row_bytes(r);
+        let b = &*self.row_blocks(r);
         match self.dtype {
             DType::F32 => {
                 for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {

@@ -328,24 +328,32 @@ fn matrix_api_with_block_formats() {
     }
 }
 
-/// Q8_0 rows interleaved in groups of eight (the CPU decode layout) hold the same values as
-/// the file layout, in every view, and every matmul path gives the same results on them.
+/// Q8_0 and Q4_K rows interleaved in groups of eight (the CPU decode layouts) hold the same
+/// values as the file layout, in every view, and every matmul path gives the same results on
+/// them.
 #[test]
-fn interleaved_q8_0_matches_the_row_layout() {
-    use gemma3n_compute::cpu::matmul::gather_rows_quant;
+fn interleaved_rows_match_the_row_layout() {
     use gemma3n_compute::Layout;
+    for (dt, layout) in [(DType::Q8_0, Layout::Q8_0x8), (DType::Q4_K, Layout::Q4_Kx8)] {
+        interleaved_matches(dt, layout);
+    }
+    let m = Matrix::from_f32_as(&values(16 * 256, 2), 16, 256, DType::Q4_0);
+    assert!(m.interleave8().is_none(), "Q4_0 keeps its rows");
+}
+
+fn interleaved_matches(dt: DType, layout: gemma3n_compute::Layout) {
+    use gemma3n_compute::cpu::matmul::gather_rows_quant;
     let (n, k) = (520, 1024);
-    let rows = Matrix::from_f32_as(&values(n * k, 91), n, k, DType::Q8_0);
-    let il = rows.interleave_q8_0().expect("520 rows interleave");
-    assert_eq!(il.layout(), Layout::Q8_0x8);
+    let rows = Matrix::from_f32_as(&values(n * k, 91), n, k, dt);
+    let il = rows.interleave8().expect("520 rows interleave");
+    assert_eq!(il.layout(), layout);
     assert_eq!((il.rows(), il.cols(), il.nbytes()), (n, k, rows.nbytes()));
     assert_eq!(il.to_f32_vec(), rows.to_f32_vec());
     for r in [0, 1, 7, 8, 13, 519] {
-        assert_eq!(&*il.row_blocks(r), rows.row_bytes(r), "row {r} bytes");
+        assert_eq!(&*il.row_blocks(r), rows.row_bytes(r), "{dt} row {r} bytes");
     }
-    // Only Q8_0 in the row layout; a partial last group is padded.
-    assert!(il.interleave_q8_0().is_none());
-    assert!(rows.quantize(DType::Q4_0).interleave_q8_0().is_none());
+    // Only the row layout; a partial last group is padded.
+    assert!(il.interleave8().is_none());
     let views = [
         ("full", rows.clone(), il.clone()),
         // A partial last group: the kernel computes the group, writes its first 5 rows.
@@ -353,7 +361,7 @@ fn interleaved_q8_0_matches_the_row_layout() {
         (
             "interleaved row_prefix",
             rows.row_prefix(21),
-            rows.row_prefix(21).interleave_q8_0().expect("padded"),
+            rows.row_prefix(21).interleave8().expect("padded"),
         ),
         ("row_range", rows.row_range(8, 301), il.row_range(8, 301)),
         ("col_prefix", rows.col_prefix(512), il.col_prefix(512)),
@@ -364,10 +372,10 @@ fn interleaved_q8_0_matches_the_row_layout() {
         ),
     ];
     for (name, r, v) in &views {
-        assert_eq!(v.to_f32_vec(), r.to_f32_vec(), "{name} values");
+        assert_eq!(v.to_f32_vec(), r.to_f32_vec(), "{dt} {name} values");
         for t in [1, 2, 3, 4, 5, 9, 70] {
             let x = values(t * v.cols(), t as u64 + 40);
-            check_all_paths(&x, t, v, &format!("interleaved {name}"));
+            check_all_paths(&x, t, v, &format!("interleaved {dt} {name}"));
             // The row layout's kernels give the same outputs up to f32 summation order.
             let (mut a, mut b) = (vec![0f32; t * v.rows()], vec![0f32; t * v.rows()]);
             matmul_with(&x, t, r, &mut a, MatmulPath::Gemv);
@@ -375,7 +383,7 @@ fn interleaved_q8_0_matches_the_row_layout() {
             for (j, (a, b)) in a.iter().zip(&b).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-4 * a.abs().max(1.0),
-                    "{name} t={t} [{j}]: {a} vs {b}"
+                    "{dt} {name} t={t} [{j}]: {a} vs {b}"
                 );
             }
         }
@@ -387,7 +395,7 @@ fn interleaved_q8_0_matches_the_row_layout() {
         let mut got = vec![0f32; sel.len()];
         gather_rows_quant(&x, v, &sel, &mut got, true);
         for (&j, g) in sel.iter().zip(&got) {
-            assert_eq!(*g, dense[j], "{name} gathered row {j}");
+            assert_eq!(*g, dense[j], "{dt} {name} gathered row {j}");
         }
     }
 }
@@ -396,5 +404,5 @@ fn interleaved_q8_0_matches_the_row_layout() {
 #[should_panic(expected = "must start on a group of 8")]
 fn interleaved_row_range_off_a_group_panics() {
     let m = Matrix::from_f32_as(&values(16 * 64, 1), 16, 64, DType::Q8_0);
-    let _ = m.interleave_q8_0().expect("16 rows").row_range(3, 5);
+    let _ = m.interleave8().expect("16 rows").row_range(3, 5);
 }

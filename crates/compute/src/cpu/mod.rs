@@ -33,13 +33,14 @@ pub(crate) fn has_neon_dotprod() -> bool {
 }
 
 /// `m` rearranged for this CPU's decode kernels, or `None` where its stored layout is the
-/// fastest: Q8_0 matrices get their rows interleaved in groups of eight
-/// ([`crate::matrix::Layout::Q8_0x8`]) on x86-64 with AVX2, where the interleaved kernel
-/// streams one contiguous run of bytes per eight rows. The values are unchanged.
+/// fastest: Q8_0 and Q4_K matrices get their rows interleaved in groups of eight
+/// ([`crate::matrix::Layout::Q8_0x8`], [`crate::matrix::Layout::Q4_Kx8`]) on x86-64 with
+/// AVX2, where the interleaved kernels stream one contiguous run of bytes per eight rows and
+/// scale the eight rows' sums together. The values are unchanged.
 pub fn decode_layout(m: &crate::Matrix) -> Option<crate::Matrix> {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
-        return m.interleave_q8_0();
+        return m.interleave8();
     }
     let _ = m;
     None

@@ -232,7 +232,7 @@ fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut Q
     act.quantize(x, k, act_block(dtype), simd);
     let act = &*act;
     // Interleaved matrices split on their groups of eight rows.
-    let align = if w.layout() == Layout::Q8_0x8 { 8 } else { 4 };
+    let align = if w.layout() == Layout::Rows { 4 } else { 8 };
     let rows = chunk_rows(n, dtype.row_bytes(k), CHUNK_BYTES, align);
     let outp = OutPtr(out.as_mut_ptr());
     let task = |c: usize| {
@@ -265,10 +265,10 @@ unsafe fn rows_dispatch(
     simd: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd && super::has_avx2() && w.layout() == Layout::Q8_0x8 {
+    if simd && super::has_avx2() && w.layout() != Layout::Rows {
         // SAFETY: AVX2/FMA/F16C detected; r0 is on a group of 8 (`run` splits on groups);
         // the rest is the caller's contract.
-        super::quant_x86::rows_avx2_q8x8(w, r0, r1, act, t, out);
+        super::quant_x86::rows_avx2_x8(w, r0, r1, act, t, out);
         return;
     }
     #[cfg(target_arch = "x86_64")]

@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use super::quant::{Ctx, QAct};
 use super::OutPtr;
 use crate::cpu::ops::x86::hsum;
-use crate::matrix::{Layout, Matrix, Q8X8_GROUP_BLOCK, Q8X8_SLOT};
+use crate::matrix::{Layout, Matrix, Q4KX8_GROUP_BLOCK, Q8X8_GROUP_BLOCK, Q8X8_SLOT};
 use crate::quant::{QK, QK_K};
 
 /// Weight format codes (const generic parameters).
@@ -598,7 +598,7 @@ unsafe fn group_q8x8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [
 /// `i0..i0 + T`.
 ///
 /// # Safety
-/// As [`rows_avx2_q8x8`], with `i0 + T <= t`.
+/// As [`rows_avx2_x8`], with `i0 + T <= t`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn groups_q8x8<const T: usize>(
     w: &Matrix,
@@ -612,6 +612,23 @@ unsafe fn groups_q8x8<const T: usize>(
     let n = w.rows();
     let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK));
     let acc = group_q8x8::<T>(w.base_ptr().add(g * w.group_stride_bytes()), k / QK, &a);
+    store_group::<T>(&acc, g, r1, i0, n, out);
+}
+
+/// Writes a group's sums (slot order) for activation rows `i0..i0 + T`, output columns
+/// `8 g..` below `r1`.
+///
+/// # Safety
+/// `out` valid for the activation rows times `n` floats, those columns owned by the caller.
+#[inline(always)]
+unsafe fn store_group<const T: usize>(
+    acc: &[__m256; T],
+    g: usize,
+    r1: usize,
+    i0: usize,
+    n: usize,
+    out: OutPtr,
+) {
     unroll!(T, |i| {
         let mut v = [0f32; 8];
         _mm256_storeu_ps(v.as_mut_ptr(), acc[i]);
@@ -624,15 +641,16 @@ unsafe fn groups_q8x8<const T: usize>(
     });
 }
 
-/// Output columns `r0..r1` for all `t` activation rows of an interleaved Q8_0 weight
-/// ([`Layout::Q8_0x8`]): each group of eight rows against the activation rows four at a
-/// time (the group's bytes stay in L1/L2 between the passes).
+/// Output columns `r0..r1` for all `t` activation rows of an interleaved Q8_0 or Q4_K
+/// weight ([`Layout::Q8_0x8`], [`Layout::Q4_Kx8`]): each group of eight rows against the
+/// activation rows four (Q4_K: two) at a time, the group's bytes staying in L1/L2 between
+/// the passes.
 ///
 /// # Safety
-/// AVX2/FMA/F16C available; `w` Q8_0 in [`Layout::Q8_0x8`]; `r0` a multiple of 8 and
-/// `r1 <= w.rows()`; `act` holds `t` rows of `w.cols()` quantized for Q8_0; `out` valid for
-/// `t * w.rows()` floats with columns `r0..r1` owned by the caller.
-pub(crate) unsafe fn rows_avx2_q8x8(
+/// AVX2/FMA/F16C available; `w` in one of those layouts; `r0` a multiple of 8 and
+/// `r1 <= w.rows()`; `act` holds `t` rows of `w.cols()` quantized for `w`'s format; `out`
+/// valid for `t * w.rows()` floats with columns `r0..r1` owned by the caller.
+pub(crate) unsafe fn rows_avx2_x8(
     w: &Matrix,
     r0: usize,
     r1: usize,
@@ -640,9 +658,20 @@ pub(crate) unsafe fn rows_avx2_q8x8(
     t: usize,
     out: OutPtr,
 ) {
-    debug_assert!(r0.is_multiple_of(8) && w.layout() == Layout::Q8_0x8);
+    debug_assert!(r0.is_multiple_of(8));
     for g in r0 / 8..r1.div_ceil(8) {
         let mut i0 = 0;
+        if w.layout() == Layout::Q4_Kx8 {
+            while i0 < t {
+                match t - i0 {
+                    1 => groups_q4kx8::<1>(w, g, r1, act, i0, out),
+                    _ => groups_q4kx8::<2>(w, g, r1, act, i0, out),
+                }
+                i0 += 2;
+            }
+            continue;
+        }
+        debug_assert!(w.layout() == Layout::Q8_0x8);
         while i0 < t {
             match t - i0 {
                 1 => groups_q8x8::<1>(w, g, r1, act, i0, out),
@@ -653,6 +682,124 @@ pub(crate) unsafe fn rows_avx2_q8x8(
             i0 += 4;
         }
     }
+}
+
+/// `pshufb` masks that widen the eight per-row bytes of a broadcast 64-bit word to i16 lanes,
+/// four lanes a row, in the order `maddubs` leaves four rows' sums: rows 0,1 | 2,3 (`[0]`)
+/// and 4,5 | 6,7 (`[1]`).
+#[inline(always)]
+unsafe fn row_byte_masks() -> [__m256i; 2] {
+    const Z: i8 = -128;
+    let m = |a: i8, b: i8, c: i8, d: i8| {
+        _mm256_setr_epi8(
+            a, Z, a, Z, a, Z, a, Z, b, Z, b, Z, b, Z, b, Z, c, Z, c, Z, c, Z, c, Z, d, Z, d, Z, d,
+            Z, d, Z,
+        )
+    };
+    [m(0, 1, 2, 3), m(4, 5, 6, 7)]
+}
+
+/// One group of eight interleaved Q4_K rows ([`Layout::Q4_Kx8`], `nb` super-blocks at `g`)
+/// times `T` activation rows: each activation row's eight sums in scale-slot order.
+///
+/// Per super-block and 8-byte piece of a 64-value chunk, a 32-byte load holds four rows'
+/// pieces: their low nibbles against the broadcast activation values of the chunk's first
+/// sub-block, the high nibbles against its second; each product is scaled by its row's
+/// sub-block scale (`madd` with the scales widened to i16). The mins are applied once per
+/// super-block for all eight rows against the activation's sums of 32.
+#[inline(always)]
+unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [__m256; T] {
+    let m4 = _mm256_set1_epi8(15);
+    let masks = row_byte_masks();
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let p = g.add(b * Q4KX8_GROUP_BLOCK);
+        for l in 0..Q4KX8_GROUP_BLOCK.div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_X8 + 64 * l) as *const i8);
+        }
+        let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+        let mut dx = [_mm256_setzero_ps(); T];
+        unroll!(T, |i| {
+            dx[i] = _mm256_broadcast_ss(&*a[i].d.add(b));
+            // Σ_s m[r][s] · (sum of sub-block s of x), two sub-blocks per madd.
+            let s16 = a[i].s.add(16 * b);
+            let mut ms = _mm256_setzero_si256();
+            unroll!(4, |q| {
+                let bs0 = *s16.add(4 * q) as i32 + *s16.add(4 * q + 1) as i32;
+                let bs1 = *s16.add(4 * q + 2) as i32 + *s16.add(4 * q + 3) as i32;
+                let pair = (bs0 as u16 as u32 | (bs1 as u16 as u32) << 16) as i32;
+                let m16 =
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(96 + 16 * q) as *const __m128i));
+                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
+            });
+            acc[i] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx[i]), _mm256_cvtepi32_ps(ms), acc[i]);
+        });
+        let mut s0 = [_mm256_setzero_si256(); T];
+        let mut s1 = [_mm256_setzero_si256(); T];
+        unroll!(4, |c| {
+            let scl = _mm256_set1_epi64x((p.add(32 + 16 * c) as *const i64).read_unaligned());
+            let sch = _mm256_set1_epi64x((p.add(40 + 16 * c) as *const i64).read_unaligned());
+            let sl = [
+                _mm256_shuffle_epi8(scl, masks[0]),
+                _mm256_shuffle_epi8(scl, masks[1]),
+            ];
+            let sh = [
+                _mm256_shuffle_epi8(sch, masks[0]),
+                _mm256_shuffle_epi8(sch, masks[1]),
+            ];
+            unroll!(4, |q| {
+                let v0 = load(p.add(160 + 64 * (4 * c + q)));
+                let v1 = load(p.add(192 + 64 * (4 * c + q)));
+                let lo = [_mm256_and_si256(v0, m4), _mm256_and_si256(v1, m4)];
+                let hi = [
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v0), m4),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(v1), m4),
+                ];
+                unroll!(T, |i| {
+                    let x = a[i].q.add(QK_K * b + 64 * c + 8 * q);
+                    let xl = _mm256_set1_epi64x((x as *const i64).read_unaligned());
+                    let xh = _mm256_set1_epi64x((x.add(32) as *const i64).read_unaligned());
+                    let p0 = _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo[0], xl), sl[0]),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi[0], xh), sh[0]),
+                    );
+                    let p1 = _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo[1], xl), sl[1]),
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi[1], xh), sh[1]),
+                    );
+                    s0[i] = _mm256_add_epi32(s0[i], p0);
+                    s1[i] = _mm256_add_epi32(s1[i], p1);
+                });
+            });
+        });
+        unroll!(T, |i| {
+            // Lanes: rows 0,1,4,5 | 2,3,6,7, the order of d.
+            let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(s0[i], s1[i]));
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx[i]), h, acc[i]);
+        });
+    }
+    acc
+}
+
+/// Group `g` of an interleaved Q4_K weight (output columns below `r1`) for activation rows
+/// `i0..i0 + T`.
+///
+/// # Safety
+/// As [`rows_avx2_x8`], with `i0 + T <= t`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn groups_q4kx8<const T: usize>(
+    w: &Matrix,
+    g: usize,
+    r1: usize,
+    act: &QAct,
+    i0: usize,
+    out: OutPtr,
+) {
+    let k = w.cols();
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK_K));
+    let acc = group_q4kx8::<T>(w.base_ptr().add(g * w.group_stride_bytes()), k / QK_K, &a);
+    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
 }
 
 /// Sum of the 8 i32 lanes.
