@@ -427,6 +427,21 @@ impl Matrix {
         &self.storage.bytes()[start..start + self.dtype.row_bytes(self.cols)]
     }
 
+    /// Row `r` of an f32 matrix as floats, read in place (`None` for other dtypes, or rows not
+    /// aligned to 4 bytes).
+    #[inline]
+    pub fn row_f32(&self, r: usize) -> Option<&[f32]> {
+        if self.dtype != DType::F32 {
+            return None;
+        }
+        let b = self.row_bytes(r);
+        // SAFETY: every bit pattern is a valid f32; the length is a whole number of floats
+        // and the alignment is checked by `align_to`, which returns the unaligned remainder
+        // in the prefix.
+        let (pre, v, _) = unsafe { b.align_to::<f32>() };
+        (pre.is_empty() && v.len() == self.cols).then_some(v)
+    }
+
     /// Pointer to the first byte of row `r`.
     #[inline]
     pub fn row_ptr(&self, r: usize) -> *const u8 {

@@ -40,10 +40,18 @@ pub fn weighted_row_sum(w: &Matrix, rows: &[usize], a: &[f32], out: &mut [f32]) 
         .zip(a.par_chunks(ROWS_PER_TASK))
         .map(|(r, a)| {
             let mut acc = vec![0f32; n];
-            let mut buf = vec![0f32; n];
+            let mut buf = Vec::new();
             for (&row, &aj) in r.iter().zip(a) {
-                w.row_to_f32(row, &mut buf);
-                ops::axpy(aj, &buf, &mut acc);
+                // f32 rows (the transposed `down` copies) are read in place.
+                let v = match w.row_f32(row) {
+                    Some(v) => v,
+                    None => {
+                        buf.resize(n, 0.0);
+                        w.row_to_f32(row, &mut buf);
+                        &buf
+                    }
+                };
+                ops::axpy(aj, v, &mut acc);
             }
             acc
         })
