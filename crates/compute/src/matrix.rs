@@ -231,6 +231,17 @@ impl Matrix {
         }
     }
 
+    /// Releases the memory-mapped pages of this view's bytes from the process's resident set
+    /// ([`Storage::release`]): for a matrix that has been copied into another layout and is
+    /// no longer read. Nothing for owned storage.
+    pub fn release_mapped_pages(&self) {
+        let span = match self.layout {
+            Layout::Rows => self.rows * self.row_stride_bytes(),
+            _ => self.rows.div_ceil(8) * self.group_stride_bytes(),
+        };
+        self.storage.release(self.offset, span);
+    }
+
     /// An owned interleaved matrix over `bytes`.
     fn interleaved(&self, bytes: AlignedBytes, layout: Layout) -> Matrix {
         Matrix {

@@ -57,6 +57,30 @@ impl Storage {
         self.bytes().len()
     }
 
+    /// Tells the kernel that this process no longer reads bytes `start..start + len` of a
+    /// memory-mapped file: the pages wholly inside the range leave the process's resident
+    /// set (the page cache keeps them; a later read maps them again, with the same bytes).
+    /// For weights copied into another layout. Nothing for owned buffers.
+    pub fn release(&self, start: usize, len: usize) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mmap(m) = self {
+            let end = start.saturating_add(len).min(m.len());
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+            let base = m.as_ptr() as usize;
+            let s = (base + start).div_ceil(page) * page;
+            let e = (base + end) / page * page;
+            if e > s {
+                // SAFETY: the range lies inside this live, read-only file mapping;
+                // MADV_DONTNEED drops its page-table entries and later reads fault the
+                // unchanged file pages back in.
+                unsafe { libc::madvise(s as *mut libc::c_void, e - s, libc::MADV_DONTNEED) };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, len);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

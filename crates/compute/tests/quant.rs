@@ -406,3 +406,22 @@ fn interleaved_row_range_off_a_group_panics() {
     let m = Matrix::from_f32_as(&values(16 * 64, 1), 16, 64, DType::Q8_0);
     let _ = m.interleave8().expect("16 rows").row_range(3, 5);
 }
+
+/// Releasing the mapped pages of a matrix copied into another layout leaves its bytes
+/// readable and unchanged (they come back from the file).
+#[test]
+fn released_mapped_pages_read_back_the_same() {
+    let (n, k) = (64, 2048);
+    let m = Matrix::from_f32_as(&values(n * k, 5), n, k, DType::Q8_0);
+    let bytes: Vec<u8> = (0..n).flat_map(|r| m.row_bytes(r).to_vec()).collect();
+    let path = std::env::temp_dir().join(format!("gemma3n-release-{}", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let st = std::sync::Arc::new(gemma3n_compute::Storage::open_file(&path).unwrap());
+    let mapped = Matrix::new(st, 0, DType::Q8_0, n, k).unwrap();
+    let before = mapped.to_f32_vec();
+    let il = mapped.interleave8().unwrap();
+    mapped.release_mapped_pages();
+    assert_eq!(mapped.to_f32_vec(), before);
+    assert_eq!(il.to_f32_vec(), before);
+    let _ = std::fs::remove_file(&path);
+}

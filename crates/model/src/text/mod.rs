@@ -70,6 +70,9 @@ impl TextModel {
         use gemma3n_compute::Matrix;
         fn re(m: &mut Matrix) {
             if let Some(n) = decode_layout(m) {
+                // The file's copy is not read again: its mapped pages leave the resident set
+                // (each tensor here has its own bytes).
+                m.release_mapped_pages();
                 *m = n;
             }
         }
