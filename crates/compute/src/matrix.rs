@@ -255,73 +255,77 @@ impl Matrix {
         }
     }
 
-    fn interleave_q4_k(&self) -> Matrix {
+    /// The owned interleaved copy: the file's blocks of `block` bytes (`cols / per_block`
+    /// a row) rearranged by `put(r, slot, block, out)` into group block columns of `group`
+    /// bytes, row `r` of each group (scale slot `slot`) at a time.
+    fn interleave_with(
+        &self,
+        per_block: usize,
+        block: usize,
+        group: usize,
+        layout: Layout,
+        put: impl Fn(usize, usize, &[u8], &mut [u8]) + Sync,
+    ) -> Matrix {
         use rayon::prelude::*;
-        let nb = self.cols / 256;
-        let group = nb * Q4KX8_GROUP_BLOCK;
-        let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * group);
-        if group > 0 {
+        let bytes_per_group = self.cols / per_block * group;
+        let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * bytes_per_group);
+        if bytes_per_group > 0 {
             bytes
                 .as_mut_slice()
-                .par_chunks_mut(group)
+                .par_chunks_mut(bytes_per_group)
                 .enumerate()
                 .for_each(|(g, out)| {
                     let present = 8.min(self.rows - 8 * g);
                     for (r, &slot) in Q8X8_SLOT.iter().enumerate().take(present) {
                         let row = self.row_bytes(8 * g + r);
-                        for (blk, o) in row
-                            .chunks_exact(144)
-                            .zip(out.chunks_exact_mut(Q4KX8_GROUP_BLOCK))
-                        {
-                            o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
-                            o[16 + 2 * slot..18 + 2 * slot].copy_from_slice(&blk[2..4]);
-                            let (sc, m) = crate::quant::unpack_scales_mins(&blk[4..16]);
-                            for sb in 0..8 {
-                                o[32 + 8 * sb + r] = sc[sb];
-                                o[96 + 16 * (sb / 2) + 2 * slot + sb % 2] = m[sb];
-                            }
-                            for c in 0..4 {
-                                for q in 0..4 {
-                                    let at = 160 + 64 * (4 * c + q) + 8 * r;
-                                    let src = 16 + 32 * c + 8 * q;
-                                    o[at..at + 8].copy_from_slice(&blk[src..src + 8]);
-                                }
-                            }
+                        for (blk, o) in row.chunks_exact(block).zip(out.chunks_exact_mut(group)) {
+                            put(r, slot, blk, o);
                         }
                     }
                 });
         }
-        self.interleaved(bytes, Layout::Q4_Kx8)
+        self.interleaved(bytes, layout)
+    }
+
+    fn interleave_q4_k(&self) -> Matrix {
+        self.interleave_with(
+            256,
+            144,
+            Q4KX8_GROUP_BLOCK,
+            Layout::Q4_Kx8,
+            |r, slot, blk, o| {
+                o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
+                o[16 + 2 * slot..18 + 2 * slot].copy_from_slice(&blk[2..4]);
+                let (sc, m) = crate::quant::unpack_scales_mins(&blk[4..16]);
+                for sb in 0..8 {
+                    o[32 + 8 * sb + r] = sc[sb];
+                    o[96 + 16 * (sb / 2) + 2 * slot + sb % 2] = m[sb];
+                }
+                for c in 0..4 {
+                    for q in 0..4 {
+                        let at = 160 + 64 * (4 * c + q) + 8 * r;
+                        let src = 16 + 32 * c + 8 * q;
+                        o[at..at + 8].copy_from_slice(&blk[src..src + 8]);
+                    }
+                }
+            },
+        )
     }
 
     fn interleave_q8_0(&self) -> Matrix {
-        use rayon::prelude::*;
-        let nb = self.cols / 32;
-        let group = nb * Q8X8_GROUP_BLOCK;
-        let mut bytes = AlignedBytes::zeroed(self.rows.div_ceil(8) * group);
-        if group > 0 {
-            bytes
-                .as_mut_slice()
-                .par_chunks_mut(group)
-                .enumerate()
-                .for_each(|(g, out)| {
-                    let present = 8.min(self.rows - 8 * g);
-                    for (r, &slot) in Q8X8_SLOT.iter().enumerate().take(present) {
-                        let row = self.row_bytes(8 * g + r);
-                        for (blk, o) in row
-                            .chunks_exact(34)
-                            .zip(out.chunks_exact_mut(Q8X8_GROUP_BLOCK))
-                        {
-                            o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
-                            for c in 0..4 {
-                                let at = 16 + 64 * c + 8 * r;
-                                o[at..at + 8].copy_from_slice(&blk[2 + 8 * c..10 + 8 * c]);
-                            }
-                        }
-                    }
-                });
-        }
-        self.interleaved(bytes, Layout::Q8_0x8)
+        self.interleave_with(
+            32,
+            34,
+            Q8X8_GROUP_BLOCK,
+            Layout::Q8_0x8,
+            |r, slot, blk, o| {
+                o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
+                for c in 0..4 {
+                    let at = 16 + 64 * c + 8 * r;
+                    o[at..at + 8].copy_from_slice(&blk[2 + 8 * c..10 + 8 * c]);
+                }
+            },
+        )
     }
 
     /// Row `r`'s blocks in the file layout: borrowed for [`Layout::Rows`], gathered from its

@@ -594,13 +594,13 @@ unsafe fn group_q8x8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [
     acc
 }
 
-/// Groups of interleaved rows covering output columns `r0..r1` for activation rows
-/// `i0..i0 + T`.
+/// Group `g` of an interleaved weight of format `D` (Q8_0 or Q4_K; output columns below
+/// `r1`) for activation rows `i0..i0 + T`.
 ///
 /// # Safety
 /// As [`rows_avx2_x8`], with `i0 + T <= t`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn groups_q8x8<const T: usize>(
+unsafe fn groups_x8<const D: u8, const T: usize>(
     w: &Matrix,
     g: usize,
     r1: usize,
@@ -609,10 +609,15 @@ unsafe fn groups_q8x8<const T: usize>(
     out: OutPtr,
 ) {
     let k = w.cols();
-    let n = w.rows();
-    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK));
-    let acc = group_q8x8::<T>(w.base_ptr().add(g * w.group_stride_bytes()), k / QK, &a);
-    store_group::<T>(&acc, g, r1, i0, n, out);
+    let bs = if D == Q8_0 { QK } else { QK_K };
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, bs));
+    let p = w.base_ptr().add(g * w.group_stride_bytes());
+    let acc = if D == Q8_0 {
+        group_q8x8::<T>(p, k / bs, &a)
+    } else {
+        group_q4kx8::<T>(p, k / bs, &a)
+    };
+    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
 }
 
 /// Writes a group's sums (slot order) for activation rows `i0..i0 + T`, output columns
@@ -664,8 +669,8 @@ pub(crate) unsafe fn rows_avx2_x8(
         if w.layout() == Layout::Q4_Kx8 {
             while i0 < t {
                 match t - i0 {
-                    1 => groups_q4kx8::<1>(w, g, r1, act, i0, out),
-                    _ => groups_q4kx8::<2>(w, g, r1, act, i0, out),
+                    1 => groups_x8::<Q4_K, 1>(w, g, r1, act, i0, out),
+                    _ => groups_x8::<Q4_K, 2>(w, g, r1, act, i0, out),
                 }
                 i0 += 2;
             }
@@ -674,10 +679,10 @@ pub(crate) unsafe fn rows_avx2_x8(
         debug_assert!(w.layout() == Layout::Q8_0x8);
         while i0 < t {
             match t - i0 {
-                1 => groups_q8x8::<1>(w, g, r1, act, i0, out),
-                2 => groups_q8x8::<2>(w, g, r1, act, i0, out),
-                3 => groups_q8x8::<3>(w, g, r1, act, i0, out),
-                _ => groups_q8x8::<4>(w, g, r1, act, i0, out),
+                1 => groups_x8::<Q8_0, 1>(w, g, r1, act, i0, out),
+                2 => groups_x8::<Q8_0, 2>(w, g, r1, act, i0, out),
+                3 => groups_x8::<Q8_0, 3>(w, g, r1, act, i0, out),
+                _ => groups_x8::<Q8_0, 4>(w, g, r1, act, i0, out),
             }
             i0 += 4;
         }
@@ -780,26 +785,6 @@ unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> 
         });
     }
     acc
-}
-
-/// Group `g` of an interleaved Q4_K weight (output columns below `r1`) for activation rows
-/// `i0..i0 + T`.
-///
-/// # Safety
-/// As [`rows_avx2_x8`], with `i0 + T <= t`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn groups_q4kx8<const T: usize>(
-    w: &Matrix,
-    g: usize,
-    r1: usize,
-    act: &QAct,
-    i0: usize,
-    out: OutPtr,
-) {
-    let k = w.cols();
-    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK_K));
-    let acc = group_q4kx8::<T>(w.base_ptr().add(g * w.group_stride_bytes()), k / QK_K, &a);
-    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
 }
 
 /// Sum of the 8 i32 lanes.
