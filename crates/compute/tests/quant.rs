@@ -425,3 +425,49 @@ fn released_mapped_pages_read_back_the_same() {
     assert_eq!(il.to_f32_vec(), before);
     let _ = std::fs::remove_file(&path);
 }
+
+/// Several products of the same activations in one parallel loop give exactly what each
+/// product gives alone: block formats sharing an activation block size (file and interleaved
+/// layouts), mixed block sizes and float matrices (one after another).
+#[test]
+fn matmul_many_equals_each_product_alone() {
+    use gemma3n_compute::cpu::{matmul, matmul_many};
+    let k = 1024;
+    let m = |n: usize, dt: DType, seed: u64| Matrix::from_f32_as(&values(n * k, seed), n, k, dt);
+    let q4k = m(520, DType::Q4_K, 1);
+    let sets: Vec<Vec<Matrix>> = vec![
+        vec![
+            m(520, DType::Q8_0, 2),
+            m(64, DType::Q8_0, 3),
+            m(300, DType::Q4_0, 4),
+        ],
+        vec![
+            m(520, DType::Q8_0, 5).interleave8().unwrap(),
+            m(13, DType::Q8_0, 6).interleave8().unwrap(),
+        ],
+        vec![
+            q4k.interleave8().unwrap(),
+            m(256, DType::Q6_K, 7),
+            q4k.row_prefix(100),
+        ],
+        vec![
+            m(64, DType::Q8_0, 8),
+            m(64, DType::Q4_K, 9),
+            m(40, DType::BF16, 10),
+        ],
+    ];
+    for (si, ws) in sets.iter().enumerate() {
+        for t in [1, 2, 3, 5, 70] {
+            let x = values(t * k, (si * 10 + t) as u64);
+            let refs: Vec<&Matrix> = ws.iter().collect();
+            let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; t * w.rows()]).collect();
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+            matmul_many(&x, t, &refs, &mut views);
+            for (w, got) in ws.iter().zip(&outs) {
+                let mut want = vec![0f32; t * w.rows()];
+                matmul(&x, t, w, &mut want);
+                assert_eq!(got, &want, "set {si} t={t} {w:?}");
+            }
+        }
+    }
+}

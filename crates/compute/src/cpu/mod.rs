@@ -12,7 +12,9 @@ pub mod matmul;
 pub mod ops;
 pub mod sparse;
 
-pub use matmul::{matmul, matmul_scalar, matmul_with, MatmulPath, GEMV_MAX_T, QUANT_INT_MAX_T};
+pub use matmul::{
+    matmul, matmul_many, matmul_scalar, matmul_with, MatmulPath, GEMV_MAX_T, QUANT_INT_MAX_T,
+};
 
 /// Whether the AVX2 + FMA + F16C kernels can run on this CPU (detected once by std, then a
 /// relaxed atomic load).

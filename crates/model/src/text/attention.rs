@@ -1,7 +1,7 @@
 //! Self-attention with q/k/v norms, RoPE, GQA, sliding or full masks and shared KV
 //! (spec §4.2–§4.4).
 
-use gemma3n_compute::cpu::{matmul, ops};
+use gemma3n_compute::cpu::{matmul, matmul_many, ops};
 use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
@@ -33,7 +33,20 @@ pub fn attention(
     );
     let eps = cfg.rms_norm_eps;
     let mut q = vec![0f32; n * h * hd];
-    matmul(x, n, &w.q_proj, &mut q);
+    // A layer with its own keys and values projects q, k and v in one parallel pass.
+    let mut kv = match cfg.kv_source(l) {
+        KvSource::Own => {
+            let (kp, vp) = (w.k_proj.as_ref().unwrap(), w.v_proj.as_ref().unwrap());
+            let mut k = vec![0f32; n * g * hd];
+            let mut v = vec![0f32; n * g * hd];
+            matmul_many(x, n, &[&w.q_proj, kp, vp], &mut [&mut q, &mut k, &mut v]);
+            Some((k, v))
+        }
+        _ => {
+            matmul(x, n, &w.q_proj, &mut q);
+            None
+        }
+    };
     ops::rms_norm_rows(&mut q, hd, Some(&w.q_norm), eps);
     for (t, row) in q.chunks_exact_mut(h * hd).enumerate() {
         for head in row.chunks_exact_mut(hd) {
@@ -42,11 +55,7 @@ pub fn attention(
     }
     let source = match cfg.kv_source(l) {
         KvSource::Own => {
-            let (kp, vp) = (w.k_proj.as_ref().unwrap(), w.v_proj.as_ref().unwrap());
-            let mut k = vec![0f32; n * g * hd];
-            let mut v = vec![0f32; n * g * hd];
-            matmul(x, n, kp, &mut k);
-            matmul(x, n, vp, &mut v);
+            let (mut k, mut v) = kv.take().expect("projected above");
             ops::rms_norm_rows(&mut k, hd, w.k_norm.as_deref(), eps);
             ops::rms_norm_rows(&mut v, hd, None, eps);
             for (t, row) in k.chunks_exact_mut(g * hd).enumerate() {

@@ -1,6 +1,6 @@
 //! The gated FFN with optional Gaussian top-k activation sparsity (spec §3.4 g).
 
-use gemma3n_compute::cpu::{matmul, ops, sparse};
+use gemma3n_compute::cpu::{matmul, matmul_many, ops, sparse};
 
 use super::weights::LayerWeights;
 
@@ -53,7 +53,14 @@ pub const SPARSE_MAX_ROWS: usize = 4;
 pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32>) -> Vec<f32> {
     let d = w.down_proj.rows();
     let mut g = vec![0f32; n * f];
-    matmul(y, n, &w.gate_proj.row_prefix(f), &mut g);
+    let mut u = vec![0f32; n * f];
+    let (gate, up) = (w.gate_proj.row_prefix(f), w.up_proj.row_prefix(f));
+    if cutoff_z.is_none() {
+        // Dense layer: gate and up in one parallel pass.
+        matmul_many(y, n, &[&gate, &up], &mut [&mut g, &mut u]);
+    } else {
+        matmul(y, n, &gate, &mut g);
+    }
     if let Some(z) = cutoff_z {
         for row in g.chunks_exact_mut(f) {
             let mean = row.iter().sum::<f32>() / f as f32;
@@ -65,8 +72,9 @@ pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32
             return sparse_rows(w, down_t, y, &g, n, f, d);
         }
     }
-    let mut u = vec![0f32; n * f];
-    matmul(y, n, &w.up_proj.row_prefix(f), &mut u);
+    if cutoff_z.is_some() {
+        matmul(y, n, &up, &mut u);
+    }
     ops::gelu_tanh_rows(&mut g, f);
     g.iter_mut().zip(&u).for_each(|(g, u)| *g *= u);
     let mut out = vec![0f32; n * d];

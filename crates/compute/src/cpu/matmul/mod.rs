@@ -154,6 +154,44 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
     }
 }
 
+/// `outs[i] = x · ws[i]ᵀ` for several matrices of `k` columns applied to the same `t`
+/// activation rows: the values [`matmul`] gives each. Block-format matrices that share an
+/// activation block size run in one parallel loop (the activations quantized once, one fork
+/// and join for all); others one after another.
+pub fn matmul_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "matmul_many: one output per matrix");
+    let Some(first) = ws.first() else { return };
+    for (w, o) in ws.iter().zip(outs.iter()) {
+        assert_eq!(
+            w.cols(),
+            first.cols(),
+            "matmul_many: matrices of different widths"
+        );
+        assert_eq!(
+            x.len(),
+            t * w.cols(),
+            "matmul_many: x has {} elements",
+            x.len()
+        );
+        assert_eq!(o.len(), t * w.rows(), "matmul_many: output length");
+    }
+    let together = t >= 1
+        && t <= GEMV_MAX_T.min(QUANT_INT_MAX_T)
+        && first.cols() > 0
+        && ws.iter().all(|w| {
+            w.dtype().is_quantized()
+                && w.dtype() != DType::Q8_K
+                && w.rows() > 0
+                && quant::act_block(w.dtype()) == quant::act_block(first.dtype())
+        });
+    if together {
+        return quant::matmul_quant_many(x, t, ws, outs);
+    }
+    for (w, o) in ws.iter().zip(outs.iter_mut()) {
+        matmul(x, t, w, o);
+    }
+}
+
 /// `out[j] = w[rows[j]] · x` for the selected rows of a block-format `w` and one activation
 /// row `x` (`w.cols()` long): the values [`matmul`] gives those rows at `t = 1`, reading only
 /// them. `simd: false` forces the portable kernels.

@@ -169,6 +169,30 @@ fn with_act<R>(f: impl FnOnce(&mut QAct) -> R) -> R {
     })
 }
 
+/// `outs[i] = x · ws[i]ᵀ` for block-format matrices that share `x` and its activation
+/// block size, in one parallel loop over all of their row chunks (one fork and join instead
+/// of one per product). Each output equals [`matmul_quant`]'s.
+pub(super) fn matmul_quant_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut [&mut [f32]]) {
+    with_act(|act| {
+        act.quantize(x, ws[0].cols(), act_block(ws[0].dtype()), true);
+        let act = &*act;
+        let mut tasks = Vec::new();
+        for (i, w) in ws.iter().enumerate() {
+            let n = w.rows();
+            let align = if w.layout() == Layout::Rows { 4 } else { 8 };
+            let rows = chunk_rows(n, w.dtype().row_bytes(w.cols()), CHUNK_BYTES, align);
+            tasks.extend((0..n.div_ceil(rows)).map(|c| (i, c * rows, (c * rows + rows).min(n))));
+        }
+        let outp: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+        tasks.par_iter().for_each(|&(i, r0, r1)| {
+            // SAFETY: each task writes only output columns r0..r1 of its own product, disjoint
+            // from every other task; the outputs (t x rows each, checked by the caller)
+            // outlive the loop.
+            unsafe { rows_dispatch(ws[i], r0, r1, act, t, outp[i], true) };
+        });
+    })
+}
+
 /// Selected rows per rayon task in [`gather_quant`].
 const GATHER_ROWS_PER_TASK: usize = 64;
 
