@@ -55,6 +55,24 @@ pub const Q8X8_GROUP_BLOCK: usize = 16 + 8 * 32;
 /// the sums without a shuffle. The map is its own inverse.
 pub const Q8X8_SLOT: [usize; 8] = [0, 1, 4, 5, 2, 3, 6, 7];
 
+/// Where row `r` (0..8) of an interleaved Q8_0 group keeps the bytes of its file block:
+/// `(offset in the group block, offset in the 34-byte file block, length)`. The scale comes
+/// first, then the four 8-value chunks.
+fn q8x8_pieces(r: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let scale = (2 * Q8X8_SLOT[r], 0, 2);
+    std::iter::once(scale).chain((0..4).map(move |c| (16 + 64 * c + 8 * r, 2 + 8 * c, 8)))
+}
+
+/// The same for Q4_K's 144-byte super-block: `d`, `dmin`, then the sixteen 8-byte pieces of
+/// 4-bit values. The 12 bytes of packed scales and mins are stored unpacked (see
+/// [`Layout::Q4_Kx8`]), not copied.
+fn q4kx8_pieces(r: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let slot = Q8X8_SLOT[r];
+    [(2 * slot, 0, 2), (16 + 2 * slot, 2, 2)]
+        .into_iter()
+        .chain((0..16).map(move |cq| (160 + 64 * cq + 8 * r, 16 + 8 * cq, 8)))
+}
+
 #[derive(Clone)]
 pub struct Matrix {
     storage: Arc<Storage>,
@@ -294,86 +312,61 @@ impl Matrix {
             Q4KX8_GROUP_BLOCK,
             Layout::Q4_Kx8,
             |r, slot, blk, o| {
-                o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
-                o[16 + 2 * slot..18 + 2 * slot].copy_from_slice(&blk[2..4]);
+                for (at, from, len) in q4kx8_pieces(r) {
+                    o[at..at + len].copy_from_slice(&blk[from..from + len]);
+                }
                 let (sc, m) = crate::quant::unpack_scales_mins(&blk[4..16]);
                 for sb in 0..8 {
                     o[32 + 8 * sb + r] = sc[sb];
                     o[96 + 16 * (sb / 2) + 2 * slot + sb % 2] = m[sb];
-                }
-                for c in 0..4 {
-                    for q in 0..4 {
-                        let at = 160 + 64 * (4 * c + q) + 8 * r;
-                        let src = 16 + 32 * c + 8 * q;
-                        o[at..at + 8].copy_from_slice(&blk[src..src + 8]);
-                    }
                 }
             },
         )
     }
 
     fn interleave_q8_0(&self) -> Matrix {
-        self.interleave_with(
-            32,
-            34,
-            Q8X8_GROUP_BLOCK,
-            Layout::Q8_0x8,
-            |r, slot, blk, o| {
-                o[2 * slot..2 * slot + 2].copy_from_slice(&blk[..2]);
-                for c in 0..4 {
-                    let at = 16 + 64 * c + 8 * r;
-                    o[at..at + 8].copy_from_slice(&blk[2 + 8 * c..10 + 8 * c]);
-                }
-            },
-        )
+        self.interleave_with(32, 34, Q8X8_GROUP_BLOCK, Layout::Q8_0x8, |r, _, blk, o| {
+            for (at, from, len) in q8x8_pieces(r) {
+                o[at..at + len].copy_from_slice(&blk[from..from + len]);
+            }
+        })
     }
 
     /// Row `r`'s blocks in the file layout: borrowed for [`Layout::Rows`], gathered from its
     /// group for the interleaved layouts.
     pub fn row_blocks(&self, r: usize) -> Cow<'_, [u8]> {
-        match self.layout {
-            Layout::Rows => Cow::Borrowed(self.row_bytes(r)),
-            Layout::Q4_Kx8 => {
-                assert!(r < self.rows, "row_blocks: row {r} of {}", self.rows);
-                let nb = self.cols / 256;
-                let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
-                let (i, slot) = (r % 8, Q8X8_SLOT[r % 8]);
-                let mut row = vec![0u8; nb * 144];
-                for (b, blk) in row.chunks_exact_mut(144).enumerate() {
-                    let src = &g[b * Q4KX8_GROUP_BLOCK..(b + 1) * Q4KX8_GROUP_BLOCK];
-                    blk[..2].copy_from_slice(&src[2 * slot..2 * slot + 2]);
-                    blk[2..4].copy_from_slice(&src[16 + 2 * slot..18 + 2 * slot]);
-                    let sc: [u8; 8] = std::array::from_fn(|sb| src[32 + 8 * sb + i]);
-                    let m: [u8; 8] =
-                        std::array::from_fn(|sb| src[96 + 16 * (sb / 2) + 2 * slot + sb % 2]);
-                    blk[4..16].copy_from_slice(&crate::quant::pack_scales_mins(&sc, &m));
-                    for c in 0..4 {
-                        for q in 0..4 {
-                            let at = 160 + 64 * (4 * c + q) + 8 * i;
-                            let dst = 16 + 32 * c + 8 * q;
-                            blk[dst..dst + 8].copy_from_slice(&src[at..at + 8]);
-                        }
-                    }
+        if self.layout == Layout::Rows {
+            return Cow::Borrowed(self.row_bytes(r));
+        }
+        let g = self.group_of(r);
+        let (i, slot) = (r % 8, Q8X8_SLOT[r % 8]);
+        let (bs, group) = match self.layout {
+            Layout::Q4_Kx8 => (144, Q4KX8_GROUP_BLOCK),
+            _ => (34, Q8X8_GROUP_BLOCK),
+        };
+        let mut row = vec![0u8; self.dtype.row_bytes(self.cols)];
+        for (blk, src) in row.chunks_exact_mut(bs).zip(g.chunks(group)) {
+            if self.layout == Layout::Q4_Kx8 {
+                for (at, to, len) in q4kx8_pieces(i) {
+                    blk[to..to + len].copy_from_slice(&src[at..at + len]);
                 }
-                Cow::Owned(row)
-            }
-            Layout::Q8_0x8 => {
-                assert!(r < self.rows, "row_blocks: row {r} of {}", self.rows);
-                let nb = self.cols / 32;
-                let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
-                let mut row = vec![0u8; nb * 34];
-                let s = 2 * Q8X8_SLOT[r % 8];
-                for (b, blk) in row.chunks_exact_mut(34).enumerate() {
-                    let src = &g[b * Q8X8_GROUP_BLOCK..(b + 1) * Q8X8_GROUP_BLOCK];
-                    blk[..2].copy_from_slice(&src[s..s + 2]);
-                    for c in 0..4 {
-                        let at = 16 + 64 * c + 8 * (r % 8);
-                        blk[2 + 8 * c..10 + 8 * c].copy_from_slice(&src[at..at + 8]);
-                    }
+                let sc: [u8; 8] = std::array::from_fn(|sb| src[32 + 8 * sb + i]);
+                let m: [u8; 8] =
+                    std::array::from_fn(|sb| src[96 + 16 * (sb / 2) + 2 * slot + sb % 2]);
+                blk[4..16].copy_from_slice(&crate::quant::pack_scales_mins(&sc, &m));
+            } else {
+                for (at, to, len) in q8x8_pieces(i) {
+                    blk[to..to + len].copy_from_slice(&src[at..at + len]);
                 }
-                Cow::Owned(row)
             }
         }
+        Cow::Owned(row)
+    }
+
+    /// The bytes of the group holding row `r` of an interleaved matrix, from its start on.
+    fn group_of(&self, r: usize) -> &[u8] {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..]
     }
 
     /// This matrix converted to `dtype`: quantized to a block format, or rounded / widened to
@@ -478,16 +471,17 @@ impl Matrix {
     pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
         assert_eq!(out.len(), self.cols, "row_to_f32: out length");
         if self.layout == Layout::Q8_0x8 {
-            // Straight from the group: each block's scale times its 32 values.
-            assert!(r < self.rows, "row_to_f32: row {r} of {}", self.rows);
-            let g = &self.storage.bytes()[self.offset + (r / 8) * self.group_stride_bytes()..];
-            let s = 2 * Q8X8_SLOT[r % 8];
-            for (b, o) in out.chunks_exact_mut(32).enumerate() {
-                let src = &g[b * Q8X8_GROUP_BLOCK..(b + 1) * Q8X8_GROUP_BLOCK];
+            // Straight from the group (no row copy: the dequantizing GEMM reads every row):
+            // each block's scale times its 32 values.
+            let g = self.group_of(r);
+            for (o, src) in out.chunks_exact_mut(32).zip(g.chunks(Q8X8_GROUP_BLOCK)) {
+                let mut pieces = q8x8_pieces(r % 8);
+                let (s, _, _) = pieces.next().expect("the scale comes first");
                 let d = f16_to_f32(u16::from_le_bytes([src[s], src[s + 1]]));
-                for (c, o) in o.chunks_exact_mut(8).enumerate() {
-                    let at = 16 + 64 * c + 8 * (r % 8);
-                    for (o, &q) in o.iter_mut().zip(&src[at..at + 8]) {
+                for (at, from, len) in pieces {
+                    // Values from byte 2 of the file block on.
+                    let o = &mut o[from - 2..from - 2 + len];
+                    for (o, &q) in o.iter_mut().zip(&src[at..at + len]) {
                         *o = d * (q as i8) as f32;
                     }
                 }

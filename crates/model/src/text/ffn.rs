@@ -53,10 +53,11 @@ pub const SPARSE_MAX_ROWS: usize = 4;
 pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32>) -> Vec<f32> {
     let d = w.down_proj.rows();
     let mut g = vec![0f32; n * f];
-    let mut u = vec![0f32; n * f];
+    let mut u = Vec::new();
     let (gate, up) = (w.gate_proj.row_prefix(f), w.up_proj.row_prefix(f));
     if cutoff_z.is_none() {
         // Dense layer: gate and up in one parallel pass.
+        u.resize(n * f, 0.0);
         matmul_many(y, n, &[&gate, &up], &mut [&mut g, &mut u]);
     } else {
         matmul(y, n, &gate, &mut g);
@@ -73,6 +74,8 @@ pub fn ffn(w: &LayerWeights, y: &[f32], n: usize, f: usize, cutoff_z: Option<f32
         }
     }
     if cutoff_z.is_some() {
+        // A sparse layer over more rows than the sparse path takes: up, densely.
+        u.resize(n * f, 0.0);
         matmul(y, n, &up, &mut u);
     }
     ops::gelu_tanh_rows(&mut g, f);

@@ -175,8 +175,9 @@ pub fn matmul_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut [&mut [f32]])
         );
         assert_eq!(o.len(), t * w.rows(), "matmul_many: output length");
     }
-    let together = t >= 1
-        && t <= GEMV_MAX_T.min(QUANT_INT_MAX_T)
+    // The integer kernels' range of `t` (where `matmul` also takes them for every block
+    // format).
+    let together = (1..=QUANT_INT_MAX_T).contains(&t)
         && first.cols() > 0
         && ws.iter().all(|w| {
             w.dtype().is_quantized()
