@@ -10,6 +10,7 @@ pub mod conformer;
 pub mod conv;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod sparse;
 
 pub use matmul::{

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::ops;
+use super::{ops, pool};
 use crate::matrix::Matrix;
 
 /// Rows per parallel task (a few KB of weights each, enough to amortise the fork).
@@ -19,15 +19,14 @@ pub fn gather_dot(w: &Matrix, rows: &[usize], x: &[f32], out: &mut [f32]) {
     if w.dtype().is_quantized() {
         return super::matmul::gather_rows_quant(x, w, rows, out, true);
     }
-    out.par_chunks_mut(ROWS_PER_TASK)
-        .zip(rows.par_chunks(ROWS_PER_TASK))
-        .for_each(|(o, r)| {
-            let mut buf = vec![0f32; w.cols()];
-            for (o, &row) in o.iter_mut().zip(r) {
-                w.row_to_f32(row, &mut buf);
-                *o = ops::dot(&buf, x);
-            }
-        });
+    pool::for_each_chunk_mut(out, ROWS_PER_TASK, |c, o| {
+        let r = &rows[c * ROWS_PER_TASK..][..o.len()];
+        let mut buf = vec![0f32; w.cols()];
+        for (o, &row) in o.iter_mut().zip(r) {
+            w.row_to_f32(row, &mut buf);
+            *o = ops::dot(&buf, x);
+        }
+    });
 }
 
 /// `out = Σ_j a[j] · w[rows[j]]` (`out` has `w.cols()` elements and is overwritten).
@@ -35,33 +34,29 @@ pub fn weighted_row_sum(w: &Matrix, rows: &[usize], a: &[f32], out: &mut [f32]) 
     assert_eq!(a.len(), rows.len(), "weighted_row_sum: a length");
     assert_eq!(out.len(), w.cols(), "weighted_row_sum: out length");
     let n = w.cols();
-    let partial = rows
-        .par_chunks(ROWS_PER_TASK)
-        .zip(a.par_chunks(ROWS_PER_TASK))
-        .map(|(r, a)| {
-            let mut acc = vec![0f32; n];
-            let mut buf = Vec::new();
-            for (&row, &aj) in r.iter().zip(a) {
-                // f32 rows (the transposed `down` copies) are read in place.
-                let v = match w.row_f32(row) {
-                    Some(v) => v,
-                    None => {
-                        buf.resize(n, 0.0);
-                        w.row_to_f32(row, &mut buf);
-                        &buf
-                    }
-                };
-                ops::axpy(aj, v, &mut acc);
-            }
-            acc
-        })
-        .reduce_with(|mut x, y| {
-            ops::axpy(1.0, &y, &mut x);
-            x
-        });
-    match partial {
-        Some(p) => out.copy_from_slice(&p),
-        None => out.fill(0.0),
+    // Each task sums its run of rows into its own slot; the slots are added in order after.
+    let tasks = rows.len().div_ceil(ROWS_PER_TASK);
+    let mut partial = vec![0f32; tasks * n];
+    pool::for_each_chunk_mut(&mut partial, n.max(1), |c, acc| {
+        let r = &rows[c * ROWS_PER_TASK..((c + 1) * ROWS_PER_TASK).min(rows.len())];
+        let a = &a[c * ROWS_PER_TASK..][..r.len()];
+        let mut buf = Vec::new();
+        for (&row, &aj) in r.iter().zip(a) {
+            // f32 rows (the transposed `down` copies) are read in place.
+            let v = match w.row_f32(row) {
+                Some(v) => v,
+                None => {
+                    buf.resize(n, 0.0);
+                    w.row_to_f32(row, &mut buf);
+                    &buf
+                }
+            };
+            ops::axpy(aj, v, acc);
+        }
+    });
+    out.fill(0.0);
+    for acc in partial.chunks_exact(n.max(1)) {
+        ops::axpy(1.0, acc, out);
     }
 }
 

@@ -2,7 +2,6 @@
 //! (spec §4.2–§4.4).
 
 use gemma3n_compute::cpu::{matmul, matmul_many, ops};
-use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
 use super::rope;
@@ -81,32 +80,30 @@ pub fn attention(
         LayerType::Full => None,
     };
     let group = h / g;
-    let row = g * hd;
     let mut out = vec![0f32; n * h * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (t, head) = (idx / h, idx % h);
+    // One task per (row, KV head): the query heads of a group read each key and value row
+    // once, together.
+    gemma3n_compute::cpu::pool::for_each_chunk_mut(&mut out, group * hd, |idx, o| {
+        let (t, kvh) = (idx / g, idx % g);
         let p = pos[t];
         let kv = views[seq[t]].layer(source);
-        let kvh = head / group;
         // Allowed absolute key positions: (p − W, p] for sliding, [0, p] for full.
         let lo = window
             .map_or(0, |w| (p + 1).saturating_sub(w))
             .max(kv.start);
         let hi = p + 1;
         debug_assert!(hi <= kv.start + kv.len(), "key for position {p} missing");
-        let qh = &q[(t * h + head) * hd..(t * h + head + 1) * hd];
-        let mut scores: Vec<f32> = (lo..hi)
-            .map(|s| {
-                let r = (s - kv.start) * row + kvh * hd;
-                ops::dot(qh, &kv.k[r..r + hd])
-            })
-            .collect();
-        ops::softmax(&mut scores);
+        let len = hi - lo;
         o.fill(0.0);
-        for (s, &a) in (lo..hi).zip(&scores) {
-            let r = (s - kv.start) * row + kvh * hd;
-            ops::axpy(a, &kv.v[r..r + hd], o);
+        if len == 0 {
+            return;
         }
+        let first = (lo - kv.start) * hd;
+        let qg = &q[(t * h + kvh * group) * hd..(t * h + (kvh + 1) * group) * hd];
+        let mut scores = vec![0f32; group * len];
+        ops::dot_rows(qg, group, &kv.k[kvh][first..], hd, len, &mut scores);
+        scores.chunks_exact_mut(len).for_each(ops::softmax);
+        ops::axpy_rows(&scores, group, &kv.v[kvh][first..], hd, len, o);
     });
     let d = w.o_proj.rows();
     let mut y = vec![0f32; n * d];

@@ -1,24 +1,24 @@
 //! The KV cache: one entry per KV-owning layer (KV-shared layers read their producer's).
 //!
 //! Full-attention layers keep every position. Sliding layers need only the last `W − 1`
-//! positions between steps (spec §5.2); they keep `2W − 1`, so that the cache can be
-//! truncated back by up to `W` positions (multi-turn chat re-using a prefix). During a
-//! step they also hold the step's new tokens, so every key a query may see
-//! (`t − W < s ≤ t`) is present.
+//! positions between steps (spec §5.2); they keep at least `2W − 1`, so that the cache can be
+//! truncated back by up to `W` positions (multi-turn chat re-using a prefix), and drop the
+//! older ones `W` at a time. During a step they also hold the step's new tokens, so every key
+//! a query may see (`t − W < s ≤ t`) is present.
 
 use std::sync::Arc;
 
 use crate::config::{KvSource, LayerType, TextConfig};
 use crate::matformer::SlicePlan;
 
-/// Keys and values of one layer: rows of `kv_heads · head_dim` values, the first row
-/// at absolute position `start`.
+/// Keys and values of one layer, one run per KV head (`head_dim` values per position, so a
+/// head's keys are contiguous for attention to stream), the first at absolute position `start`.
 #[derive(Clone, Debug, Default)]
 pub struct LayerKv {
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
     pub start: usize,
-    row: usize,
+    head_dim: usize,
     /// `Some(W)` for sliding layers.
     window: Option<usize>,
 }
@@ -26,27 +26,36 @@ pub struct LayerKv {
 impl LayerKv {
     /// Number of positions held.
     pub fn len(&self) -> usize {
-        self.k.len() / self.row
+        self.k.first().map_or(0, |k| k.len() / self.head_dim)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.k.is_empty()
+        self.len() == 0
     }
 
+    /// Appends rows of `kv_heads · head_dim` keys and values.
     fn append(&mut self, k: &[f32], v: &[f32]) {
-        self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
+        let (hd, g) = (self.head_dim, self.k.len());
+        for (kr, vr) in k.chunks_exact(g * hd).zip(v.chunks_exact(g * hd)) {
+            for h in 0..g {
+                self.k[h].extend_from_slice(&kr[h * hd..(h + 1) * hd]);
+                self.v[h].extend_from_slice(&vr[h * hd..(h + 1) * hd]);
+            }
+        }
     }
 
-    /// Drops positions no future query (after a truncation of up to `W`) can see.
+    /// Drops positions no future query (after a truncation of up to `W`) can see: down to
+    /// `2W − 1` once `W` more have piled up (dropping one position per step would move the
+    /// whole cache every step).
     fn trim(&mut self) {
         if let Some(w) = self.window {
             let keep = 2 * w - 1;
             let n = self.len();
-            if n > keep {
-                let drop = (n - keep) * self.row;
-                self.k.drain(..drop);
-                self.v.drain(..drop);
+            if n >= keep + w {
+                let drop = (n - keep) * self.head_dim;
+                for x in self.k.iter_mut().chain(&mut self.v) {
+                    x.drain(..drop);
+                }
                 self.start += n - keep;
             }
         }
@@ -65,12 +74,14 @@ pub struct KvCache {
 impl KvCache {
     /// A cache for `plan` (a slice of the model of `cfg`).
     pub fn new(cfg: &TextConfig, plan: Arc<SlicePlan>) -> KvCache {
-        let row = cfg.num_key_value_heads * cfg.head_dim;
+        let g = cfg.num_key_value_heads;
         let mut layers: Vec<Option<LayerKv>> = vec![None; cfg.num_hidden_layers];
         for sl in &plan.layers {
             if sl.kv == KvSource::Own {
                 layers[sl.layer] = Some(LayerKv {
-                    row,
+                    k: vec![Vec::new(); g],
+                    v: vec![Vec::new(); g],
+                    head_dim: cfg.head_dim,
                     window: (sl.kind == LayerType::Sliding).then_some(cfg.sliding_window),
                     ..Default::default()
                 });
@@ -96,8 +107,7 @@ impl KvCache {
     /// Forgets everything.
     pub fn clear(&mut self) {
         for l in self.layers.iter_mut().flatten() {
-            l.k.clear();
-            l.v.clear();
+            l.k.iter_mut().chain(&mut l.v).for_each(Vec::clear);
             l.start = 0;
         }
         self.pos = 0;
@@ -118,9 +128,10 @@ impl KvCache {
             return false;
         }
         for l in self.layers.iter_mut().flatten() {
-            let keep = (n - l.start) * l.row;
-            l.k.truncate(keep);
-            l.v.truncate(keep);
+            let keep = (n - l.start) * l.head_dim;
+            l.k.iter_mut()
+                .chain(&mut l.v)
+                .for_each(|x| x.truncate(keep));
         }
         self.pos = n;
         true
@@ -131,7 +142,8 @@ impl KvCache {
         self.layers
             .iter()
             .flatten()
-            .map(|l| (l.k.len() + l.v.len()) * 4)
+            .flat_map(|l| l.k.iter().chain(&l.v))
+            .map(|x| x.len() * 4)
             .sum()
     }
 

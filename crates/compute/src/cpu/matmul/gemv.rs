@@ -1,8 +1,6 @@
 //! Decode-path matmul: each weight row is read from memory once and multiplied with every
 //! activation row (in groups of up to four) while it is hot in L1.
 
-use rayon::prelude::*;
-
 use super::{chunk_rows, OutPtr};
 use crate::matrix::Matrix;
 
@@ -30,7 +28,7 @@ pub(super) fn gemv(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool)
     if chunks == 1 {
         run(0);
     } else {
-        (0..chunks).into_par_iter().for_each(run);
+        crate::cpu::pool::for_each(chunks, run);
     }
 }
 

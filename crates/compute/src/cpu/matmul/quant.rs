@@ -184,7 +184,8 @@ pub(super) fn matmul_quant_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut 
             tasks.extend((0..n.div_ceil(rows)).map(|c| (i, c * rows, (c * rows + rows).min(n))));
         }
         let outp: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-        tasks.par_iter().for_each(|&(i, r0, r1)| {
+        super::super::pool::for_each(tasks.len(), |c| {
+            let (i, r0, r1) = tasks[c];
             // SAFETY: each task writes only output columns r0..r1 of its own product, disjoint
             // from every other task; the outputs (t x rows each, checked by the caller)
             // outlive the loop.
@@ -205,44 +206,43 @@ pub(super) fn gather_quant(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32
 fn gather(x: &[f32], w: &Matrix, rows: &[usize], out: &mut [f32], simd: bool, act: &mut QAct) {
     act.quantize(x, w.cols(), act_block(w.dtype()), simd);
     let act = &*act;
-    out.par_chunks_mut(GATHER_ROWS_PER_TASK)
-        .zip(rows.par_chunks(GATHER_ROWS_PER_TASK))
-        .for_each(|(o, r)| {
-            // Interleaved matrices (not used for gathers by the model) take the portable
-            // kernel on their rows copied out of the groups.
-            let rows_layout = w.layout() == Layout::Rows;
-            #[cfg(target_arch = "x86_64")]
-            if simd && rows_layout && super::has_avx2() {
-                use super::quant_x86::*;
-                // SAFETY: AVX2/FMA/F16C detected; rows checked by the caller; o matches r.
-                unsafe {
-                    match w.dtype() {
-                        DType::Q8_0 => gather_avx2::<Q8_0>(w, r, act, o),
-                        DType::Q4_0 => gather_avx2::<Q4_0>(w, r, act, o),
-                        DType::Q4_K => gather_avx2::<Q4_K>(w, r, act, o),
-                        DType::Q5_K => gather_avx2::<Q5_K>(w, r, act, o),
-                        DType::Q6_K => gather_avx2::<Q6_K>(w, r, act, o),
-                        d => unreachable!("{d}"),
-                    }
+    crate::cpu::pool::for_each_chunk_mut(out, GATHER_ROWS_PER_TASK, |c, o| {
+        let r = &rows[c * GATHER_ROWS_PER_TASK..][..o.len()];
+        // Interleaved matrices (not used for gathers by the model) take the portable
+        // kernel on their rows copied out of the groups.
+        let rows_layout = w.layout() == Layout::Rows;
+        #[cfg(target_arch = "x86_64")]
+        if simd && rows_layout && super::has_avx2() {
+            use super::quant_x86::*;
+            // SAFETY: AVX2/FMA/F16C detected; rows checked by the caller; o matches r.
+            unsafe {
+                match w.dtype() {
+                    DType::Q8_0 => gather_avx2::<Q8_0>(w, r, act, o),
+                    DType::Q4_0 => gather_avx2::<Q4_0>(w, r, act, o),
+                    DType::Q4_K => gather_avx2::<Q4_K>(w, r, act, o),
+                    DType::Q5_K => gather_avx2::<Q5_K>(w, r, act, o),
+                    DType::Q6_K => gather_avx2::<Q6_K>(w, r, act, o),
+                    d => unreachable!("{d}"),
                 }
-                return;
             }
-            #[cfg(target_arch = "aarch64")]
-            if simd && rows_layout {
-                // SAFETY: dotprod only where detected; rows checked by the caller; o matches r.
-                unsafe { super::quant_neon::gather_neon(w, r, act, o, super::has_neon_dotprod()) };
-                return;
-            }
-            let dot = scalar_dot(w.dtype());
-            let s: &[i16] = if act_block(w.dtype()) == QK_K {
-                &act.s
-            } else {
-                &[]
-            };
-            for (o, &row) in o.iter_mut().zip(r) {
-                *o = dot(&w.row_blocks(row), &act.q, &act.d, s);
-            }
-        });
+            return;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if simd && rows_layout {
+            // SAFETY: dotprod only where detected; rows checked by the caller; o matches r.
+            unsafe { super::quant_neon::gather_neon(w, r, act, o, super::has_neon_dotprod()) };
+            return;
+        }
+        let dot = scalar_dot(w.dtype());
+        let s: &[i16] = if act_block(w.dtype()) == QK_K {
+            &act.s
+        } else {
+            &[]
+        };
+        for (o, &row) in o.iter_mut().zip(r) {
+            *o = dot(&w.row_blocks(row), &act.q, &act.d, s);
+        }
+    });
 }
 
 fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut QAct) {
@@ -270,7 +270,7 @@ fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut Q
     if chunks == 1 {
         task(0);
     } else {
-        (0..chunks).into_par_iter().for_each(task);
+        super::super::pool::for_each(chunks, task);
     }
 }
 

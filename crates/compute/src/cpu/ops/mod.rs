@@ -204,6 +204,46 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     dispatch!(x.len(), x86::axpy(alpha, x, y), scalar::axpy(alpha, x, y))
 }
 
+/// Checks the shapes shared by [`dot_rows`] and [`axpy_rows`]; returns the vector length `d`.
+fn rows_shape(vecs: usize, m: usize, rows: &[f32], stride: usize, n: usize, name: &str) -> usize {
+    assert!(
+        m > 0 && vecs.is_multiple_of(m),
+        "{name}: {vecs} values for {m} vectors"
+    );
+    let d = vecs / m;
+    assert!(
+        n == 0 || (stride >= d && rows.len() >= (n - 1) * stride + d),
+        "{name}: rows"
+    );
+    d
+}
+
+/// Scores of `m` query vectors against `n` key rows (grouped-query attention: each key row is
+/// read once for every query head that shares it): `out[i·n + j] = q_i · k_j` with
+/// `q_i = q[i·d..(i+1)·d]`, `k_j = k[j·stride..j·stride + d]`, `d = q.len() / m`.
+pub fn dot_rows(q: &[f32], m: usize, k: &[f32], stride: usize, n: usize, out: &mut [f32]) {
+    let d = rows_shape(q.len(), m, k, stride, n, "dot_rows");
+    assert_eq!(out.len(), m * n, "dot_rows: out length");
+    dispatch!(
+        d,
+        x86::dot_rows(q, m, k, stride, n, out),
+        scalar::dot_rows(q, m, k, stride, n, out)
+    )
+}
+
+/// The weighted sums of attention for `m` heads that share value rows:
+/// `y_i += Σ_j a[i·n + j] · v_j` with `y_i = y[i·d..(i+1)·d]`, `v_j = v[j·stride..j·stride + d]`,
+/// `d = y.len() / m`.
+pub fn axpy_rows(a: &[f32], m: usize, v: &[f32], stride: usize, n: usize, y: &mut [f32]) {
+    let d = rows_shape(y.len(), m, v, stride, n, "axpy_rows");
+    assert_eq!(a.len(), m * n, "axpy_rows: weights length");
+    dispatch!(
+        d,
+        x86::axpy_rows(a, m, v, stride, n, y),
+        scalar::axpy_rows(a, m, v, stride, n, y)
+    )
+}
+
 /// `x *= s`.
 pub fn scale(x: &mut [f32], s: f32) {
     dispatch!(x.len(), x86::scale(x, s), scalar::scale(x, s))
@@ -290,6 +330,26 @@ pub mod scalar {
     /// `y += alpha · x`.
     pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
         y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+    }
+
+    /// See [`super::dot_rows`].
+    pub fn dot_rows(q: &[f32], m: usize, k: &[f32], stride: usize, n: usize, out: &mut [f32]) {
+        let d = q.len() / m;
+        for (i, qi) in q.chunks_exact(d).enumerate() {
+            for j in 0..n {
+                out[i * n + j] = dot(qi, &k[j * stride..j * stride + d]);
+            }
+        }
+    }
+
+    /// See [`super::axpy_rows`].
+    pub fn axpy_rows(a: &[f32], m: usize, v: &[f32], stride: usize, n: usize, y: &mut [f32]) {
+        let d = y.len() / m;
+        for (i, yi) in y.chunks_exact_mut(d).enumerate() {
+            for j in 0..n {
+                axpy(a[i * n + j], &v[j * stride..j * stride + d], yi);
+            }
+        }
     }
 
     /// `x *= s`.

@@ -268,3 +268,71 @@ fn soft_cap_is_accurate_and_rows_match_each_row_alone() {
         }
     }
 }
+
+#[test]
+fn grouped_rows_match_f64() {
+    // m query heads sharing n key/value rows of length d, stored `stride` apart.
+    for &(m, d, n, stride) in &[
+        (1usize, 256usize, 5usize, 512usize),
+        (4, 256, 33, 512),
+        (5, 16, 7, 16),
+        (7, 17, 3, 40),
+        (3, 264, 1, 300),
+        (9, 8, 4, 8),
+        (4, 31, 0, 31),
+        (2, 3, 6, 5),
+    ] {
+        let q = values(m * d, (m * 31 + d) as u64, 1.0);
+        let rows = values(n.saturating_sub(1) * stride + d, (n + 7) as u64, 1.0);
+        let a = values(m * n, (d + 3) as u64, 1.0);
+        let y0 = values(m * d, 99, 1.0);
+        let row = |j: usize| &rows[j * stride..j * stride + d];
+
+        let mut s = vec![0f32; m * n];
+        let mut ss = vec![0f32; m * n];
+        dot_rows(&q, m, &rows, stride, n, &mut s);
+        scalar::dot_rows(&q, m, &rows, stride, n, &mut ss);
+        for i in 0..m {
+            for j in 0..n {
+                let qi = &q[i * d..(i + 1) * d];
+                let (exact, mag) = qi.iter().zip(row(j)).fold((0f64, 0f64), |(e, g), (x, y)| {
+                    let p = *x as f64 * *y as f64;
+                    (e + p, g + p.abs())
+                });
+                let tol = 1e-6 * mag + 1e-30;
+                assert!(
+                    (s[i * n + j] as f64 - exact).abs() <= tol,
+                    "dot_rows {m} {d} {n}"
+                );
+                assert!(
+                    (ss[i * n + j] as f64 - exact).abs() <= tol,
+                    "scalar {m} {d} {n}"
+                );
+            }
+        }
+
+        let mut y = y0.clone();
+        let mut ys = y0.clone();
+        axpy_rows(&a, m, &rows, stride, n, &mut y);
+        scalar::axpy_rows(&a, m, &rows, stride, n, &mut ys);
+        for i in 0..m {
+            for e in 0..d {
+                let (mut exact, mut mag) = (y0[i * d + e] as f64, y0[i * d + e].abs() as f64);
+                for j in 0..n {
+                    let p = a[i * n + j] as f64 * row(j)[e] as f64;
+                    exact += p;
+                    mag += p.abs();
+                }
+                let tol = 1e-6 * mag + 1e-30;
+                assert!(
+                    (y[i * d + e] as f64 - exact).abs() <= tol,
+                    "axpy_rows {m} {d} {n}"
+                );
+                assert!(
+                    (ys[i * d + e] as f64 - exact).abs() <= tol,
+                    "scalar {m} {d} {n}"
+                );
+            }
+        }
+    }
+}

@@ -232,6 +232,149 @@ pub(super) unsafe fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     scalar::axpy(alpha, &x[n8..], &mut y[n8..]);
 }
 
+/// See `super::dot_rows`: the query heads four at a time, each key row loaded once for them.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_rows(
+    q: &[f32],
+    m: usize,
+    k: &[f32],
+    stride: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let d = q.len() / m;
+    let mut i = 0;
+    while i < m {
+        let (qp, op) = (q.as_ptr().add(i * d), out.as_mut_ptr().add(i * n));
+        match m - i {
+            1 => dot_rows_m::<1>(qp, d, k.as_ptr(), stride, n, op),
+            2 => dot_rows_m::<2>(qp, d, k.as_ptr(), stride, n, op),
+            3 => dot_rows_m::<3>(qp, d, k.as_ptr(), stride, n, op),
+            _ => dot_rows_m::<4>(qp, d, k.as_ptr(), stride, n, op),
+        }
+        i += 4;
+    }
+}
+
+/// `M` query vectors (length `d`, contiguous at `q`) against `n` key rows; output row `i` at
+/// `out + i·n`. Two accumulators per head: eight independent sums for four heads.
+#[inline(always)]
+unsafe fn dot_rows_m<const M: usize>(
+    q: *const f32,
+    d: usize,
+    k: *const f32,
+    stride: usize,
+    n: usize,
+    out: *mut f32,
+) {
+    let d16 = d & !15;
+    let d8 = d & !7;
+    for j in 0..n {
+        let kj = k.add(j * stride);
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        let mut c = 0;
+        while c < d16 {
+            let k0 = _mm256_loadu_ps(kj.add(c));
+            let k1 = _mm256_loadu_ps(kj.add(c + 8));
+            for (h, a) in acc.iter_mut().enumerate() {
+                let qh = q.add(h * d + c);
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k0, a[0]);
+                a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8)), k1, a[1]);
+            }
+            c += 16;
+        }
+        if c < d8 {
+            let k0 = _mm256_loadu_ps(kj.add(c));
+            for (h, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(h * d + c)), k0, a[0]);
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+            for e in d8..d {
+                s += *q.add(h * d + e) * *kj.add(e);
+            }
+            *out.add(h * n + j) = s;
+        }
+    }
+}
+
+/// See `super::axpy_rows`: the value rows in blocks of eight; per 16 output values of four
+/// heads, the block's rows are summed in registers and stored once.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn axpy_rows(
+    a: &[f32],
+    m: usize,
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    y: &mut [f32],
+) {
+    let d = y.len() / m;
+    let mut i = 0;
+    while i < m {
+        let (ap, yp) = (a.as_ptr().add(i * n), y.as_mut_ptr().add(i * d));
+        match m - i {
+            1 => axpy_rows_m::<1>(ap, n, v.as_ptr(), stride, d, yp),
+            2 => axpy_rows_m::<2>(ap, n, v.as_ptr(), stride, d, yp),
+            3 => axpy_rows_m::<3>(ap, n, v.as_ptr(), stride, d, yp),
+            _ => axpy_rows_m::<4>(ap, n, v.as_ptr(), stride, d, yp),
+        }
+        i += 4;
+    }
+}
+
+/// Value rows summed per pass over the output in [`axpy_rows`].
+const ROW_BLOCK: usize = 8;
+
+/// `M` heads: weights of head `h` at `a + h·n`, output at `y + h·d`.
+#[inline(always)]
+unsafe fn axpy_rows_m<const M: usize>(
+    a: *const f32,
+    n: usize,
+    v: *const f32,
+    stride: usize,
+    d: usize,
+    y: *mut f32,
+) {
+    let d16 = d & !15;
+    let mut j0 = 0;
+    while j0 < n {
+        let j1 = (j0 + ROW_BLOCK).min(n);
+        let mut c = 0;
+        while c < d16 {
+            let mut acc = [[_mm256_setzero_ps(); 2]; M];
+            for (h, s) in acc.iter_mut().enumerate() {
+                s[0] = _mm256_loadu_ps(y.add(h * d + c));
+                s[1] = _mm256_loadu_ps(y.add(h * d + c + 8));
+            }
+            for j in j0..j1 {
+                let vj = v.add(j * stride + c);
+                let (v0, v1) = (_mm256_loadu_ps(vj), _mm256_loadu_ps(vj.add(8)));
+                for (h, s) in acc.iter_mut().enumerate() {
+                    let w = _mm256_broadcast_ss(&*a.add(h * n + j));
+                    s[0] = _mm256_fmadd_ps(w, v0, s[0]);
+                    s[1] = _mm256_fmadd_ps(w, v1, s[1]);
+                }
+            }
+            for (h, s) in acc.iter().enumerate() {
+                _mm256_storeu_ps(y.add(h * d + c), s[0]);
+                _mm256_storeu_ps(y.add(h * d + c + 8), s[1]);
+            }
+            c += 16;
+        }
+        for h in 0..M {
+            for j in j0..j1 {
+                let w = *a.add(h * n + j);
+                for e in d16..d {
+                    *y.add(h * d + e) += w * *v.add(j * stride + e);
+                }
+            }
+        }
+        j0 = j1;
+    }
+}
+
 /// `x *= s`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn scale(x: &mut [f32], s: f32) {
