@@ -24,12 +24,8 @@ pub(super) fn gemv(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool)
         // `out` (t * n elements, checked by the caller) outlives the loop.
         unsafe { gemv_rows(x, t, w, r0, r1, outp, simd) };
     };
-    let chunks = n.div_ceil(rows);
-    if chunks == 1 {
-        run(0);
-    } else {
-        crate::cpu::pool::for_each(chunks, run);
-    }
+    // One chunk runs inline on this thread.
+    crate::cpu::pool::for_each(n.div_ceil(rows), run);
 }
 
 /// Computes output columns `r0..r1` (weight rows) for all `t` activation rows.

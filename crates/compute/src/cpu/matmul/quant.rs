@@ -184,7 +184,7 @@ pub(super) fn matmul_quant_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut 
             tasks.extend((0..n.div_ceil(rows)).map(|c| (i, c * rows, (c * rows + rows).min(n))));
         }
         let outp: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
-        super::super::pool::for_each(tasks.len(), |c| {
+        crate::cpu::pool::for_each(tasks.len(), |c| {
             let (i, r0, r1) = tasks[c];
             // SAFETY: each task writes only output columns r0..r1 of its own product, disjoint
             // from every other task; the outputs (t x rows each, checked by the caller)
@@ -266,12 +266,8 @@ fn run(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], simd: bool, act: &mut Q
         // `out` (t * n elements, checked by the caller) outlives the loop.
         unsafe { rows_dispatch(w, r0, r1, act, t, outp, simd) };
     };
-    let chunks = n.div_ceil(rows);
-    if chunks == 1 {
-        task(0);
-    } else {
-        super::super::pool::for_each(chunks, task);
-    }
+    // One chunk runs inline on this thread.
+    crate::cpu::pool::for_each(n.div_ceil(rows), task);
 }
 
 /// Output columns `r0..r1` for all `t` activation rows.
