@@ -173,13 +173,14 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     for _ in 0..a.reps {
         let mut cache = gm.new_cache_with_plan(plan.clone(), room)?;
         let t0 = Instant::now();
-        let mut logits = gm.forward(&prompt, &mut cache, Logits::Last)?;
+        let logits = gm.forward(&prompt, &mut cache, Logits::Last)?;
         prefills.push(t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         let mut first = 0.0;
+        // Greedy (`run --temperature 0`): the argmax on the device, one id back.
+        let mut next = argmax(&logits[..text_vocab]);
         for i in 0..a.gen {
-            let next = argmax(&logits[..text_vocab]);
-            logits = gm.forward(&[next], &mut cache, Logits::Last)?;
+            next = gm.forward_argmax(next, &mut cache, text_vocab)?;
             if i == 0 {
                 first = t1.elapsed().as_secs_f64();
             }

@@ -126,8 +126,15 @@ pub fn main(a: Args) -> Result<()> {
         let mut lg = gpu.forward(&prompt, &mut gc, Logits::Last)?;
         let mut step_err = rel_err(&lg, &lc);
         let (mut same, mut first_diff) = (0usize, None);
+        // A third sequence fed the same tokens, its next id chosen on the device
+        // (`forward_argmax`, greedy decoding): it must match the host's argmax of the
+        // GPU logits at every step.
+        let mut dc = new_gpu()?;
+        let mut td = argmax(&gpu.forward(&prompt, &mut dc, Logits::Last)?);
+        let mut device_same = 0;
         for step in 0..a.steps {
             let (tc, tg) = (argmax(&lc), argmax(&lg));
+            device_same += usize::from(td == tg);
             if tc == tg && first_diff.is_none() {
                 same += 1;
             } else if first_diff.is_none() {
@@ -135,9 +142,18 @@ pub fn main(a: Args) -> Result<()> {
             }
             lc = cpu.forward(&[tc], &mut cc, Logits::Last)?;
             lg = gpu.forward(&[tg], &mut gc, Logits::Last)?;
+            td = gpu.forward_argmax(tg, &mut dc, cfg.vocab_size)?;
             if first_diff.is_none() {
                 step_err = step_err.max(rel_err(&lg, &lc));
             }
+        }
+        device_same += usize::from(td == argmax(&lg));
+        if device_same != a.steps + 1 {
+            failures += 1;
+            println!(
+                "{len:>6}  device argmax: {device_same}/{} the host's choice  FAIL",
+                a.steps + 1
+            );
         }
         worst = worst.max(step_err);
         let ok = step_err <= a.tolerance && first_diff.is_none();

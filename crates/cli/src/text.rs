@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use gemma3n_engine::{
-    ChatTemplate, Decoder, Generation, GenerationConfig, Sampler, SamplingParams, Session,
+    ChatTemplate, Decoder, Generation, GenerationConfig, Pick, Sampler, SamplingParams, Session,
     TokenStream, Tokenizer,
 };
 use gemma3n_model::text::EmbedFn;
@@ -191,17 +191,23 @@ pub fn stream_generation<M: Decoder>(
     let mut err: Option<anyhow::Error> = None;
     let mut out = std::io::stdout();
     let mut sample_err = None;
+    let greedy = sampler.argmax_vocab();
+    let mut sample = |logits: &[f32], prev: &[u32]| match sampler.sample(logits, prev) {
+        Ok(id) => id,
+        Err(e) => {
+            sample_err.get_or_insert(e);
+            stop[0]
+        }
+    };
     let g = session.generate_embedded(
         new_ids,
         embed,
         max_tokens,
         &stop,
-        &mut |logits, prev| match sampler.sample(logits, prev) {
-            Ok(id) => id,
-            Err(e) => {
-                sample_err.get_or_insert(e);
-                stop[0]
-            }
+        match greedy {
+            // Greedy with nothing that changes the scores: the decoder's own argmax.
+            Some(n) => Pick::Argmax(n),
+            None => Pick::With(&mut sample),
         },
         &mut |id| match detok.push(id) {
             Ok(piece) => {

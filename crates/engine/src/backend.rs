@@ -37,6 +37,21 @@ pub trait Decoder {
         want: Logits,
         embed: Option<EmbedFn<'_>>,
     ) -> Result<Vec<f32>, ModelError>;
+
+    /// Runs `id` (the next token of the sequence held by `cache`) and returns the index of
+    /// the largest of its first `vocab` logits, the lowest among equal ones (greedy
+    /// decoding; [`crate::sampling::argmax`]). A GPU decoder finds it on the device and
+    /// copies back one id instead of the logits.
+    fn forward_argmax(
+        &self,
+        id: u32,
+        cache: &mut Self::Cache,
+        vocab: usize,
+    ) -> Result<u32, ModelError> {
+        let logits = self.forward_embedded(&[id], cache, Logits::Last, None)?;
+        crate::sampling::argmax(&logits[..vocab.min(logits.len())])
+            .map_err(|e| ModelError::Invalid(e.to_string()))
+    }
 }
 
 /// The KV cache of one sequence (the contract of [`KvCache`]).
@@ -205,6 +220,15 @@ mod cuda {
             embed: Option<EmbedFn<'_>>,
         ) -> Result<Vec<f32>, ModelError> {
             CudaTextModel::forward_embedded(self, ids, cache, want, embed)
+        }
+
+        fn forward_argmax(
+            &self,
+            id: u32,
+            cache: &mut CudaKvCache,
+            vocab: usize,
+        ) -> Result<u32, ModelError> {
+            CudaTextModel::forward_argmax(self, id, cache, vocab)
         }
     }
 

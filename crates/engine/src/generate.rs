@@ -43,6 +43,16 @@ impl Generation {
     }
 }
 
+/// How [`Session::generate`] chooses each next token.
+pub enum Pick<'a> {
+    /// The largest of the first `n` logits, the lowest id among equal ones (greedy
+    /// decoding): the decoder may find it where the logits are ([`Decoder::forward_argmax`]:
+    /// on a GPU, without copying them back).
+    Argmax(usize),
+    /// Any rule: `f(logits, ids so far)` is the next id.
+    With(&'a mut dyn FnMut(&[f32], &[u32]) -> u32),
+}
+
 /// One sequence: the model (on any backend, the CPU by default), its KV cache and the
 /// tokens the cache holds.
 pub struct Session<'m, M: Decoder = TextModel> {
@@ -109,15 +119,15 @@ impl<'m, M: Decoder> Session<'m, M> {
     }
 
     /// Appends `prompt` to the sequence (one prefill), then generates up to
-    /// `max_new_tokens`: `pick(logits, history)` chooses each next id, `on_token(id)`
-    /// receives it and returns false to stop. Stop ids end generation without being
+    /// `max_new_tokens`: `pick` chooses each next id, `on_token(id)` receives it and
+    /// returns false to stop. Stop ids end generation without being
     /// emitted. The prompt must fit in the context; generation stops when it is full.
     pub fn generate(
         &mut self,
         prompt: &[u32],
         max_new_tokens: usize,
         stop_ids: &[u32],
-        pick: &mut dyn FnMut(&[f32], &[u32]) -> u32,
+        pick: Pick<'_>,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Generation, ModelError> {
         self.generate_embedded(prompt, None, max_new_tokens, stop_ids, pick, on_token)
@@ -131,7 +141,7 @@ impl<'m, M: Decoder> Session<'m, M> {
         embed: Option<EmbedFn<'_>>,
         max_new_tokens: usize,
         stop_ids: &[u32],
-        pick: &mut dyn FnMut(&[f32], &[u32]) -> u32,
+        mut pick: Pick<'_>,
         on_token: &mut dyn FnMut(u32) -> bool,
     ) -> Result<Generation, ModelError> {
         if prompt.is_empty() {
@@ -146,10 +156,17 @@ impl<'m, M: Decoder> Session<'m, M> {
             )));
         }
         let t0 = Instant::now();
-        let mut logits =
-            self.model
-                .forward_embedded(prompt, &mut self.cache, Logits::Last, embed)?;
+        let logits = self
+            .model
+            .forward_embedded(prompt, &mut self.cache, Logits::Last, embed)?;
         self.tokens.extend_from_slice(prompt);
+        // The next id: from the prefill's logits, then from each decode step.
+        let mut next = match &mut pick {
+            _ if max_new_tokens == 0 => 0,
+            Pick::Argmax(n) => crate::sampling::argmax(&logits[..(*n).min(logits.len())])
+                .map_err(|e| ModelError::Invalid(e.to_string()))?,
+            Pick::With(f) => f(&logits, &self.tokens),
+        };
         let prefill_time = t0.elapsed();
         let t1 = Instant::now();
         let mut out = Vec::new();
@@ -158,7 +175,6 @@ impl<'m, M: Decoder> Session<'m, M> {
             if out.len() == max_new_tokens {
                 break StopReason::MaxTokens;
             }
-            let next = pick(&logits, &self.tokens);
             if stop_ids.contains(&next) {
                 break StopReason::Stop(next);
             }
@@ -174,10 +190,23 @@ impl<'m, M: Decoder> Session<'m, M> {
                 // fed at the start of the next call if the conversation continues.
                 break StopReason::MaxTokens;
             }
-            logits = self
-                .model
-                .forward_embedded(&[next], &mut self.cache, Logits::Last, None)?;
-            self.tokens.push(next);
+            match &mut pick {
+                Pick::Argmax(n) => {
+                    let id = self.model.forward_argmax(next, &mut self.cache, *n)?;
+                    self.tokens.push(next);
+                    next = id;
+                }
+                Pick::With(f) => {
+                    let logits = self.model.forward_embedded(
+                        &[next],
+                        &mut self.cache,
+                        Logits::Last,
+                        None,
+                    )?;
+                    self.tokens.push(next);
+                    next = f(&logits, &self.tokens);
+                }
+            }
             decode_steps += 1;
         };
         Ok(Generation {

@@ -14,7 +14,7 @@ pub use chat::{
     Conversation, MessageContent, Prompt, TurnInput, AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER,
 };
 pub use error::{Error, Result};
-pub use generate::{Generation, Session, StopReason};
+pub use generate::{Generation, Pick, Session, StopReason};
 pub use sampling::{GenerationConfig, Sampler, SamplingParams};
 pub use stream::TokenStream;
 pub use tokenizer::{SpecialTokens, Tokenizer};

@@ -226,14 +226,21 @@ impl Sampler {
         &self.params
     }
 
+    /// `Some(n)` when the next id is simply the largest of the first `n` logits (greedy,
+    /// no repetition penalty, no banned ids): a decoder may then find it itself
+    /// ([`crate::Decoder::forward_argmax`]), which is what [`Sampler::sample`] returns.
+    pub fn argmax_vocab(&self) -> Option<usize> {
+        let p = &self.params;
+        (p.is_greedy() && p.repetition_penalty == 1.0 && p.banned_ids.is_empty())
+            .then_some(self.text_vocab_size)
+    }
+
     /// The next id given the logits over the model vocabulary and the ids seen so far (the
     /// repetition penalty applies to them; HF passes prompt and generated ids).
     pub fn sample(&mut self, logits: &[f32], previous: &[u32]) -> Result<u32> {
-        let p = &self.params;
-        if p.is_greedy() && p.repetition_penalty == 1.0 && p.banned_ids.is_empty() {
+        if let Some(n) = self.argmax_vocab() {
             // Nothing changes the scores: the largest logit, without a copy.
-            let n = logits.len().min(self.text_vocab_size);
-            return argmax(&logits[..n]);
+            return argmax(&logits[..n.min(logits.len())]);
         }
         self.prepare_scores(logits, previous)?;
         if self.params.is_greedy() {

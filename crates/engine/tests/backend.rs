@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use gemma3n_engine::{AnyDecoder, Decoder, DecoderCache, Session, StopReason};
+use gemma3n_engine::{AnyDecoder, Decoder, DecoderCache, Pick, Session, StopReason};
 use gemma3n_model::text::EmbedFn;
 use gemma3n_model::{KvCache, Logits, ModelError, SlicePlan, TextConfig};
 
@@ -126,7 +126,7 @@ fn generates_on_any_backend() {
     let mut s = Session::with_cache(&toy, ToyCache::new(true));
     let mut streamed = Vec::new();
     let g = s
-        .generate(&[1, 2, 3], 10, &[7], &mut argmax, &mut |id| {
+        .generate(&[1, 2, 3], 10, &[7], Pick::With(&mut argmax), &mut |id| {
             streamed.push(id);
             true
         })
@@ -150,7 +150,7 @@ fn generates_on_any_backend() {
 fn a_cache_that_cannot_truncate_starts_over() {
     let toy = Toy::new(100);
     let mut s = Session::with_cache(&toy, ToyCache::new(false));
-    s.generate(&[1, 2, 3], 2, &[], &mut argmax, &mut |_| true)
+    s.generate(&[1, 2, 3], 2, &[], Pick::With(&mut argmax), &mut |_| true)
         .unwrap();
     assert_eq!(s.reuse_prefix(&[1, 2, 9]), 0);
     assert!(s.tokens().is_empty());
@@ -162,7 +162,14 @@ fn embed_reaches_the_backend_and_the_context_is_enforced() {
     let mut s = Session::with_cache(&toy, ToyCache::new(true));
     let f = |_: usize, _: u32, _: &mut [f32]| Ok(());
     let g = s
-        .generate_embedded(&[1, 2], Some(&f), 10, &[], &mut argmax, &mut |_| true)
+        .generate_embedded(
+            &[1, 2],
+            Some(&f),
+            10,
+            &[],
+            Pick::With(&mut argmax),
+            &mut |_| true,
+        )
         .unwrap();
     assert_eq!(
         toy.embedded.load(Ordering::Relaxed),
@@ -173,7 +180,7 @@ fn embed_reaches_the_backend_and_the_context_is_enforced() {
     assert_eq!(s.tokens().len(), 6);
     assert_eq!(s.room(), 0);
     let err = s
-        .generate(&[1], 1, &[], &mut argmax, &mut |_| true)
+        .generate(&[1], 1, &[], Pick::With(&mut argmax), &mut |_| true)
         .unwrap_err();
     assert!(err.to_string().contains("context length of 6"), "{err}");
 }
@@ -203,4 +210,30 @@ fn a_decoder_chosen_at_run_time_batches_and_checks_its_caches() {
         .forward_sequence(&[1], &mut *other, Logits::Last, None)
         .unwrap_err();
     assert!(err.to_string().contains("another decoder"), "{err}");
+}
+
+#[test]
+fn greedy_pick_is_the_argmax_of_the_first_n_logits() {
+    // Pick::Argmax decodes through Decoder::forward_argmax (here its default: the argmax
+    // of the logits) and chooses what picking from the logits chooses.
+    let toy = Toy::new(100);
+    let mut a = Session::with_cache(&toy, ToyCache::new(true));
+    let want = a
+        .generate(&[1, 2, 3], 10, &[7], Pick::With(&mut argmax), &mut |_| true)
+        .unwrap();
+    let mut b = Session::with_cache(&toy, ToyCache::new(true));
+    let got = b
+        .generate(&[1, 2, 3], 10, &[7], Pick::Argmax(VOCAB), &mut |_| true)
+        .unwrap();
+    assert_eq!(got.tokens, want.tokens);
+    assert_eq!(got.stop, want.stop);
+    assert_eq!(got.decode_steps, want.decode_steps);
+    assert_eq!(b.tokens(), a.tokens());
+    // Only the first n ids can be chosen: the toy's one large logit is at last id + 1, so
+    // after 4 it lies past n = 5 and id 0 (the first of the equal rest) wins.
+    let mut c = Session::with_cache(&toy, ToyCache::new(true));
+    let g = c
+        .generate(&[2], 4, &[], Pick::Argmax(5), &mut |_| true)
+        .unwrap();
+    assert_eq!(g.tokens, vec![3, 4, 0, 1]);
 }

@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 28] = [
+pub const KERNELS: [&str; 29] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -64,6 +64,7 @@ pub const KERNELS: [&str; 28] = [
     "keep_row",
     "qkv_prep",
     "attention_decode",
+    "argmax_f32",
 ];
 
 /// Errors of the CUDA backend.
@@ -103,8 +104,8 @@ pub struct Gpu {
     allocated: AtomicUsize,
     /// Programmatic dependent launch (`GEMMA3N_CUDA_PDL=0` turns it off).
     pdl: bool,
-    /// Products of few long rows on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK=0`: off).
-    rowblock: bool,
+    /// Which products run on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK`).
+    rowblock: ops::RowBlock,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
     /// measures what a kernel costs inside the step (the results are then wrong).
     skip: Vec<String>,
@@ -174,7 +175,9 @@ impl Gpu {
             arch,
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
-            rowblock: std::env::var_os("GEMMA3N_CUDA_ROWBLOCK").is_none_or(|v| v != "0"),
+            rowblock: ops::RowBlock::from_env(
+                std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
+            ),
             skip: std::env::var("GEMMA3N_CUDA_SKIP")
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),

@@ -125,7 +125,7 @@ struct RawGemvArgs {
     nseg: i32,
     batch: i32,
     cap: f32,
-    pad: i32,
+    rows_per_block: i32,
 }
 
 /// Bytes of the GEMV kernels' by-value argument (checked against the compiled kernels by
@@ -153,27 +153,85 @@ pub const GEMV_KERNELS: [[&str; 2]; 3] = [
 /// The single-row kernel for one product of few long bf16 rows (one block per row).
 pub const GEMV_KERNEL_ROWBLOCK: &str = "gemv_rowblock_b1";
 
-/// Whether product `s` (alone in its launch, one activation row) goes to
-/// `gemv_rowblock_b1`: bf16, at most 512 rows of at least 1024 values, k / 8 a multiple of
-/// 8, no mask, 16-byte-aligned rows and activations.
-fn rowblock_fits(s: &GemvSeg) -> bool {
-    let pair_w = match s.epi {
-        Epilogue::Pair(w2) => w2.w.0,
-        _ => s.w.w.0,
-    };
-    s.w.fmt == WeightFormat::Bf16
-        && s.mask.is_null()
-        && s.rows <= 512
-        && s.k >= 1024
-        && s.k.is_multiple_of(64)
-        && s.ldw.is_multiple_of(8)
-        && (s.w.w.0 | pair_w | s.x.0).is_multiple_of(16)
+/// Which lone bf16 products of one activation row run on `gemv_rowblock_b1`, which splits
+/// each output row over several warps (`GEMMA3N_CUDA_ROWBLOCK`: `0` for none, or
+/// `ROWS,K[,WARPS]`), and over how many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RowBlock {
+    /// Products of at most this many rows...
+    pub max_rows: usize,
+    /// ... of at least this many values.
+    pub min_k: usize,
+    /// Each row goes to the fewest warps (1, 2, 4 or 8) that make at least this many warps
+    /// in all, or to 8.
+    pub warps: usize,
 }
 
-/// Output rows and threads per block of a GEMV kernel.
-fn gemv_block(name: &str) -> (usize, usize) {
+impl RowBlock {
+    /// Measured on an H200 (docs/perf.md): every lone bf16 product of up to 16384 rows of
+    /// at least 2048 values; 16384 warps in all (the down projection's 2048 rows go to 8
+    /// warps each, E2B's gate and up rows to 2).
+    pub const DEFAULT: RowBlock = RowBlock {
+        max_rows: 16384,
+        min_k: 2048,
+        warps: 16384,
+    };
+    pub const OFF: RowBlock = RowBlock {
+        max_rows: 0,
+        min_k: usize::MAX,
+        warps: 0,
+    };
+
+    /// From the value of `GEMMA3N_CUDA_ROWBLOCK` (unset or unreadable: the default).
+    pub fn from_env(v: Option<&str>) -> RowBlock {
+        if v == Some("0") {
+            return RowBlock::OFF;
+        }
+        let parse = |v: &str| -> Option<RowBlock> {
+            let mut it = v.split(',').map(|x| x.trim().parse::<usize>().ok());
+            Some(RowBlock {
+                max_rows: it.next()??,
+                min_k: it.next()??,
+                warps: it.next().unwrap_or(Some(RowBlock::DEFAULT.warps))?,
+            })
+        };
+        v.and_then(parse).unwrap_or(RowBlock::DEFAULT)
+    }
+
+    /// (output rows per block, warps per row) of `gemv_rowblock_b1` for product `s`, or
+    /// `None` when it does not go there: bf16, no mask, 16-byte-aligned rows and
+    /// activations, each warp's run of values a multiple of 8.
+    fn shape(self, s: &GemvSeg) -> Option<(usize, usize)> {
+        let pair_w = match s.epi {
+            Epilogue::Pair(w2) => w2.w.0,
+            _ => s.w.w.0,
+        };
+        let fits = s.w.fmt == WeightFormat::Bf16
+            && s.mask.is_null()
+            && s.rows <= self.max_rows
+            && s.k >= self.min_k
+            && s.ldw.is_multiple_of(8)
+            && (s.w.w.0 | pair_w | s.x.0).is_multiple_of(16);
+        if !fits {
+            return None;
+        }
+        let ok = |wpr: usize| s.k.is_multiple_of(8 * wpr);
+        let wpr = ROWBLOCK_SPLITS
+            .into_iter()
+            .find(|&w| ok(w) && s.rows * w >= self.warps)
+            .or_else(|| ROWBLOCK_SPLITS.into_iter().rev().find(|&w| ok(w)))?;
+        Some((GEMV_WARPS / wpr, wpr))
+    }
+}
+
+/// Warps per output row `gemv_rowblock_b1` can take (its blocks have `GEMV_WARPS`).
+const ROWBLOCK_SPLITS: [usize; 4] = [1, 2, 4, 8];
+
+/// Output rows and threads per block of a GEMV kernel (`gemv_rowblock_b1`: `rpb` rows
+/// of `wpr` warps each).
+fn gemv_block(name: &str, (rpb, wpr): (usize, usize)) -> (usize, usize) {
     if name == GEMV_KERNEL_ROWBLOCK {
-        (1, GEMV_WARPS * 32)
+        (rpb, rpb * wpr * 32)
     } else if name.starts_with("gemv_tc") {
         (TC_ROWS, TC_THREADS)
     } else {
@@ -302,8 +360,8 @@ impl Gpu {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
         if batch == 1 {
             if let [s] = segs {
-                if self.rowblock && rowblock_fits(s) {
-                    return self.gemv_launch(segs, GEMV_KERNEL_ROWBLOCK, batch, cap);
+                if let Some(shape) = self.rowblock.shape(s) {
+                    return self.gemv_launch(segs, GEMV_KERNEL_ROWBLOCK, batch, cap, shape);
                 }
             }
             return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, batch, cap);
@@ -313,6 +371,23 @@ impl Gpu {
             self.gemv_launches(segs, |s| s.w.fmt == fmt, name, batch, cap)?;
         }
         Ok(())
+    }
+
+    /// Product `s` on `gemv_rowblock_b1` with each row split over `wpr` warps (1, 2, 4
+    /// or 8), whatever `GEMMA3N_CUDA_ROWBLOCK` says (for the kernel checks: `s` must
+    /// be a product that kernel takes, each warp's run of values a multiple of 8).
+    pub fn gemv_rowblock(&self, s: &GemvSeg, wpr: usize, cap: f32) -> Result<()> {
+        let any = RowBlock {
+            max_rows: usize::MAX,
+            min_k: 0,
+            warps: 0,
+        };
+        assert!(
+            ROWBLOCK_SPLITS.contains(&wpr) && any.shape(s).is_some() && s.k.is_multiple_of(8 * wpr),
+            "a product gemv_rowblock_b1 cannot take with rows split over {wpr} warps"
+        );
+        let shape = (GEMV_WARPS / wpr, wpr);
+        self.gemv_launch(std::slice::from_ref(s), GEMV_KERNEL_ROWBLOCK, 1, cap, shape)
     }
 
     /// The products `segs` selected by `keep`, through kernel `name`, up to
@@ -331,31 +406,34 @@ impl Gpu {
             buf[n] = *s;
             n += 1;
             if n == GEMV_MAX_SEGS {
-                self.gemv_launch(&buf[..n], name, batch, cap)?;
+                self.gemv_launch(&buf[..n], name, batch, cap, (1, 1))?;
                 n = 0;
             }
         }
         if n > 0 {
-            self.gemv_launch(&buf[..n], name, batch, cap)?;
+            self.gemv_launch(&buf[..n], name, batch, cap, (1, 1))?;
         }
         Ok(())
     }
 
-    /// One launch of GEMV kernel `name` over at most `GEMV_MAX_SEGS` products.
+    /// One launch of GEMV kernel `name` over at most `GEMV_MAX_SEGS` products
+    /// (`gemv_rowblock_b1`: one product, `shape` = (output rows per block, warps per row)).
     fn gemv_launch(
         &self,
         chunk: &[GemvSeg],
         name: &'static str,
         batch: usize,
         cap: f32,
+        shape: (usize, usize),
     ) -> Result<()> {
         let mut a = RawGemvArgs {
             nseg: chunk.len() as i32,
             batch: batch as i32,
             cap,
+            rows_per_block: i(shape.0),
             ..Default::default()
         };
-        let (block_rows, threads) = gemv_block(name);
+        let (block_rows, threads) = gemv_block(name, shape);
         let mut blocks = 0usize;
         for (r, s) in a.seg.iter_mut().zip(chunk) {
             let (epi, w2, aux, ldaux) = match s.epi {
@@ -620,6 +698,18 @@ impl Gpu {
                 wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(n), i(units), i(ncols))?;
         }
         Ok(())
+    }
+
+    /// Blocks of [`Gpu::argmax`]; its scratch holds `ARGMAX_BLOCKS + 1` u64 values.
+    pub const ARGMAX_BLOCKS: usize = 64;
+
+    /// `out` (an i32) = the index of the largest of the `n` f32 values at `x` (the lowest
+    /// index among equal values; NaN and -inf never win), or -1 when there is none.
+    /// `scratch`: `8 · (ARGMAX_BLOCKS + 1)` bytes, zeroed when allocated and left zeroed.
+    pub fn argmax(&self, x: DevPtr, n: usize, scratch: DevPtr, out: DevPtr) -> Result<()> {
+        let done = scratch.0 + 8 * Self::ARGMAX_BLOCKS as u64;
+        launch!(self, "argmax_f32", (Self::ARGMAX_BLOCKS, 1, 1), 256;
+            x.0, i(n), scratch.0, done, out.0)
     }
 
     /// `out[b] = table[ids[b]] · scale` (bf16 table of width d), or `over[b]` where
@@ -1002,5 +1092,70 @@ impl Gpu {
             }
             .map_err(|e| CudaError::Blas(format!("{e:?}")))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lone bf16 product of `rows` rows of `k` values at 16-byte-aligned addresses.
+    fn product(rows: usize, k: usize) -> GemvSeg {
+        GemvSeg {
+            w: WeightPtr {
+                w: DevPtr(1 << 20),
+                ..Default::default()
+            },
+            x: DevPtr(1 << 21),
+            y: DevPtr(1 << 22),
+            rows,
+            k,
+            ldw: k,
+            ldx: k,
+            ldy: rows,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rowblock_setting_reads_the_environment_value() {
+        assert_eq!(RowBlock::from_env(None), RowBlock::DEFAULT);
+        assert_eq!(RowBlock::from_env(Some("0")), RowBlock::OFF);
+        assert_eq!(RowBlock::from_env(Some("junk")), RowBlock::DEFAULT);
+        let two = RowBlock::from_env(Some("2048, 1024"));
+        assert_eq!((two.max_rows, two.min_k), (2048, 1024));
+        assert_eq!(two.warps, RowBlock::DEFAULT.warps);
+        let three = RowBlock::from_env(Some("100,200,300"));
+        assert_eq!((three.max_rows, three.min_k, three.warps), (100, 200, 300));
+    }
+
+    #[test]
+    fn rowblock_splits_rows_over_the_fewest_warps_that_fill_the_target() {
+        let rb = RowBlock {
+            max_rows: 16384,
+            min_k: 2048,
+            warps: 16384,
+        };
+        // (rows per block, warps per row): each block has GEMV_WARPS warps.
+        assert_eq!(rb.shape(&product(2048, 16384)), Some((1, 8)));
+        assert_eq!(rb.shape(&product(8192, 2048)), Some((4, 2)));
+        assert_eq!(rb.shape(&product(16384, 2048)), Some((8, 1)));
+        // Too few rows for the target even at 8 warps each: 8.
+        assert_eq!(rb.shape(&product(256, 2048)), Some((1, 8)));
+        // Each warp's run must be a multiple of 8 values: 2056 splits over 1 warp only.
+        assert_eq!(rb.shape(&product(256, 2056)), Some((8, 1)));
+        // Outside the setting, masked, quantized or misaligned: the one-warp kernel.
+        assert_eq!(rb.shape(&product(16385, 2048)), None);
+        assert_eq!(rb.shape(&product(2048, 1024)), None);
+        let mut masked = product(2048, 2048);
+        masked.mask = DevPtr(1 << 23);
+        assert_eq!(rb.shape(&masked), None);
+        let mut q8 = product(2048, 2048);
+        q8.w.fmt = WeightFormat::Q8;
+        assert_eq!(rb.shape(&q8), None);
+        let mut odd = product(2048, 2048);
+        odd.x = DevPtr((1 << 21) + 4);
+        assert_eq!(rb.shape(&odd), None);
+        assert_eq!(RowBlock::OFF.shape(&product(256, 2048)), None);
     }
 }

@@ -39,7 +39,7 @@ struct GemvArgs {
     int nseg;
     int batch;
     float cap;            // > 0: y = tanh(y / cap) * cap (final logit soft-cap)
-    int pad;
+    int rows_per_block;   // gemv_rowblock_b1: output rows a block computes
 };
 
 // The segment of a launch this block works on (segments own consecutive blocks).
@@ -286,43 +286,65 @@ __device__ __forceinline__ void gemv_body(const GemvArgs& a) {
     }
 GEMV_KERNEL(any, W_ANY, 1)
 
-// One activation row, one bf16 product of few long rows (the per-layer input gate: 256
-// rows of 2048), where one warp per row would leave most of the GPU idle: one block per
-// output row, its 8 warps each over k / 8 consecutive values (the host checks that k / 8
-// is a multiple of 8 and the pointers allow 16-byte loads). Each lane's first 8 weights
-// are loaded before the wait.
+// One activation row, one bf16 product whose rows are too few (or too long) for one warp
+// per row to keep enough loads in flight (the per-layer input gate: 256 rows of 2048; the
+// FFN's down projection: 2048 rows of 8192 or 16384): each output row is split over
+// GEMV_WARPS / a.rows_per_block warps of a block, each over a run of consecutive values,
+// summed in shared memory. The host checks that each warp's run is a multiple of 8 values
+// and that the pointers allow 16-byte loads. Each lane's first 8 weights are loaded before
+// the wait.
+#ifndef ROWBLOCK_UNROLL
+#define ROWBLOCK_UNROLL 4
+#endif
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_rowblock_b1(const GemvArgs a) {
     const GemvSeg& g = a.seg[0];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x;
+    const int rpb = a.rows_per_block, wpr = GEMV_WARPS / rpb;
+    const int row = blockIdx.x * rpb + warp / wpr;
     const bool pair = g.epi == EPI_PAIR;
-    const int kp = g.k / GEMV_WARPS, k0 = warp * kp;
+    const int kp = g.k / wpr, k0 = (warp % wpr) * kp;
+    // A warp past the last row has nothing to read (but takes part in the barrier).
+    const int kend = row < g.rows ? kp : 0;
     const bf16_t* wr = (const bf16_t*)g.w + (size_t)row * g.ldw + k0;
     const bf16_t* wr2 = pair ? (const bf16_t*)g.w2 + (size_t)row * g.ldw + k0 : wr;
-    const bool has = lane * 8 < kp;
     uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
-    if (has) {
+    if (lane * 8 < kend) {
         w0 = __ldg(reinterpret_cast<const uint4*>(wr + lane * 8));
         if (pair) w1 = __ldg(reinterpret_cast<const uint4*>(wr2 + lane * 8));
     }
-    if (kp > 256) {
-        prefetch_l2(wr + 256, (kp - 256) * 2, lane);
-        if (pair) prefetch_l2(wr2 + 256, (kp - 256) * 2, lane);
+    if (kend > 256) {
+        prefetch_l2(wr + 256, (kend - 256) * 2, lane);
+        if (pair) prefetch_l2(wr2 + 256, (kend - 256) * 2, lane);
     }
     pdl_start();
     const float* x = g.x + k0;
     float acc[1] = {0.0f}, acc2[1] = {0.0f}, wf[8];
-    for (int i = lane * 8; i < kp; i += 256) {
-        if (i != lane * 8) {
-            w0 = __ldg(reinterpret_cast<const uint4*>(wr + i));
-            if (pair) w1 = __ldg(reinterpret_cast<const uint4*>(wr2 + i));
+    // ROWBLOCK_UNROLL steps' loads issued together, then their products.
+    for (int i0 = lane * 8; i0 < kend; i0 += ROWBLOCK_UNROLL * 256) {
+        uint4 a[ROWBLOCK_UNROLL], b[ROWBLOCK_UNROLL];
+        #pragma unroll
+        for (int u = 0; u < ROWBLOCK_UNROLL; u++) {
+            const int i = i0 + u * 256;
+            a[u] = b[u] = w0;
+            if (i == lane * 8) {
+                b[u] = w1;
+            } else if (i < kend) {
+                a[u] = __ldg(reinterpret_cast<const uint4*>(wr + i));
+                if (pair) b[u] = __ldg(reinterpret_cast<const uint4*>(wr2 + i));
+            }
         }
-        unpack_bf16x8(w0, wf);
-        dot8<1>(x, 0, 1, i, wf, acc);
-        if (pair) {
-            unpack_bf16x8(w1, wf);
-            dot8<1>(x, 0, 1, i, wf, acc2);
+        #pragma unroll
+        for (int u = 0; u < ROWBLOCK_UNROLL; u++) {
+            const int i = i0 + u * 256;
+            if (i < kend) {
+                unpack_bf16x8(a[u], wf);
+                dot8<1>(x, 0, 1, i, wf, acc);
+                if (pair) {
+                    unpack_bf16x8(b[u], wf);
+                    dot8<1>(x, 0, 1, i, wf, acc2);
+                }
+            }
         }
     }
     __shared__ float red[2][GEMV_WARPS];
@@ -332,13 +354,15 @@ gemv_rowblock_b1(const GemvArgs a) {
         red[1][warp] = v2;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
+    // Thread r sums the warps of the block's row r.
+    const int r = threadIdx.x, out = blockIdx.x * rpb + r;
+    if (r < rpb && out < g.rows) {
         float t = 0.0f, t2 = 0.0f;
-        for (int w = 0; w < GEMV_WARPS; w++) {
+        for (int w = r * wpr; w < (r + 1) * wpr; w++) {
             t += red[0][w];
             t2 += red[1][w];
         }
-        gemv_store(g, a.cap, 0, row, t, t2);
+        gemv_store(g, a.cap, 0, out, t, t2);
     }
 }
 

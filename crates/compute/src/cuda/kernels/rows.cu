@@ -354,3 +354,71 @@ extern "C" __global__ void keep_row(float* s, size_t ss, int n, int src, int d) 
         for (int i = threadIdx.x; i < d; i += blockDim.x)
             s[k * ss + i] = s[k * ss + (size_t)src * d + i];
 }
+
+// The largest of x[0..n) as a 64-bit key: the value's bits made orderable as an unsigned
+// integer in the upper half, n - 1 - index in the lower, so the largest key holds the
+// largest value and, among equal values, the lowest index (torch.argmax's choice). NaN and
+// -inf never win; a key of 0 means nothing could be chosen.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i, int n) {
+    if (v != v || v == -INFINITY) return 0ull;
+    u32 b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return ((unsigned long long)b << 32) | (u32)(n - 1 - i);
+}
+
+__device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        unsigned long long t = __shfl_xor_sync(0xffffffffu, k, o);
+        k = t > k ? t : k;
+    }
+    return k;
+}
+
+// The block's largest key (blockDim.x a multiple of 32); thread 0 gets it.
+__device__ unsigned long long block_max_u64(unsigned long long k) {
+    __shared__ unsigned long long part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    k = warp_max_u64(k);
+    if (lane == 0) part[warp] = k;
+    __syncthreads();
+    if (warp == 0) {
+        k = lane < (int)(blockDim.x >> 5) ? part[lane] : 0ull;
+        k = warp_max_u64(k);
+    }
+    return k;
+}
+
+// Greedy decoding on the device: out[0] = the index of the largest of x[0..n) (see
+// argmax_key), or -1 when every value is NaN or -inf. Each block reduces a grid-strided
+// share to partial[block]; the last block to finish (done counts them; it is reset for the
+// next launch) reduces the partials.
+extern "C" __global__ void argmax_f32(const float* x, int n, unsigned long long* partial,
+                                      u32* done, int* out) {
+    pdl_start();
+    unsigned long long best = 0ull;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const unsigned long long k = argmax_key(x[i], i, n);
+        best = k > best ? k : best;
+    }
+    best = block_max_u64(best);
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = best;
+        __threadfence();
+        last = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    best = 0ull;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) {
+        const unsigned long long k = ((volatile unsigned long long*)partial)[b];
+        best = k > best ? k : best;
+    }
+    best = block_max_u64(best);
+    if (threadIdx.x == 0) {
+        out[0] = best == 0ull ? -1 : n - 1 - (int)(u32)best;
+        *done = 0u;
+    }
+}

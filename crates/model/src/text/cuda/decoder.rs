@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
 use super::weights::{DevMatrix, Down};
-use super::workspace::{Workspace, DECODE_SPLITS, SPLIT_PAIRS, WPART_VALUES};
+use super::workspace::{Workspace, DECODE_SPLITS, PICK_ID, SPLIT_PAIRS, WPART_VALUES};
 use super::{gpu_err, CudaTextModel};
 use crate::config::{KvSource, LayerType};
 use crate::error::{ModelError, Result};
@@ -121,6 +121,28 @@ impl Caches<'_> {
     }
 }
 
+/// What a forward pass copies back from the device.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    Logits,
+    /// The index of the largest of the last row's first `n` logits.
+    Argmax(usize),
+}
+
+enum Fetched {
+    Logits(Vec<f32>),
+    Id(u32),
+}
+
+impl Fetched {
+    fn into_logits(self) -> Vec<f32> {
+        match self {
+            Fetched::Logits(l) => l,
+            Fetched::Id(_) => unreachable!("a logits fetch returns logits"),
+        }
+    }
+}
+
 impl CudaTextModel {
     /// Runs `ids` (the next tokens of the sequence held by `cache`) and returns logits:
     /// `1 x V` for [`Logits::Last`], `T x V` for [`Logits::All`]. Same contract as
@@ -138,7 +160,19 @@ impl CudaTextModel {
         want: Logits,
         embed: Option<EmbedFn<'_>>,
     ) -> Result<Vec<f32>> {
-        self.forward_full(ids, cache, want, embed, None)
+        self.forward_full(ids, cache, want, embed, None, Fetch::Logits)
+            .map(Fetched::into_logits)
+    }
+
+    /// Runs `id` (the next token of the sequence held by `cache`) and returns the index of
+    /// the largest of its first `vocab` logits (the lowest among equal ones; NaN and -inf
+    /// never win), found on the device: greedy decoding copies back one id instead of the
+    /// logits. An error when every one of those logits is NaN or -inf.
+    pub fn forward_argmax(&self, id: u32, cache: &mut CudaKvCache, vocab: usize) -> Result<u32> {
+        match self.forward_full(&[id], cache, Logits::Last, None, None, Fetch::Argmax(vocab))? {
+            Fetched::Id(id) => Ok(id),
+            Fetched::Logits(_) => unreachable!("an argmax fetch returns an id"),
+        }
     }
 
     /// [`CudaTextModel::forward`] calling `hook` with the AltUp streams (read back from
@@ -151,7 +185,8 @@ impl CudaTextModel {
         want: Logits,
         hook: StreamHook<'_>,
     ) -> Result<Vec<f32>> {
-        self.forward_full(ids, cache, want, None, Some(hook))
+        self.forward_full(ids, cache, want, None, Some(hook), Fetch::Logits)
+            .map(Fetched::into_logits)
     }
 
     fn forward_full(
@@ -161,7 +196,8 @@ impl CudaTextModel {
         want: Logits,
         embed: Option<EmbedFn<'_>>,
         hook: Option<StreamHook<'_>>,
-    ) -> Result<Vec<f32>> {
+        fetch: Fetch,
+    ) -> Result<Fetched> {
         let cfg = &self.cpu.cfg;
         let n = ids.len();
         if n == 0 {
@@ -175,14 +211,14 @@ impl CudaTextModel {
             // A long prompt goes in pieces, so the activation workspace stays sized for
             // `chunk` rows; each piece continues the sequence in the cache.
             let mut out = Vec::new();
+            let mut last = None;
             for part in ids.chunks(chunk) {
-                let logits = self.forward_full(part, cache, want, embed, None)?;
-                match want {
-                    Logits::All => out.extend_from_slice(&logits),
-                    Logits::Last => out = logits,
+                match self.forward_full(part, cache, want, embed, None, fetch)? {
+                    Fetched::Logits(l) if want == Logits::All => out.extend_from_slice(&l),
+                    f => last = Some(f),
                 }
             }
-            return Ok(out);
+            return Ok(last.unwrap_or(Fetched::Logits(out)));
         }
         let logit_rows = if want == Logits::All { n } else { 1 };
         let mut guard = self.ws.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,8 +265,26 @@ impl CudaTextModel {
             )?
         };
         cache.advance(n);
-        self.gpu.profile_collect().map_err(gpu_err)?;
         let v = cfg.vocab_size;
+        if let Fetch::Argmax(vocab) = fetch {
+            // The last row's logits (soft-capped on the device: a single row goes through
+            // the GEMV path).
+            assert!(rows <= GEMV_ROWS, "an argmax fetch of {rows} logit rows");
+            let at = ws.logits.ptr().add_f32((rows - 1) * v);
+            let id = ws.pick.ptr().add_f32(PICK_ID / 4);
+            self.gpu
+                .argmax(at, vocab.min(v), ws.pick.ptr(), id)
+                .map_err(gpu_err)?;
+            self.gpu.profile_collect().map_err(gpu_err)?;
+            self.gpu
+                .download(id, &mut ws.pick_host, 4)
+                .map_err(gpu_err)?;
+            let id = ws.pick_host.as_slice::<i32>()[0];
+            return u32::try_from(id).map(Fetched::Id).map_err(|_| {
+                ModelError::Invalid("no token can be chosen: every logit is -inf or NaN".into())
+            });
+        }
+        self.gpu.profile_collect().map_err(gpu_err)?;
         self.gpu
             .download(ws.logits.ptr(), &mut ws.logits_host, 4 * rows * v)
             .map_err(gpu_err)?;
@@ -241,7 +295,7 @@ impl CudaTextModel {
                 gemma3n_compute::cpu::ops::soft_cap_rows(&mut logits, v, cap);
             }
         }
-        Ok(logits)
+        Ok(Fetched::Logits(logits))
     }
 
     /// The workspace, grown (never shrunk, so alternating prefills and batched steps do
@@ -449,21 +503,27 @@ impl CudaTextModel {
         }
         let bytes = ws.stage.as_mut_slice::<u8>();
         let rows = &mut bytes[12 * cap..12 * cap + n * lp * elt];
-        if elt == 2 {
-            // A bf16 table: its rows are copied as they are.
-            rows.par_chunks_mut(lp * 2).zip(ids).for_each(|(out, &id)| {
+        // Row `id` of the table into `out`: raw when the table is bf16 (elt 2), else as f32
+        // (through `tmp`).
+        let fill = |out: &mut [u8], id: u32, tmp: &mut Vec<f32>| {
+            if elt == 2 {
                 out.copy_from_slice(&table.row_bytes(row_of(id))[..lp * 2]);
-            });
+            } else {
+                tmp.resize(lp, 0.0);
+                table.row_to_f32(row_of(id), tmp);
+                for (o, v) in out.chunks_exact_mut(4).zip(tmp.iter()) {
+                    o.copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+        };
+        if n == 1 {
+            // A decode step: one row, on this thread (handing it to the thread pool costs
+            // more than the copy).
+            fill(rows, ids[0], &mut Vec::new());
         } else {
-            rows.par_chunks_mut(lp * 4).zip(ids).for_each_init(
-                || vec![0f32; lp],
-                |tmp, (out, &id)| {
-                    table.row_to_f32(row_of(id), tmp);
-                    for (o, v) in out.chunks_exact_mut(4).zip(tmp.iter()) {
-                        o.copy_from_slice(&v.to_ne_bytes());
-                    }
-                },
-            );
+            rows.par_chunks_mut(lp * elt)
+                .zip(ids)
+                .for_each_init(Vec::new, |tmp, (out, &id)| fill(out, id, tmp));
         }
         self.gpu
             .upload_async(&ws.stage, 0, ws.inputs.ptr(), 12 * cap + n * lp * elt)

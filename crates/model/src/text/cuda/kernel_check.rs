@@ -89,6 +89,18 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
                 gpu.gemv(&[seg], batch, 0.0).map_err(e)?;
                 let mut got = vec![0f32; batch * rows];
                 gpu.read_at(yb.ptr(), &mut got).map_err(e)?;
+                // One activation row, bf16: also the kernel that splits each row over
+                // warps, at every split (300 rows: a partial last block of 8, 4 or 2 rows).
+                let mut split = Vec::new();
+                if dtype == DType::BF16 && batch == 1 {
+                    for wpr in [1, 2, 4, 8] {
+                        gpu.zero(yb.ptr(), batch * rows * 4).map_err(e)?;
+                        gpu.gemv_rowblock(&seg, wpr, 0.0).map_err(e)?;
+                        let mut y = vec![0f32; rows];
+                        gpu.read_at(yb.ptr(), &mut y).map_err(e)?;
+                        split.push((wpr, y));
+                    }
+                }
                 let want: Vec<f64> = (0..batch * rows)
                     .map(|i| {
                         let (b, r) = (i / rows, i % rows);
@@ -108,6 +120,12 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
                     name: format!("gemv {label} {what}, {batch} rows"),
                     err: rel_err(&got, &want),
                 });
+                for (wpr, y) in split {
+                    out.push(KernelCheck {
+                        name: format!("gemv {label} {what}, each row over {wpr} warps"),
+                        err: rel_err(&y, &want),
+                    });
+                }
             }
         }
     }
@@ -117,7 +135,72 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
     for (ncols, kernel) in [(200, "tensor cores"), (203, "per unit")] {
         check_sparse(gpu, ncols, kernel, &mut out)?;
     }
+    check_argmax(gpu, &mut out)?;
     Ok(out)
+}
+
+/// The index of the largest of `x` (the first among equal values; NaN and -inf never win),
+/// or -1.
+fn argmax_naive(x: &[f32]) -> i32 {
+    let mut best: Option<usize> = None;
+    for (i, &v) in x.iter().enumerate() {
+        if v.is_nan() || v == f32::NEG_INFINITY {
+            continue;
+        }
+        if best.is_none_or(|b| v > x[b]) {
+            best = Some(i);
+        }
+    }
+    best.map_or(-1, |b| b as i32)
+}
+
+/// The device argmax of greedy decoding against [`argmax_naive`]: a vocabulary-sized row
+/// whose largest value lies past the `n` searched, ties, NaN, only negative values, fewer
+/// values than threads, and nothing to choose. Each case runs twice (the kernel's finished-
+/// block counter must be left at zero). Error 0 when the index matches, 1 when not.
+fn check_argmax(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    let v = 262_400;
+    let mut big = random(v, 77, 30.0);
+    big[262_300] = 100.0; // past n: must not win
+    let mut ties = random(v, 78, 30.0);
+    ties[200_000] = 50.0;
+    ties[1000] = 50.0;
+    let mut nan = random(v, 79, 30.0);
+    nan[5] = f32::NAN;
+    nan[70_000] = 60.0;
+    nan[70_001] = f32::NAN;
+    let negative: Vec<f32> = random(v, 80, 1.0).iter().map(|x| -1.0 - x.abs()).collect();
+    let mut none = vec![f32::NEG_INFINITY; 1000];
+    none[3] = f32::NAN;
+    let cases: [(&str, &[f32], usize); 6] = [
+        ("vocabulary, larger value past n", &big, 262_144),
+        ("ties", &ties, 262_144),
+        ("NaN", &nan, v),
+        ("only negative values", &negative, v),
+        ("5 values", &big[..5], 5),
+        ("only -inf and NaN", &none, none.len()),
+    ];
+    let scratch = gpu.alloc(8 * (Gpu::ARGMAX_BLOCKS + 2)).map_err(e)?;
+    let id = scratch.ptr().add_f32(2 * (Gpu::ARGMAX_BLOCKS + 1));
+    for (what, x, n) in cases {
+        let xb = gpu.upload(x).map_err(e)?;
+        let want = argmax_naive(&x[..n]);
+        let mut err = 0.0;
+        for _ in 0..2 {
+            gpu.argmax(xb.ptr(), n, scratch.ptr(), id).map_err(e)?;
+            let mut got = [0i32];
+            gpu.read_at(id, &mut got).map_err(e)?;
+            if got[0] != want {
+                err = 1.0;
+            }
+        }
+        out.push(KernelCheck {
+            name: format!("argmax, {what}"),
+            err,
+        });
+    }
+    Ok(())
 }
 
 fn check_sparse(

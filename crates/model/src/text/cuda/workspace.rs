@@ -35,6 +35,9 @@ pub const DECODE_SPLITS: usize = 32;
 /// give enough blocks): so the split partials never exceed this many (row, head) pairs.
 pub const SPLIT_PAIRS: usize = 256;
 
+/// Byte offset of the chosen id in `Workspace::pick`, after the scratch of `Gpu::argmax`.
+pub const PICK_ID: usize = 8 * (Gpu::ARGMAX_BLOCKS + 1);
+
 /// Identifies a workspace (a captured decode step is tied to its buffers).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -100,6 +103,10 @@ pub struct Workspace {
     pub logits: DeviceBuffer,
     pub logits_host: PinnedBuffer,
     pub logit_rows: usize,
+    /// Greedy decoding on the device: the scratch of `Gpu::argmax`, then the chosen id
+    /// (an i32), and its page-locked host copy.
+    pub pick: DeviceBuffer,
+    pub pick_host: PinnedBuffer,
     /// Captured batched steps on these buffers (dropped with them).
     pub batch_graphs: Vec<BatchGraph>,
 }
@@ -182,6 +189,8 @@ impl Workspace {
                 .alloc_pinned(4 * logit_rows * cfg.vocab_size)
                 .map_err(gpu_err)?,
             logit_rows,
+            pick: gpu.alloc(PICK_ID + 8).map_err(gpu_err)?,
+            pick_host: gpu.alloc_pinned(8).map_err(gpu_err)?,
             scores: None,
             batch_graphs: Vec::new(),
         })
