@@ -40,6 +40,32 @@ pub struct Args {
 /// values (f32 accumulation over 1024 terms, activations in near-f32 bf16 parts).
 const KERNEL_TOLERANCE: f64 = 1e-5;
 
+/// Whether `top` (a device's top-`k` candidates) holds exactly the values of `logits` at
+/// least the `k`-th largest (NaN and -inf left out), at their ids.
+fn top_k_matches(top: &gemma3n_model::text::TopScores, logits: &[f32], k: usize) -> bool {
+    let gemma3n_model::text::TopScores::Top(c) = top else {
+        return false;
+    };
+    let mut finite: Vec<f32> = logits
+        .iter()
+        .copied()
+        .filter(|v| *v > f32::NEG_INFINITY)
+        .collect();
+    finite.sort_by(|a, b| b.total_cmp(a));
+    let Some(&t) = finite.get(k.min(finite.len()).saturating_sub(1)) else {
+        return c.is_empty();
+    };
+    let want: Vec<(u32, u32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, &v)| v >= t)
+        .map(|(i, &v)| (v.to_bits(), i as u32))
+        .collect();
+    let mut got: Vec<(u32, u32)> = c.iter().map(|&(v, i)| (v.to_bits(), i)).collect();
+    got.sort_by_key(|p| p.1);
+    got == want
+}
+
 fn rel_err(a: &[f32], reference: &[f32]) -> f32 {
     let num = a
         .iter()
@@ -132,6 +158,11 @@ pub fn main(a: Args) -> Result<()> {
         let mut dc = new_gpu()?;
         let mut td = argmax(&gpu.forward(&prompt, &mut dc, Logits::Last)?);
         let mut device_same = 0;
+        // A fourth, the candidates of a top-64 draw chosen on the device: they must be
+        // those of the GPU logits.
+        let mut kc = new_gpu()?;
+        gpu.forward(&prompt, &mut kc, Logits::Last)?;
+        let mut top_same = 0;
         for step in 0..a.steps {
             let (tc, tg) = (argmax(&lc), argmax(&lg));
             device_same += usize::from(td == tg);
@@ -143,11 +174,20 @@ pub fn main(a: Args) -> Result<()> {
             lc = cpu.forward(&[tc], &mut cc, Logits::Last)?;
             lg = gpu.forward(&[tg], &mut gc, Logits::Last)?;
             td = gpu.forward_argmax(tg, &mut dc, cfg.vocab_size)?;
+            let top = gpu.forward_top_k(tg, &mut kc, cfg.vocab_size, 64)?;
+            top_same += usize::from(top_k_matches(&top, &lg, 64));
             if first_diff.is_none() {
                 step_err = step_err.max(rel_err(&lg, &lc));
             }
         }
         device_same += usize::from(td == argmax(&lg));
+        if top_same != a.steps {
+            failures += 1;
+            println!(
+                "{len:>6}  device top-64: {top_same}/{} the candidates of the logits  FAIL",
+                a.steps
+            );
+        }
         if device_same != a.steps + 1 {
             failures += 1;
             println!(

@@ -10,7 +10,7 @@ use gemma3n_engine::{
     ChatTemplate, Decoder, Generation, GenerationConfig, Pick, Sampler, SamplingParams, Session,
     TokenStream, Tokenizer,
 };
-use gemma3n_model::text::EmbedFn;
+use gemma3n_model::text::{EmbedFn, TopScores};
 use gemma3n_model::TextModel;
 
 /// Sampling flags; unset ones take the checkpoint's generation_config.json.
@@ -192,7 +192,10 @@ pub fn stream_generation<M: Decoder>(
     let mut out = std::io::stdout();
     let mut sample_err = None;
     let greedy = sampler.argmax_vocab();
-    let mut sample = |logits: &[f32], prev: &[u32]| match sampler.sample(logits, prev) {
+    // A draw that needs only the top-k candidates: the decoder may send just those (k = 0:
+    // every logit).
+    let (vocab, k) = sampler.top_k_request().unwrap_or((usize::MAX, 0));
+    let mut sample = |scores: &TopScores, prev: &[u32]| match sampler.sample_scores(scores, prev) {
         Ok(id) => id,
         Err(e) => {
             sample_err.get_or_insert(e);
@@ -207,7 +210,11 @@ pub fn stream_generation<M: Decoder>(
         match greedy {
             // Greedy with nothing that changes the scores: the decoder's own argmax.
             Some(n) => Pick::Argmax(n),
-            None => Pick::With(&mut sample),
+            None => Pick::TopK {
+                vocab,
+                k,
+                f: &mut sample,
+            },
         },
         &mut |id| match detok.push(id) {
             Ok(piece) => {

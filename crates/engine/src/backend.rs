@@ -5,7 +5,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use gemma3n_model::matformer::SlicePlan;
-use gemma3n_model::text::EmbedFn;
+use gemma3n_model::text::{EmbedFn, TopScores};
 use gemma3n_model::{KvCache, Logits, ModelError, TextConfig, TextModel};
 
 /// A text decoder: runs new tokens of a sequence through the model.
@@ -51,6 +51,21 @@ pub trait Decoder {
         let logits = self.forward_embedded(&[id], cache, Logits::Last, None)?;
         crate::sampling::argmax(&logits[..vocab.min(logits.len())])
             .map_err(|e| ModelError::Invalid(e.to_string()))
+    }
+
+    /// Runs `id` (the next token of the sequence held by `cache`) and returns what a top-`k`
+    /// draw among its first `vocab` logits needs ([`TopScores`]): by default all the
+    /// logits; a GPU decoder finds the candidates on the device and copies back only those.
+    fn forward_top_k(
+        &self,
+        id: u32,
+        cache: &mut Self::Cache,
+        vocab: usize,
+        k: usize,
+    ) -> Result<TopScores, ModelError> {
+        let _ = (vocab, k);
+        self.forward_embedded(&[id], cache, Logits::Last, None)
+            .map(TopScores::Logits)
     }
 }
 
@@ -229,6 +244,16 @@ mod cuda {
             vocab: usize,
         ) -> Result<u32, ModelError> {
             CudaTextModel::forward_argmax(self, id, cache, vocab)
+        }
+
+        fn forward_top_k(
+            &self,
+            id: u32,
+            cache: &mut CudaKvCache,
+            vocab: usize,
+            k: usize,
+        ) -> Result<TopScores, ModelError> {
+            CudaTextModel::forward_top_k(self, id, cache, vocab, k)
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gemma3n_model::text::EmbedFn;
+use gemma3n_model::text::{EmbedFn, TopScores};
 use gemma3n_model::{Logits, ModelError, TextModel};
 
 use crate::backend::{Decoder, DecoderCache};
@@ -51,6 +51,14 @@ pub enum Pick<'a> {
     Argmax(usize),
     /// Any rule: `f(logits, ids so far)` is the next id.
     With(&'a mut dyn FnMut(&[f32], &[u32]) -> u32),
+    /// A draw that needs only the `k` largest of the first `vocab` logits and the values
+    /// tied with the `k`-th: `f(scores, ids so far)` is the next id, given all the logits
+    /// or, when the decoder can find them ([`Decoder::forward_top_k`]), just those.
+    TopK {
+        vocab: usize,
+        k: usize,
+        f: &'a mut dyn FnMut(&TopScores, &[u32]) -> u32,
+    },
 }
 
 /// One sequence: the model (on any backend, the CPU by default), its KV cache and the
@@ -166,6 +174,7 @@ impl<'m, M: Decoder> Session<'m, M> {
             Pick::Argmax(n) => crate::sampling::argmax(&logits[..(*n).min(logits.len())])
                 .map_err(|e| ModelError::Invalid(e.to_string()))?,
             Pick::With(f) => f(&logits, &self.tokens),
+            Pick::TopK { f, .. } => f(&TopScores::Logits(logits), &self.tokens),
         };
         let prefill_time = t0.elapsed();
         let t1 = Instant::now();
@@ -205,6 +214,13 @@ impl<'m, M: Decoder> Session<'m, M> {
                     )?;
                     self.tokens.push(next);
                     next = f(&logits, &self.tokens);
+                }
+                Pick::TopK { vocab, k, f } => {
+                    let scores = self
+                        .model
+                        .forward_top_k(next, &mut self.cache, *vocab, *k)?;
+                    self.tokens.push(next);
+                    next = f(&scores, &self.tokens);
                 }
             }
             decode_steps += 1;

@@ -9,6 +9,8 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use gemma3n_model::text::TopScores;
+
 use crate::error::{Error, Result};
 
 /// How the next token is chosen.
@@ -247,16 +249,59 @@ impl Sampler {
             return argmax(&self.scores);
         }
         self.filter_candidates()?;
+        Ok(self.draw())
+    }
+
+    /// `Some((n, k))` when a draw needs only the `k` largest of the first `n` logits and
+    /// the values tied with the `k`-th (sampling with top-k, no repetition penalty, no
+    /// banned ids): a decoder may then send just those ([`crate::Decoder::forward_top_k`]),
+    /// and [`Sampler::sample_scores`] draws from them what [`Sampler::sample`] draws from
+    /// all the logits.
+    pub fn top_k_request(&self) -> Option<(usize, usize)> {
+        let p = &self.params;
+        (!p.is_greedy() && p.repetition_penalty == 1.0 && p.banned_ids.is_empty() && p.top_k > 0)
+            .then_some((self.text_vocab_size, p.top_k))
+    }
+
+    /// [`Sampler::sample`] from what a decoder sent: all the logits, or the candidates of
+    /// a [`Sampler::top_k_request`] as (score, id) pairs in any order.
+    pub fn sample_scores(&mut self, scores: &TopScores, previous: &[u32]) -> Result<u32> {
+        let cands = match scores {
+            TopScores::Logits(l) => return self.sample(l, previous),
+            TopScores::Top(c) => c,
+        };
+        if self.top_k_request().is_none() {
+            return Err(Error::Sampling(
+                "top-k candidates given to a sampler that needs every logit".into(),
+            ));
+        }
+        // As the scan over every logit would have found them: ascending ids, NaN and -inf
+        // left out.
+        self.cand.clear();
+        self.cand.extend(
+            cands
+                .iter()
+                .filter(|&&(s, id)| s > f32::NEG_INFINITY && (id as usize) < self.text_vocab_size)
+                .map(|&(s, id)| (f64::from(s), id)),
+        );
+        self.cand.sort_unstable_by_key(|c| c.1);
+        self.keep_top_k();
+        self.weigh_candidates()?;
+        Ok(self.draw())
+    }
+
+    /// One draw from `cand` by weight.
+    fn draw(&mut self) -> u32 {
         let total: f64 = self.cand.iter().map(|c| c.0).sum();
         let mut u = self.rng.random::<f64>() * total;
         for &(w, id) in &self.cand {
             if u < w {
-                return Ok(id);
+                return id;
             }
             u -= w;
         }
         // Rounding left u >= the last weight: the last kept candidate.
-        Ok(self.cand.last().map(|c| c.1).unwrap_or_default())
+        self.cand.last().map(|c| c.1).unwrap_or_default()
     }
 
     /// The distribution `sample` draws from: kept ids with their probabilities, most likely
@@ -301,7 +346,6 @@ impl Sampler {
 
     /// Fills `cand` with the kept ids and their unnormalized probabilities (f64).
     fn filter_candidates(&mut self) -> Result<()> {
-        let t = f64::from(self.params.temperature);
         let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
         let finite = self
             .scores
@@ -330,13 +374,33 @@ impl Sampler {
                     cap = cap.max(2 * self.cand.len());
                 }
             }
-            // The k-th largest score is the threshold; ties with it are kept, as in HF.
-            if self.cand.len() > k {
-                self.cand.select_nth_unstable_by(k - 1, desc);
-                let threshold = self.cand[k - 1].0;
-                self.cand.retain(|c| c.0 >= threshold);
-            }
+            self.keep_top_k();
         }
+        self.weigh_candidates()
+    }
+
+    /// With top-k: keeps the `k` largest candidates and every one tied with the `k`-th (as
+    /// HF does), most likely first (the lower id first among equal scores), so the order
+    /// does not depend on how they were found.
+    fn keep_top_k(&mut self) {
+        let k = self.params.top_k;
+        if k == 0 {
+            return;
+        }
+        let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
+        if self.cand.len() > k {
+            self.cand.select_nth_unstable_by(k - 1, desc);
+            let threshold = self.cand[k - 1].0;
+            self.cand.retain(|c| c.0 >= threshold);
+        }
+        self.cand
+            .sort_unstable_by(|a, b| desc(a, b).then(a.1.cmp(&b.1)));
+    }
+
+    /// Turns the candidates' scores into weights and applies top-p and min-p.
+    fn weigh_candidates(&mut self) -> Result<()> {
+        let t = f64::from(self.params.temperature);
+        let desc = |a: &(f64, u32), b: &(f64, u32)| b.0.total_cmp(&a.0);
         if self.cand.is_empty() {
             return Err(nothing_to_sample());
         }

@@ -2,6 +2,7 @@
 //! definitions (full sorts, f64), and statistical and structural properties.
 
 use gemma3n_engine::{GenerationConfig, Sampler, SamplingParams};
+use gemma3n_model::text::TopScores;
 /// Small deterministic generator for test inputs (independent of the sampler's RNG).
 struct Lcg(u64);
 impl Lcg {
@@ -357,4 +358,83 @@ fn generation_config_parsing() {
             .to_string()
             .contains("/nonexistent/generation_config.json")
     );
+}
+
+/// The candidates of a top-k draw written out plainly: every finite score among the first
+/// `vocab` at least the k-th largest, in a scrambled order (as a device returns them).
+fn top_k_candidates(logits: &[f32], vocab: usize, k: usize) -> Vec<(f32, u32)> {
+    let mut finite: Vec<f32> = logits[..vocab]
+        .iter()
+        .copied()
+        .filter(|s| *s > f32::NEG_INFINITY)
+        .collect();
+    finite.sort_by(|a, b| b.total_cmp(a));
+    let threshold = finite[k.min(finite.len()) - 1];
+    let mut c: Vec<(f32, u32)> = logits[..vocab]
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s >= threshold)
+        .map(|(i, &s)| (s, i as u32))
+        .collect();
+    c.reverse();
+    let third = c.len() / 3;
+    c.rotate_left(third);
+    c
+}
+
+#[test]
+fn drawing_from_the_top_k_candidates_is_drawing_from_the_logits() {
+    let vocab = 3000;
+    let mut logits = random_logits(vocab + 50, 4, 10.0);
+    // Ties at and around the k-th largest, NaN and -inf, a large logit past the vocabulary.
+    let mut order: Vec<usize> = (0..vocab).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    for &i in &order[5..12] {
+        logits[i] = logits[order[5]];
+    }
+    logits[order[0]] = f32::NAN;
+    logits[order[1]] = f32::NEG_INFINITY;
+    logits[vocab + 3] = 1e6;
+    for p in [
+        params(1.0, 64, 0.95, 0.0, 1.0),
+        params(0.7, 6, 1.0, 0.0, 1.0),
+        params(1.3, 8, 0.9, 0.05, 1.0),
+        params(2.0, 1, 1.0, 0.0, 1.0),
+        params(1.0, 200, 1.0, 0.0, 1.0),
+    ] {
+        let p = SamplingParams {
+            banned_ids: Vec::new(),
+            ..p
+        };
+        let mut all = Sampler::new(p.clone(), vocab).unwrap();
+        let mut top = Sampler::new(p.clone(), vocab).unwrap();
+        let (n, k) = top.top_k_request().expect("a top-k draw");
+        assert_eq!((n, k), (vocab, p.top_k));
+        let cands = TopScores::Top(top_k_candidates(&logits, n, k));
+        for step in 0..200 {
+            let want = all.sample(&logits, &[]).unwrap();
+            let got = top.sample_scores(&cands, &[]).unwrap();
+            assert_eq!(got, want, "{p:?}, draw {step}");
+        }
+        // All the logits through the same entry point draw the same.
+        let mut again = Sampler::new(p.clone(), vocab).unwrap();
+        let logits_too = TopScores::Logits(logits.clone());
+        let mut first = Sampler::new(p.clone(), vocab).unwrap();
+        assert_eq!(
+            again.sample_scores(&logits_too, &[]).unwrap(),
+            first.sample(&logits, &[]).unwrap()
+        );
+    }
+    // No request (and candidates refused) when a draw needs every logit.
+    for p in [
+        params(1.0, 0, 0.9, 0.0, 1.0),
+        params(1.0, 64, 0.9, 0.0, 1.2),
+        params(1.0, 64, 0.9, 0.0, 1.0),
+        SamplingParams::greedy(),
+    ] {
+        let mut s = Sampler::new(p.clone(), vocab).unwrap();
+        assert_eq!(s.top_k_request(), None, "{p:?}");
+        let c = TopScores::Top(vec![(1.0, 0)]);
+        assert!(s.sample_scores(&c, &[]).is_err(), "{p:?}");
+    }
 }

@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 29] = [
+pub const KERNELS: [&str; 30] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -65,6 +65,7 @@ pub const KERNELS: [&str; 29] = [
     "qkv_prep",
     "attention_decode",
     "argmax_f32",
+    "topk_f32",
 ];
 
 /// Errors of the CUDA backend.

@@ -239,6 +239,12 @@ fn gemv_block(name: &str, (rpb, wpr): (usize, usize)) -> (usize, usize) {
     }
 }
 
+/// rows.cu's TOPK_* sizes of `topk_f32`.
+const TOPK_THREADS: usize = 512;
+const TOPK_SPAN: usize = TOPK_THREADS * 8;
+const TOPK_LOCAL: usize = 128;
+const TOPK_MERGE_PER_THREAD: usize = 20;
+
 /// Rows longer than this do not fit the register-resident row kernels (rows.cu: RPT = 8
 /// values per thread, at most 256 threads, which keeps their registers within bounds).
 pub const MAX_ROW: usize = 2048;
@@ -710,6 +716,34 @@ impl Gpu {
         let done = scratch.0 + 8 * Self::ARGMAX_BLOCKS as u64;
         launch!(self, "argmax_f32", (Self::ARGMAX_BLOCKS, 1, 1), 256;
             x.0, i(n), scratch.0, done, out.0)
+    }
+
+    /// Most values [`Gpu::top_k`] searches (blocks of `TOPK_SPAN` values, each keeping at
+    /// most `TOPK_LOCAL` candidates, all of which the last block must hold).
+    pub const TOPK_MAX_VALUES: usize =
+        TOPK_SPAN * (TOPK_THREADS * TOPK_MERGE_PER_THREAD / TOPK_LOCAL);
+    /// Largest `k` of [`Gpu::top_k`].
+    pub const TOPK_MAX_K: usize = 64;
+    /// Most candidates [`Gpu::top_k`] returns.
+    pub const TOPK_OUT: usize = 256;
+
+    /// Bytes of the scratch buffer of [`Gpu::top_k`] over at most `n` values (zeroed when
+    /// allocated, left zeroed; one buffer serves any shorter length too).
+    pub fn top_k_scratch_bytes(n: usize) -> usize {
+        4 * (2 + n.div_ceil(TOPK_SPAN) * (TOPK_LOCAL + 1))
+    }
+
+    /// The candidates of a top-`k` draw among the `n` f32 values at `x`: the `k` largest
+    /// and every value tied with the `k`-th (NaN and -inf never). `out` receives `2 +
+    /// 2 · TOPK_OUT` i32: their count, 1 when they did not all fit (more than `TOPK_OUT`,
+    /// or many ties: read the values instead), then (f32 bits, index) pairs in no order.
+    pub fn top_k(&self, x: DevPtr, n: usize, k: usize, scratch: DevPtr, out: DevPtr) -> Result<()> {
+        assert!(
+            (1..=Self::TOPK_MAX_K).contains(&k) && (1..=Self::TOPK_MAX_VALUES).contains(&n),
+            "top_k of {k} among {n} values"
+        );
+        launch!(self, "topk_f32", (n.div_ceil(TOPK_SPAN), 1, 1), TOPK_THREADS;
+            x.0, i(n), i(k), scratch.0, out.0)
     }
 
     /// `out[b] = table[ids[b]] · scale` (bf16 table of width d), or `over[b]` where

@@ -18,6 +18,15 @@ pub enum Logits {
     All,
 }
 
+/// What a decode step sent back for a top-k draw: all the logits of the position, or only
+/// the candidates (the `k` largest of the first `n` and every value tied with the `k`-th,
+/// as (logit, id) pairs in any order; NaN and -inf never among them).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TopScores {
+    Logits(Vec<f32>),
+    Top(Vec<(f32, u32)>),
+}
+
 /// Observer of the AltUp streams: called with 0 after the stream initialisation and with
 /// k+1 after the k-th layer run (layer k of the slice), with the A stream buffers
 /// (`n x D` each).

@@ -16,7 +16,7 @@ pub mod stats;
 pub mod synthetic;
 pub mod weights;
 
-pub use decoder::{EmbedFn, Logits, StreamHook};
+pub use decoder::{EmbedFn, Logits, StreamHook, TopScores};
 pub use kv_cache::KvCache;
 pub use stats::TextStats;
 pub use weights::{LayerWeights, TextWeights};

@@ -422,3 +422,133 @@ extern "C" __global__ void argmax_f32(const float* x, int n, unsigned long long*
         *done = 0u;
     }
 }
+
+// Sampling on the device: the candidates of a top-k draw. TOPK_* must match ops.rs.
+#define TOPK_THREADS 512
+#define TOPK_PER_THREAD 8
+#define TOPK_SPAN (TOPK_THREADS * TOPK_PER_THREAD)
+#define TOPK_LOCAL 128
+#define TOPK_MERGE_PER_THREAD 20
+#define TOPK_OUT 256
+
+// A value's bits made orderable as an unsigned integer (a larger value gives a larger
+// key); 0 for NaN and -inf, which are never candidates (no finite value maps to 0).
+__device__ __forceinline__ u32 topk_key(float v) {
+    if (v != v || v == -INFINITY) return 0u;
+    const u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// How many of the block's keys (N per thread) are >= t; every thread gets it.
+template <int N>
+__device__ int topk_count_ge(const u32 (&keys)[N], u32 t) {
+    __shared__ int part[TOPK_THREADS / 32];
+    int c = 0;
+    #pragma unroll
+    for (int j = 0; j < N; j++) c += keys[j] >= t ? 1 : 0;
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = c;
+    __syncthreads();
+    int total = 0;
+    #pragma unroll
+    for (int w = 0; w < TOPK_THREADS / 32; w++) total += part[w];
+    return total;
+}
+
+// The largest key t with at least k of the block's keys >= t, or 1 when fewer than k keys
+// are candidates (then every candidate is kept): keys >= t are the k largest values and
+// every value tied with the k-th.
+template <int N>
+__device__ u32 topk_threshold(const u32 (&keys)[N], int k) {
+    u32 t = 0u;
+    for (int bit = 31; bit >= 0; bit--) {
+        const u32 c = t | (1u << bit);
+        if (topk_count_ge(keys, c) >= k) t = c;
+    }
+    return t == 0u ? 1u : t;
+}
+
+// The k largest of x[0..n) (1 <= k <= 64), with every value tied with the k-th: out[0] =
+// their count, out[1] = 1 when they could not all be kept (more than TOPK_OUT, or more
+// than TOPK_LOCAL from one block: the host then reads the logits), then (value, index)
+// pairs from out + 2, in no particular order. NaN and -inf are never candidates. Each
+// block of TOPK_THREADS keeps the candidates of its TOPK_SPAN values (its own k largest
+// and their ties, a superset of its share of the result) in scratch; the last block to
+// finish (done counts them) selects among those and resets done and the overflow flag.
+// scratch: the flag, done, then gridDim.x * (TOPK_LOCAL + 1) words (the first two at
+// fixed places, so that launches over different lengths share one zeroed buffer).
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+topk_f32(const float* x, int n, int k, u32* scratch, int* out) {
+    pdl_start();
+    u32* flag = scratch;
+    u32* done = scratch + 1;
+    u32* part = scratch + 2;
+    u32 keys[TOPK_PER_THREAD];
+    const int base = blockIdx.x * TOPK_SPAN;
+    #pragma unroll
+    for (int j = 0; j < TOPK_PER_THREAD; j++) {
+        const int i = base + j * TOPK_THREADS + threadIdx.x;
+        keys[j] = i < n ? topk_key(x[i]) : 0u;
+    }
+    const u32 t = topk_threshold(keys, k);
+    // This block's candidates: count at part[b * (TOPK_LOCAL + 1)], then their indices.
+    __shared__ int kept;
+    u32* mine = part + blockIdx.x * (TOPK_LOCAL + 1);
+    if (threadIdx.x == 0) kept = 0;
+    __syncthreads();
+    #pragma unroll
+    for (int j = 0; j < TOPK_PER_THREAD; j++) {
+        if (keys[j] >= t) {
+            const int s = atomicAdd(&kept, 1);
+            if (s < TOPK_LOCAL) mine[1 + s] = (u32)(base + j * TOPK_THREADS + threadIdx.x);
+        }
+    }
+    __syncthreads();
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        mine[0] = (u32)min(kept, TOPK_LOCAL);
+        if (kept > TOPK_LOCAL) atomicOr(flag, 1u);
+        __threadfence();
+        last = atomicAdd(done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    // Every block's candidates, TOPK_MERGE_PER_THREAD slots a thread (the host bounds the
+    // blocks so that they fit).
+    const volatile u32* vp = part;
+    u32 mk[TOPK_MERGE_PER_THREAD], mi[TOPK_MERGE_PER_THREAD];
+    #pragma unroll
+    for (int j = 0; j < TOPK_MERGE_PER_THREAD; j++) {
+        const int slot = j * TOPK_THREADS + threadIdx.x;
+        const int b = slot / TOPK_LOCAL, s = slot % TOPK_LOCAL;
+        mk[j] = 0u;
+        mi[j] = 0u;
+        if (b < (int)gridDim.x && s < (int)vp[b * (TOPK_LOCAL + 1)]) {
+            mi[j] = vp[b * (TOPK_LOCAL + 1) + 1 + s];
+            mk[j] = topk_key(x[mi[j]]);
+        }
+    }
+    const u32 tg = topk_threshold(mk, k);
+    if (threadIdx.x == 0) kept = 0;
+    __syncthreads();
+    #pragma unroll
+    for (int j = 0; j < TOPK_MERGE_PER_THREAD; j++) {
+        if (mk[j] >= tg) {
+            const int s = atomicAdd(&kept, 1);
+            if (s < TOPK_OUT) {
+                out[2 + 2 * s] = __float_as_int(x[mi[j]]);
+                out[3 + 2 * s] = (int)mi[j];
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        out[0] = min(kept, TOPK_OUT);
+        out[1] = (kept > TOPK_OUT || *(volatile u32*)flag != 0u) ? 1 : 0;
+        *flag = 0u;
+        *done = 0u;
+    }
+}

@@ -6,17 +6,17 @@
 //! over 512 tokens go in pieces. A single-token step of a sequence, and a batched step of
 //! 2 to 16 sequences, is captured as a CUDA graph and replayed.
 
-use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Graph, KvPtrs};
+use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Gpu, Graph, KvPtrs};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
 use super::weights::{DevMatrix, Down};
-use super::workspace::{Workspace, DECODE_SPLITS, PICK_ID, SPLIT_PAIRS, WPART_VALUES};
+use super::workspace::{Workspace, DECODE_SPLITS, PICK_ID, SPLIT_PAIRS, TOPK_BYTES, WPART_VALUES};
 use super::{gpu_err, CudaTextModel};
 use crate::config::{KvSource, LayerType};
 use crate::error::{ModelError, Result};
 use crate::matformer::SlicePlan;
-use crate::text::{EmbedFn, Logits, StreamHook};
+use crate::text::{EmbedFn, Logits, StreamHook, TopScores};
 
 /// Rows up to which products run on the GEMV kernel.
 pub(super) const GEMV_ROWS: usize = 16;
@@ -127,18 +127,22 @@ enum Fetch {
     Logits,
     /// The index of the largest of the last row's first `n` logits.
     Argmax(usize),
+    /// The candidates of a top-`k` draw among the last row's first `n` logits
+    /// ([`Gpu::top_k`]; the logits when they do not fit).
+    TopK(usize, usize),
 }
 
 enum Fetched {
     Logits(Vec<f32>),
     Id(u32),
+    Top(Vec<(f32, u32)>),
 }
 
 impl Fetched {
     fn into_logits(self) -> Vec<f32> {
         match self {
             Fetched::Logits(l) => l,
-            Fetched::Id(_) => unreachable!("a logits fetch returns logits"),
+            _ => unreachable!("a logits fetch returns logits"),
         }
     }
 }
@@ -164,6 +168,32 @@ impl CudaTextModel {
             .map(Fetched::into_logits)
     }
 
+    /// Runs `id` (the next token of the sequence held by `cache`) and returns the
+    /// candidates of a top-`k` draw among its first `vocab` logits, found on the device
+    /// ([`TopScores::Top`]: a few hundred bytes come back instead of the logits), or all
+    /// its logits when `k` is outside `1..=64` or the candidates do not fit (many ties).
+    pub fn forward_top_k(
+        &self,
+        id: u32,
+        cache: &mut CudaKvCache,
+        vocab: usize,
+        k: usize,
+    ) -> Result<TopScores> {
+        let vocab = vocab.min(self.cpu.cfg.vocab_size);
+        let fetch = if (1..=Gpu::TOPK_MAX_K).contains(&k) && vocab <= Gpu::TOPK_MAX_VALUES {
+            Fetch::TopK(vocab, k)
+        } else {
+            Fetch::Logits
+        };
+        Ok(
+            match self.forward_full(&[id], cache, Logits::Last, None, None, fetch)? {
+                Fetched::Top(c) => TopScores::Top(c),
+                Fetched::Logits(l) => TopScores::Logits(l),
+                Fetched::Id(_) => unreachable!("a top-k fetch returns candidates or logits"),
+            },
+        )
+    }
+
     /// Runs `id` (the next token of the sequence held by `cache`) and returns the index of
     /// the largest of its first `vocab` logits (the lowest among equal ones; NaN and -inf
     /// never win), found on the device: greedy decoding copies back one id instead of the
@@ -171,7 +201,7 @@ impl CudaTextModel {
     pub fn forward_argmax(&self, id: u32, cache: &mut CudaKvCache, vocab: usize) -> Result<u32> {
         match self.forward_full(&[id], cache, Logits::Last, None, None, Fetch::Argmax(vocab))? {
             Fetched::Id(id) => Ok(id),
-            Fetched::Logits(_) => unreachable!("an argmax fetch returns an id"),
+            _ => unreachable!("an argmax fetch returns an id"),
         }
     }
 
@@ -283,6 +313,27 @@ impl CudaTextModel {
             return u32::try_from(id).map(Fetched::Id).map_err(|_| {
                 ModelError::Invalid("no token can be chosen: every logit is -inf or NaN".into())
             });
+        }
+        if let Fetch::TopK(vocab, k) = fetch {
+            assert!(rows <= GEMV_ROWS, "a top-k fetch of {rows} logit rows");
+            let at = ws.logits.ptr().add_f32((rows - 1) * v);
+            self.gpu
+                .top_k(at, vocab.min(v), k, ws.topk_scratch.ptr(), ws.topk.ptr())
+                .map_err(gpu_err)?;
+            self.gpu.profile_collect().map_err(gpu_err)?;
+            self.gpu
+                .download(ws.topk.ptr(), &mut ws.topk_host, TOPK_BYTES)
+                .map_err(gpu_err)?;
+            let r = ws.topk_host.as_slice::<u32>();
+            let (count, overflow) = (r[0] as usize, r[1] != 0);
+            if !overflow {
+                let pairs = r[2..2 + 2 * count]
+                    .chunks_exact(2)
+                    .map(|p| (f32::from_bits(p[0]), p[1]))
+                    .collect();
+                return Ok(Fetched::Top(pairs));
+            }
+            // Too many ties to send: the logits, below.
         }
         self.gpu.profile_collect().map_err(gpu_err)?;
         self.gpu

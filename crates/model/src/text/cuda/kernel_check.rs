@@ -136,7 +136,100 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
         check_sparse(gpu, ncols, kernel, &mut out)?;
     }
     check_argmax(gpu, &mut out)?;
+    check_top_k(gpu, &mut out)?;
     Ok(out)
+}
+
+/// The candidates of a top-`k` draw written out plainly: (value, index) of every value
+/// (NaN and -inf left out) at least the `k`-th largest, by index.
+fn top_k_naive(x: &[f32], k: usize) -> Vec<(u32, u32)> {
+    let mut finite: Vec<f32> = x
+        .iter()
+        .copied()
+        .filter(|v| *v > f32::NEG_INFINITY)
+        .collect();
+    if finite.is_empty() {
+        return Vec::new();
+    }
+    finite.sort_by(|a, b| b.total_cmp(a));
+    let t = finite[k.min(finite.len()) - 1];
+    x.iter()
+        .enumerate()
+        .filter(|(_, &v)| v >= t)
+        .map(|(i, &v)| (v.to_bits(), i as u32))
+        .collect()
+}
+
+/// The device's top-k candidates against [`top_k_naive`]: a vocabulary-sized row with its
+/// largest value past the `n` searched, ties at the `k`-th, NaN and -inf, k = 1, fewer
+/// candidates than k, and too many ties to return (which must say so). Each case runs
+/// twice (the counters must be left at zero). Error 0 when the sets match, 1 when not.
+fn check_top_k(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    let v = 262_400;
+    let mut big = random(v, 81, 30.0);
+    big[262_300] = 100.0;
+    let mut ties = random(v, 82, 30.0);
+    // Ten values tied at the 60th largest, spread over the blocks.
+    let mut order: Vec<usize> = (0..262_144).collect();
+    order.sort_by(|&a, &b| ties[b].total_cmp(&ties[a]));
+    for &i in &order[59..69] {
+        ties[i] = ties[order[59]];
+    }
+    let mut odd = random(v, 83, 30.0);
+    for i in (0..v).step_by(997) {
+        odd[i] = if i % 2 == 0 {
+            f32::NAN
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+    odd[4] = f32::INFINITY;
+    let mut few = vec![f32::NEG_INFINITY; 1000];
+    for (i, s) in few.iter_mut().enumerate().step_by(100) {
+        *s = i as f32;
+    }
+    let flat = vec![1.5f32; 300];
+    let cases: [(&str, &[f32], usize, usize); 6] = [
+        ("vocabulary, larger value past n, k 64", &big, 262_144, 64),
+        ("ties at the k-th, k 64", &ties, 262_144, 64),
+        ("NaN, -inf and +inf, k 40", &odd, v, 40),
+        ("k 1", &big, 262_144, 1),
+        ("10 candidates, k 64", &few, few.len(), 64),
+        ("300 ties: too many", &flat, flat.len(), 5),
+    ];
+    let scratch = gpu.alloc(Gpu::top_k_scratch_bytes(v)).map_err(e)?;
+    let res = gpu.alloc(4 * (2 + 2 * Gpu::TOPK_OUT)).map_err(e)?;
+    for (what, x, n, k) in cases {
+        let xb = gpu.upload(x).map_err(e)?;
+        let want = top_k_naive(&x[..n], k);
+        let mut err = 0.0;
+        for _ in 0..2 {
+            gpu.top_k(xb.ptr(), n, k, scratch.ptr(), res.ptr())
+                .map_err(e)?;
+            let mut got = vec![0u32; 2 + 2 * Gpu::TOPK_OUT];
+            gpu.read_at(res.ptr(), &mut got).map_err(e)?;
+            let (count, overflow) = (got[0] as usize, got[1] != 0);
+            let ok = if want.len() > Gpu::TOPK_OUT {
+                overflow
+            } else {
+                let mut pairs: Vec<(u32, u32)> = got[2..2 + 2 * count]
+                    .chunks_exact(2)
+                    .map(|p| (p[0], p[1]))
+                    .collect();
+                pairs.sort_by_key(|p| p.1);
+                !overflow && pairs == want
+            };
+            if !ok {
+                err = 1.0;
+            }
+        }
+        out.push(KernelCheck {
+            name: format!("top-k, {what}"),
+            err,
+        });
+    }
+    Ok(())
 }
 
 /// The index of the largest of `x` (the first among equal values; NaN and -inf never win),

@@ -38,6 +38,9 @@ pub const SPLIT_PAIRS: usize = 256;
 /// Byte offset of the chosen id in `Workspace::pick`, after the scratch of `Gpu::argmax`.
 pub const PICK_ID: usize = 8 * (Gpu::ARGMAX_BLOCKS + 1);
 
+/// Bytes of `Gpu::top_k`'s result: count, overflow flag, then (value, index) pairs.
+pub const TOPK_BYTES: usize = 4 * (2 + 2 * Gpu::TOPK_OUT);
+
 /// Identifies a workspace (a captured decode step is tied to its buffers).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -107,6 +110,11 @@ pub struct Workspace {
     /// (an i32), and its page-locked host copy.
     pub pick: DeviceBuffer,
     pub pick_host: PinnedBuffer,
+    /// Sampling on the device: the scratch of `Gpu::top_k`, its candidates and their
+    /// page-locked host copy.
+    pub topk_scratch: DeviceBuffer,
+    pub topk: DeviceBuffer,
+    pub topk_host: PinnedBuffer,
     /// Captured batched steps on these buffers (dropped with them).
     pub batch_graphs: Vec<BatchGraph>,
 }
@@ -191,6 +199,11 @@ impl Workspace {
             logit_rows,
             pick: gpu.alloc(PICK_ID + 8).map_err(gpu_err)?,
             pick_host: gpu.alloc_pinned(8).map_err(gpu_err)?,
+            topk_scratch: gpu
+                .alloc(Gpu::top_k_scratch_bytes(cfg.vocab_size))
+                .map_err(gpu_err)?,
+            topk: gpu.alloc(TOPK_BYTES).map_err(gpu_err)?,
+            topk_host: gpu.alloc_pinned(TOPK_BYTES).map_err(gpu_err)?,
             scores: None,
             batch_graphs: Vec::new(),
         })
