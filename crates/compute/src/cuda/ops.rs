@@ -644,8 +644,20 @@ impl Gpu {
         })
     }
 
+    /// Bytes of the two scratch buffers of [`Gpu::sparse_t`] for products of up to
+    /// `units` x `ncols` and `batch` rows: (partial sums, counters). Zeroed when allocated;
+    /// left zeroed.
+    pub fn sparse_t_scratch_bytes(units: usize, ncols: usize, batch: usize) -> (usize, usize) {
+        (
+            4 * units.div_ceil(TT_UNITS) * batch * ncols,
+            4 * ncols.div_ceil(64),
+        )
+    }
+
     /// Sparse product with a transposed matrix (`wt` = `[units, ncols]` bf16, stride `ldw`):
-    /// `y[b, c] = Σ_{i: a[b,i] ≠ 0} a[b, i] · wt[i, c]`. Overwrites `y`.
+    /// `y[b, c] = Σ_{i: a[b,i] ≠ 0} a[b, i] · wt[i, c]`. Overwrites `y`. `scratch`: the
+    /// buffers of [`Gpu::sparse_t_scratch_bytes`], which make the tensor-core kernel's sums
+    /// come in a fixed order (the same result on every run).
     #[allow(clippy::too_many_arguments)]
     pub fn sparse_t(
         &self,
@@ -658,20 +670,12 @@ impl Gpu {
         batch: usize,
         units: usize,
         ncols: usize,
+        scratch: (DevPtr, DevPtr),
     ) -> Result<()> {
         assert!(
             (1..=GEMV_MAX_BATCH).contains(&batch),
             "sparse_t batch {batch}"
         );
-        self.timed("memset", || {
-            if ldy == ncols {
-                return self.zero(y, batch * ncols * 4);
-            }
-            for b in 0..batch {
-                self.zero(y.add_f32(b * ldy), ncols * 4)?;
-            }
-            Ok(())
-        })?;
         // The tensor-core kernel (dense but for runs of 16 units no row keeps), also for one
         // row: its 256 blocks (E2B) read more bytes than the per-unit kernel's 16 but at
         // the bandwidth (E2B decode step 2.68 -> 2.62 ms); the per-unit kernel remains for
@@ -682,14 +686,27 @@ impl Gpu {
             && a.0.is_multiple_of(8);
         if tc {
             let grid = (ncols.div_ceil(64), units.div_ceil(TT_UNITS), 1);
+            let (part, cnt) = scratch;
             return if batch <= 8 {
                 launch!(self, "sparse_tc_bf16_b8", grid, TC_THREADS;
-                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
+                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols),
+                    part.0, cnt.0)
             } else {
                 launch!(self, "sparse_tc_bf16_b16", grid, TC_THREADS;
-                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols))
+                    wt.0, i(ldw), a.0, i(lda), y.0, i(ldy), i(batch), i(units), i(ncols),
+                    part.0, cnt.0)
             };
         }
+        // The per-unit kernel adds into y (atomically: its sums' order may vary).
+        self.timed("memset", || {
+            if ldy == ncols {
+                return self.zero(y, batch * ncols * 4);
+            }
+            for b in 0..batch {
+                self.zero(y.add_f32(b * ldy), ncols * 4)?;
+            }
+            Ok(())
+        })?;
         let per_block = if ncols.is_multiple_of(8) {
             256 * 8
         } else {

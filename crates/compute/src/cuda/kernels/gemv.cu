@@ -780,16 +780,20 @@ sparse_t_bf16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int 
 // TC_PARTS bf16 parts as in gemv_tc). A warp covers 64 columns: lane (g, t) loads the 8
 // columns at 8g.. of units 2t, 2t + 1, 2t + 8 and 2t + 9 of a 16-unit step, and the four
 // products j = 0..3 take its columns 2j (as row g of A) and 2j + 1 (as row g + 8). Grid
-// (ncols / 64, units / TT_UNITS); the block's warps split its units in 16-unit steps, sum
-// in shared memory and add to y (zeroed first) atomically. Needs ncols, ldw multiples of 8,
-// lda even and 16-byte-aligned wt, 8-byte-aligned a (the launcher checks).
+// (ncols / 64, units / TT_UNITS); the block's warps split its units in 16-unit steps and
+// sum in shared memory; the blocks of a column stripe then add up in a fixed order, so the
+// result does not depend on which finishes first: each writes its sums to
+// part[(blockIdx.y * batch + b) * ncols + n], and the last of them to arrive (cnt[stripe]
+// counts; it resets it) adds the gridDim.y partials in order into y. Needs ncols, ldw
+// multiples of 8, lda even and 16-byte-aligned wt, 8-byte-aligned a (the launcher checks).
 #define TT_WARPS 8
 #define TT_UNITS 1024
 
 template <int NT>
 __device__ __forceinline__ void sparse_tc_body(const bf16_t* wt, int ldw, const float* a,
                                                int lda, float* y, int ldy, int batch,
-                                               int units, int ncols) {
+                                               int units, int ncols, float* part,
+                                               u32* cnt) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.x * 64;
@@ -847,7 +851,7 @@ __device__ __forceinline__ void sparse_tc_body(const bf16_t* wt, int ldw, const 
                     mma_bf16(acc[j][n], a0, a1, a2, a3, xb[n][p][0], xb[n][p][1]);
         }
     }
-    // red[warp][column][activation row], then one atomic add per (column, row).
+    // red[warp][column][activation row], then the block's sum per (column, row).
     constexpr int COLS = 8 * NT;
     __shared__ float red[TT_WARPS][64][COLS];
     #pragma unroll
@@ -864,19 +868,35 @@ __device__ __forceinline__ void sparse_tc_body(const bf16_t* wt, int ldw, const 
         float v = 0.0f;
         #pragma unroll
         for (int w = 0; w < TT_WARPS; w++) v += red[w][c][b];
-        if (v != 0.0f) atomicAdd(&y[(size_t)b * ldy + n0 + c], v);
+        part[((size_t)blockIdx.y * batch + b) * ncols + n0 + c] = v;
     }
+    __threadfence();
+    __syncthreads();
+    __shared__ bool last;
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* vp = part;
+    for (int o = threadIdx.x; o < 64 * batch; o += TT_WARPS * 32) {
+        const int c = o % 64, b = o / 64;
+        if (n0 + c >= ncols) continue;
+        float v = 0.0f;
+        for (int k = 0; k < (int)gridDim.y; k++) v += vp[((size_t)k * batch + b) * ncols + n0 + c];
+        y[(size_t)b * ldy + n0 + c] = v;
+    }
+    if (threadIdx.x == 0) cnt[blockIdx.x] = 0u;
 }
 
 extern "C" __global__ void __launch_bounds__(TT_WARPS * 32)
 sparse_tc_bf16_b8(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int ldy,
-                  int batch, int units, int ncols) {
-    sparse_tc_body<1>(wt, ldw, a, lda, y, ldy, batch, units, ncols);
+                  int batch, int units, int ncols, float* part, u32* cnt) {
+    sparse_tc_body<1>(wt, ldw, a, lda, y, ldy, batch, units, ncols, part, cnt);
 }
 extern "C" __global__ void __launch_bounds__(TT_WARPS * 32)
 sparse_tc_bf16_b16(const bf16_t* wt, int ldw, const float* a, int lda, float* y, int ldy,
-                   int batch, int units, int ncols) {
-    sparse_tc_body<2>(wt, ldw, a, lda, y, ldy, batch, units, ncols);
+                   int batch, int units, int ncols, float* part, u32* cnt) {
+    sparse_tc_body<2>(wt, ldw, a, lda, y, ldy, batch, units, ncols, part, cnt);
 }
 
 // v as up to three bf16 parts at index o: p0 = bf16(v), p1 = bf16(v - p0),

@@ -978,8 +978,20 @@ impl CudaTextModel {
             ),
             Down::Transposed(m) => {
                 if n <= GEMV_ROWS {
-                    g.sparse_t(m.ptr(), m.cols, ws.act.ptr(), fmax, ws.fo.ptr(), d, n, f, d)
-                        .map_err(e)
+                    let scratch = (ws.sparse.0.ptr(), ws.sparse.1.ptr());
+                    g.sparse_t(
+                        m.ptr(),
+                        m.cols,
+                        ws.act.ptr(),
+                        fmax,
+                        ws.fo.ptr(),
+                        d,
+                        n,
+                        f,
+                        d,
+                        scratch,
+                    )
+                    .map_err(e)
                 } else {
                     g.gemm_t(
                         m.ptr(),

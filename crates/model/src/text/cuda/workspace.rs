@@ -76,6 +76,8 @@ pub struct Workspace {
     pub att: DeviceBuffer,
     /// Partial results of split-key attention (`SPLIT_PAIRS` (row, head) pairs at most).
     pub part: DeviceBuffer,
+    /// Scratch of the sparse down product (`Gpu::sparse_t`): partial sums, counters.
+    pub sparse: (DeviceBuffer, DeviceBuffer),
     /// Finished-split counters of decode attention (`cap · H`, kept zeroed).
     pub done: DeviceBuffer,
     pub o: DeviceBuffer,
@@ -165,6 +167,13 @@ impl Workspace {
             att: f(cap * h * hd)?,
             part: f((cap * h).min(SPLIT_PAIRS) * DECODE_SPLITS * (hd + 2))?,
             done: f(cap * h)?,
+            sparse: {
+                let (p, c) = Gpu::sparse_t_scratch_bytes(fmax, d, cap.min(GEMV_ROWS));
+                (
+                    gpu.alloc(p).map_err(gpu_err)?,
+                    gpu.alloc(c).map_err(gpu_err)?,
+                )
+            },
             o: f(cap * d)?,
             lr: f(cap * d)?,
             h: f(cap * d)?,
