@@ -46,24 +46,9 @@ fn top_k_matches(top: &gemma3n_model::text::TopScores, logits: &[f32], k: usize)
     let gemma3n_model::text::TopScores::Top(c) = top else {
         return false;
     };
-    let mut finite: Vec<f32> = logits
-        .iter()
-        .copied()
-        .filter(|v| *v > f32::NEG_INFINITY)
-        .collect();
-    finite.sort_by(|a, b| b.total_cmp(a));
-    let Some(&t) = finite.get(k.min(finite.len()).saturating_sub(1)) else {
-        return c.is_empty();
-    };
-    let want: Vec<(u32, u32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, &v)| v >= t)
-        .map(|(i, &v)| (v.to_bits(), i as u32))
-        .collect();
     let mut got: Vec<(u32, u32)> = c.iter().map(|&(v, i)| (v.to_bits(), i)).collect();
     got.sort_by_key(|p| p.1);
-    got == want
+    got == gemma3n_model::text::cuda::top_k_naive(logits, k)
 }
 
 fn rel_err(a: &[f32], reference: &[f32]) -> f32 {

@@ -355,15 +355,21 @@ extern "C" __global__ void keep_row(float* s, size_t ss, int n, int src, int d) 
             s[k * ss + i] = s[k * ss + (size_t)src * d + i];
 }
 
-// The largest of x[0..n) as a 64-bit key: the value's bits made orderable as an unsigned
-// integer in the upper half, n - 1 - index in the lower, so the largest key holds the
-// largest value and, among equal values, the lowest index (torch.argmax's choice). NaN and
-// -inf never win; a key of 0 means nothing could be chosen.
+// A value's bits made orderable as an unsigned integer (a larger value gives a larger
+// key); 0 for NaN and -inf, which are never candidates (no finite value maps to 0).
+__device__ __forceinline__ u32 order_key(float v) {
+    if (v != v || v == -INFINITY) return 0u;
+    const u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// The largest of x[0..n) as a 64-bit key: order_key(value) in the upper half, n - 1 -
+// index in the lower, so the largest key holds the largest value and, among equal values,
+// the lowest index (torch.argmax's choice). NaN and -inf never win; a key of 0 means
+// nothing could be chosen.
 __device__ __forceinline__ unsigned long long argmax_key(float v, int i, int n) {
-    if (v != v || v == -INFINITY) return 0ull;
-    u32 b = __float_as_uint(v);
-    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-    return ((unsigned long long)b << 32) | (u32)(n - 1 - i);
+    const u32 k = order_key(v);
+    return k == 0u ? 0ull : ((unsigned long long)k << 32) | (u32)(n - 1 - i);
 }
 
 __device__ __forceinline__ unsigned long long warp_max_u64(unsigned long long k) {
@@ -431,14 +437,6 @@ extern "C" __global__ void argmax_f32(const float* x, int n, unsigned long long*
 #define TOPK_MERGE_PER_THREAD 20
 #define TOPK_OUT 256
 
-// A value's bits made orderable as an unsigned integer (a larger value gives a larger
-// key); 0 for NaN and -inf, which are never candidates (no finite value maps to 0).
-__device__ __forceinline__ u32 topk_key(float v) {
-    if (v != v || v == -INFINITY) return 0u;
-    const u32 b = __float_as_uint(v);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
 // How many of the block's keys (N per thread) are >= t; every thread gets it.
 template <int N>
 __device__ int topk_count_ge(const u32 (&keys)[N], u32 t) {
@@ -490,7 +488,7 @@ topk_f32(const float* x, int n, int k, u32* scratch, int* out) {
     #pragma unroll
     for (int j = 0; j < TOPK_PER_THREAD; j++) {
         const int i = base + j * TOPK_THREADS + threadIdx.x;
-        keys[j] = i < n ? topk_key(x[i]) : 0u;
+        keys[j] = i < n ? order_key(x[i]) : 0u;
     }
     const u32 t = topk_threshold(keys, k);
     // This block's candidates: count at part[b * (TOPK_LOCAL + 1)], then their indices.
@@ -528,7 +526,7 @@ topk_f32(const float* x, int n, int k, u32* scratch, int* out) {
         mi[j] = 0u;
         if (b < (int)gridDim.x && s < (int)vp[b * (TOPK_LOCAL + 1)]) {
             mi[j] = vp[b * (TOPK_LOCAL + 1) + 1 + s];
-            mk[j] = topk_key(x[mi[j]]);
+            mk[j] = order_key(x[mi[j]]);
         }
     }
     const u32 tg = topk_threshold(mk, k);

@@ -140,9 +140,10 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
     Ok(out)
 }
 
-/// The candidates of a top-`k` draw written out plainly: (value, index) of every value
-/// (NaN and -inf left out) at least the `k`-th largest, by index.
-fn top_k_naive(x: &[f32], k: usize) -> Vec<(u32, u32)> {
+/// The candidates of a top-`k` draw written out plainly: (value bits, index) of every
+/// value (NaN and -inf left out) at least the `k`-th largest, by index. The reference for
+/// the device's top-k here and in `gemma3n parity`.
+pub fn top_k_naive(x: &[f32], k: usize) -> Vec<(u32, u32)> {
     let mut finite: Vec<f32> = x
         .iter()
         .copied()

@@ -15,7 +15,7 @@ mod weights;
 mod workspace;
 
 pub use gemv_speed::GemvSpeed;
-pub use kernel_check::{check_kernels, KernelCheck};
+pub use kernel_check::{check_kernels, top_k_naive, KernelCheck};
 pub use kv_cache::CudaKvCache;
 
 use std::sync::{Arc, Mutex};
