@@ -53,7 +53,8 @@ pub enum Pick<'a> {
     With(&'a mut dyn FnMut(&[f32], &[u32]) -> u32),
     /// A draw that needs only the `k` largest of the first `vocab` logits and the values
     /// tied with the `k`-th: `f(scores, ids so far)` is the next id, given all the logits
-    /// or, when the decoder can find them ([`Decoder::forward_top_k`]), just those.
+    /// or, when the decoder can find them ([`Decoder::forward_top_k`]), just those. With
+    /// `k = 0`, `f` always gets every logit.
     TopK {
         vocab: usize,
         k: usize,
