@@ -49,8 +49,7 @@ pub trait Decoder {
         vocab: usize,
     ) -> Result<u32, ModelError> {
         let logits = self.forward_embedded(&[id], cache, Logits::Last, None)?;
-        crate::sampling::argmax(&logits[..vocab.min(logits.len())])
-            .map_err(|e| ModelError::Invalid(e.to_string()))
+        argmax_of_first(&logits, vocab)
     }
 
     /// Runs `id` (the next token of the sequence held by `cache`) and returns what a top-`k`
@@ -67,6 +66,13 @@ pub trait Decoder {
         self.forward_embedded(&[id], cache, Logits::Last, None)
             .map(TopScores::Logits)
     }
+}
+
+/// The index of the largest of the first `n` of `logits` ([`crate::sampling::argmax`]), as
+/// a model error when there is none.
+pub(crate) fn argmax_of_first(logits: &[f32], n: usize) -> Result<u32, ModelError> {
+    crate::sampling::argmax(&logits[..n.min(logits.len())])
+        .map_err(|e| ModelError::Invalid(e.to_string()))
 }
 
 /// The KV cache of one sequence (the contract of [`KvCache`]).

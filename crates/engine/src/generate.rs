@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use gemma3n_model::text::{EmbedFn, TopScores};
 use gemma3n_model::{Logits, ModelError, TextModel};
 
-use crate::backend::{Decoder, DecoderCache};
+use crate::backend::{argmax_of_first, Decoder, DecoderCache};
 
 /// Why generation stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,8 +172,7 @@ impl<'m, M: Decoder> Session<'m, M> {
         // The next id: from the prefill's logits, then from each decode step.
         let mut next = match &mut pick {
             _ if max_new_tokens == 0 => 0,
-            Pick::Argmax(n) => crate::sampling::argmax(&logits[..(*n).min(logits.len())])
-                .map_err(|e| ModelError::Invalid(e.to_string()))?,
+            Pick::Argmax(n) => argmax_of_first(&logits, *n)?,
             Pick::With(f) => f(&logits, &self.tokens),
             Pick::TopK { f, .. } => f(&TopScores::Logits(logits), &self.tokens),
         };

@@ -150,7 +150,8 @@ pub const GEMV_KERNELS: [[&str; 2]; 3] = [
     ["gemv_tc_q4k_b8", "gemv_tc_q4k_b16"],
 ];
 
-/// The single-row kernel for one product of few long bf16 rows (one block per row).
+/// The single-row kernel for one bf16 product whose rows it splits over several warps
+/// (see [`RowBlock`]).
 pub const GEMV_KERNEL_ROWBLOCK: &str = "gemv_rowblock_b1";
 
 /// Which lone bf16 products of one activation row run on `gemv_rowblock_b1`, which splits
@@ -198,10 +199,11 @@ impl RowBlock {
         v.and_then(parse).unwrap_or(RowBlock::DEFAULT)
     }
 
-    /// (output rows per block, warps per row) of `gemv_rowblock_b1` for product `s`, or
-    /// `None` when it does not go there: bf16, no mask, 16-byte-aligned rows and
-    /// activations, each warp's run of values a multiple of 8.
-    fn shape(self, s: &GemvSeg) -> Option<(usize, usize)> {
+    /// Output rows per block of `gemv_rowblock_b1` for product `s` (each row then goes to
+    /// `GEMV_WARPS` / that many warps), or `None` when it does not go there: bf16, no
+    /// mask, 16-byte-aligned rows and activations, each warp's run of values a multiple
+    /// of 8.
+    fn rows_per_block(self, s: &GemvSeg) -> Option<usize> {
         let pair_w = match s.epi {
             Epilogue::Pair(w2) => w2.w.0,
             _ => s.w.w.0,
@@ -220,18 +222,17 @@ impl RowBlock {
             .into_iter()
             .find(|&w| ok(w) && s.rows * w >= self.warps)
             .or_else(|| ROWBLOCK_SPLITS.into_iter().rev().find(|&w| ok(w)))?;
-        Some((GEMV_WARPS / wpr, wpr))
+        Some(GEMV_WARPS / wpr)
     }
 }
 
 /// Warps per output row `gemv_rowblock_b1` can take (its blocks have `GEMV_WARPS`).
 const ROWBLOCK_SPLITS: [usize; 4] = [1, 2, 4, 8];
 
-/// Output rows and threads per block of a GEMV kernel (`gemv_rowblock_b1`: `rpb` rows
-/// of `wpr` warps each).
-fn gemv_block(name: &str, (rpb, wpr): (usize, usize)) -> (usize, usize) {
+/// Output rows and threads per block of a GEMV kernel (`gemv_rowblock_b1`: `rpb` rows).
+fn gemv_block(name: &str, rpb: usize) -> (usize, usize) {
     if name == GEMV_KERNEL_ROWBLOCK {
-        (rpb, rpb * wpr * 32)
+        (rpb, GEMV_WARPS * 32)
     } else if name.starts_with("gemv_tc") {
         (TC_ROWS, TC_THREADS)
     } else {
@@ -366,8 +367,8 @@ impl Gpu {
         assert!((1..=GEMV_MAX_BATCH).contains(&batch), "gemv batch {batch}");
         if batch == 1 {
             if let [s] = segs {
-                if let Some(shape) = self.rowblock.shape(s) {
-                    return self.gemv_launch(segs, GEMV_KERNEL_ROWBLOCK, batch, cap, shape);
+                if let Some(rpb) = self.rowblock.rows_per_block(s) {
+                    return self.gemv_launch(segs, GEMV_KERNEL_ROWBLOCK, batch, cap, rpb);
                 }
             }
             return self.gemv_launches(segs, |_| true, GEMV_KERNEL_ONE, batch, cap);
@@ -389,11 +390,13 @@ impl Gpu {
             warps: 0,
         };
         assert!(
-            ROWBLOCK_SPLITS.contains(&wpr) && any.shape(s).is_some() && s.k.is_multiple_of(8 * wpr),
+            ROWBLOCK_SPLITS.contains(&wpr)
+                && any.rows_per_block(s).is_some()
+                && s.k.is_multiple_of(8 * wpr),
             "a product gemv_rowblock_b1 cannot take with rows split over {wpr} warps"
         );
-        let shape = (GEMV_WARPS / wpr, wpr);
-        self.gemv_launch(std::slice::from_ref(s), GEMV_KERNEL_ROWBLOCK, 1, cap, shape)
+        let rpb = GEMV_WARPS / wpr;
+        self.gemv_launch(std::slice::from_ref(s), GEMV_KERNEL_ROWBLOCK, 1, cap, rpb)
     }
 
     /// The products `segs` selected by `keep`, through kernel `name`, up to
@@ -412,34 +415,34 @@ impl Gpu {
             buf[n] = *s;
             n += 1;
             if n == GEMV_MAX_SEGS {
-                self.gemv_launch(&buf[..n], name, batch, cap, (1, 1))?;
+                self.gemv_launch(&buf[..n], name, batch, cap, 1)?;
                 n = 0;
             }
         }
         if n > 0 {
-            self.gemv_launch(&buf[..n], name, batch, cap, (1, 1))?;
+            self.gemv_launch(&buf[..n], name, batch, cap, 1)?;
         }
         Ok(())
     }
 
     /// One launch of GEMV kernel `name` over at most `GEMV_MAX_SEGS` products
-    /// (`gemv_rowblock_b1`: one product, `shape` = (output rows per block, warps per row)).
+    /// (`gemv_rowblock_b1`: one product, `rpb` output rows per block; others ignore it).
     fn gemv_launch(
         &self,
         chunk: &[GemvSeg],
         name: &'static str,
         batch: usize,
         cap: f32,
-        shape: (usize, usize),
+        rpb: usize,
     ) -> Result<()> {
         let mut a = RawGemvArgs {
             nseg: chunk.len() as i32,
             batch: batch as i32,
             cap,
-            rows_per_block: i(shape.0),
+            rows_per_block: i(rpb),
             ..Default::default()
         };
-        let (block_rows, threads) = gemv_block(name, shape);
+        let (block_rows, threads) = gemv_block(name, rpb);
         let mut blocks = 0usize;
         for (r, s) in a.seg.iter_mut().zip(chunk) {
             let (epi, w2, aux, ldaux) = match s.epi {
@@ -1187,26 +1190,26 @@ mod tests {
             min_k: 2048,
             warps: 16384,
         };
-        // (rows per block, warps per row): each block has GEMV_WARPS warps.
-        assert_eq!(rb.shape(&product(2048, 16384)), Some((1, 8)));
-        assert_eq!(rb.shape(&product(8192, 2048)), Some((4, 2)));
-        assert_eq!(rb.shape(&product(16384, 2048)), Some((8, 1)));
+        // Rows per block of GEMV_WARPS warps: 1 row over 8 warps, 4 over 2, 8 over 1.
+        assert_eq!(rb.rows_per_block(&product(2048, 16384)), Some(1));
+        assert_eq!(rb.rows_per_block(&product(8192, 2048)), Some(4));
+        assert_eq!(rb.rows_per_block(&product(16384, 2048)), Some(8));
         // Too few rows for the target even at 8 warps each: 8.
-        assert_eq!(rb.shape(&product(256, 2048)), Some((1, 8)));
+        assert_eq!(rb.rows_per_block(&product(256, 2048)), Some(1));
         // Each warp's run must be a multiple of 8 values: 2056 splits over 1 warp only.
-        assert_eq!(rb.shape(&product(256, 2056)), Some((8, 1)));
+        assert_eq!(rb.rows_per_block(&product(256, 2056)), Some(8));
         // Outside the setting, masked, quantized or misaligned: the one-warp kernel.
-        assert_eq!(rb.shape(&product(16385, 2048)), None);
-        assert_eq!(rb.shape(&product(2048, 1024)), None);
+        assert_eq!(rb.rows_per_block(&product(16385, 2048)), None);
+        assert_eq!(rb.rows_per_block(&product(2048, 1024)), None);
         let mut masked = product(2048, 2048);
         masked.mask = DevPtr(1 << 23);
-        assert_eq!(rb.shape(&masked), None);
+        assert_eq!(rb.rows_per_block(&masked), None);
         let mut q8 = product(2048, 2048);
         q8.w.fmt = WeightFormat::Q8;
-        assert_eq!(rb.shape(&q8), None);
+        assert_eq!(rb.rows_per_block(&q8), None);
         let mut odd = product(2048, 2048);
         odd.x = DevPtr((1 << 21) + 4);
-        assert_eq!(rb.shape(&odd), None);
-        assert_eq!(RowBlock::OFF.shape(&product(256, 2048)), None);
+        assert_eq!(rb.rows_per_block(&odd), None);
+        assert_eq!(RowBlock::OFF.rows_per_block(&product(256, 2048)), None);
     }
 }

@@ -296,44 +296,48 @@ impl CudaTextModel {
         };
         cache.advance(n);
         let v = cfg.vocab_size;
-        if let Fetch::Argmax(vocab) = fetch {
-            // The last row's logits (soft-capped on the device: a single row goes through
-            // the GEMV path).
-            assert!(rows <= GEMV_ROWS, "an argmax fetch of {rows} logit rows");
-            let at = ws.logits.ptr().add_f32((rows - 1) * v);
-            let id = ws.pick.ptr().add_f32(PICK_ID / 4);
-            self.gpu
-                .argmax(at, vocab.min(v), ws.pick.ptr(), id)
-                .map_err(gpu_err)?;
-            self.gpu.profile_collect().map_err(gpu_err)?;
-            self.gpu
-                .download(id, &mut ws.pick_host, 4)
-                .map_err(gpu_err)?;
-            let id = ws.pick_host.as_slice::<i32>()[0];
-            return u32::try_from(id).map(Fetched::Id).map_err(|_| {
-                ModelError::Invalid("no token can be chosen: every logit is -inf or NaN".into())
-            });
-        }
-        if let Fetch::TopK(vocab, k) = fetch {
-            assert!(rows <= GEMV_ROWS, "a top-k fetch of {rows} logit rows");
-            let at = ws.logits.ptr().add_f32((rows - 1) * v);
-            self.gpu
-                .top_k(at, vocab.min(v), k, ws.topk_scratch.ptr(), ws.topk.ptr())
-                .map_err(gpu_err)?;
-            self.gpu.profile_collect().map_err(gpu_err)?;
-            self.gpu
-                .download(ws.topk.ptr(), &mut ws.topk_host, TOPK_BYTES)
-                .map_err(gpu_err)?;
-            let r = ws.topk_host.as_slice::<u32>();
-            let (count, overflow) = (r[0] as usize, r[1] != 0);
-            if !overflow {
-                let pairs = r[2..2 + 2 * count]
-                    .chunks_exact(2)
-                    .map(|p| (f32::from_bits(p[0]), p[1]))
-                    .collect();
-                return Ok(Fetched::Top(pairs));
+        // The argmax and the top-k read the last row's logits (soft-capped on the device:
+        // a single row goes through the GEMV path).
+        assert!(
+            fetch == Fetch::Logits || rows <= GEMV_ROWS,
+            "a fetch of one id or candidates from {rows} logit rows"
+        );
+        let last = ws.logits.ptr().add_f32((rows - 1) * v);
+        match fetch {
+            Fetch::Argmax(vocab) => {
+                let id = ws.pick.ptr().add_f32(PICK_ID / 4);
+                self.gpu
+                    .argmax(last, vocab.min(v), ws.pick.ptr(), id)
+                    .map_err(gpu_err)?;
+                self.gpu.profile_collect().map_err(gpu_err)?;
+                self.gpu
+                    .download(id, &mut ws.pick_host, 4)
+                    .map_err(gpu_err)?;
+                let id = ws.pick_host.as_slice::<i32>()[0];
+                return u32::try_from(id).map(Fetched::Id).map_err(|_| {
+                    ModelError::Invalid("no token can be chosen: every logit is -inf or NaN".into())
+                });
             }
-            // Too many ties to send: the logits, below.
+            Fetch::TopK(vocab, k) => {
+                self.gpu
+                    .top_k(last, vocab.min(v), k, ws.topk_scratch.ptr(), ws.topk.ptr())
+                    .map_err(gpu_err)?;
+                self.gpu.profile_collect().map_err(gpu_err)?;
+                self.gpu
+                    .download(ws.topk.ptr(), &mut ws.topk_host, TOPK_BYTES)
+                    .map_err(gpu_err)?;
+                let r = ws.topk_host.as_slice::<u32>();
+                let (count, overflow) = (r[0] as usize, r[1] != 0);
+                if !overflow {
+                    let pairs = r[2..2 + 2 * count]
+                        .chunks_exact(2)
+                        .map(|p| (f32::from_bits(p[0]), p[1]))
+                        .collect();
+                    return Ok(Fetched::Top(pairs));
+                }
+                // Too many ties to send: the logits, below.
+            }
+            Fetch::Logits => {}
         }
         self.gpu.profile_collect().map_err(gpu_err)?;
         self.gpu
