@@ -294,7 +294,7 @@ GEMV_KERNEL(any, W_ANY, 1)
 // and that the pointers allow 16-byte loads. Each lane's first 8 weights are loaded before
 // the wait.
 #ifndef ROWBLOCK_UNROLL
-#define ROWBLOCK_UNROLL 4
+#define ROWBLOCK_UNROLL 2
 #endif
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_rowblock_b1(const GemvArgs a) {
