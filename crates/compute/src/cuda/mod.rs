@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 30] = [
+pub const KERNELS: [&str; 35] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -57,6 +57,7 @@ pub const KERNELS: [&str; 30] = [
     "post_attention",
     "sparsity_cutoff",
     "gelu_mul",
+    "ffn_act_split",
     "post_ffn_correct",
     "ple_gate",
     "ple_inject",
@@ -64,6 +65,10 @@ pub const KERNELS: [&str; 30] = [
     "keep_row",
     "qkv_prep",
     "attention_decode",
+    "attention_flash_hd16",
+    "attention_flash_hd64",
+    "attention_flash_hd128",
+    "attention_flash_hd256",
     "argmax_f32",
     "topk_f32",
 ];
@@ -105,6 +110,8 @@ pub struct Gpu {
     allocated: AtomicUsize,
     /// Programmatic dependent launch (`GEMMA3N_CUDA_PDL=0` turns it off).
     pdl: bool,
+    /// The flash attention kernels run here (compute capability 8.0 and up).
+    flash: bool,
     /// Which products run on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK`).
     rowblock: ops::RowBlock,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
@@ -165,6 +172,17 @@ impl Gpu {
         for k in KERNELS {
             funcs.insert(k, module.load_function(k).map_err(drv)?);
         }
+        // Kernels with more than the default 48 KB of dynamic shared memory.
+        for (k, bytes) in ops::FLASH_KERNELS {
+            if arch.0 >= 8 {
+                funcs[k]
+                    .set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )
+                    .map_err(drv)?;
+            }
+        }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas(e.to_string()))?;
         Ok(Arc::new(Gpu {
             ctx,
@@ -176,6 +194,7 @@ impl Gpu {
             arch,
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
+            flash: arch.0 >= 8,
             rowblock: ops::RowBlock::from_env(
                 std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
             ),

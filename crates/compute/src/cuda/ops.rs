@@ -240,6 +240,30 @@ fn gemv_block(name: &str, rpb: usize) -> (usize, usize) {
     }
 }
 
+/// attention.cu's flash prefill kernels: (head dim, name), and the dynamic shared memory
+/// each takes (`FA_ROWS` query rows, `FA_KEYS` key and value rows, of `hd + 8` bf16 values).
+/// A block of `FA_THREADS` takes `FA_ROWS` query rows of one head, or half as many of two
+/// heads that share a KV head.
+const FLASH_HEAD_DIMS: [(usize, &str); 4] = [
+    (16, "attention_flash_hd16"),
+    (64, "attention_flash_hd64"),
+    (128, "attention_flash_hd128"),
+    (256, "attention_flash_hd256"),
+];
+const FA_ROWS: usize = 128;
+const FA_KEYS: usize = 32;
+const FA_THREADS: usize = 256;
+const fn flash_smem(hd: usize) -> usize {
+    (FA_ROWS + 2 * FA_KEYS) * (hd + 8) * 2
+}
+/// The flash kernels and their shared memory (set as their limit when the module loads).
+pub(crate) const FLASH_KERNELS: [(&str, usize); 4] = [
+    (FLASH_HEAD_DIMS[0].1, flash_smem(16)),
+    (FLASH_HEAD_DIMS[1].1, flash_smem(64)),
+    (FLASH_HEAD_DIMS[2].1, flash_smem(128)),
+    (FLASH_HEAD_DIMS[3].1, flash_smem(256)),
+];
+
 /// rows.cu's TOPK_* sizes of `topk_f32`.
 const TOPK_THREADS: usize = 512;
 const TOPK_SPAN: usize = TOPK_THREADS * 8;
@@ -294,9 +318,13 @@ const MAX_KERNEL_ARGS: usize = 32;
 /// Launches kernel `$name` with the given grid, block and arguments (each a value whose
 /// reference is a kernel argument).
 macro_rules! launch {
-    ($gpu:expr, $name:literal, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr; $($arg:expr),* $(,)?) => {{
         let mut vals = [$(KArg::from($arg)),*];
-        $gpu.launch_raw($name, $grid, $block, &mut vals)
+        $gpu.launch_raw($name, $grid, $block, 0, &mut vals)
+    }};
+    ($gpu:expr, $name:expr, $grid:expr, $block:expr, smem $smem:expr; $($arg:expr),* $(,)?) => {{
+        let mut vals = [$(KArg::from($arg)),*];
+        $gpu.launch_raw($name, $grid, $block, $smem, &mut vals)
     }};
 }
 
@@ -310,6 +338,7 @@ impl Gpu {
         name: &'static str,
         grid: (usize, usize, usize),
         block: usize,
+        smem: usize,
         vals: &mut [KArg<'_>],
     ) -> Result<()> {
         use cudarc::driver::sys;
@@ -346,7 +375,7 @@ impl Gpu {
                 blockDimX: block as u32,
                 blockDimY: 1,
                 blockDimZ: 1,
-                sharedMemBytes: 0,
+                sharedMemBytes: smem as u32,
                 hStream: self.stream().cu_stream(),
                 attrs: &mut attr,
                 numAttrs: u32::from(self.pdl),
@@ -480,7 +509,7 @@ impl Gpu {
             return Ok(());
         }
         let mut vals = [KArg::from(&mut a)];
-        self.launch_raw(name, (blocks, 1, 1), threads, &mut vals)
+        self.launch_raw(name, (blocks, 1, 1), threads, 0, &mut vals)
     }
 
     /// The same products for many activation rows on the tensor cores (cuBLAS, bf16 inputs,
@@ -506,6 +535,19 @@ impl Gpu {
             "masked products and epilogues run on the gemv path"
         );
         self.split_bf16(s.x, s.ldx, parts, batch, s.k)?;
+        self.gemm_parts(s, batch, parts, wparts, wcap)
+    }
+
+    /// [`Gpu::gemm`] on activations already split into `parts` (`batch` rows of `s.k`
+    /// values each; `s.x` is not read).
+    pub fn gemm_parts(
+        &self,
+        s: &GemvSeg,
+        batch: usize,
+        parts: &[DevPtr],
+        wparts: &[DevPtr],
+        wcap: usize,
+    ) -> Result<()> {
         if s.w.fmt == WeightFormat::Bf16 {
             for (j, &p) in parts.iter().enumerate() {
                 let beta = if j == 0 { 0.0 } else { 1.0 };
@@ -559,6 +601,22 @@ impl Gpu {
         parts: &[DevPtr],
     ) -> Result<()> {
         self.split_bf16(x, ldx, parts, batch, k)?;
+        self.gemm_t_parts(wt, rows, ldw, batch, k, y, ldy, parts)
+    }
+
+    /// [`Gpu::gemm_t`] on activations already split into `parts` (`batch` rows of `k`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_t_parts(
+        &self,
+        wt: DevPtr,
+        rows: usize,
+        ldw: usize,
+        batch: usize,
+        k: usize,
+        y: DevPtr,
+        ldy: usize,
+        parts: &[DevPtr],
+    ) -> Result<()> {
         for (j, &p) in parts.iter().enumerate() {
             let beta = if j == 0 { 0.0 } else { 1.0 };
             self.gemm_raw(wt, true, rows, ldw, p, k, batch, k, y, ldy, beta)?;
@@ -879,6 +937,40 @@ impl Gpu {
         launch!(self, "sparsity_cutoff", (rows, 1, 1), threads; g.0, i(ldg), i(f), z)
     }
 
+    /// The FFN activation of `rows` prefill rows straight into the down product's bf16
+    /// `parts` (rows of `f` values): `gelu(g') · u`, `g'` the gate after the Gaussian top-k
+    /// cut-off with `z` (`None`: the gate itself). One pass instead of `sparsity_cutoff`,
+    /// `gelu_mul` and the split. Returns false, launching nothing, for rows the kernel does
+    /// not take (widths past 16384 or not a multiple of 4, unaligned rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ffn_act_split(
+        &self,
+        g: DevPtr,
+        ldg: usize,
+        u: DevPtr,
+        ldu: usize,
+        parts: &[DevPtr],
+        rows: usize,
+        f: usize,
+        z: Option<f32>,
+    ) -> Result<bool> {
+        assert!((1..=3).contains(&parts.len()), "1 to 3 activation parts");
+        let fits = f <= 16 * 1024
+            && f.is_multiple_of(4)
+            && (ldg | ldu).is_multiple_of(4)
+            && (g.0 | u.0).is_multiple_of(16)
+            && parts.iter().all(|p| p.0.is_multiple_of(8));
+        if !fits {
+            return Ok(false);
+        }
+        let part = |j: usize| parts.get(j).map_or(0, |p| p.0);
+        let threads = (f.div_ceil(16).div_ceil(32) * 32).clamp(32, 1024);
+        launch!(self, "ffn_act_split", (rows, 1, 1), threads;
+            g.0, i(ldg), u.0, i(ldu), part(0), part(1), part(2), i(f), i(f),
+            i32::from(z.is_some()), z.unwrap_or(0.0))?;
+        Ok(true)
+    }
+
     /// `out = gelu(g) · u`.
     #[allow(clippy::too_many_arguments)]
     pub fn gelu_mul(
@@ -1095,6 +1187,41 @@ impl Gpu {
             self.set_math(blas::cublasMath_t::CUBLAS_DEFAULT_MATH)?;
         }
         r
+    }
+
+    /// Whether [`Gpu::attention_flash`] takes heads of `hd` values on this GPU.
+    pub fn flash_attention(&self, hd: usize) -> bool {
+        self.flash && FLASH_HEAD_DIMS.iter().any(|&(d, _)| d == hd)
+    }
+
+    /// Prefill attention on the tensor cores, one kernel: q, k and v rounded to bf16, the
+    /// softmax weights too, f32 sums (the precision of a prefill with bf16 activations).
+    /// Arguments as for [`Gpu::attention_prefill`]; needs [`Gpu::flash_attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_flash(
+        &self,
+        q: DevPtr,
+        kcache: DevPtr,
+        vcache: DevPtr,
+        pos: DevPtr,
+        out: DevPtr,
+        rows: usize,
+        keys: usize,
+        h: usize,
+        g: usize,
+        hd: usize,
+        window: usize,
+    ) -> Result<()> {
+        let (_, name) = *FLASH_HEAD_DIMS
+            .iter()
+            .find(|&&(d, _)| d == hd)
+            .unwrap_or_else(|| panic!("no flash attention kernel for heads of {hd}"));
+        // Two query heads per block where the KV heads' groups allow.
+        let hpb = if (h / g).is_multiple_of(2) { 2 } else { 1 };
+        launch!(self, name, (rows.div_ceil(FA_ROWS / hpb), h / hpb, 1), FA_THREADS,
+            smem flash_smem(hd);
+            q.0, kcache.0, vcache.0, pos.0, out.0, i(rows), i(keys), i(h), i(g), i(window),
+            i(hpb))
     }
 
     /// The math mode of the cuBLAS handle's later calls.

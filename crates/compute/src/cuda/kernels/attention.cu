@@ -271,3 +271,242 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
     float inv = 1.0f / block_sum(sum);
     for (int k = threadIdx.x; k < keys; k += blockDim.x) row[k] *= inv;
 }
+
+// Prefill attention on the tensor cores, flash style (bf16 inputs, f32 accumulation; the
+// prefill with bf16 activations uses it in place of the two GEMMs and the softmax above).
+// grid (ceil(rows / (FA_ROWS / hpb)), H / hpb), block FA_WARPS * 32, dynamic shared memory
+// flash_smem_bytes(HD). A block takes hpb (1 or 2) query heads of one KV head, so the keys
+// and values it brings in serve both, and FA_ROWS / hpb query rows of each; warp w takes
+// head w / (FA_WARPS / hpb) of the block and 16 rows. Query row b at position pos[b] sees
+// keys (pos - window, pos] (window 0: [0, pos]) of its KV head, the rows of kcache /
+// vcache ([keys, g * hd] f32).
+//
+// The block's query rows go to shared memory once as bf16; then, FA_KEYS keys at a time,
+// their keys and values do too (every load of a tile issued before the first store), and
+// each warp computes its 16 rows' scores S = q . k with m16n8k16 products, keeps a running
+// maximum and sum per row (online softmax), and adds P . V: P rounded to bf16 and taken
+// straight from the score accumulators (the accumulator layout of one 16x8 product is the
+// operand layout of the next's A), V's operands read transposed by ldmatrix. Lane
+// (r = lane / 4, t = lane % 4) holds rows r and r + 8.
+#define FA_WARPS 8
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_ROWS (16 * FA_WARPS)
+#define FA_KEYS 32
+// Row stride in shared memory, in bf16 values: 8 more than the data, so that the 8 rows a
+// fragment load touches start in different banks.
+#define FA_STRIDE(HD) ((HD) + 8)
+
+__device__ __forceinline__ u32 bf16x2_of(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// ROWS rows of a [*, ld] f32 matrix, HD values each from `src`, to bf16 rows of
+// FA_STRIDE(HD) in shared memory; rows at or past `valid` are zeros. The loads of up to 8
+// float4 per thread are issued before their stores.
+template <int HD, int ROWS>
+__device__ __forceinline__ void fa_stage(const float* src, size_t ld, int valid, bf16_t* dst) {
+    constexpr int C4 = HD / 4, TOTAL = ROWS * C4, PER = (TOTAL + FA_THREADS - 1) / FA_THREADS;
+    constexpr int CHUNK = PER < 8 ? PER : 8;
+    #pragma unroll
+    for (int j0 = 0; j0 < PER; j0 += CHUNK) {
+        float4 v[CHUNK];
+        #pragma unroll
+        for (int j = 0; j < CHUNK; j++) {
+            const int i = threadIdx.x + (j0 + j) * FA_THREADS;
+            const int rr = i / C4, c = (i % C4) * 4;
+            v[j] = i < TOTAL && rr < valid
+                       ? *reinterpret_cast<const float4*>(src + rr * ld + c)
+                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        #pragma unroll
+        for (int j = 0; j < CHUNK; j++) {
+            const int i = threadIdx.x + (j0 + j) * FA_THREADS;
+            const int rr = i / C4, c = (i % C4) * 4;
+            if (i < TOTAL) {
+                u32* d = reinterpret_cast<u32*>(dst + rr * FA_STRIDE(HD) + c);
+                d[0] = bf16x2_of(v[j].x, v[j].y);
+                d[1] = bf16x2_of(v[j].z, v[j].w);
+            }
+        }
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_flash_body(const float* q, const float* kcache,
+                                                     const float* vcache, const int* pos,
+                                                     float* out, int rows, int keys, int h,
+                                                     int g, int window, int hpb) {
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    bf16_t* qs = (bf16_t*)fa_smem;                  // [FA_ROWS][STRIDE]: rows of each head
+    bf16_t* ks = qs + FA_ROWS * FA_STRIDE(HD);      // [FA_KEYS][STRIDE]
+    bf16_t* vs = ks + FA_KEYS * FA_STRIDE(HD);      // [FA_KEYS][STRIDE]
+    __shared__ int span[2];
+    const int rpb = FA_ROWS / hpb;                   // query rows of the block
+    const int head0 = blockIdx.y * hpb, kvh = head0 / (h / g);
+    const int row0 = blockIdx.x * rpb;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int hb = warp / (FA_WARPS / hpb), sub = warp % (FA_WARPS / hpb);
+    const int head = head0 + hb;
+    const int r = lane >> 2, t = lane & 3;
+    const size_t ldq = (size_t)h * HD, ldk = (size_t)g * HD;
+    pdl_start();
+    // The block's rows and the keys they see.
+    if (warp == 0) {
+        int lo = 0x7fffffff, hi = -1;
+        for (int i = lane; i < rpb && row0 + i < rows; i += 32) {
+            const int p = pos[row0 + i];
+            lo = min(lo, window > 0 ? max(0, p + 1 - window) : 0);
+            hi = max(hi, min(p, keys - 1));
+        }
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+            hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+        }
+        if (lane == 0) {
+            span[0] = lo;
+            span[1] = hi;
+        }
+    }
+    if (hpb == 2) {
+        fa_stage<HD, FA_ROWS / 2>(q + row0 * ldq + (size_t)head0 * HD, ldq, rows - row0, qs);
+        fa_stage<HD, FA_ROWS / 2>(q + row0 * ldq + (size_t)(head0 + 1) * HD, ldq, rows - row0,
+                                  qs + (FA_ROWS / 2) * FA_STRIDE(HD));
+    } else {
+        fa_stage<HD, FA_ROWS>(q + row0 * ldq + (size_t)head0 * HD, ldq, rows - row0, qs);
+    }
+    __syncthreads();
+    const int klo = span[0], khi = span[1];
+    // This warp's two rows per lane: their positions (-1: past the last row, sees nothing).
+    const int ra = row0 + sub * 16 + r, rb = ra + 8;
+    const int pa = ra < rows ? pos[ra] : -1, pb = rb < rows ? pos[rb] : -1;
+    const int la = window > 0 ? pa + 1 - window : 0, lb = window > 0 ? pb + 1 - window : 0;
+    float o[HD / 8][4];
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
+    const u32* qw =
+        reinterpret_cast<const u32*>(qs + (hb * rpb + sub * 16 + r) * FA_STRIDE(HD)) + t;
+    // ldmatrix row of this lane in a 16-key x 16-dim block of V: matrices (keys 0-7,
+    // dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 8-15).
+    const u32 vbase = smem_addr(vs + ((lane & 7) + (lane & 8)) * FA_STRIDE(HD) + (lane >> 4) * 8);
+    for (int key0 = klo - klo % FA_KEYS; key0 <= khi; key0 += FA_KEYS) {
+        const size_t off = (size_t)key0 * ldk + (size_t)kvh * HD;
+        fa_stage<HD, FA_KEYS>(kcache + off, ldk, keys - key0, ks);
+        fa_stage<HD, FA_KEYS>(vcache + off, ldk, keys - key0, vs);
+        __syncthreads();
+        // Scores of this warp's 16 rows against the FA_KEYS keys.
+        float s[FA_KEYS / 8][4];
+        #pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        #pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const u32 a0 = qw[kk * 8], a1 = qw[kk * 8 + 4 * FA_STRIDE(HD)];
+            const u32 a2 = qw[kk * 8 + 4], a3 = qw[kk * 8 + 4 + 4 * FA_STRIDE(HD)];
+            #pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j++) {
+                const u32* kw = reinterpret_cast<const u32*>(ks + (8 * j + r) * FA_STRIDE(HD)) + t;
+                mma_bf16(s[j], a0, a1, a2, a3, kw[kk * 8], kw[kk * 8 + 4]);
+            }
+        }
+        // Mask, then the online softmax of rows a (s[j][0..1]) and b (s[j][2..3]).
+        float na = ma, nb = mb;
+        #pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = key0 + 8 * j + 2 * t + e;
+                if (key > pa || key < la) s[j][e] = -INFINITY;
+                if (key > pb || key < lb) s[j][2 + e] = -INFINITY;
+                na = fmaxf(na, s[j][e]);
+                nb = fmaxf(nb, s[j][2 + e]);
+            }
+        }
+        #pragma unroll
+        for (int x = 1; x < 4; x <<= 1) {
+            na = fmaxf(na, __shfl_xor_sync(0xffffffffu, na, x));
+            nb = fmaxf(nb, __shfl_xor_sync(0xffffffffu, nb, x));
+        }
+        // No key seen yet: nothing to rescale, every weight 0.
+        const float ca = na == -INFINITY ? 1.0f : expf(ma - na);
+        const float cb = nb == -INFINITY ? 1.0f : expf(mb - nb);
+        ma = na;
+        mb = nb;
+        sa *= ca;
+        sb *= cb;
+        #pragma unroll
+        for (int j = 0; j < FA_KEYS / 8; j++) {
+            #pragma unroll
+            for (int e = 0; e < 2; e++) {
+                s[j][e] = s[j][e] == -INFINITY ? 0.0f : expf(s[j][e] - na);
+                s[j][2 + e] = s[j][2 + e] == -INFINITY ? 0.0f : expf(s[j][2 + e] - nb);
+                sa += s[j][e];
+                sb += s[j][2 + e];
+            }
+        }
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            o[n][0] *= ca;
+            o[n][1] *= ca;
+            o[n][2] *= cb;
+            o[n][3] *= cb;
+        }
+        // O += P . V, 16 keys per product, two 8-dim column blocks per ldmatrix.
+        #pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+            const u32 a0 = bf16x2_of(s[2 * kk][0], s[2 * kk][1]);
+            const u32 a1 = bf16x2_of(s[2 * kk][2], s[2 * kk][3]);
+            const u32 a2 = bf16x2_of(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            const u32 a3 = bf16x2_of(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n += 2) {
+                u32 b0, b1, b2, b3;
+                const u32 addr = vbase + (u32)((kk * 16 * FA_STRIDE(HD) + n * 8) * 2);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                             : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
+                             : "r"(addr));
+                mma_bf16(o[n], a0, a1, a2, a3, b0, b1);
+                mma_bf16(o[n + 1], a0, a1, a2, a3, b2, b3);
+            }
+        }
+        __syncthreads();
+    }
+    // The row sums are spread over the four lanes of each row.
+    #pragma unroll
+    for (int x = 1; x < 4; x <<= 1) {
+        sa += __shfl_xor_sync(0xffffffffu, sa, x);
+        sb += __shfl_xor_sync(0xffffffffu, sb, x);
+    }
+    const float ia = sa > 0.0f ? 1.0f / sa : 0.0f, ib = sb > 0.0f ? 1.0f / sb : 0.0f;
+    #pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        const int c = 8 * n + 2 * t;
+        if (ra < rows)
+            *reinterpret_cast<float2*>(out + ra * ldq + (size_t)head * HD + c) =
+                make_float2(o[n][0] * ia, o[n][1] * ia);
+        if (rb < rows)
+            *reinterpret_cast<float2*>(out + rb * ldq + (size_t)head * HD + c) =
+                make_float2(o[n][2] * ib, o[n][3] * ib);
+    }
+}
+
+#define ATTENTION_FLASH(HD)                                                                 \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)                            \
+    attention_flash_hd##HD(const float* q, const float* kcache, const float* vcache,       \
+                           const int* pos, float* out, int rows, int keys, int h, int g,   \
+                           int window, int hpb) {                                           \
+        attention_flash_body<HD>(q, kcache, vcache, pos, out, rows, keys, h, g, window,     \
+                                 hpb);                                                      \
+    }
+ATTENTION_FLASH(16)
+ATTENTION_FLASH(64)
+ATTENTION_FLASH(128)
+ATTENTION_FLASH(256)

@@ -240,6 +240,75 @@ extern "C" __global__ void gelu_mul(const float* g, int ldg, const float* u, int
     }
 }
 
+// The FFN activation of prefill rows, written as the down product's bf16 parts: a =
+// gelu(g') * u with g' = max(g - cut, 0), cut = mean(g) + std(g) * z over the row (the
+// Gaussian top-k of the sparse layers; z_on = 0: g' = g), split as split_bf16_rows splits
+// (p1, p2 may be null; rows of ldp values). One sparsity_cutoff, one gelu_mul and one
+// split_bf16_rows in one pass over g and u. grid (rows), block f / 16 rounded up to a warp
+// (f <= 16384, a multiple of 4; rows of g and u 16-byte aligned): 4 float4 per thread.
+extern "C" __global__ void __launch_bounds__(1024)
+ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16_t* p1,
+              bf16_t* p2, int ldp, int f, int z_on, float z) {
+    pdl_start();
+    const float* gr = g + (size_t)blockIdx.x * ldg;
+    const float* ur = u + (size_t)blockIdx.x * ldu;
+    float4 gv[4], uv[4];
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int i = (threadIdx.x + j * blockDim.x) * 4;
+        gv[j] = uv[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (i < f) {
+            gv[j] = *reinterpret_cast<const float4*>(gr + i);
+            uv[j] = *reinterpret_cast<const float4*>(ur + i);
+        }
+    }
+    if (z_on) {
+        float s = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 4; j++) s += (gv[j].x + gv[j].y) + (gv[j].z + gv[j].w);
+        const float mean = block_sum(s) / (float)f;
+        float q = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if ((threadIdx.x + j * blockDim.x) * 4 < f) {
+                const float a = gv[j].x - mean, b = gv[j].y - mean;
+                const float c = gv[j].z - mean, d = gv[j].w - mean;
+                q += (a * a + b * b) + (c * c + d * d);
+            }
+        }
+        const float cut = mean + sqrtf(block_sum(q) / (float)f) * z;
+        #pragma unroll
+        for (int j = 0; j < 4; j++) {
+            gv[j].x = fmaxf(gv[j].x - cut, 0.0f);
+            gv[j].y = fmaxf(gv[j].y - cut, 0.0f);
+            gv[j].z = fmaxf(gv[j].z - cut, 0.0f);
+            gv[j].w = fmaxf(gv[j].w - cut, 0.0f);
+        }
+    }
+    bf16_t* parts[3] = {p0, p1, p2};
+    const size_t o = (size_t)blockIdx.x * ldp;
+    #pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int i = (threadIdx.x + j * blockDim.x) * 4;
+        if (i >= f) continue;
+        float v[4] = {gelu_tanh(gv[j].x) * uv[j].x, gelu_tanh(gv[j].y) * uv[j].y,
+                      gelu_tanh(gv[j].z) * uv[j].z, gelu_tanh(gv[j].w) * uv[j].w};
+        #pragma unroll
+        for (int p = 0; p < 3; p++) {
+            if (!parts[p]) break;
+            u32 w[2];
+            #pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const bf16_t lo = f32_to_bf16(v[2 * k]), hi = f32_to_bf16(v[2 * k + 1]);
+                w[k] = (u32)lo | ((u32)hi << 16);
+                v[2 * k] -= bf16_to_f32(lo);
+                v[2 * k + 1] -= bf16_to_f32(hi);
+            }
+            *reinterpret_cast<uint2*>(parts[p] + o + i) = make_uint2(w[0], w[1]);
+        }
+    }
+}
+
 // After the FFN: h2 = h + RMSNorm(f) * w_post_ffn; AltUp correct (spec §3.4 h):
 // p_i += (1 + W_c . m(h2))_i * (h2 - p_0); then v = p_0 * scale (the PLE gate's input).
 // Every input is loaded first, in one round.

@@ -13,11 +13,19 @@ use super::gpu_err;
 use super::weights::DevMatrix;
 use crate::error::Result;
 
-/// One check: what ran and its max relative error (max |got - want| / max |want|).
+/// One check: what ran, its max relative error (max |got - want| / max |want|) and the
+/// most it may be.
 pub struct KernelCheck {
     pub name: String,
     pub err: f64,
+    pub tol: f64,
 }
+
+/// Tolerance of the checks of f32 arithmetic.
+const F32_TOLERANCE: f64 = 1e-5;
+/// Tolerance of the flash attention check: its softmax weights are rounded to bf16 before
+/// they multiply the values (relative 2^-9 each).
+const FLASH_TOLERANCE: f64 = 1e-2;
 
 /// Batch sizes the checks run: the single-row kernel, one tile of 8 activation rows, two.
 const BATCHES: [usize; 6] = [1, 2, 5, 8, 9, 16];
@@ -119,11 +127,13 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
                 out.push(KernelCheck {
                     name: format!("gemv {label} {what}, {batch} rows"),
                     err: rel_err(&got, &want),
+                    tol: F32_TOLERANCE,
                 });
                 for (wpr, y) in split {
                     out.push(KernelCheck {
                         name: format!("gemv {label} {what}, each row over {wpr} warps"),
                         err: rel_err(&y, &want),
+                        tol: F32_TOLERANCE,
                     });
                 }
             }
@@ -137,6 +147,8 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
     }
     check_argmax(gpu, &mut out)?;
     check_top_k(gpu, &mut out)?;
+    check_flash(gpu, &mut out)?;
+    check_ffn_act(gpu, &mut out)?;
     Ok(out)
 }
 
@@ -228,6 +240,7 @@ fn check_top_k(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
         out.push(KernelCheck {
             name: format!("top-k, {what}"),
             err,
+            tol: F32_TOLERANCE,
         });
     }
     Ok(())
@@ -292,6 +305,7 @@ fn check_argmax(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
         out.push(KernelCheck {
             name: format!("argmax, {what}"),
             err,
+            tol: F32_TOLERANCE,
         });
     }
     Ok(())
@@ -363,6 +377,7 @@ fn check_sparse(
             } else {
                 f64::INFINITY
             },
+            tol: F32_TOLERANCE,
         });
     }
     Ok(())
@@ -372,4 +387,159 @@ fn check_sparse(
 fn gelu_tanh(u: f64) -> f64 {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     0.5 * u * (1.0 + (c * (u + 0.044715 * u * u * u)).tanh())
+}
+
+/// bf16 rounding (to nearest even) of `v`, as the flash kernel rounds its inputs.
+fn bf16_round(v: f32) -> f64 {
+    gemma3n_compute::dtype::bf16_to_f32(gemma3n_compute::dtype::f32_to_bf16(v)) as f64
+}
+
+/// The flash prefill attention against softmax attention in f64 on the same bf16-rounded
+/// queries, keys and values: a cached prefix before the rows, a partial last block of rows,
+/// a sliding window narrower and wider than a key tile, grouped query heads.
+fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    // (head dim, query heads, KV heads, rows, cached keys before them, window)
+    let cases = [
+        (256, 4, 2, 100, 37, 0),
+        (256, 4, 2, 100, 37, 20),
+        (256, 2, 1, 70, 0, 48),
+        (128, 4, 1, 130, 5, 0),
+        (64, 2, 2, 33, 200, 64),
+        (16, 4, 2, 65, 3, 5),
+    ];
+    for (seed, &(hd, h, g, rows, pos0, window)) in cases.iter().enumerate() {
+        if !gpu.flash_attention(hd) {
+            continue;
+        }
+        let keys = pos0 + rows;
+        let seed = 100 + 10 * seed as u64;
+        // Scores of a few units, as after the q/k norms.
+        let q = random(rows * h * hd, seed, 0.25);
+        let k = random(keys * g * hd, seed + 1, 0.25);
+        let v = random(keys * g * hd, seed + 2, 1.0);
+        let pos: Vec<i32> = (0..rows).map(|b| (pos0 + b) as i32).collect();
+        let (qb, kb, vb) = (
+            gpu.upload(&q).map_err(e)?,
+            gpu.upload(&k).map_err(e)?,
+            gpu.upload(&v).map_err(e)?,
+        );
+        let pb = gpu.upload(&pos).map_err(e)?;
+        let ob = gpu.upload(&vec![f32::NAN; rows * h * hd]).map_err(e)?;
+        gpu.attention_flash(
+            qb.ptr(),
+            kb.ptr(),
+            vb.ptr(),
+            pb.ptr(),
+            ob.ptr(),
+            rows,
+            keys,
+            h,
+            g,
+            hd,
+            window,
+        )
+        .map_err(e)?;
+        let mut got = vec![0f32; rows * h * hd];
+        gpu.read_at(ob.ptr(), &mut got).map_err(e)?;
+        let mut want = vec![0f64; rows * h * hd];
+        for b in 0..rows {
+            let p = pos0 + b;
+            let lo = if window > 0 {
+                (p + 1).saturating_sub(window)
+            } else {
+                0
+            };
+            for head in 0..h {
+                let kvh = head / (h / g);
+                let qr = &q[(b * h + head) * hd..][..hd];
+                let at = |key: usize| (key * g + kvh) * hd;
+                let scores: Vec<f64> = (lo..=p)
+                    .map(|key| {
+                        (0..hd)
+                            .map(|i| bf16_round(qr[i]) * bf16_round(k[at(key) + i]))
+                            .sum()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for i in 0..hd {
+                    want[(b * h + head) * hd + i] = (lo..=p)
+                        .zip(&w)
+                        .map(|(key, wt)| wt * bf16_round(v[at(key) + i]))
+                        .sum::<f64>()
+                        / sum;
+                }
+            }
+        }
+        out.push(KernelCheck {
+            name: format!("flash attention hd {hd}, {rows} rows after {pos0}, window {window}"),
+            err: rel_err(&got, &want),
+            tol: FLASH_TOLERANCE,
+        });
+    }
+    Ok(())
+}
+
+/// The prefill FFN activation written as bf16 parts, against gelu(cut-off gate) * up in f64:
+/// with and without the Gaussian top-k, one to three parts (the parts must sum to the value
+/// within what they keep), a width that leaves the last threads partly empty.
+fn check_ffn_act(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    let (rows, f, ld) = (3, 1000, 1024);
+    let gate = random(rows * ld, 40, 2.0);
+    let up = random(rows * ld, 41, 1.0);
+    let (gb, ub) = (gpu.upload(&gate).map_err(e)?, gpu.upload(&up).map_err(e)?);
+    for z in [None, Some(1.6448536f32)] {
+        let want: Vec<f64> = (0..rows * f)
+            .map(|i| {
+                let (r, c) = (i / f, i % f);
+                let row = &gate[r * ld..r * ld + f];
+                let g = row[c] as f64;
+                let g = match z {
+                    None => g,
+                    Some(z) => {
+                        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / f as f64;
+                        let var =
+                            row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / f as f64;
+                        (g - (mean + var.sqrt() * z as f64)).max(0.0)
+                    }
+                };
+                gelu_tanh(g) * up[r * ld + c] as f64
+            })
+            .collect();
+        for np in 1..=3 {
+            let bufs: Vec<_> = (0..np)
+                .map(|_| gpu.alloc(rows * f * 2).map_err(e))
+                .collect::<Result<_>>()?;
+            let parts: Vec<_> = bufs.iter().map(|b| b.ptr()).collect();
+            let ran = gpu
+                .ffn_act_split(gb.ptr(), ld, ub.ptr(), ld, &parts, rows, f, z)
+                .map_err(e)?;
+            let mut sum = vec![0f32; rows * f];
+            for b in &bufs {
+                let mut p = vec![0u16; rows * f];
+                gpu.read_at(b.ptr(), &mut p).map_err(e)?;
+                for (s, &v) in sum.iter_mut().zip(&p) {
+                    *s += gemma3n_compute::dtype::bf16_to_f32(v);
+                }
+            }
+            // A bf16 part keeps 8 bits: one part is within 2^-8 of the value, two 2^-16.
+            let tol = [4e-3, 2e-5, F32_TOLERANCE][np - 1];
+            out.push(KernelCheck {
+                name: format!(
+                    "FFN activation{}, {np} part(s)",
+                    if z.is_some() { " after the top-k" } else { "" }
+                ),
+                err: if ran {
+                    rel_err(&sum, &want)
+                } else {
+                    f64::INFINITY
+                },
+                tol,
+            });
+        }
+    }
+    Ok(())
 }

@@ -91,6 +91,9 @@ pub(crate) struct Settings {
     pub gemm_attention: bool,
     /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK`, default 512).
     pub prefill_chunk: usize,
+    /// Prefills of at least this many rows with bf16 activations run their attention on
+    /// the flash kernel (`GEMMA3N_CUDA_FLASH`: the rows, or 0 for never).
+    pub flash_rows: usize,
 }
 
 impl Settings {
@@ -104,6 +107,11 @@ impl Settings {
                 .and_then(|v| v.parse().ok())
                 .filter(|&c: &usize| c > 0)
                 .unwrap_or(decoder::PREFILL_CHUNK),
+            flash_rows: match std::env::var("GEMMA3N_CUDA_FLASH").ok().map(|v| v.parse()) {
+                Some(Ok(0)) => usize::MAX,
+                Some(Ok(rows)) => rows,
+                _ => decoder::FLASH_ROWS,
+            },
         }
     }
 }
