@@ -618,10 +618,18 @@ impl CudaTextModel {
         } else {
             let parts = self.parts(ws);
             let wparts: Vec<DevPtr> = ws.wparts.iter().map(|b| b.ptr()).collect();
+            // Consecutive products of one input (q, k, v and LAuReL's left; gate and up)
+            // split it into bf16 parts once.
+            let mut split = None;
             for s in segs {
-                self.gpu
-                    .gemm(s, n, &parts, &wparts, WPART_VALUES)
-                    .map_err(gpu_err)?;
+                let input = Some((s.x, s.ldx, s.k));
+                if input == split {
+                    self.gpu.gemm_parts(s, n, &parts, &wparts, WPART_VALUES)
+                } else {
+                    split = input;
+                    self.gpu.gemm(s, n, &parts, &wparts, WPART_VALUES)
+                }
+                .map_err(gpu_err)?;
             }
             Ok(())
         }
