@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 35] = [
+pub const KERNELS: [&str; 37] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -54,11 +54,13 @@ pub const KERNELS: [&str; 35] = [
     "ple_combine",
     "match_magnitude",
     "altup_predict",
+    "altup_predict_rows",
     "post_attention",
     "sparsity_cutoff",
     "gelu_mul",
     "ffn_act_split",
     "post_ffn_correct",
+    "post_ffn_correct_rows",
     "ple_gate",
     "ple_inject",
     "unembed_merge",

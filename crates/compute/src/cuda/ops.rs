@@ -274,6 +274,19 @@ const TOPK_MERGE_PER_THREAD: usize = 20;
 /// values per thread, at most 256 threads, which keeps their registers within bounds).
 pub const MAX_ROW: usize = 2048;
 
+/// The AltUp row kernel `name` for `rows` rows: its decode form for a step's few rows, its
+/// `_rows` form (registers bounded, two blocks per multiprocessor) for a prefill's many
+/// (E4B, 2048 rows: `altup_predict` 100 -> 76 us, `post_ffn_correct` 91 -> 62 us).
+fn row_kernel(name: &'static str, rows: usize) -> &'static str {
+    const PREFILL_FORM: usize = 64;
+    match (name, rows >= PREFILL_FORM) {
+        (_, false) => name,
+        ("altup_predict", true) => "altup_predict_rows",
+        ("post_ffn_correct", true) => "post_ffn_correct_rows",
+        _ => unreachable!("no prefill form of {name}"),
+    }
+}
+
 /// Threads of a register-resident row kernel for rows of `d` values.
 fn row_threads(d: usize) -> usize {
     assert!(
@@ -895,7 +908,7 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "altup_predict", (rows, 1, 1), row_threads(d);
+        launch!(self, row_kernel("altup_predict", rows), (rows, 1, 1), row_threads(d);
             s.0, ss as u64, inj.0, w_inj.0, router_norm.0, router.0, coefs.0, in_norm.0, pred.0,
             x.0, i(d), eps)
     }
@@ -1013,7 +1026,7 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "post_ffn_correct", (rows, 1, 1), row_threads(d);
+        launch!(self, row_kernel("post_ffn_correct", rows), (rows, 1, 1), row_threads(d);
             h.0, f.0, w_pf.0, p.0, ss as u64, router_norm.0, router.0, coefs.0, out_scale.0,
             h2.0, v.0, i(d), eps)
     }

@@ -7,6 +7,18 @@
 // registers of one block (blockDim.x * RPT >= d, chosen by the host), so the phases of a
 // kernel (norms, router, updates) re-read nothing from memory.
 #define RPT 8
+// The AltUp row kernels come twice: as NAME for a decode step (registers unbounded: one
+// block per row, and the fewest steps after the wait), and as NAME_rows for a prefill's
+// many rows, with registers bounded so that ROWS_MIN_BLOCKS blocks of 256 threads fit on
+// a multiprocessor (one leaves 8 warps there).
+#ifndef ROWS_MIN_BLOCKS
+#define ROWS_MIN_BLOCKS 2
+#endif
+#define ROW_KERNEL_PAIR(NAME, PARAMS, ARGS)                                                \
+    extern "C" __global__ void NAME PARAMS { NAME##_body ARGS; }                            \
+    extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS) NAME##_rows PARAMS { \
+        NAME##_body ARGS;                                                                   \
+    }
 #define FOR_ROW(j, i, d) _Pragma("unroll") for (int j = 0, i = threadIdx.x; j < RPT; j++, i += blockDim.x) if (i < (d))
 
 // Embedding rows: out[b] = table[ids[b]] * scale, or over[b] where flag[b] != 0
@@ -98,7 +110,7 @@ __device__ __forceinline__ void altup_router_regs(const float xv[RPT], const flo
 // before that one (common.cu: the kernel two back has finished when this one starts), so
 // they are loaded and the router (stream 0 only, which the injection leaves alone) is
 // computed while that product finishes.
-extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
+__device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const float* inj,
                                          const float* w_inj, const float* norm_w,
                                          const float* router, const float* coefs,
                                          const float* in_w, float* pred, float* x, int d,
@@ -159,10 +171,15 @@ extern "C" __global__ void altup_predict(float* s, size_t ss, const float* inj,
     float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
     FOR_ROW(j, k, d) x[r + k] = p0[j] * inv * iw[j];
 }
+ROW_KERNEL_PAIR(altup_predict,
+                (float* s, size_t ss, const float* inj, const float* w_inj,
+                 const float* norm_w, const float* router, const float* coefs,
+                 const float* in_w, float* pred, float* x, int d, float eps),
+                (s, ss, inj, w_inj, norm_w, router, coefs, in_w, pred, x, d, eps))
 
 // After attention: laurel = x + RMSNorm(lr) * w_laurel (LAuReL's output, lr its low-rank
 // product); h = (a + RMSNorm(o) * w_post_attn + laurel) / sqrt(2); y = RMSNorm(h) * w_pre_ffn.
-extern "C" __global__ void post_attention(const float* a, const float* o, int ldo,
+__device__ __forceinline__ void post_attention_body(const float* a, const float* o, int ldo,
                                           const float* w_pa, const float* lr,
                                           const float* w_lau, const float* x,
                                           const float* w_pf, float* h, float* y, int d,
@@ -196,6 +213,15 @@ extern "C" __global__ void post_attention(const float* a, const float* o, int ld
     }
     float inv2 = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
     FOR_ROW(j, i, d) y[r + i] = hv[j] * inv2 * pf[j];
+}
+// One form for both: at 104 registers two blocks fit already (a bounded form took 59 us
+// against 42 for a 2048-row E4B prefill).
+extern "C" __global__ void post_attention(const float* a, const float* o, int ldo,
+                                          const float* w_pa, const float* lr,
+                                          const float* w_lau, const float* x,
+                                          const float* w_pf, float* h, float* y, int d,
+                                          float eps) {
+    post_attention_body(a, o, ldo, w_pa, lr, w_lau, x, w_pf, h, y, d, eps);
 }
 
 // Gaussian top-k of the gate (spec §3.4 g): g = max(g - (mean + std * z), 0), in place.
@@ -312,7 +338,7 @@ ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16
 // After the FFN: h2 = h + RMSNorm(f) * w_post_ffn; AltUp correct (spec §3.4 h):
 // p_i += (1 + W_c . m(h2))_i * (h2 - p_0); then v = p_0 * scale (the PLE gate's input).
 // Every input is loaded first, in one round.
-extern "C" __global__ void post_ffn_correct(const float* h, const float* f, const float* w_pf,
+__device__ __forceinline__ void post_ffn_correct_body(const float* h, const float* f, const float* w_pf,
                                             float* p, size_t ss, const float* norm_w,
                                             const float* router, const float* coefs,
                                             const float* out_scale, float* h2, float* v,
@@ -357,6 +383,11 @@ extern "C" __global__ void post_ffn_correct(const float* h, const float* f, cons
         if (h2) h2[r + k] = hv[j];
     }
 }
+ROW_KERNEL_PAIR(post_ffn_correct,
+                (const float* h, const float* f, const float* w_pf, float* p, size_t ss,
+                 const float* norm_w, const float* router, const float* coefs,
+                 const float* out_scale, float* h2, float* v, int d, float eps),
+                (h, f, w_pf, p, ss, norm_w, router, coefs, out_scale, h2, v, d, eps))
 
 // PLE gate: g = gelu(g) * pi[row, layer], rows of p values.
 extern "C" __global__ void ple_gate(float* g, const float* pi, int lp, int off, int p, int rows) {
