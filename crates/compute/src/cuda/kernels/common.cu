@@ -92,6 +92,15 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// The bf16 part of a pair of values, packed (a in the low half), leaving in a and b what it
+// does not hold: called again, it gives the next part (x = p0 + p1 + p2 ...).
+__device__ __forceinline__ u32 take_bf16_pair(float& a, float& b) {
+    const bf16_t lo = f32_to_bf16(a), hi = f32_to_bf16(b);
+    a -= bf16_to_f32(lo);
+    b -= bf16_to_f32(hi);
+    return (u32)lo | ((u32)hi << 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -940,12 +940,7 @@ extern "C" __global__ void split_bf16_rows(const float* x, int ldx, bf16_t* p0, 
         if (!parts[p]) break;
         u32 w[4];
         #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const bf16_t lo = f32_to_bf16(v[2 * j]), hi = f32_to_bf16(v[2 * j + 1]);
-            w[j] = (u32)lo | ((u32)hi << 16);
-            v[2 * j] -= bf16_to_f32(lo);
-            v[2 * j + 1] -= bf16_to_f32(hi);
-        }
+        for (int j = 0; j < 4; j++) w[j] = take_bf16_pair(v[2 * j], v[2 * j + 1]);
         *reinterpret_cast<uint4*>(parts[p] + o) = make_uint4(w[0], w[1], w[2], w[3]);
     }
 }

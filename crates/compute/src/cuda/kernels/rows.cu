@@ -322,15 +322,8 @@ ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16
         #pragma unroll
         for (int p = 0; p < 3; p++) {
             if (!parts[p]) break;
-            u32 w[2];
-            #pragma unroll
-            for (int k = 0; k < 2; k++) {
-                const bf16_t lo = f32_to_bf16(v[2 * k]), hi = f32_to_bf16(v[2 * k + 1]);
-                w[k] = (u32)lo | ((u32)hi << 16);
-                v[2 * k] -= bf16_to_f32(lo);
-                v[2 * k + 1] -= bf16_to_f32(hi);
-            }
-            *reinterpret_cast<uint2*>(parts[p] + o + i) = make_uint2(w[0], w[1]);
+            const u32 w0 = take_bf16_pair(v[0], v[1]), w1 = take_bf16_pair(v[2], v[3]);
+            *reinterpret_cast<uint2*>(parts[p] + o + i) = make_uint2(w0, w1);
         }
     }
 }
