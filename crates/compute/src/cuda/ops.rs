@@ -1293,6 +1293,24 @@ impl Gpu {
 mod tests {
     use super::*;
 
+    /// Every flash kernel and every prefill form of a row kernel is one the module loads, and
+    /// each flash kernel's shared memory fits the 227 KB a block may opt into on sm_80/sm_90
+    /// (past it the launch fails on the GPU only).
+    #[test]
+    fn launched_kernels_are_loaded_and_fit() {
+        for (name, bytes) in FLASH_KERNELS {
+            assert!(super::super::KERNELS.contains(&name), "{name} not loaded");
+            assert!(bytes <= 227 * 1024, "{name}: {bytes} bytes of shared memory");
+        }
+        for name in ["altup_predict", "post_ffn_correct"] {
+            for rows in [1, 16, 63, 64, 2048] {
+                let k = row_kernel(name, rows);
+                assert!(super::super::KERNELS.contains(&k), "{k} not loaded");
+            }
+            assert_eq!(row_kernel(name, 1), name, "a decode step keeps the decode form");
+        }
+    }
+
     /// A lone bf16 product of `rows` rows of `k` values at 16-byte-aligned addresses.
     fn product(rows: usize, k: usize) -> GemvSeg {
         GemvSeg {
