@@ -1300,14 +1300,21 @@ mod tests {
     fn launched_kernels_are_loaded_and_fit() {
         for (name, bytes) in FLASH_KERNELS {
             assert!(super::super::KERNELS.contains(&name), "{name} not loaded");
-            assert!(bytes <= 227 * 1024, "{name}: {bytes} bytes of shared memory");
+            assert!(
+                bytes <= 227 * 1024,
+                "{name}: {bytes} bytes of shared memory"
+            );
         }
         for name in ["altup_predict", "post_ffn_correct"] {
             for rows in [1, 16, 63, 64, 2048] {
                 let k = row_kernel(name, rows);
                 assert!(super::super::KERNELS.contains(&k), "{k} not loaded");
             }
-            assert_eq!(row_kernel(name, 1), name, "a decode step keeps the decode form");
+            assert_eq!(
+                row_kernel(name, 1),
+                name,
+                "a decode step keeps the decode form"
+            );
         }
     }
 
