@@ -543,10 +543,6 @@ impl Gpu {
         wparts: &[DevPtr],
         wcap: usize,
     ) -> Result<()> {
-        assert!(
-            s.mask.is_null() && s.epi == Epilogue::Plain,
-            "masked products and epilogues run on the gemv path"
-        );
         self.split_bf16(s.x, s.ldx, parts, batch, s.k)?;
         self.gemm_parts(s, batch, parts, wparts, wcap)
     }
@@ -561,6 +557,10 @@ impl Gpu {
         wparts: &[DevPtr],
         wcap: usize,
     ) -> Result<()> {
+        assert!(
+            s.mask.is_null() && s.epi == Epilogue::Plain,
+            "masked products and epilogues run on the gemv path"
+        );
         if s.w.fmt == WeightFormat::Bf16 {
             for (j, &p) in parts.iter().enumerate() {
                 let beta = if j == 0 { 0.0 } else { 1.0 };
