@@ -174,16 +174,15 @@ impl Gpu {
         for k in KERNELS {
             funcs.insert(k, module.load_function(k).map_err(drv)?);
         }
-        // Kernels with more than the default 48 KB of dynamic shared memory.
-        for (k, bytes) in ops::FLASH_KERNELS {
-            if arch.0 >= 8 {
-                funcs[k]
-                    .set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes as i32,
-                    )
-                    .map_err(drv)?;
-            }
+        // The flash kernels take more than the default 48 KB of dynamic shared memory.
+        let flash = arch.0 >= 8;
+        for (hd, k) in ops::FLASH_HEAD_DIMS.into_iter().filter(|_| flash) {
+            funcs[k]
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    ops::flash_smem(hd) as i32,
+                )
+                .map_err(drv)?;
         }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| CudaError::Blas(e.to_string()))?;
         Ok(Arc::new(Gpu {
@@ -196,7 +195,7 @@ impl Gpu {
             arch,
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
-            flash: arch.0 >= 8,
+            flash,
             rowblock: ops::RowBlock::from_env(
                 std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
             ),

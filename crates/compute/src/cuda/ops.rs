@@ -240,11 +240,9 @@ fn gemv_block(name: &str, rpb: usize) -> (usize, usize) {
     }
 }
 
-/// attention.cu's flash prefill kernels: (head dim, name), and the dynamic shared memory
-/// each takes (`FA_ROWS` query rows, `FA_KEYS` key and value rows, of `hd + 8` bf16 values).
-/// A block of `FA_THREADS` takes `FA_ROWS` query rows of one head, or half as many of two
-/// heads that share a KV head.
-const FLASH_HEAD_DIMS: [(usize, &str); 4] = [
+/// attention.cu's flash prefill kernels: (head dim, name). A block of `FA_THREADS` takes
+/// `FA_ROWS` query rows of one head, or half as many of two heads that share a KV head.
+pub(crate) const FLASH_HEAD_DIMS: [(usize, &str); 4] = [
     (16, "attention_flash_hd16"),
     (64, "attention_flash_hd64"),
     (128, "attention_flash_hd128"),
@@ -253,16 +251,20 @@ const FLASH_HEAD_DIMS: [(usize, &str); 4] = [
 const FA_ROWS: usize = 128;
 const FA_KEYS: usize = 32;
 const FA_THREADS: usize = 256;
-const fn flash_smem(hd: usize) -> usize {
+/// The dynamic shared memory of the flash kernel for heads of `hd` (`FA_ROWS` query rows,
+/// `FA_KEYS` key and value rows, of `hd + 8` bf16 values); set as its limit when the module
+/// loads.
+pub(crate) const fn flash_smem(hd: usize) -> usize {
     (FA_ROWS + 2 * FA_KEYS) * (hd + 8) * 2
 }
-/// The flash kernels and their shared memory (set as their limit when the module loads).
-pub(crate) const FLASH_KERNELS: [(&str, usize); 4] = [
-    (FLASH_HEAD_DIMS[0].1, flash_smem(16)),
-    (FLASH_HEAD_DIMS[1].1, flash_smem(64)),
-    (FLASH_HEAD_DIMS[2].1, flash_smem(128)),
-    (FLASH_HEAD_DIMS[3].1, flash_smem(256)),
-];
+
+/// The flash kernel for heads of `hd` values, if there is one.
+fn flash_kernel(hd: usize) -> Option<&'static str> {
+    FLASH_HEAD_DIMS
+        .iter()
+        .find(|&&(d, _)| d == hd)
+        .map(|&(_, name)| name)
+}
 
 /// rows.cu's TOPK_* sizes of `topk_f32`.
 const TOPK_THREADS: usize = 512;
@@ -1204,7 +1206,7 @@ impl Gpu {
 
     /// Whether [`Gpu::attention_flash`] takes heads of `hd` values on this GPU.
     pub fn flash_attention(&self, hd: usize) -> bool {
-        self.flash && FLASH_HEAD_DIMS.iter().any(|&(d, _)| d == hd)
+        self.flash && flash_kernel(hd).is_some()
     }
 
     /// Prefill attention on the tensor cores, one kernel: q, k and v rounded to bf16, the
@@ -1225,9 +1227,7 @@ impl Gpu {
         hd: usize,
         window: usize,
     ) -> Result<()> {
-        let (_, name) = *FLASH_HEAD_DIMS
-            .iter()
-            .find(|&&(d, _)| d == hd)
+        let name = flash_kernel(hd)
             .unwrap_or_else(|| panic!("no flash attention kernel for heads of {hd}"));
         // Two query heads per block where the KV heads' groups allow.
         let hpb = if (h / g).is_multiple_of(2) { 2 } else { 1 };
@@ -1298,8 +1298,9 @@ mod tests {
     /// (past it the launch fails on the GPU only).
     #[test]
     fn launched_kernels_are_loaded_and_fit() {
-        for (name, bytes) in FLASH_KERNELS {
+        for (hd, name) in FLASH_HEAD_DIMS {
             assert!(super::super::KERNELS.contains(&name), "{name} not loaded");
+            let bytes = flash_smem(hd);
             assert!(
                 bytes <= 227 * 1024,
                 "{name}: {bytes} bytes of shared memory"

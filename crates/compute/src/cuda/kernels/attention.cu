@@ -296,12 +296,6 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
 // fragment load touches start in different banks.
 #define FA_STRIDE(HD) ((HD) + 8)
 
-__device__ __forceinline__ u32 bf16x2_of(float lo, float hi) {
-    u32 d;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-    return d;
-}
-
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));

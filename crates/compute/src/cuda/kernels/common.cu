@@ -92,13 +92,20 @@ __device__ __forceinline__ bf16_t f32_to_bf16(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// lo and hi rounded to bf16 (to nearest) by the hardware, packed: lo in the low half.
+__device__ __forceinline__ u32 bf16x2_of(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
 // The bf16 part of a pair of values, packed (a in the low half), leaving in a and b what it
 // does not hold: called again, it gives the next part (x = p0 + p1 + p2 ...).
 __device__ __forceinline__ u32 take_bf16_pair(float& a, float& b) {
-    const bf16_t lo = f32_to_bf16(a), hi = f32_to_bf16(b);
-    a -= bf16_to_f32(lo);
-    b -= bf16_to_f32(hi);
-    return (u32)lo | ((u32)hi << 16);
+    const u32 d = bf16x2_of(a, b);
+    a -= __uint_as_float(d << 16);
+    b -= __uint_as_float(d & 0xffff0000u);
+    return d;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -404,13 +404,7 @@ __device__ __forceinline__ void mma_bf16(float c[4], u32 a0, u32 a1, u32 a2, u32
 // each part's B fragment: xb[0][q] = bf16(x), xb[1][q] = bf16(x - xb[0][q]), ...
 __device__ __forceinline__ void split_pair(float x0, float x1, u32 xb[TC_PARTS][4], int q) {
     #pragma unroll
-    for (int i = 0; i < TC_PARTS; i++) {
-        u32 d;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(x1), "f"(x0));
-        xb[i][q] = d;
-        x0 -= __uint_as_float(d << 16);
-        x1 -= __uint_as_float(d & 0xffff0000u);
-    }
+    for (int i = 0; i < TC_PARTS; i++) xb[i][q] = take_bf16_pair(x0, x1);
 }
 
 // Int8 values i and i + 1 of v (bytes, offset by 128: v ^ 0x80808080) as a packed bf16

@@ -616,8 +616,7 @@ impl CudaTextModel {
         if n <= GEMV_ROWS {
             self.gpu.gemv(segs, n, cap).map_err(gpu_err)
         } else {
-            let parts = self.parts(ws);
-            let wparts: Vec<DevPtr> = ws.wparts.iter().map(|b| b.ptr()).collect();
+            let (parts, wparts) = (self.parts(ws), ws.wpart_ptrs());
             // Consecutive products of one input (q, k, v and LAuReL's left; gate and up)
             // split it into bf16 parts once.
             let mut split = None;
@@ -710,6 +709,8 @@ impl CudaTextModel {
         )
         .map_err(e)?;
 
+        // Whether this pass's prefill attention (all rows at once) runs on the flash kernel.
+        let flash = self.flash_attention(ws, n_all);
         let watching = hook.is_some();
         let mut observe = |k: usize, s: DevPtr, n: usize| -> Result<()> {
             if let Some(h) = hook.as_mut() {
@@ -810,7 +811,7 @@ impl CudaTextModel {
             // step: the sizes would be frozen into the graph.)
             let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
             match (&ws.scores, caches, many) {
-                (_, Caches::One(cache), true) if self.flash_attention(ws, n) => g.attention_flash(
+                (_, Caches::One(cache), true) if flash => g.attention_flash(
                     ws.q.ptr(),
                     kv.k,
                     kv.v,
@@ -1013,9 +1014,8 @@ impl CudaTextModel {
                 {
                     return match &lw.down {
                         Down::Normal(m) => {
-                            let wparts: Vec<DevPtr> = ws.wparts.iter().map(|b| b.ptr()).collect();
                             let s = seg(m, d, f, DevPtr::NULL, f, ws.fo.ptr(), d);
-                            g.gemm_parts(&s, n, &parts, &wparts, WPART_VALUES)
+                            g.gemm_parts(&s, n, &parts, &ws.wpart_ptrs(), WPART_VALUES)
                         }
                         Down::Transposed(m) => {
                             g.gemm_t_parts(m.ptr(), d, m.cols, n, f, ws.fo.ptr(), d, &parts)

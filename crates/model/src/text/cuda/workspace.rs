@@ -247,6 +247,11 @@ impl Workspace {
         Ok(&self.batch_graphs[i].graph)
     }
 
+    /// The quantized GEMMs' weight scratch buffers (`wparts`), as pointers.
+    pub fn wpart_ptrs(&self) -> Vec<DevPtr> {
+        self.wparts.iter().map(|b| b.ptr()).collect()
+    }
+
     pub fn ids(&self) -> DevPtr {
         self.inputs.ptr()
     }
