@@ -13,8 +13,8 @@
 mod ops;
 
 pub use ops::{
-    Epilogue, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS,
-    GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
+    flash_plan, Epilogue, FlashPlan, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES,
+    GEMV_KERNELS, GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
 };
 
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ const SOURCES: [(&str, &str); 4] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 37] = [
+pub const KERNELS: [&str; 38] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -59,6 +59,7 @@ pub const KERNELS: [&str; 37] = [
     "sparsity_cutoff",
     "gelu_mul",
     "ffn_act_split",
+    "ffn_act_split_bf16",
     "post_ffn_correct",
     "post_ffn_correct_rows",
     "ple_gate",
@@ -114,6 +115,8 @@ pub struct Gpu {
     pdl: bool,
     /// The flash attention kernels run here (compute capability 8.0 and up).
     flash: bool,
+    /// Multiprocessors of the device.
+    sms: usize,
     /// Which products run on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK`).
     rowblock: ops::RowBlock,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
@@ -167,6 +170,11 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv)?;
         let arch = ctx.compute_capability().map_err(drv)?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(drv)? as usize;
         let name = ctx.name().map_err(drv)?;
         let ptx = kernels_ptx(arch)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
@@ -196,6 +204,7 @@ impl Gpu {
             allocated: AtomicUsize::new(0),
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
             flash,
+            sms,
             rowblock: ops::RowBlock::from_env(
                 std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
             ),
@@ -602,6 +611,11 @@ impl DevPtr {
     /// `self` advanced by `n` f32 elements.
     pub fn add_f32(self, n: usize) -> DevPtr {
         DevPtr(self.0 + 4 * n as u64)
+    }
+
+    /// `self` advanced by `n` bf16 elements.
+    pub fn add_bf16(self, n: usize) -> DevPtr {
+        DevPtr(self.0 + 2 * n as u64)
     }
 
     pub fn is_null(self) -> bool {

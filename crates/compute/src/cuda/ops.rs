@@ -258,6 +258,90 @@ pub(crate) const fn flash_smem(hd: usize) -> usize {
     (FA_ROWS + 2 * FA_KEYS) * (hd + 8) * 2
 }
 
+/// Warps of a block of `qkv_prep` (attention.cu's QKV_WARPS), one per (head, row).
+const QKV_WARPS: usize = 8;
+
+/// Threads of a block of `ffn_act_split` (rows.cu's FFN_ACT_THREADS).
+const FFN_ACT_THREADS: usize = 256;
+
+/// Part `j` of a kernel's bf16 outputs, or null.
+fn part_at(parts: &[DevPtr], j: usize) -> u64 {
+    assert!(parts.len() <= 3, "at most 3 activation parts");
+    parts.get(j).map_or(0, |p| p.0)
+}
+
+/// Query heads per flash block: two where the KV heads' groups allow (the keys and values a
+/// block brings in serve both).
+fn flash_heads_per_block(h: usize, g: usize) -> usize {
+    if (h / g).is_multiple_of(2) {
+        2
+    } else {
+        1
+    }
+}
+
+/// How the flash kernel shares out key tiles (see [`Gpu::flash_plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashPlan {
+    /// Runs of key tiles a row block is split into, at most (1: not split).
+    pub nchunks: usize,
+    /// Tiles per run, about.
+    pub chunk: usize,
+}
+
+impl FlashPlan {
+    /// Bytes of the partial results for `rows` query rows of `h` heads of `hd` values.
+    pub fn scratch_bytes(&self, rows: usize, h: usize, hd: usize) -> usize {
+        if self.nchunks > 1 {
+            4 * rows * h * self.nchunks * (hd + 2)
+        } else {
+            0
+        }
+    }
+}
+
+/// How the flash kernel shares out the key tiles of `rows` query rows (the last `rows` of
+/// `keys` positions, `h` query heads over `g` KV heads, `window` 0 for full attention) on
+/// `sms` multiprocessors: whole rows per block when the longest rows are near the fair share
+/// of a multiprocessor, else runs of about `chunk` tiles merged at the end (a long prompt's
+/// full-attention layers: the last rows of 2048 read 2048 / 32 = 64 tiles, the first 2).
+pub fn flash_plan(
+    rows: usize,
+    keys: usize,
+    h: usize,
+    g: usize,
+    window: usize,
+    sms: usize,
+) -> FlashPlan {
+    let hpb = flash_heads_per_block(h, g);
+    let rpb = FA_ROWS / hpb;
+    let pos0 = keys.saturating_sub(rows);
+    let tiles = |b: usize| {
+        let (lo, hi) = (pos0 + b * rpb, (pos0 + (b + 1) * rpb).min(keys).max(1) - 1);
+        let first = if window > 0 {
+            (lo + 1).saturating_sub(window)
+        } else {
+            0
+        };
+        (hi - (first - first % FA_KEYS)) / FA_KEYS + 1
+    };
+    let nrb = rows.div_ceil(rpb);
+    let longest = (0..nrb).map(tiles).max().unwrap_or(1);
+    let total = (0..nrb).map(tiles).sum::<usize>() * (h / hpb);
+    let fair = total.div_ceil(sms.max(1));
+    if 4 * longest <= 5 * fair {
+        return FlashPlan {
+            nchunks: 1,
+            chunk: longest.max(1),
+        };
+    }
+    let chunk = total.div_ceil(2 * sms.max(1)).max(8);
+    FlashPlan {
+        nchunks: longest.div_ceil(chunk),
+        chunk,
+    }
+}
+
 /// The flash kernel for heads of `hd` values, if there is one.
 fn flash_kernel(hd: usize) -> Option<&'static str> {
     FLASH_HEAD_DIMS
@@ -567,7 +651,7 @@ impl Gpu {
             for (j, &p) in parts.iter().enumerate() {
                 let beta = if j == 0 { 0.0 } else { 1.0 };
                 self.gemm_raw(
-                    s.w.w, false, s.rows, s.ldw, p, s.k, batch, s.k, s.y, s.ldy, beta,
+                    s.w.w, false, s.rows, s.ldw, p, s.k, batch, s.k, s.y, s.ldy, beta, false,
                 )?;
             }
             return Ok(());
@@ -592,12 +676,43 @@ impl Gpu {
                 for &p in &parts[..np - wi] {
                     let beta = if first { 0.0 } else { 1.0 };
                     first = false;
-                    self.gemm_raw(wp(wi), false, n, s.k, p, s.k, batch, s.k, y, s.ldy, beta)?;
+                    self.gemm_raw(
+                        wp(wi),
+                        false,
+                        n,
+                        s.k,
+                        p,
+                        s.k,
+                        batch,
+                        s.k,
+                        y,
+                        s.ldy,
+                        beta,
+                        false,
+                    )?;
                 }
             }
             r0 += n;
         }
         Ok(())
+    }
+
+    /// [`Gpu::gemm_parts`] with one activation part and bf16 weights, the result rounded to
+    /// bf16: `s.y` holds bf16 values, rows of `s.ldy` of them (a prefill with bf16
+    /// activations, whose next op reads bf16). Returns false, launching nothing, for
+    /// weights of another format.
+    pub fn gemm_bf16_out(&self, s: &GemvSeg, batch: usize, part: DevPtr) -> Result<bool> {
+        assert!(
+            s.mask.is_null() && s.epi == Epilogue::Plain,
+            "masked products and epilogues run on the gemv path"
+        );
+        if s.w.fmt != WeightFormat::Bf16 {
+            return Ok(false);
+        }
+        self.gemm_raw(
+            s.w.w, false, s.rows, s.ldw, part, s.k, batch, s.k, s.y, s.ldy, 0.0, true,
+        )?;
+        Ok(true)
     }
 
     /// [`Gpu::gemm`] with a transposed weight (`wt` = `[k, rows]`, stride `ldw`).
@@ -634,13 +749,13 @@ impl Gpu {
     ) -> Result<()> {
         for (j, &p) in parts.iter().enumerate() {
             let beta = if j == 0 { 0.0 } else { 1.0 };
-            self.gemm_raw(wt, true, rows, ldw, p, k, batch, k, y, ldy, beta)?;
+            self.gemm_raw(wt, true, rows, ldw, p, k, batch, k, y, ldy, beta, false)?;
         }
         Ok(())
     }
 
     /// `rows x n` f32 values to 1 to 3 packed bf16 parts.
-    fn split_bf16(
+    pub fn split_bf16(
         &self,
         x: DevPtr,
         ldx: usize,
@@ -665,7 +780,8 @@ impl Gpu {
 
     /// `y = op(W) · xb (+ beta · y)` with bf16 `xb` (row stride `ldx`): `y[b, n] = Σ_k xb[b, k] · W(n, k)`;
     /// W is `[rows, k]` row-major with stride `ldw` (`transposed` = false), or stored as `Wᵀ`
-    /// (`[k, rows]`, stride `ldw`; `transposed` = true).
+    /// (`[k, rows]`, stride `ldw`; `transposed` = true). `y` is f32, or bf16 with `y_bf16`
+    /// (sums in f32 either way).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_raw(
         &self,
@@ -680,6 +796,7 @@ impl Gpu {
         y: DevPtr,
         ldy: usize,
         beta: f32,
+        y_bf16: bool,
     ) -> Result<()> {
         // Column-major view: Yᵀ[rows, batch] = op(W) · Xᵀ[k, batch].
         let alpha = 1.0f32;
@@ -711,7 +828,11 @@ impl Gpu {
                 i(ldx),
                 &beta as *const f32 as *const _,
                 y.0 as *mut _,
-                blas::cudaDataType_t::CUDA_R_32F,
+                if y_bf16 {
+                    blas::cudaDataType_t::CUDA_R_16BF
+                } else {
+                    blas::cudaDataType_t::CUDA_R_32F
+                },
                 i(ldy),
                 blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -892,7 +1013,8 @@ impl Gpu {
     }
 
     /// AltUp predict and the input norm (see rows.cu), after the previous layer's PLE
-    /// injection `inj` (null: none) is added to streams 1.. of `s`.
+    /// injection `inj` (null: none) is added to streams 1.. of `s`. `x_parts`: where the
+    /// normed input also goes as the bf16 parts of the next GEMM (none: not written).
     #[allow(clippy::too_many_arguments)]
     pub fn altup_predict(
         &self,
@@ -906,17 +1028,19 @@ impl Gpu {
         in_norm: DevPtr,
         pred: DevPtr,
         x: DevPtr,
+        x_parts: &[DevPtr],
         rows: usize,
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        let xp = |j| part_at(x_parts, j);
         launch!(self, row_kernel("altup_predict", rows), (rows, 1, 1), row_threads(d);
             s.0, ss as u64, inj.0, w_inj.0, router_norm.0, router.0, coefs.0, in_norm.0, pred.0,
-            x.0, i(d), eps)
+            x.0, xp(0), xp(1), xp(2), i(d), eps)
     }
 
     /// LAuReL's output, the residual merge after attention and the FFN input norm (see
-    /// rows.cu).
+    /// rows.cu); `y_parts` as `x_parts` of [`Gpu::altup_predict`].
     #[allow(clippy::too_many_arguments)]
     pub fn post_attention(
         &self,
@@ -930,12 +1054,15 @@ impl Gpu {
         w_pf: DevPtr,
         h: DevPtr,
         y: DevPtr,
+        y_parts: &[DevPtr],
         rows: usize,
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        let yp = |j| part_at(y_parts, j);
         launch!(self, "post_attention", (rows, 1, 1), row_threads(d);
-            a.0, o.0, i(ldo), w_pa.0, lr.0, w_lau.0, x.0, w_pf.0, h.0, y.0, i(d), eps)
+            a.0, o.0, i(ldo), w_pa.0, lr.0, w_lau.0, x.0, w_pf.0, h.0, y.0, yp(0), yp(1), yp(2),
+            i(d), eps)
     }
 
     /// Gaussian top-k cutoff of `rows` gate rows of `f` values, in place.
@@ -955,8 +1082,9 @@ impl Gpu {
     /// The FFN activation of `rows` prefill rows straight into the down product's bf16
     /// `parts` (rows of `f` values): `gelu(g') · u`, `g'` the gate after the Gaussian top-k
     /// cut-off with `z` (`None`: the gate itself). One pass instead of `sparsity_cutoff`,
-    /// `gelu_mul` and the split. Returns false, launching nothing, for rows the kernel does
-    /// not take (widths past 16384 or not a multiple of 4, unaligned rows).
+    /// `gelu_mul` and the split. `g` and `u` hold f32 values, or bf16 with `in_bf16` (rows
+    /// of `ldg` / `ldu` values either way). Returns false, launching nothing, for rows the
+    /// kernel does not take (widths not a multiple of 4, unaligned rows).
     #[allow(clippy::too_many_arguments)]
     pub fn ffn_act_split(
         &self,
@@ -964,23 +1092,30 @@ impl Gpu {
         ldg: usize,
         u: DevPtr,
         ldu: usize,
+        in_bf16: bool,
         parts: &[DevPtr],
         rows: usize,
         f: usize,
         z: Option<f32>,
     ) -> Result<bool> {
         assert!((1..=3).contains(&parts.len()), "1 to 3 activation parts");
-        let fits = f <= 16 * 1024
-            && f.is_multiple_of(4)
-            && (ldg | ldu).is_multiple_of(4)
-            && (g.0 | u.0).is_multiple_of(16)
+        // 16-byte (f32) or 8-byte (bf16) loads of 4 values.
+        let (lds, align) = if in_bf16 { (2, 8) } else { (4, 16) };
+        let fits = f.is_multiple_of(4)
+            && (g.0 | u.0).is_multiple_of(align)
+            && ((ldg | ldu) * lds).is_multiple_of(align as usize)
             && parts.iter().all(|p| p.0.is_multiple_of(8));
         if !fits {
             return Ok(false);
         }
         let part = |j: usize| parts.get(j).map_or(0, |p| p.0);
-        let threads = (f.div_ceil(16).div_ceil(32) * 32).clamp(32, 1024);
-        launch!(self, "ffn_act_split", (rows, 1, 1), threads;
+        let threads = FFN_ACT_THREADS;
+        let name = if in_bf16 {
+            "ffn_act_split_bf16"
+        } else {
+            "ffn_act_split"
+        };
+        launch!(self, name, (rows, 1, 1), threads;
             g.0, i(ldg), u.0, i(ldu), part(0), part(1), part(2), i(f), i(f),
             i32::from(z.is_some()), z.unwrap_or(0.0))?;
         Ok(true)
@@ -1009,7 +1144,8 @@ impl Gpu {
         Ok(())
     }
 
-    /// The FFN residual, AltUp correct and the PLE gate input (see rows.cu).
+    /// The FFN residual, AltUp correct and the PLE gate input (see rows.cu); `v_parts` as
+    /// `x_parts` of [`Gpu::altup_predict`].
     #[allow(clippy::too_many_arguments)]
     pub fn post_ffn_correct(
         &self,
@@ -1024,16 +1160,20 @@ impl Gpu {
         out_scale: DevPtr,
         h2: DevPtr,
         v: DevPtr,
+        v_parts: &[DevPtr],
         rows: usize,
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        let vp = |j| part_at(v_parts, j);
         launch!(self, row_kernel("post_ffn_correct", rows), (rows, 1, 1), row_threads(d);
             h.0, f.0, w_pf.0, p.0, ss as u64, router_norm.0, router.0, coefs.0, out_scale.0,
-            h2.0, v.0, i(d), eps)
+            h2.0, v.0, vp(0), vp(1), vp(2), i(d), eps)
     }
 
-    /// `g = gelu(g) · pi[:, off..off+p]` (pi rows of `lp` values).
+    /// `g = gelu(g) · pi[:, off..off+p]` (pi rows of `lp` values); `g_parts` as `x_parts` of
+    /// [`Gpu::altup_predict`].
+    #[allow(clippy::too_many_arguments)]
     pub fn ple_gate(
         &self,
         g: DevPtr,
@@ -1042,9 +1182,12 @@ impl Gpu {
         off: usize,
         p: usize,
         rows: usize,
+        g_parts: &[DevPtr],
     ) -> Result<()> {
         let blocks = (rows * p).div_ceil(256).min(4096);
-        launch!(self, "ple_gate", (blocks, 1, 1), 256; g.0, pi.0, i(lp), i(off), i(p), i(rows))
+        let gp = |j| part_at(g_parts, j);
+        launch!(self, "ple_gate", (blocks, 1, 1), 256;
+            g.0, pi.0, i(lp), i(off), i(p), i(rows), gp(0), gp(1), gp(2))
     }
 
     /// Streams 1..n += RMSNorm(q) · w.
@@ -1108,10 +1251,11 @@ impl Gpu {
         eps: f32,
     ) -> Result<()> {
         assert!(hd <= 256, "qkv_prep head_dim {hd} > 256");
+        assert!(hd.is_multiple_of(2), "qkv_prep head_dim {hd} is odd");
         let heads = if own { h + 2 * g } else { h };
-        launch!(self, "qkv_prep", (heads, rows, 1), 128;
+        launch!(self, "qkv_prep", ((heads * rows).div_ceil(QKV_WARPS), 1, 1), 32 * QKV_WARPS;
             qkv.0, i(ldqkv), wq.0, wk.0, pos.0, inv_freq.0, q_out.0, kv.k.0, kv.v.0,
-            i(h), i(g), i(hd), eps, kv.rows.0)
+            i(h), i(g), i(hd), eps, kv.rows.0, i(heads), i(rows))
     }
 
     /// Attention of `rows` query rows over a cache (`window` 0: full). With `nsplit > 1`,
@@ -1209,9 +1353,26 @@ impl Gpu {
         self.flash && flash_kernel(hd).is_some()
     }
 
+    /// How [`Gpu::attention_flash`] shares out the key tiles of `rows` query rows (the last
+    /// `rows` of `keys` positions) on this GPU: see [`flash_plan`].
+    pub fn flash_plan(
+        &self,
+        rows: usize,
+        keys: usize,
+        h: usize,
+        g: usize,
+        window: usize,
+    ) -> FlashPlan {
+        flash_plan(rows, keys, h, g, window, self.sms)
+    }
+
     /// Prefill attention on the tensor cores, one kernel: q, k and v rounded to bf16, the
     /// softmax weights too, f32 sums (the precision of a prefill with bf16 activations).
-    /// Arguments as for [`Gpu::attention_prefill`]; needs [`Gpu::flash_attention`].
+    /// Arguments as for [`Gpu::attention_prefill`]; needs [`Gpu::flash_attention`]. With
+    /// `out_bf16` the result is written as bf16 (the o projection's activations). `split`:
+    /// scratch for the partial results of [`Gpu::flash_plan`]'s key runs, (buffer, its
+    /// bytes, `rows` zeroed counters, left zeroed); without it, or when it is too small,
+    /// each block takes all of its rows' keys.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_flash(
         &self,
@@ -1220,21 +1381,35 @@ impl Gpu {
         vcache: DevPtr,
         pos: DevPtr,
         out: DevPtr,
+        out_bf16: bool,
         rows: usize,
         keys: usize,
         h: usize,
         g: usize,
         hd: usize,
         window: usize,
+        split: Option<(DevPtr, usize, DevPtr)>,
     ) -> Result<()> {
         let name = flash_kernel(hd)
             .unwrap_or_else(|| panic!("no flash attention kernel for heads of {hd}"));
-        // Two query heads per block where the KV heads' groups allow.
-        let hpb = if (h / g).is_multiple_of(2) { 2 } else { 1 };
-        launch!(self, name, (rows.div_ceil(FA_ROWS / hpb), h / hpb, 1), FA_THREADS,
-            smem flash_smem(hd);
-            q.0, kcache.0, vcache.0, pos.0, out.0, i(rows), i(keys), i(h), i(g), i(window),
-            i(hpb))
+        let hpb = flash_heads_per_block(h, g);
+        let mut plan = self.flash_plan(rows, keys, h, g, window);
+        let (part, done) = match split {
+            Some((part, bytes, done)) if plan.scratch_bytes(rows, h, hd) <= bytes => (part, done),
+            _ => {
+                plan.nchunks = 1;
+                (DevPtr::NULL, DevPtr::NULL)
+            }
+        };
+        let (out, outb) = if out_bf16 {
+            (DevPtr::NULL, out)
+        } else {
+            (out, DevPtr::NULL)
+        };
+        let blocks = rows.div_ceil(FA_ROWS / hpb) * plan.nchunks * (h / hpb);
+        launch!(self, name, (blocks, 1, 1), FA_THREADS, smem flash_smem(hd);
+            q.0, kcache.0, vcache.0, pos.0, out.0, outb.0, part.0, done.0, i(rows), i(keys),
+            i(h), i(g), i(window), i(hpb), i(plan.nchunks), i(plan.chunk))
     }
 
     /// The math mode of the cuBLAS handle's later calls.
@@ -1317,6 +1492,34 @@ mod tests {
                 "a decode step keeps the decode form"
             );
         }
+    }
+
+    /// The flash kernel splits keys only where rows are unequal: a 2048-token prompt's
+    /// full-attention layers (the last row block reads 64 tiles, the fair share of one of
+    /// 132 multiprocessors is 32), not its 512-key sliding layers (18 tiles at most, all
+    /// blocks alike) nor rows of fewer than 8 tiles; split runs stay near the fair share, and
+    /// the partial results need room only when split.
+    #[test]
+    fn flash_plan_splits_only_unequal_rows() {
+        // (rows, keys, window, sms): E4B/E2B heads, 8 query heads over 2 KV heads.
+        let full = flash_plan(2048, 2048, 8, 2, 0, 132);
+        assert!(full.nchunks > 1, "{full:?}");
+        // 64 tiles for the longest rows; each run at most about a fair share.
+        assert!(64usize.div_ceil(full.nchunks) <= 32, "{full:?}");
+        assert_eq!(
+            full.scratch_bytes(2048, 8, 256),
+            4 * 2048 * 8 * full.nchunks * 258
+        );
+        for (rows, keys, window) in [(2048, 2048, 512), (100, 137, 0), (4096, 4096, 512)] {
+            let p = flash_plan(rows, keys, 8, 2, window, 132);
+            assert_eq!(
+                p.nchunks, 1,
+                "{rows} rows, {keys} keys, window {window}: {p:?}"
+            );
+            assert_eq!(p.scratch_bytes(rows, 8, 256), 0);
+        }
+        // 512 rows make 32 blocks for 132 multiprocessors: the longest rows' 16 tiles split.
+        assert!(flash_plan(512, 512, 8, 2, 0, 132).nchunks > 1);
     }
 
     /// A lone bf16 product of `rows` rows of `k` values at 16-byte-aligned addresses.

@@ -5,17 +5,24 @@
 #define ATT_MAX_HD 256
 #define ATT_WARPS 8
 
-// grid (H + 2G, rows) when the layer owns its KV (else (H, rows)); block 128.
+// One warp per (head, row): `heads` = H + 2G when the layer owns its KV (else H), grid
+// ceil(heads * rows / QKV_WARPS), block QKV_WARPS * 32.
 // Head j < H: q = RoPE(RMSNorm(q_j) * w_q) -> q_out. H <= j < H+G: k, with w_k and RoPE,
 // -> kcache row pos[b]. H+G <= j: v = RMSNorm(v) (no weight) -> vcache row pos[b].
 // kv_rows (may be null): each row's own cache, (keys, values) pointers per row, for a step
 // of several sequences; else every row is in kcache / vcache. The weights and the rotation
-// (positions come from the host) are ready before the wait for the product.
-extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq,
-                                    const float* wk, const int* pos, const float* inv_freq,
-                                    float* q_out, float* kcache, float* vcache, int h, int g,
-                                    int hd, float eps, const unsigned long long* kv_rows) {
-    int j = blockIdx.x, b = blockIdx.y;
+// (positions come from the host) are ready before the wait for the product. (A block of
+// 128 threads per (head, row), summing over the block, took 35 us for a 2048-row E4B
+// prefill: 24576 small blocks, three barriers each.)
+#define QKV_WARPS 8
+#define QKV_PAIRS (ATT_MAX_HD / 2 / 32)
+extern "C" __global__ void __launch_bounds__(QKV_WARPS * 32)
+qkv_prep(const float* qkv, int ldqkv, const float* wq, const float* wk, const int* pos,
+         const float* inv_freq, float* q_out, float* kcache, float* vcache, int h, int g,
+         int hd, float eps, const unsigned long long* kv_rows, int heads, int rows) {
+    const int item = blockIdx.x * QKV_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (item >= heads * rows) return;
+    const int j = item % heads, b = item / heads;
     if (kv_rows) {
         kcache = (float*)kv_rows[2 * b];
         vcache = (float*)kv_rows[2 * b + 1];
@@ -27,23 +34,38 @@ extern "C" __global__ void qkv_prep(const float* qkv, int ldqkv, const float* wq
     else if (j < h + g) dst = kcache + ((size_t)pos[b] * g + (j - h)) * hd;
     else dst = vcache + ((size_t)pos[b] * g + (j - h - g)) * hd;
     const int half = hd / 2;
-    // At most ATT_MAX_HD / 2 / 128 = 1 pair per thread.
-    const int i = threadIdx.x;
-    const bool has = i < half;
-    float w0 = 1.0f, w1 = 1.0f, sn = 0.0f, cs = 1.0f;
-    if (has && w) {
-        w0 = w[i];
-        w1 = w[i + half];
+    // Lane pairs (i, i + half) for i = lane + 32 k.
+    float w0[QKV_PAIRS], w1[QKV_PAIRS], sn[QKV_PAIRS], cs[QKV_PAIRS];
+    #pragma unroll
+    for (int k = 0; k < QKV_PAIRS; k++) {
+        const int i = lane + 32 * k;
+        w0[k] = w1[k] = 1.0f;
+        sn[k] = 0.0f;
+        cs[k] = 1.0f;
+        if (i < half && w) {
+            w0[k] = w[i];
+            w1[k] = w[i + half];
+        }
+        if (i < half && j < h + g) sincosf((float)pos[b] * inv_freq[i], &sn[k], &cs[k]);
     }
-    if (has && j < h + g) sincosf((float)pos[b] * inv_freq[i], &sn, &cs);
     pdl_start();
-    float x0 = has ? src[i] : 0.0f, x1 = has ? src[i + half] : 0.0f;
-    const float inv = 1.0f / sqrtf(block_sum(x0 * x0 + x1 * x1) / (float)hd + eps);
-    if (!has) return;
-    x0 *= inv * w0;
-    x1 *= inv * w1;
-    dst[i] = x0 * cs - x1 * sn;
-    dst[i + half] = x1 * cs + x0 * sn;
+    float x0[QKV_PAIRS], x1[QKV_PAIRS], sq = 0.0f;
+    #pragma unroll
+    for (int k = 0; k < QKV_PAIRS; k++) {
+        const int i = lane + 32 * k;
+        x0[k] = i < half ? src[i] : 0.0f;
+        x1[k] = i < half ? src[i + half] : 0.0f;
+        sq += x0[k] * x0[k] + x1[k] * x1[k];
+    }
+    const float inv = 1.0f / sqrtf(warp_sum(sq) / (float)hd + eps);
+    #pragma unroll
+    for (int k = 0; k < QKV_PAIRS; k++) {
+        const int i = lane + 32 * k;
+        if (i >= half) continue;
+        const float a = x0[k] * inv * w0[k], c = x1[k] * inv * w1[k];
+        dst[i] = a * cs[k] - c * sn[k];
+        dst[i + half] = c * cs[k] + a * sn[k];
+    }
 }
 
 // Merges the nsplit (<= 32) partials of one (row, head) into out (block-wide): the
@@ -274,8 +296,13 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
 
 // Prefill attention on the tensor cores, flash style (bf16 inputs, f32 accumulation; the
 // prefill with bf16 activations uses it in place of the two GEMMs and the softmax above).
-// grid (ceil(rows / (FA_ROWS / hpb)), H / hpb), block FA_WARPS * 32, dynamic shared memory
-// flash_smem_bytes(HD). A block takes hpb (1 or 2) query heads of one KV head, so the keys
+// grid (ceil(rows / (FA_ROWS / hpb)) * nchunks * H / hpb), block FA_WARPS * 32, dynamic
+// shared memory flash_smem_bytes(HD). A block takes hpb (1 or 2) query heads of one KV head,
+// and one of up to nchunks runs of its rows' key tiles (rows whose tiles exceed `chunk`
+// split them so that long rows do not hold back the whole launch: each run writes its
+// partial sums to `part`, [rows, H, nchunks, HD + 2] f32, and the last of a row block's runs
+// to finish, counted in `done` (zero before, zero after), merges them). Output: `out`
+// ([rows, H * HD] f32), or bf16 to `outb` when it is not null. The keys
 // and values it brings in serve both, and FA_ROWS / hpb query rows of each; warp w takes
 // head w / (FA_WARPS / hpb) of the block and 16 rows. Query row b at position pos[b] sees
 // keys (pos - window, pos] (window 0: [0, pos]) of its KV head, the rows of kcache /
@@ -295,6 +322,20 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
 // Row stride in shared memory, in bf16 values: 8 more than the data, so that the 8 rows a
 // fragment load touches start in different banks.
 #define FA_STRIDE(HD) ((HD) + 8)
+
+// Operand loads of the flash kernel's products (build variants for comparisons).
+#ifndef FA_LDMATRIX
+#define FA_LDMATRIX 1
+#endif
+#ifndef FA_SKIP_RESCALE
+#define FA_SKIP_RESCALE 1
+#endif
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
 
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 a;
@@ -336,16 +377,24 @@ __device__ __forceinline__ void fa_stage(const float* src, size_t ld, int valid,
 template <int HD>
 __device__ __forceinline__ void attention_flash_body(const float* q, const float* kcache,
                                                      const float* vcache, const int* pos,
-                                                     float* out, int rows, int keys, int h,
-                                                     int g, int window, int hpb) {
+                                                     float* out, bf16_t* outb, float* part,
+                                                     u32* done, int rows, int keys, int h,
+                                                     int g, int window, int hpb, int nchunks,
+                                                     int chunk) {
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16_t* qs = (bf16_t*)fa_smem;                  // [FA_ROWS][STRIDE]: rows of each head
     bf16_t* ks = qs + FA_ROWS * FA_STRIDE(HD);      // [FA_KEYS][STRIDE]
     bf16_t* vs = ks + FA_KEYS * FA_STRIDE(HD);      // [FA_KEYS][STRIDE]
     __shared__ int span[2];
+    __shared__ bool last;
     const int rpb = FA_ROWS / hpb;                   // query rows of the block
-    const int head0 = blockIdx.y * hpb, kvh = head0 / (h / g);
-    const int row0 = blockIdx.x * rpb;
+    // Block index: head group fastest, then key chunk, then row blocks from the last (the
+    // longest rows first).
+    const int nhg = h / hpb, nrb = (rows + rpb - 1) / rpb;
+    const int hg = blockIdx.x % nhg, chunk_i = (blockIdx.x / nhg) % nchunks;
+    const int rbk = nrb - 1 - (int)blockIdx.x / (nhg * nchunks);
+    const int head0 = hg * hpb, kvh = head0 / (h / g);
+    const int row0 = rbk * rpb;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int hb = warp / (FA_WARPS / hpb), sub = warp % (FA_WARPS / hpb);
     const int head = head0 + hb;
@@ -378,7 +427,15 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
         fa_stage<HD, FA_ROWS>(q + row0 * ldq + (size_t)head0 * HD, ldq, rows - row0, qs);
     }
     __syncthreads();
-    const int klo = span[0], khi = span[1];
+    // The block's share of the key tiles: chunk chunk_i of nc nearly equal runs of at most
+    // about `chunk` tiles (nc = 1: all of them, and no partial results).
+    const int tile0 = span[0] - span[0] % FA_KEYS;
+    const int tiles = span[1] >= tile0 ? (span[1] - tile0) / FA_KEYS + 1 : 0;
+    const int nc = max(1, min(nchunks, (tiles + chunk - 1) / chunk));
+    if (chunk_i >= nc) return;
+    const int per = (tiles + nc - 1) / nc;
+    const int klo = tile0 + chunk_i * per * FA_KEYS;
+    const int khi = min(span[1], tile0 + (chunk_i + 1) * per * FA_KEYS - 1);
     // This warp's two rows per lane: their positions (-1: past the last row, sees nothing).
     const int ra = row0 + sub * 16 + r, rb = ra + 8;
     const int pa = ra < rows ? pos[ra] : -1, pb = rb < rows ? pos[rb] : -1;
@@ -387,12 +444,23 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
+#if FA_LDMATRIX
+    // ldmatrix rows of this lane: in the warp's 16 query rows x 16 dims (matrices rows 0-7 /
+    // 8-15 x dims 0-7, then the same x dims 8-15: the A operand a0..a3), and in 16 keys x
+    // 16 dims of K (keys 0-7 x dims 0-7 / 8-15, then keys 8-15: the B operands of two
+    // 8-key blocks).
+    const u32 qbase = smem_addr(qs + (hb * rpb + sub * 16 + (lane & 7) + (lane & 8)) * FA_STRIDE(HD) +
+                                (lane >> 4) * 8);
+    const u32 kbase = smem_addr(ks + ((lane & 7) + ((lane >> 4) << 3)) * FA_STRIDE(HD) +
+                                ((lane >> 3) & 1) * 8);
+#else
     const u32* qw =
         reinterpret_cast<const u32*>(qs + (hb * rpb + sub * 16 + r) * FA_STRIDE(HD)) + t;
+#endif
     // ldmatrix row of this lane in a 16-key x 16-dim block of V: matrices (keys 0-7,
     // dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 8-15).
     const u32 vbase = smem_addr(vs + ((lane & 7) + (lane & 8)) * FA_STRIDE(HD) + (lane >> 4) * 8);
-    for (int key0 = klo - klo % FA_KEYS; key0 <= khi; key0 += FA_KEYS) {
+    for (int key0 = klo; key0 <= khi; key0 += FA_KEYS) {
         const size_t off = (size_t)key0 * ldk + (size_t)kvh * HD;
         fa_stage<HD, FA_KEYS>(kcache + off, ldk, keys - key0, ks);
         fa_stage<HD, FA_KEYS>(vcache + off, ldk, keys - key0, vs);
@@ -403,6 +471,17 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
         for (int j = 0; j < FA_KEYS / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
         #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
+#if FA_LDMATRIX
+            u32 a0, a1, a2, a3;
+            ldmatrix_x4(qbase + kk * 32, a0, a1, a2, a3);
+            #pragma unroll
+            for (int j = 0; j < FA_KEYS / 8; j += 2) {
+                u32 b0, b1, b2, b3;
+                ldmatrix_x4(kbase + (u32)((j * 8 * FA_STRIDE(HD) + kk * 16) * 2), b0, b1, b2, b3);
+                mma_bf16(s[j], a0, a1, a2, a3, b0, b1);
+                mma_bf16(s[j + 1], a0, a1, a2, a3, b2, b3);
+            }
+#else
             const u32 a0 = qw[kk * 8], a1 = qw[kk * 8 + 4 * FA_STRIDE(HD)];
             const u32 a2 = qw[kk * 8 + 4], a3 = qw[kk * 8 + 4 + 4 * FA_STRIDE(HD)];
             #pragma unroll
@@ -410,6 +489,7 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
                 const u32* kw = reinterpret_cast<const u32*>(ks + (8 * j + r) * FA_STRIDE(HD)) + t;
                 mma_bf16(s[j], a0, a1, a2, a3, kw[kk * 8], kw[kk * 8 + 4]);
             }
+#endif
         }
         // Mask, then the online softmax of rows a (s[j][0..1]) and b (s[j][2..3]).
         float na = ma, nb = mb;
@@ -446,12 +526,15 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
                 sb += s[j][2 + e];
             }
         }
-        #pragma unroll
-        for (int n = 0; n < HD / 8; n++) {
-            o[n][0] *= ca;
-            o[n][1] *= ca;
-            o[n][2] *= cb;
-            o[n][3] *= cb;
+        // Once the maxima settle, most tiles leave them as they were: nothing to rescale.
+        if (!FA_SKIP_RESCALE || __any_sync(0xffffffffu, ca != 1.0f || cb != 1.0f)) {
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                o[n][0] *= ca;
+                o[n][1] *= ca;
+                o[n][2] *= cb;
+                o[n][3] *= cb;
+            }
         }
         // O += P . V, 16 keys per product, two 8-dim column blocks per ldmatrix.
         #pragma unroll
@@ -479,26 +562,84 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
         sa += __shfl_xor_sync(0xffffffffu, sa, x);
         sb += __shfl_xor_sync(0xffffffffu, sb, x);
     }
+    if (nc > 1) {
+        // Partial results (unscaled sums, running maximum, sum of weights) of this chunk;
+        // the last chunk of the row block to finish merges them all, in chunk order.
+        auto at = [&](int row, int c) {
+            return part + ((size_t)(row * h + head) * nchunks + c) * (HD + 2);
+        };
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const int c = 8 * n + 2 * t;
+            if (ra < rows) *reinterpret_cast<float2*>(at(ra, chunk_i) + c) = make_float2(o[n][0], o[n][1]);
+            if (rb < rows) *reinterpret_cast<float2*>(at(rb, chunk_i) + c) = make_float2(o[n][2], o[n][3]);
+        }
+        if (t == 0) {
+            if (ra < rows) { at(ra, chunk_i)[HD] = ma; at(ra, chunk_i)[HD + 1] = sa; }
+            if (rb < rows) { at(rb, chunk_i)[HD] = mb; at(rb, chunk_i)[HD + 1] = sb; }
+        }
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) last = atomicAdd(&done[rbk * nhg + hg], 1u) == (u32)(nc - 1);
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        if (threadIdx.x == 0) done[rbk * nhg + hg] = 0u;
+        const int cra = min(ra, rows - 1), crb = min(rb, rows - 1);
+        ma = mb = -INFINITY;
+        for (int c = 0; c < nc; c++) {
+            ma = fmaxf(ma, __ldcg(at(cra, c) + HD));
+            mb = fmaxf(mb, __ldcg(at(crb, c) + HD));
+        }
+        sa = sb = 0.0f;
+        #pragma unroll
+        for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        for (int c = 0; c < nc; c++) {
+            const float* pa_ = at(cra, c);
+            const float* pb_ = at(crb, c);
+            const float mca = __ldcg(pa_ + HD), mcb = __ldcg(pb_ + HD);
+            const float wa = mca == -INFINITY ? 0.0f : expf(mca - ma);
+            const float wb = mcb == -INFINITY ? 0.0f : expf(mcb - mb);
+            sa += __ldcg(pa_ + HD + 1) * wa;
+            sb += __ldcg(pb_ + HD + 1) * wb;
+            #pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                const int col = 8 * n + 2 * t;
+                const float2 va = __ldcg(reinterpret_cast<const float2*>(pa_ + col));
+                const float2 vb = __ldcg(reinterpret_cast<const float2*>(pb_ + col));
+                o[n][0] += va.x * wa;
+                o[n][1] += va.y * wa;
+                o[n][2] += vb.x * wb;
+                o[n][3] += vb.y * wb;
+            }
+        }
+    }
     const float ia = sa > 0.0f ? 1.0f / sa : 0.0f, ib = sb > 0.0f ? 1.0f / sb : 0.0f;
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) {
-        const int c = 8 * n + 2 * t;
-        if (ra < rows)
-            *reinterpret_cast<float2*>(out + ra * ldq + (size_t)head * HD + c) =
-                make_float2(o[n][0] * ia, o[n][1] * ia);
-        if (rb < rows)
-            *reinterpret_cast<float2*>(out + rb * ldq + (size_t)head * HD + c) =
-                make_float2(o[n][2] * ib, o[n][3] * ib);
+        const size_t c = (size_t)head * HD + 8 * n + 2 * t;
+        if (outb) {
+            if (ra < rows)
+                *reinterpret_cast<u32*>(outb + ra * ldq + c) = bf16x2_of(o[n][0] * ia, o[n][1] * ia);
+            if (rb < rows)
+                *reinterpret_cast<u32*>(outb + rb * ldq + c) = bf16x2_of(o[n][2] * ib, o[n][3] * ib);
+        } else {
+            if (ra < rows)
+                *reinterpret_cast<float2*>(out + ra * ldq + c) = make_float2(o[n][0] * ia, o[n][1] * ia);
+            if (rb < rows)
+                *reinterpret_cast<float2*>(out + rb * ldq + c) = make_float2(o[n][2] * ib, o[n][3] * ib);
+        }
     }
 }
 
 #define ATTENTION_FLASH(HD)                                                                 \
     extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)                            \
     attention_flash_hd##HD(const float* q, const float* kcache, const float* vcache,       \
-                           const int* pos, float* out, int rows, int keys, int h, int g,   \
-                           int window, int hpb) {                                           \
-        attention_flash_body<HD>(q, kcache, vcache, pos, out, rows, keys, h, g, window,     \
-                                 hpb);                                                      \
+                           const int* pos, float* out, bf16_t* outb, float* part,          \
+                           u32* done, int rows, int keys, int h, int g, int window, int hpb,  \
+                           int nchunks, int chunk) {                                        \
+        attention_flash_body<HD>(q, kcache, vcache, pos, out, outb, part, done, rows, keys,  \
+                                 h, g, window, hpb, nchunks, chunk);                        \
     }
 ATTENTION_FLASH(16)
 ATTENTION_FLASH(64)

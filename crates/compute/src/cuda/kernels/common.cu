@@ -108,6 +108,19 @@ __device__ __forceinline__ u32 take_bf16_pair(float& a, float& b) {
     return d;
 }
 
+// v as up to three bf16 parts at index o: p0 = bf16(v), p1 = bf16(v - p0),
+// p2 = bf16(v - p0 - p1) (p1, p2 may be null).
+__device__ __forceinline__ void split_bf16_at(float v, size_t o, bf16_t* p0, bf16_t* p1,
+                                              bf16_t* p2) {
+    bf16_t h = f32_to_bf16(v);
+    p0[o] = h;
+    if (!p1) return;
+    v -= bf16_to_f32(h);
+    h = f32_to_bf16(v);
+    p1[o] = h;
+    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -893,19 +893,6 @@ sparse_tc_bf16_b16(const bf16_t* wt, int ldw, const float* a, int lda, float* y,
     sparse_tc_body<2>(wt, ldw, a, lda, y, ldy, batch, units, ncols, part, cnt);
 }
 
-// v as up to three bf16 parts at index o: p0 = bf16(v), p1 = bf16(v - p0),
-// p2 = bf16(v - p0 - p1) (p1, p2 may be null).
-__device__ __forceinline__ void split_bf16_at(float v, size_t o, bf16_t* p0, bf16_t* p1,
-                                              bf16_t* p2) {
-    bf16_t h = f32_to_bf16(v);
-    p0[o] = h;
-    if (!p1) return;
-    v -= bf16_to_f32(h);
-    h = f32_to_bf16(v);
-    p1[o] = h;
-    if (p2) p2[o] = f32_to_bf16(v - bf16_to_f32(h));
-}
-
 // Activations to bf16 split in up to three parts, p0 = bf16(x), p1 = bf16(x - p0),
 // p2 = bf16(x - p0 - p1) (p1, p2 may be null), for GEMMs that need more than bf16's
 // 8 bits of precision: the sum of the parts' products is near-f32.

@@ -19,6 +19,9 @@
     extern "C" __global__ void __launch_bounds__(256, ROWS_MIN_BLOCKS) NAME##_rows PARAMS { \
         NAME##_body ARGS;                                                                   \
     }
+// Kernels with outputs x0, x1, x2 also write that output as the bf16 parts of the next
+// prefill GEMM's activations (split_bf16_at; rows of d values, packed; x0 null: not at all,
+// x1 / x2 null: fewer parts).
 #define FOR_ROW(j, i, d) _Pragma("unroll") for (int j = 0, i = threadIdx.x; j < RPT; j++, i += blockDim.x) if (i < (d))
 
 // Embedding rows: out[b] = table[ids[b]] * scale, or over[b] where flag[b] != 0
@@ -114,7 +117,8 @@ __device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const fl
                                                   const float* w_inj, const float* norm_w,
                                                   const float* router, const float* coefs,
                                                   const float* in_w, float* pred, float* x,
-                                                  int d, float eps) {
+                                                  bf16_t* x0, bf16_t* x1, bf16_t* x2, int d,
+                                                  float eps) {
     __shared__ float cf[ALTUP_A * ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
     LOAD_ROUTER(nw, rw, norm_w, router, d)
@@ -169,13 +173,18 @@ __device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const fl
         }
     }
     float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
-    FOR_ROW(j, k, d) x[r + k] = p0[j] * inv * iw[j];
+    FOR_ROW(j, k, d) {
+        const float xv = p0[j] * inv * iw[j];
+        x[r + k] = xv;
+        if (x0) split_bf16_at(xv, r + k, x0, x1, x2);
+    }
 }
 ROW_KERNEL_PAIR(altup_predict,
                 (float* s, size_t ss, const float* inj, const float* w_inj,
                  const float* norm_w, const float* router, const float* coefs,
-                 const float* in_w, float* pred, float* x, int d, float eps),
-                (s, ss, inj, w_inj, norm_w, router, coefs, in_w, pred, x, d, eps))
+                 const float* in_w, float* pred, float* x, bf16_t* x0, bf16_t* x1,
+                 bf16_t* x2, int d, float eps),
+                (s, ss, inj, w_inj, norm_w, router, coefs, in_w, pred, x, x0, x1, x2, d, eps))
 
 // After attention: laurel = x + RMSNorm(lr) * w_laurel (LAuReL's output, lr its low-rank
 // product); h = (a + RMSNorm(o) * w_post_attn + laurel) / sqrt(2); y = RMSNorm(h) * w_pre_ffn.
@@ -184,8 +193,8 @@ ROW_KERNEL_PAIR(altup_predict,
 extern "C" __global__ void post_attention(const float* a, const float* o, int ldo,
                                           const float* w_pa, const float* lr,
                                           const float* w_lau, const float* x,
-                                          const float* w_pf, float* h, float* y, int d,
-                                          float eps) {
+                                          const float* w_pf, float* h, float* y, bf16_t* y0,
+                                          bf16_t* y1, bf16_t* y2, int d, float eps) {
     size_t r = (size_t)blockIdx.x * d;
     float pa[RPT], pl[RPT], pf[RPT];
     FOR_ROW(j, i, d) { pa[j] = w_pa[i]; pl[j] = w_lau[i]; pf[j] = w_pf[i]; }
@@ -214,7 +223,11 @@ extern "C" __global__ void post_attention(const float* a, const float* o, int ld
         sq += v * v;
     }
     float inv2 = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
-    FOR_ROW(j, i, d) y[r + i] = hv[j] * inv2 * pf[j];
+    FOR_ROW(j, i, d) {
+        const float yv = hv[j] * inv2 * pf[j];
+        y[r + i] = yv;
+        if (y0) split_bf16_at(yv, r + i, y0, y1, y2);
+    }
 }
 
 // Gaussian top-k of the gate (spec §3.4 g): g = max(g - (mean + std * z), 0), in place.
@@ -259,59 +272,71 @@ extern "C" __global__ void gelu_mul(const float* g, int ldg, const float* u, int
     }
 }
 
+// Four values of a gate or up row at i: f32, or bf16 (the gate/up GEMM's bf16 output).
+template <typename T>
+__device__ __forceinline__ float4 load4(const T* row, int i);
+template <>
+__device__ __forceinline__ float4 load4<float>(const float* row, int i) {
+    return *reinterpret_cast<const float4*>(row + i);
+}
+template <>
+__device__ __forceinline__ float4 load4<bf16_t>(const bf16_t* row, int i) {
+    const uint2 w = *reinterpret_cast<const uint2*>(row + i);
+    return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                       __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+}
+
 // The FFN activation of prefill rows, written as the down product's bf16 parts: a =
 // gelu(g') * u with g' = max(g - cut, 0), cut = mean(g) + std(g) * z over the row (the
 // Gaussian top-k of the sparse layers; z_on = 0: g' = g), split as split_bf16_rows splits
 // (p1, p2 may be null; rows of ldp values). One sparsity_cutoff, one gelu_mul and one
-// split_bf16_rows in one pass over g and u. grid (rows), block f / 16 rounded up to a warp
-// (f <= 16384, a multiple of 4; rows of g and u 16-byte aligned): 4 float4 per thread.
-extern "C" __global__ void __launch_bounds__(1024)
-ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16_t* p1,
-              bf16_t* p2, int ldp, int f, int z_on, float z) {
+// split_bf16_rows in one pass over g and u. grid (rows), block FFN_ACT_THREADS; f a
+// multiple of 4, rows of g and u aligned for 4-value loads. A block walks its row in steps
+// of 4 values a thread: twice over g for the mean and the variance (the row is then in
+// L2), once over both for the result. Small blocks, so that many rows are in flight on
+// each multiprocessor (a block of f / 16 threads holding the row in registers fitted one
+// row per multiprocessor and spent its time waiting: 131 us for E4B's 2048 x 16384).
+#define FFN_ACT_THREADS 256
+template <typename T>
+__device__ __forceinline__ void ffn_act_split_body(const T* g, int ldg, const T* u, int ldu,
+                                                   bf16_t* p0, bf16_t* p1, bf16_t* p2,
+                                                   int ldp, int f, int z_on, float z) {
     pdl_start();
-    const float* gr = g + (size_t)blockIdx.x * ldg;
-    const float* ur = u + (size_t)blockIdx.x * ldu;
-    float4 gv[4], uv[4];
-    #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int i = (threadIdx.x + j * blockDim.x) * 4;
-        gv[j] = uv[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i < f) {
-            gv[j] = *reinterpret_cast<const float4*>(gr + i);
-            uv[j] = *reinterpret_cast<const float4*>(ur + i);
-        }
-    }
+    const T* gr = g + (size_t)blockIdx.x * ldg;
+    const T* ur = u + (size_t)blockIdx.x * ldu;
+    const int step = 4 * blockDim.x;
+    float cut = 0.0f;
     if (z_on) {
         float s = 0.0f;
-        #pragma unroll
-        for (int j = 0; j < 4; j++) s += (gv[j].x + gv[j].y) + (gv[j].z + gv[j].w);
+        #pragma unroll 4
+        for (int i = 4 * threadIdx.x; i < f; i += step) {
+            const float4 v = load4(gr, i);
+            s += (v.x + v.y) + (v.z + v.w);
+        }
         const float mean = block_sum(s) / (float)f;
         float q = 0.0f;
-        #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if ((threadIdx.x + j * blockDim.x) * 4 < f) {
-                const float a = gv[j].x - mean, b = gv[j].y - mean;
-                const float c = gv[j].z - mean, d = gv[j].w - mean;
-                q += (a * a + b * b) + (c * c + d * d);
-            }
+        #pragma unroll 4
+        for (int i = 4 * threadIdx.x; i < f; i += step) {
+            const float4 v = load4(gr, i);
+            const float a = v.x - mean, b = v.y - mean, c = v.z - mean, d = v.w - mean;
+            q += (a * a + b * b) + (c * c + d * d);
         }
-        const float cut = mean + sqrtf(block_sum(q) / (float)f) * z;
-        #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            gv[j].x = fmaxf(gv[j].x - cut, 0.0f);
-            gv[j].y = fmaxf(gv[j].y - cut, 0.0f);
-            gv[j].z = fmaxf(gv[j].z - cut, 0.0f);
-            gv[j].w = fmaxf(gv[j].w - cut, 0.0f);
-        }
+        cut = mean + sqrtf(block_sum(q) / (float)f) * z;
     }
     bf16_t* parts[3] = {p0, p1, p2};
     const size_t o = (size_t)blockIdx.x * ldp;
-    #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int i = (threadIdx.x + j * blockDim.x) * 4;
-        if (i >= f) continue;
-        float v[4] = {gelu_tanh(gv[j].x) * uv[j].x, gelu_tanh(gv[j].y) * uv[j].y,
-                      gelu_tanh(gv[j].z) * uv[j].z, gelu_tanh(gv[j].w) * uv[j].w};
+    #pragma unroll 4
+    for (int i = 4 * threadIdx.x; i < f; i += step) {
+        float4 gv = load4(gr, i);
+        const float4 uv = load4(ur, i);
+        if (z_on) {
+            gv.x = fmaxf(gv.x - cut, 0.0f);
+            gv.y = fmaxf(gv.y - cut, 0.0f);
+            gv.z = fmaxf(gv.z - cut, 0.0f);
+            gv.w = fmaxf(gv.w - cut, 0.0f);
+        }
+        float v[4] = {gelu_tanh(gv.x) * uv.x, gelu_tanh(gv.y) * uv.y, gelu_tanh(gv.z) * uv.z,
+                      gelu_tanh(gv.w) * uv.w};
         #pragma unroll
         for (int p = 0; p < 3; p++) {
             if (!parts[p]) break;
@@ -321,6 +346,18 @@ ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16
     }
 }
 
+extern "C" __global__ void __launch_bounds__(FFN_ACT_THREADS)
+ffn_act_split(const float* g, int ldg, const float* u, int ldu, bf16_t* p0, bf16_t* p1,
+              bf16_t* p2, int ldp, int f, int z_on, float z) {
+    ffn_act_split_body(g, ldg, u, ldu, p0, p1, p2, ldp, f, z_on, z);
+}
+// The same from a bf16 gate and up (rows 8-byte aligned).
+extern "C" __global__ void __launch_bounds__(FFN_ACT_THREADS)
+ffn_act_split_bf16(const bf16_t* g, int ldg, const bf16_t* u, int ldu, bf16_t* p0, bf16_t* p1,
+                   bf16_t* p2, int ldp, int f, int z_on, float z) {
+    ffn_act_split_body(g, ldg, u, ldu, p0, p1, p2, ldp, f, z_on, z);
+}
+
 // After the FFN: h2 = h + RMSNorm(f) * w_post_ffn; AltUp correct (spec §3.4 h):
 // p_i += (1 + W_c . m(h2))_i * (h2 - p_0); then v = p_0 * scale (the PLE gate's input).
 // Every input is loaded first, in one round.
@@ -328,7 +365,8 @@ __device__ __forceinline__ void post_ffn_correct_body(const float* h, const floa
                                                      const float* w_pf, float* p, size_t ss,
                                                      const float* norm_w, const float* router,
                                                      const float* coefs, const float* out_scale,
-                                                     float* h2, float* v, int d, float eps) {
+                                                     float* h2, float* v, bf16_t* v0,
+                                                     bf16_t* v1, bf16_t* v2, int d, float eps) {
     __shared__ float cf[ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
     LOAD_ROUTER(nw, rw, norm_w, router, d)
@@ -365,23 +403,30 @@ __device__ __forceinline__ void post_ffn_correct_body(const float* h, const floa
         #pragma unroll
         for (int i = 0; i < ALTUP_A; i++) p[i * ss + r + k] = pv[i][j] + beta[i] * delta;
         float np0 = pv[0][j] + beta[0] * delta;
-        v[r + k] = out_scale ? np0 * sc[j] : np0;
+        const float vv = out_scale ? np0 * sc[j] : np0;
+        v[r + k] = vv;
+        if (v0) split_bf16_at(vv, r + k, v0, v1, v2);
         if (h2) h2[r + k] = hv[j];
     }
 }
 ROW_KERNEL_PAIR(post_ffn_correct,
                 (const float* h, const float* f, const float* w_pf, float* p, size_t ss,
                  const float* norm_w, const float* router, const float* coefs,
-                 const float* out_scale, float* h2, float* v, int d, float eps),
-                (h, f, w_pf, p, ss, norm_w, router, coefs, out_scale, h2, v, d, eps))
+                 const float* out_scale, float* h2, float* v, bf16_t* v0, bf16_t* v1,
+                 bf16_t* v2, int d, float eps),
+                (h, f, w_pf, p, ss, norm_w, router, coefs, out_scale, h2, v, v0, v1, v2, d, eps))
 
-// PLE gate: g = gelu(g) * pi[row, layer], rows of p values.
-extern "C" __global__ void ple_gate(float* g, const float* pi, int lp, int off, int p, int rows) {
+// PLE gate: g = gelu(g) * pi[row, layer], rows of p values; also as bf16 parts of rows of
+// p values when g0 is not null (g1, g2 may be).
+extern "C" __global__ void ple_gate(float* g, const float* pi, int lp, int off, int p, int rows,
+                                    bf16_t* g0, bf16_t* g1, bf16_t* g2) {
     pdl_start();
     int n = rows * p;
     for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += gridDim.x * blockDim.x) {
         int r = idx / p, c = idx % p;
-        g[idx] = gelu_tanh(g[idx]) * pi[(size_t)r * lp + off + c];
+        const float v = gelu_tanh(g[idx]) * pi[(size_t)r * lp + off + c];
+        g[idx] = v;
+        if (g0) split_bf16_at(v, idx, g0, g1, g2);
     }
 }
 

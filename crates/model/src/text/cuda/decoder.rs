@@ -6,7 +6,7 @@
 //! over 512 tokens go in pieces. A single-token step of a sequence, and a batched step of
 //! 2 to 16 sequences, is captured as a CUDA graph and replayed.
 
-use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Gpu, Graph, KvPtrs};
+use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Gpu, Graph, KvPtrs, WeightFormat};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
@@ -280,17 +280,31 @@ impl CudaTextModel {
             // Prefills of many rows run attention as GEMMs over a score buffer, when it
             // stays within bounds.
             let need = cfg.num_attention_heads * n * (pos0 + n) * 4;
-            if self.settings.gemm_attention
-                && n >= GEMM_ATTENTION_ROWS
-                && need <= MAX_SCORE_BYTES
-                && !self.flash_attention(ws, n)
-            {
-                if ws.scores.as_ref().is_none_or(|b| b.bytes() < need) {
-                    ws.scores = None;
-                    ws.scores = Some(self.gpu.alloc(need).map_err(gpu_err)?);
+            // Or on the flash kernel, which needs room for partial results when it splits
+            // the keys of long rows (full attention has the longest rows).
+            let (h, hd) = (cfg.num_attention_heads, cfg.head_dim);
+            let flash_need = self
+                .gpu
+                .flash_plan(n, pos0 + n, h, cfg.num_key_value_heads, 0)
+                .scratch_bytes(n, h, hd);
+            let need = if !self.settings.gemm_attention || n < GEMM_ATTENTION_ROWS {
+                0
+            } else if self.flash_attention(ws, n) {
+                if self.settings.flash_split {
+                    flash_need
+                } else {
+                    0
                 }
+            } else if need <= MAX_SCORE_BYTES {
+                need
             } else {
+                0
+            };
+            if need == 0 {
                 ws.scores = None;
+            } else if ws.scores.as_ref().is_none_or(|b| b.bytes() < need) {
+                ws.scores = None;
+                ws.scores = Some(self.gpu.alloc(need).map_err(gpu_err)?);
             }
             self.run(
                 ws,
@@ -613,13 +627,26 @@ impl CudaTextModel {
 
     /// Products `y = x · Wᵀ`: one GEMV launch up to 16 rows, else one GEMM each.
     fn mm(&self, ws: &Workspace, segs: &[GemvSeg], n: usize, cap: f32) -> Result<()> {
+        self.mm_split(ws, segs, n, cap, false)
+    }
+
+    /// [`Self::mm`]; with `presplit`, the first product's input is already in the bf16
+    /// parts (written by the kernel that made it).
+    fn mm_split(
+        &self,
+        ws: &Workspace,
+        segs: &[GemvSeg],
+        n: usize,
+        cap: f32,
+        presplit: bool,
+    ) -> Result<()> {
         if n <= GEMV_ROWS {
             self.gpu.gemv(segs, n, cap).map_err(gpu_err)
         } else {
             let (parts, wparts) = (self.parts(ws), ws.wpart_ptrs());
             // Consecutive products of one input (q, k, v and LAuReL's left; gate and up)
             // split it into bf16 parts once.
-            let mut split = None;
+            let mut split = segs.first().filter(|_| presplit).map(|s| (s.x, s.ldx, s.k));
             for s in segs {
                 let input = Some((s.x, s.ldx, s.k));
                 if input == split {
@@ -711,6 +738,17 @@ impl CudaTextModel {
 
         // Whether this pass's prefill attention (all rows at once) runs on the flash kernel.
         let flash = self.flash_attention(ws, n_all);
+        // The bf16 parts a GEMM's activations go to: a prefill's row kernels write them
+        // along with their f32 output (none for the GEMV's few rows).
+        let parts = self.parts(ws);
+        let fused = self.settings.fused_split;
+        let out_parts = |n: usize| -> &[DevPtr] {
+            if fused && n > GEMV_ROWS {
+                &parts
+            } else {
+                &[]
+            }
+        };
         let watching = hook.is_some();
         let mut observe = |k: usize, s: DevPtr, n: usize| -> Result<()> {
             if let Some(h) = hook.as_mut() {
@@ -759,6 +797,7 @@ impl CudaTextModel {
                 lw.input_ln.ptr(),
                 pr,
                 ws.x.ptr(),
+                out_parts(n),
                 n,
                 d,
                 eps,
@@ -778,7 +817,7 @@ impl CudaTextModel {
                 segs.push(seg(vm, kvh * hd, d, x, d, qkv.add_f32(v_off), qw));
             }
             segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
-            self.mm(ws, &segs, n, 0.0)?;
+            self.mm_split(ws, &segs, n, 0.0, !out_parts(n).is_empty())?;
             let src = match sl.kv {
                 KvSource::Own => l,
                 KvSource::Shared(p) => p,
@@ -810,19 +849,26 @@ impl CudaTextModel {
             // kernel with bf16 activations, else two GEMMs. (Never in a captured decode
             // step: the sizes would be frozen into the graph.)
             let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
+            // The flash kernel writes the o projection's bf16 activations itself (it runs
+            // with one part only).
+            let att_split = flash && many && !out_parts(n).is_empty();
             match (&ws.scores, caches, many) {
-                (_, Caches::One(cache), true) if flash => g.attention_flash(
+                (scratch, Caches::One(cache), true) if flash => g.attention_flash(
                     ws.q.ptr(),
                     kv.k,
                     kv.v,
                     pos,
-                    ws.att.ptr(),
+                    if att_split { parts[0] } else { ws.att.ptr() },
+                    att_split,
                     n,
                     cache.pos() + n,
                     h,
                     kvh,
                     hd,
                     window,
+                    scratch
+                        .as_ref()
+                        .map(|b| (b.ptr(), b.bytes(), ws.done.ptr())),
                 ),
                 (Some(sc), Caches::One(cache), true) => g.attention_prefill(
                     self.parts(ws).len() == 1,
@@ -856,7 +902,7 @@ impl CudaTextModel {
             }
             .map_err(e)?;
             // o_proj and LAuReL's right product.
-            self.mm(
+            self.mm_split(
                 ws,
                 &[
                     seg(&lw.o, d, h * hd, ws.att.ptr(), h * hd, ws.o.ptr(), d),
@@ -872,6 +918,7 @@ impl CudaTextModel {
                 ],
                 n,
                 0.0,
+                att_split,
             )?;
             g.post_attention(
                 pr,
@@ -884,12 +931,20 @@ impl CudaTextModel {
                 lw.pre_ffn_ln.ptr(),
                 ws.h.ptr(),
                 ws.y.ptr(),
+                out_parts(n),
                 n,
                 d,
                 eps,
             )
             .map_err(e)?;
-            self.ffn(ws, l, sl.ffn_width, sl.sparsity_z, n)?;
+            self.ffn(
+                ws,
+                l,
+                sl.ffn_width,
+                sl.sparsity_z,
+                n,
+                !out_parts(n).is_empty(),
+            )?;
             g.post_ffn_correct(
                 ws.h.ptr(),
                 ws.fo.ptr(),
@@ -906,6 +961,7 @@ impl CudaTextModel {
                 },
                 DevPtr::NULL,
                 ws.v.ptr(),
+                out_parts(n),
                 n,
                 d,
                 eps,
@@ -914,19 +970,29 @@ impl CudaTextModel {
             // Per-layer input injection: gate = gelu(v · W_gᵀ) ⊙ π_l, then the projection.
             let pi_l = ws.pi.f32_at(row0 * lp + l * p);
             let mut gate = seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p);
+            let presplit = !out_parts(n).is_empty();
             if n <= GEMV_ROWS {
                 gate.epi = Epilogue::GeluAcc(pi_l, lp);
                 self.mm(ws, &[gate], n, 0.0)?;
             } else {
-                self.mm(ws, &[gate], n, 0.0)?;
-                g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n)
-                    .map_err(e)?;
+                self.mm_split(ws, &[gate], n, 0.0, presplit)?;
+                g.ple_gate(
+                    ws.pg.ptr(),
+                    ws.pi.f32_at(row0 * lp),
+                    lp,
+                    l * p,
+                    p,
+                    n,
+                    out_parts(n),
+                )
+                .map_err(e)?;
             }
-            self.mm(
+            self.mm_split(
                 ws,
                 &[seg(&lw.pl_proj, d, p, ws.pg.ptr(), p, ws.pq.ptr(), d)],
                 n,
                 0.0,
+                presplit,
             )?;
             std::mem::swap(&mut s, &mut pr);
             pending = Some((ws.pq.ptr(), lw.post_pl_norm.ptr()));
@@ -971,8 +1037,17 @@ impl CudaTextModel {
         Ok(n)
     }
 
-    /// The FFN of stored layer `l` at width `f` for `n` rows of `ws.y`, into `ws.fo`.
-    fn ffn(&self, ws: &Workspace, l: usize, f: usize, z: Option<f32>, n: usize) -> Result<()> {
+    /// The FFN of stored layer `l` at width `f` for `n` rows of `ws.y`, into `ws.fo`
+    /// (`presplit`: `ws.y` is already in the bf16 parts).
+    fn ffn(
+        &self,
+        ws: &Workspace,
+        l: usize,
+        f: usize,
+        z: Option<f32>,
+        n: usize,
+        presplit: bool,
+    ) -> Result<()> {
         let cfg = &self.cpu.cfg;
         let g = &self.gpu;
         let e = |r: gemma3n_compute::cuda::CudaError| gpu_err(r);
@@ -1006,10 +1081,33 @@ impl CudaTextModel {
                 self.mm(ws, &[up_seg], n, 0.0)?;
             }
             (z, false) => {
-                self.mm(ws, &[gate_seg, up_seg], n, 0.0)?;
-                // The activation straight into the down product's bf16 parts.
                 let parts = self.parts(ws);
-                if g.ffn_act_split(gate, ldgu, up, ldgu, &parts, n, f, z)
+                // With one part and bf16 weights, gate and up come out of the GEMMs as bf16
+                // (rows of 2·fmax values): half the bytes for the activation to read.
+                let gu_bf16 = self.settings.bf16_gate_up
+                    && parts.len() == 1
+                    && f.is_multiple_of(4)
+                    && [&gate_seg, &up_seg]
+                        .iter()
+                        .all(|s| s.w.fmt == WeightFormat::Bf16);
+                let (gate, up) = if gu_bf16 {
+                    if !presplit {
+                        g.split_bf16(y, d, &parts, n, d).map_err(e)?;
+                    }
+                    let (gb, ub) = (ws.gu.ptr(), ws.gu.ptr().add_bf16(fmax));
+                    for (s, out) in [(gate_seg, gb), (up_seg, ub)] {
+                        let s = GemvSeg { y: out, ..s };
+                        if !g.gemm_bf16_out(&s, n, parts[0]).map_err(e)? {
+                            unreachable!("bf16 weights checked above");
+                        }
+                    }
+                    (gb, ub)
+                } else {
+                    self.mm_split(ws, &[gate_seg, up_seg], n, 0.0, presplit)?;
+                    (gate, up)
+                };
+                // The activation straight into the down product's bf16 parts.
+                if g.ffn_act_split(gate, ldgu, up, ldgu, gu_bf16, &parts, n, f, z)
                     .map_err(e)?
                 {
                     return match &lw.down {
@@ -1022,6 +1120,11 @@ impl CudaTextModel {
                         }
                     }
                     .map_err(e);
+                }
+                if gu_bf16 {
+                    return Err(ModelError::Invalid(format!(
+                        "layer {l}: the FFN activation kernel does not take rows of {f}"
+                    )));
                 }
                 if let Some(z) = z {
                     g.sparsity_cutoff(gate, ldgu, n, f, z).map_err(e)?;

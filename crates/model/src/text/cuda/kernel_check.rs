@@ -396,7 +396,9 @@ fn bf16_round(v: f32) -> f64 {
 
 /// The flash prefill attention against softmax attention in f64 on the same bf16-rounded
 /// queries, keys and values: a cached prefix before the rows, a partial last block of rows,
-/// a sliding window narrower and wider than a key tile, grouped query heads.
+/// a sliding window narrower and wider than a key tile, grouped query heads. Each case runs
+/// twice: every block taking all of its rows' keys, f32 out; and as [`Gpu::flash_plan`]
+/// shares out the keys (long rows split into runs merged at the end), bf16 out.
 fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
     let e = gpu_err;
     // (head dim, query heads, KV heads, rows, cached keys before them, window)
@@ -407,6 +409,10 @@ fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
         (128, 4, 1, 130, 5, 0),
         (64, 2, 2, 33, 200, 64),
         (16, 4, 2, 65, 3, 5),
+        // Long rows: their keys split into runs.
+        (256, 4, 2, 200, 700, 0),
+        (128, 2, 1, 150, 1000, 0),
+        (64, 4, 2, 260, 400, 300),
     ];
     for (seed, &(hd, h, g, rows, pos0, window)) in cases.iter().enumerate() {
         if !gpu.flash_attention(hd) {
@@ -432,16 +438,56 @@ fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
             vb.ptr(),
             pb.ptr(),
             ob.ptr(),
+            false,
             rows,
             keys,
             h,
             g,
             hd,
             window,
+            None,
         )
         .map_err(e)?;
         let mut got = vec![0f32; rows * h * hd];
         gpu.read_at(ob.ptr(), &mut got).map_err(e)?;
+        // As planned, bf16 out: the counters (one per row block and head group) start and
+        // end at zero, so running it twice shows they were reset.
+        let plan = gpu.flash_plan(rows, keys, h, g, window);
+        let scratch = gpu
+            .alloc(plan.scratch_bytes(rows, h, hd).max(4))
+            .map_err(e)?;
+        let done = gpu.alloc(4 * rows * h).map_err(e)?;
+        let obb = gpu.alloc(2 * rows * h * hd).map_err(e)?;
+        let mut got_split = vec![0f32; rows * h * hd];
+        let mut stable = true;
+        for run in 0..2 {
+            gpu.attention_flash(
+                qb.ptr(),
+                kb.ptr(),
+                vb.ptr(),
+                pb.ptr(),
+                obb.ptr(),
+                true,
+                rows,
+                keys,
+                h,
+                g,
+                hd,
+                window,
+                Some((scratch.ptr(), scratch.bytes(), done.ptr())),
+            )
+            .map_err(e)?;
+            let mut raw = vec![0u16; rows * h * hd];
+            gpu.read_at(obb.ptr(), &mut raw).map_err(e)?;
+            let vals: Vec<f32> = raw
+                .iter()
+                .map(|&b| gemma3n_compute::dtype::bf16_to_f32(b))
+                .collect();
+            if run == 1 {
+                stable = vals == got_split;
+            }
+            got_split = vals;
+        }
         let mut want = vec![0f64; rows * h * hd];
         for b in 0..rows {
             let p = pos0 + b;
@@ -478,19 +524,74 @@ fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
             err: rel_err(&got, &want),
             tol: FLASH_TOLERANCE,
         });
+        out.push(KernelCheck {
+            name: format!(
+                "flash attention hd {hd}, {rows} rows after {pos0}, window {window}: \
+                 keys in up to {} runs of about {} tiles, bf16 out{}",
+                plan.nchunks,
+                plan.chunk,
+                if stable { "" } else { ", NOT the same twice" }
+            ),
+            err: if stable {
+                rel_err(&got_split, &want)
+            } else {
+                f64::INFINITY
+            },
+            tol: FLASH_TOLERANCE,
+        });
     }
     Ok(())
 }
 
 /// The prefill FFN activation written as bf16 parts, against gelu(cut-off gate) * up in f64:
 /// with and without the Gaussian top-k, one to three parts (the parts must sum to the value
-/// within what they keep), a width that leaves the last threads partly empty.
+/// within what they keep), a width that leaves the last threads partly empty; gate and up
+/// as f32, and as bf16 (the bf16 output of a prefill's gate/up GEMMs).
 fn check_ffn_act(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    use gemma3n_compute::dtype::{bf16_to_f32, f32_to_bf16};
     let e = gpu_err;
     let (rows, f, ld) = (3, 1000, 1024);
     let gate = random(rows * ld, 40, 2.0);
     let up = random(rows * ld, 41, 1.0);
-    let (gb, ub) = (gpu.upload(&gate).map_err(e)?, gpu.upload(&up).map_err(e)?);
+    for in_bf16 in [false, true] {
+        let (gate, up, gb, ub) = if in_bf16 {
+            let (g16, u16): (Vec<u16>, Vec<u16>) = (
+                gate.iter().map(|&v| f32_to_bf16(v)).collect(),
+                up.iter().map(|&v| f32_to_bf16(v)).collect(),
+            );
+            (
+                g16.iter().map(|&b| bf16_to_f32(b)).collect::<Vec<f32>>(),
+                u16.iter().map(|&b| bf16_to_f32(b)).collect::<Vec<f32>>(),
+                gpu.upload(&g16).map_err(e)?,
+                gpu.upload(&u16).map_err(e)?,
+            )
+        } else {
+            (
+                gate.clone(),
+                up.clone(),
+                gpu.upload(&gate).map_err(e)?,
+                gpu.upload(&up).map_err(e)?,
+            )
+        };
+        check_ffn_act_on(gpu, out, (&gate, &up), (&gb, &ub), in_bf16, (rows, f, ld))?;
+    }
+    Ok(())
+}
+
+/// [`check_ffn_act`] on one upload of `gate` and `up` (their values as the kernel sees
+/// them, and the buffers).
+fn check_ffn_act_on(
+    gpu: &Arc<Gpu>,
+    out: &mut Vec<KernelCheck>,
+    (gate, up): (&[f32], &[f32]),
+    (gb, ub): (
+        &gemma3n_compute::cuda::DeviceBuffer,
+        &gemma3n_compute::cuda::DeviceBuffer,
+    ),
+    in_bf16: bool,
+    (rows, f, ld): (usize, usize, usize),
+) -> Result<()> {
+    let e = gpu_err;
     for z in [None, Some(1.6448536f32)] {
         let want: Vec<f64> = (0..rows * f)
             .map(|i| {
@@ -515,7 +616,7 @@ fn check_ffn_act(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
                 .collect::<Result<_>>()?;
             let parts: Vec<_> = bufs.iter().map(|b| b.ptr()).collect();
             let ran = gpu
-                .ffn_act_split(gb.ptr(), ld, ub.ptr(), ld, &parts, rows, f, z)
+                .ffn_act_split(gb.ptr(), ld, ub.ptr(), ld, in_bf16, &parts, rows, f, z)
                 .map_err(e)?;
             let mut sum = vec![0f32; rows * f];
             for b in &bufs {
@@ -529,8 +630,9 @@ fn check_ffn_act(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
             let tol = [4e-3, 2e-5, F32_TOLERANCE][np - 1];
             out.push(KernelCheck {
                 name: format!(
-                    "FFN activation{}, {np} part(s)",
-                    if z.is_some() { " after the top-k" } else { "" }
+                    "FFN activation{}, {np} part(s){}",
+                    if z.is_some() { " after the top-k" } else { "" },
+                    if in_bf16 { ", bf16 gate and up" } else { "" }
                 ),
                 err: if ran {
                     rel_err(&sum, &want)

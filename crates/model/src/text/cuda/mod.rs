@@ -94,6 +94,15 @@ pub(crate) struct Settings {
     /// Prefills of at least this many rows with bf16 activations run their attention on
     /// the flash kernel (`GEMMA3N_CUDA_FLASH`: the rows, or 0 for never).
     pub flash_rows: usize,
+    /// The flash kernel splits long rows' keys over several blocks
+    /// (`GEMMA3N_CUDA_FLASH_SPLIT=0`: off).
+    pub flash_split: bool,
+    /// In a prefill, the kernels that make a GEMM's activations also write its bf16 parts
+    /// (`GEMMA3N_CUDA_FUSED_SPLIT=0`: a split kernel before each GEMM instead).
+    pub fused_split: bool,
+    /// With one activation part, the gate and up GEMMs of a prefill write bf16
+    /// (`GEMMA3N_CUDA_BF16_GATE_UP=0`: f32).
+    pub bf16_gate_up: bool,
 }
 
 impl Settings {
@@ -112,6 +121,9 @@ impl Settings {
                 Some(Ok(rows)) => rows,
                 _ => decoder::FLASH_ROWS,
             },
+            flash_split: !off("GEMMA3N_CUDA_FLASH_SPLIT"),
+            fused_split: !off("GEMMA3N_CUDA_FUSED_SPLIT"),
+            bf16_gate_up: !off("GEMMA3N_CUDA_BF16_GATE_UP"),
         }
     }
 }
