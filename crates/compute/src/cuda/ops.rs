@@ -258,6 +258,9 @@ pub(crate) const fn flash_smem(hd: usize) -> usize {
     (FA_ROWS + 2 * FA_KEYS) * (hd + 8) * 2
 }
 
+/// Warps of a block of `ple_combine` (rows.cu's PLE_WARPS), one per (row, layer).
+const PLE_WARPS: usize = 8;
+
 /// Warps of a block of `qkv_prep` (attention.cu's QKV_WARPS), one per (head, row).
 const QKV_WARPS: usize = 8;
 
@@ -994,8 +997,9 @@ impl Gpu {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        launch!(self, "ple_combine", (layers, rows, 1), 32 * p.div_ceil(32).min(8);
-            proj.0, rows_in.0, i32::from(rows_bf16), norm.0, out.0, i(layers * p), i(p),
+        let items = layers * rows;
+        launch!(self, "ple_combine", (items.div_ceil(PLE_WARPS), 1, 1), 32 * PLE_WARPS;
+            proj.0, rows_in.0, i32::from(rows_bf16), norm.0, out.0, i(items), i(p),
             1.0f32 / (d as f32).sqrt(), (p as f32).sqrt(), eps)
     }
 
@@ -1013,8 +1017,10 @@ impl Gpu {
     }
 
     /// AltUp predict and the input norm (see rows.cu), after the previous layer's PLE
-    /// injection `inj` (null: none) is added to streams 1.. of `s`. `x_parts`: where the
-    /// normed input also goes as the bf16 parts of the next GEMM (none: not written).
+    /// injection `inj` (null: none) is added to streams 1.. of `s`. Writes the active
+    /// prediction to `pred` and the prediction coefficients to `rc` (`rows x 16`; see
+    /// [`Gpu::post_ffn_correct`]). `x_parts`: where the normed input also goes as the bf16
+    /// parts of the next GEMM (none: not written).
     #[allow(clippy::too_many_arguments)]
     pub fn altup_predict(
         &self,
@@ -1027,6 +1033,7 @@ impl Gpu {
         coefs: DevPtr,
         in_norm: DevPtr,
         pred: DevPtr,
+        rc: DevPtr,
         x: DevPtr,
         x_parts: &[DevPtr],
         rows: usize,
@@ -1036,7 +1043,7 @@ impl Gpu {
         let xp = |j| part_at(x_parts, j);
         launch!(self, row_kernel("altup_predict", rows), (rows, 1, 1), row_threads(d);
             s.0, ss as u64, inj.0, w_inj.0, router_norm.0, router.0, coefs.0, in_norm.0, pred.0,
-            x.0, xp(0), xp(1), xp(2), i(d), eps)
+            rc.0, x.0, xp(0), xp(1), xp(2), i(d), eps)
     }
 
     /// LAuReL's output, the residual merge after attention and the FFN input norm (see
@@ -1144,14 +1151,18 @@ impl Gpu {
         Ok(())
     }
 
-    /// The FFN residual, AltUp correct and the PLE gate input (see rows.cu); `v_parts` as
-    /// `x_parts` of [`Gpu::altup_predict`].
+    /// The FFN residual, AltUp correct and the PLE gate input (see rows.cu): the
+    /// predictions made again from the streams `s` and the coefficients `rc` of
+    /// [`Gpu::altup_predict`], corrected into `p`. `v_parts` as `x_parts` of
+    /// [`Gpu::altup_predict`].
     #[allow(clippy::too_many_arguments)]
     pub fn post_ffn_correct(
         &self,
         h: DevPtr,
         f: DevPtr,
         w_pf: DevPtr,
+        s: DevPtr,
+        rc: DevPtr,
         p: DevPtr,
         ss: usize,
         router_norm: DevPtr,
@@ -1167,8 +1178,8 @@ impl Gpu {
     ) -> Result<()> {
         let vp = |j| part_at(v_parts, j);
         launch!(self, row_kernel("post_ffn_correct", rows), (rows, 1, 1), row_threads(d);
-            h.0, f.0, w_pf.0, p.0, ss as u64, router_norm.0, router.0, coefs.0, out_scale.0,
-            h2.0, v.0, vp(0), vp(1), vp(2), i(d), eps)
+            h.0, f.0, w_pf.0, s.0, rc.0, p.0, ss as u64, router_norm.0, router.0, coefs.0,
+            out_scale.0, h2.0, v.0, vp(0), vp(1), vp(2), i(d), eps)
     }
 
     /// `g = gelu(g) · pi[:, off..off+p]` (pi rows of `lp` values); `g_parts` as `x_parts` of

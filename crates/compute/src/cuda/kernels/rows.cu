@@ -37,22 +37,26 @@ extern "C" __global__ void embed_rows(const u32* ids, const void* table, const v
             o ? over[(size_t)b * d + i] : weight_at(fmt, table, tsc, ids[b], d, i) * scale;
 }
 
-// Per-layer inputs (spec §3.2): for row b and layer l (grid (L, rows)):
-// pi = (RMSNorm(proj / sqrt(D)) * w + table_row * sqrt(P)) / sqrt(2).
-// The table rows arrive as f32, or as bf16 when `rows_bf16` (a bf16 table, copied raw).
-extern "C" __global__ void ple_combine(const float* proj, const void* rows, int rows_bf16,
-                                       const float* w, float* out, int lp, int p,
-                                       float inv_sqrt_d, float sqrt_p, float eps) {
+// Per-layer inputs (spec §3.2): for row b and layer l, item b * L + l of `items` (one warp
+// each, PLE_WARPS a block; a block per item, summing over the block, took 123 us for 2048
+// E4B rows): pi = (RMSNorm(proj / sqrt(D)) * w + table_row * sqrt(P)) / sqrt(2), rows of
+// P values at item * P. The table rows arrive as f32, or as bf16 when `rows_bf16` (a bf16
+// table, copied raw).
+#define PLE_WARPS 8
+extern "C" __global__ void __launch_bounds__(PLE_WARPS * 32)
+ple_combine(const float* proj, const void* rows, int rows_bf16, const float* w, float* out,
+            int items, int p, float inv_sqrt_d, float sqrt_p, float eps) {
     pdl_start();
-    size_t base = (size_t)blockIdx.y * lp + (size_t)blockIdx.x * p;
+    const int item = blockIdx.x * PLE_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (item >= items) return;
+    const size_t base = (size_t)item * p;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < p; i += blockDim.x) {
+    for (int i = lane; i < p; i += 32) {
         float v = proj[base + i] * inv_sqrt_d;
         s += v * v;
     }
-    s = block_sum(s);
-    float inv = 1.0f / sqrtf(s / (float)p + eps);
-    for (int i = threadIdx.x; i < p; i += blockDim.x) {
+    float inv = 1.0f / sqrtf(warp_sum(s) / (float)p + eps);
+    for (int i = lane; i < p; i += 32) {
         float v = proj[base + i] * inv_sqrt_d * inv * w[i];
         float t = rows_bf16 ? bf16_to_f32(((const bf16_t*)rows)[base + i])
                             : ((const float*)rows)[base + i];
@@ -105,9 +109,22 @@ __device__ __forceinline__ void altup_router_regs(const float xv[RPT], const flo
         _Pragma("unroll") for (int q = 0; q < ALTUP_A; q++) rw[q][j] = router[(size_t)q * d + i]; \
     }
 
+// AltUp prediction i of value jj of the streams sv: sv_i + sum_j ci[j] sv_j, ci = C[i]
+// (one expression for altup_predict and post_ffn_correct, so both round alike).
+__device__ __forceinline__ float altup_prediction(const float* ci, const float (&sv)[ALTUP_A][RPT],
+                                                  int jj, int i) {
+    float v = sv[i][jj];
+    #pragma unroll
+    for (int j = 0; j < ALTUP_A; j++) v += ci[j] * sv[j][jj];
+    return v;
+}
+
 // [Optional: the previous layer's PLE injection, s_k += RMSNorm(inj) * w_inj for k >= 1,
 // written back.] AltUp predict (spec §3.4 a) and the layer's input norm:
 // pred_i = s_i + sum_j C[i][j] s_j with C = W_p . m(s_0); x = RMSNorm(pred_0) * w_in.
+// Only pred_0 is written (to pred's stream 0), and C (to rc, A x A values a row):
+// post_ffn_correct makes the other predictions again from the streams, which it reads
+// anyway, so they never go to memory.
 // Every input is loaded first, in one round, then the reductions run on registers. With an
 // injection the kernel before is the injection's product, and the streams were written
 // before that one (common.cu: the kernel two back has finished when this one starts), so
@@ -116,9 +133,9 @@ __device__ __forceinline__ void altup_router_regs(const float xv[RPT], const flo
 __device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const float* inj,
                                                   const float* w_inj, const float* norm_w,
                                                   const float* router, const float* coefs,
-                                                  const float* in_w, float* pred, float* x,
-                                                  bf16_t* x0, bf16_t* x1, bf16_t* x2, int d,
-                                                  float eps) {
+                                                  const float* in_w, float* pred, float* rc,
+                                                  float* x, bf16_t* x0, bf16_t* x1, bf16_t* x2,
+                                                  int d, float eps) {
     __shared__ float cf[ALTUP_A * ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
     LOAD_ROUTER(nw, rw, norm_w, router, d)
@@ -161,16 +178,15 @@ __device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const fl
             for (int q = 0; q < ALTUP_A; q++) v += cf[(i * ALTUP_A + j) * ALTUP_A + q] * m[q];
             c[i][j] = v;
         }
+    if (threadIdx.x < ALTUP_A * ALTUP_A)
+        rc[blockIdx.x * ALTUP_A * ALTUP_A + threadIdx.x] =
+            c[threadIdx.x / ALTUP_A][threadIdx.x % ALTUP_A];
     float p0[RPT], sq = 0.0f;
     FOR_ROW(jj, k, d) {
-        #pragma unroll
-        for (int i = 0; i < ALTUP_A; i++) {
-            float v = sv[i][jj];
-            #pragma unroll
-            for (int j = 0; j < ALTUP_A; j++) v += c[i][j] * sv[j][jj];
-            pred[i * ss + r + k] = v;
-            if (i == 0) { p0[jj] = v; sq += v * v; }
-        }
+        const float v = altup_prediction(c[0], sv, jj, 0);
+        pred[r + k] = v;
+        p0[jj] = v;
+        sq += v * v;
     }
     float inv = 1.0f / sqrtf(block_sum(sq) / (float)d + eps);
     FOR_ROW(j, k, d) {
@@ -182,9 +198,9 @@ __device__ __forceinline__ void altup_predict_body(float* s, size_t ss, const fl
 ROW_KERNEL_PAIR(altup_predict,
                 (float* s, size_t ss, const float* inj, const float* w_inj,
                  const float* norm_w, const float* router, const float* coefs,
-                 const float* in_w, float* pred, float* x, bf16_t* x0, bf16_t* x1,
+                 const float* in_w, float* pred, float* rc, float* x, bf16_t* x0, bf16_t* x1,
                  bf16_t* x2, int d, float eps),
-                (s, ss, inj, w_inj, norm_w, router, coefs, in_w, pred, x, x0, x1, x2, d, eps))
+                (s, ss, inj, w_inj, norm_w, router, coefs, in_w, pred, rc, x, x0, x1, x2, d, eps))
 
 // After attention: laurel = x + RMSNorm(lr) * w_laurel (LAuReL's output, lr its low-rank
 // product); h = (a + RMSNorm(o) * w_post_attn + laurel) / sqrt(2); y = RMSNorm(h) * w_pre_ffn.
@@ -359,27 +375,40 @@ ffn_act_split_bf16(const bf16_t* g, int ldg, const bf16_t* u, int ldu, bf16_t* p
 }
 
 // After the FFN: h2 = h + RMSNorm(f) * w_post_ffn; AltUp correct (spec §3.4 h):
-// p_i += (1 + W_c . m(h2))_i * (h2 - p_0); then v = p_0 * scale (the PLE gate's input).
-// Every input is loaded first, in one round.
+// p_i += (1 + W_c . m(h2))_i * (h2 - p_0), with the predictions p_i made again from the
+// streams s and the prediction coefficients rc of altup_predict, written to p (ss apart);
+// then v = p_0 * scale (the PLE gate's input). Every input is loaded first, in one round.
 __device__ __forceinline__ void post_ffn_correct_body(const float* h, const float* f,
-                                                     const float* w_pf, float* p, size_t ss,
+                                                     const float* w_pf, const float* s,
+                                                     const float* rc, float* p, size_t ss,
                                                      const float* norm_w, const float* router,
                                                      const float* coefs, const float* out_scale,
                                                      float* h2, float* v, bf16_t* v0,
                                                      bf16_t* v1, bf16_t* v2, int d, float eps) {
-    __shared__ float cf[ALTUP_A * ALTUP_A];
+    __shared__ float cf[ALTUP_A * ALTUP_A], pc[ALTUP_A * ALTUP_A];
     size_t r = (size_t)blockIdx.x * d;
     LOAD_ROUTER(nw, rw, norm_w, router, d)
     float wf[RPT], sc[RPT];
     FOR_ROW(j, i, d) { wf[j] = w_pf[i]; sc[j] = out_scale ? out_scale[i] : 1.0f; }
-    for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A; t += blockDim.x) cf[t] = coefs[t];
-    // h and the predictions were written before the FFN's products (two launches at least):
-    // loaded before the wait.
+    // h, the streams and the prediction coefficients were written before the FFN's
+    // products (two launches at least): loaded, and the predictions made, before the wait.
+    for (int t = threadIdx.x; t < ALTUP_A * ALTUP_A; t += blockDim.x) {
+        cf[t] = coefs[t];
+        pc[t] = rc[blockIdx.x * ALTUP_A * ALTUP_A + t];
+    }
     float fv[RPT], hv[RPT], pv[ALTUP_A][RPT], sf = 0.0f;
     FOR_ROW(j, i, d) {
         hv[j] = h[r + i];
         #pragma unroll
-        for (int k = 0; k < ALTUP_A; k++) pv[k][j] = p[k * ss + r + i];
+        for (int k = 0; k < ALTUP_A; k++) pv[k][j] = s[k * ss + r + i];
+    }
+    __syncthreads();
+    FOR_ROW(j, i, d) {
+        float np[ALTUP_A];
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A; k++) np[k] = altup_prediction(pc + k * ALTUP_A, pv, j, k);
+        #pragma unroll
+        for (int k = 0; k < ALTUP_A; k++) pv[k][j] = np[k];
     }
     pdl_start();
     FOR_ROW(j, i, d) {
@@ -410,11 +439,13 @@ __device__ __forceinline__ void post_ffn_correct_body(const float* h, const floa
     }
 }
 ROW_KERNEL_PAIR(post_ffn_correct,
-                (const float* h, const float* f, const float* w_pf, float* p, size_t ss,
+                (const float* h, const float* f, const float* w_pf, const float* s,
+                 const float* rc, float* p, size_t ss,
                  const float* norm_w, const float* router, const float* coefs,
                  const float* out_scale, float* h2, float* v, bf16_t* v0, bf16_t* v1,
                  bf16_t* v2, int d, float eps),
-                (h, f, w_pf, p, ss, norm_w, router, coefs, out_scale, h2, v, v0, v1, v2, d, eps))
+                (h, f, w_pf, s, rc, p, ss, norm_w, router, coefs, out_scale, h2, v, v0, v1, v2, d,
+                 eps))
 
 // PLE gate: g = gelu(g) * pi[row, layer], rows of p values; also as bf16 parts of rows of
 // p values when g0 is not null (g1, g2 may be).

@@ -796,6 +796,7 @@ impl CudaTextModel {
                 lw.pred_coefs.ptr(),
                 lw.input_ln.ptr(),
                 pr,
+                ws.rc.ptr(),
                 ws.x.ptr(),
                 out_parts(n),
                 n,
@@ -808,7 +809,14 @@ impl CudaTextModel {
             let qkv = ws.qkv.ptr();
             let own = sl.kv == KvSource::Own;
             let mut segs = vec![seg(&lw.q, h * hd, d, x, d, qkv.add_f32(q_off), qw)];
-            if own {
+            let stacked = lw
+                .qkvl
+                .as_ref()
+                .filter(|_| own && n > GEMV_ROWS && self.settings.stacked_qkv);
+            if let Some(all) = stacked {
+                // One GEMM: the stacked rows' outputs are a q/k/v row in order.
+                segs = vec![seg(all, qw, d, x, d, qkv, qw)];
+            } else if own {
                 let (km, vm) = (lw.k.as_ref(), lw.v.as_ref());
                 let (km, vm) = km.zip(vm).ok_or_else(|| {
                     ModelError::Invalid(format!("layer {l}: k/v weights missing"))
@@ -816,7 +824,9 @@ impl CudaTextModel {
                 segs.push(seg(km, kvh * hd, d, x, d, qkv.add_f32(k_off), qw));
                 segs.push(seg(vm, kvh * hd, d, x, d, qkv.add_f32(v_off), qw));
             }
-            segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
+            if stacked.is_none() {
+                segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
+            }
             self.mm_split(ws, &segs, n, 0.0, !out_parts(n).is_empty())?;
             let src = match sl.kv {
                 KvSource::Own => l,
@@ -949,6 +959,8 @@ impl CudaTextModel {
                 ws.h.ptr(),
                 ws.fo.ptr(),
                 lw.post_ffn_ln.ptr(),
+                s,
+                ws.rc.ptr(),
                 pr,
                 ss,
                 lw.router_norm.ptr(),

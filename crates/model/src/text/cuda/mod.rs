@@ -103,6 +103,9 @@ pub(crate) struct Settings {
     /// With one activation part, the gate and up GEMMs of a prefill write bf16
     /// (`GEMMA3N_CUDA_BF16_GATE_UP=0`: f32).
     pub bf16_gate_up: bool,
+    /// A prefill's q, k, v and LAuReL-left products run as one GEMM over their stacked
+    /// matrices where they are stacked (`GEMMA3N_CUDA_STACKED_QKV=0`: four GEMMs).
+    pub stacked_qkv: bool,
 }
 
 impl Settings {
@@ -124,6 +127,7 @@ impl Settings {
             flash_split: !off("GEMMA3N_CUDA_FLASH_SPLIT"),
             fused_split: !off("GEMMA3N_CUDA_FUSED_SPLIT"),
             bf16_gate_up: !off("GEMMA3N_CUDA_BF16_GATE_UP"),
+            stacked_qkv: !off("GEMMA3N_CUDA_STACKED_QKV"),
         }
     }
 }

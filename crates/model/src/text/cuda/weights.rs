@@ -14,9 +14,14 @@ use super::gpu_err;
 use crate::error::{ModelError, Result};
 use crate::text::weights::{LayerWeights, TextWeights};
 
-/// A row-major matrix on the device.
+/// A row-major matrix on the device: a buffer of its own, or rows of a buffer it shares with
+/// the matrices stacked above and below it (see [`DevMatrix::upload_stacked`]).
 pub struct DevMatrix {
-    buf: DeviceBuffer,
+    buf: Arc<DeviceBuffer>,
+    /// Where the values start in `buf`, in bytes.
+    offset: usize,
+    /// Bytes of the values.
+    len: usize,
     /// The scales of a quantized format.
     sc: Option<DeviceBuffer>,
     fmt: WeightFormat,
@@ -94,13 +99,13 @@ pub fn repack_q4k(m: &Matrix) -> (Vec<u8>, Vec<u8>) {
 impl DevMatrix {
     /// Device bytes of the values and scales.
     pub fn bytes(&self) -> usize {
-        self.buf.bytes() + self.sc.as_ref().map_or(0, |b| b.bytes())
+        self.len + self.sc.as_ref().map_or(0, |b| b.bytes())
     }
 
     /// The matrix as the kernels take it.
     pub fn wp(&self) -> WeightPtr {
         WeightPtr {
-            w: self.buf.ptr(),
+            w: self.values(),
             sc: self.sc.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
             fmt: self.fmt,
         }
@@ -109,13 +114,62 @@ impl DevMatrix {
     /// The values of a bf16 matrix.
     pub fn ptr(&self) -> DevPtr {
         debug_assert_eq!(self.fmt, WeightFormat::Bf16);
-        self.buf.ptr()
+        self.values()
+    }
+
+    fn values(&self) -> DevPtr {
+        // Offsets are whole bf16 rows.
+        self.buf.ptr().add_bf16(self.offset / 2)
+    }
+
+    /// Uploads matrices of one row length that are all bf16 on the device ([`device_format`])
+    /// into one buffer, each below the one before: the matrices, then one more spanning them
+    /// all (a single product of their stacked rows, for inputs they share). None, uploading
+    /// nothing, when they are not all such matrices.
+    pub fn upload_stacked(
+        gpu: &Arc<Gpu>,
+        ms: &[&Matrix],
+    ) -> Result<Option<(Vec<DevMatrix>, DevMatrix)>> {
+        let cols = ms.first().map_or(0, |m| m.cols());
+        if ms.is_empty()
+            || ms
+                .iter()
+                .any(|m| m.cols() != cols || device_format(m) != WeightFormat::Bf16)
+        {
+            return Ok(None);
+        }
+        let total: usize = ms.iter().map(|m| 2 * m.rows() * cols).sum();
+        let buf = Arc::new(gpu.alloc(total).map_err(gpu_err)?);
+        let mut views = Vec::with_capacity(ms.len());
+        let mut offset = 0;
+        for m in ms {
+            let len = 2 * m.rows() * cols;
+            gpu.write(&buf, offset, &bf16_values(m)).map_err(gpu_err)?;
+            views.push(DevMatrix {
+                buf: buf.clone(),
+                offset,
+                len,
+                sc: None,
+                fmt: WeightFormat::Bf16,
+                cols,
+            });
+            offset += len;
+        }
+        let all = DevMatrix {
+            buf,
+            offset: 0,
+            len: 0,
+            sc: None,
+            fmt: WeightFormat::Bf16,
+            cols,
+        };
+        Ok(Some((views, all)))
     }
 
     /// Uploads `m` in its [`device_format`] (bf16 matrices are copied as they are, other
     /// non-native formats converted to bf16).
     pub fn upload(gpu: &Arc<Gpu>, m: &Matrix) -> Result<DevMatrix> {
-        let (rows, cols) = (m.rows(), m.cols());
+        let cols = m.cols();
         let fmt = device_format(m);
         let up = |data: &[u8]| gpu.upload(data).map_err(gpu_err);
         let (buf, sc) = match fmt {
@@ -127,27 +181,41 @@ impl DevMatrix {
                 let (q, meta) = repack_q4k(m);
                 (up(&q)?, Some(up(&meta)?))
             }
-            WeightFormat::Bf16 if m.dtype() == DType::BF16 && m.row_stride_bytes() == cols * 2 => {
-                // SAFETY: a bf16 matrix with packed rows is rows·cols·2 contiguous bytes.
-                let bytes = unsafe { std::slice::from_raw_parts(m.base_ptr(), rows * cols * 2) };
-                (up(bytes)?, None)
-            }
-            WeightFormat::Bf16 => {
-                let mut host = vec![0u16; rows * cols];
-                host.par_chunks_mut(cols.max(1)).enumerate().for_each_init(
-                    || vec![0f32; cols],
-                    |tmp, (r, out)| {
-                        m.row_to_f32(r, tmp);
-                        for (o, &v) in out.iter_mut().zip(tmp.iter()) {
-                            *o = half::bf16::from_f32(v).to_bits();
-                        }
-                    },
-                );
-                (gpu.upload(&host).map_err(gpu_err)?, None)
-            }
+            WeightFormat::Bf16 => (up(&bf16_values(m))?, None),
         };
-        Ok(DevMatrix { buf, sc, fmt, cols })
+        Ok(DevMatrix {
+            len: buf.bytes(),
+            buf: Arc::new(buf),
+            offset: 0,
+            sc,
+            fmt,
+            cols,
+        })
     }
+}
+
+/// The bf16 bytes of `m`'s values, rows packed (borrowed when it is such a matrix already).
+fn bf16_values(m: &Matrix) -> std::borrow::Cow<'_, [u8]> {
+    let (rows, cols) = (m.rows(), m.cols());
+    if m.dtype() == DType::BF16 && m.row_stride_bytes() == cols * 2 {
+        // SAFETY: a bf16 matrix with packed rows is rows·cols·2 contiguous bytes.
+        return std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(m.base_ptr(), rows * cols * 2)
+        });
+    }
+    let mut host = vec![0u8; rows * cols * 2];
+    host.par_chunks_mut((2 * cols).max(1))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; cols],
+            |tmp, (r, out)| {
+                m.row_to_f32(r, tmp);
+                for (o, &v) in out.chunks_exact_mut(2).zip(tmp.iter()) {
+                    o.copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+                }
+            },
+        );
+    std::borrow::Cow::Owned(host)
 }
 
 /// `down` of a layer: as stored (`[D, F]`), or transposed (`[F, D]`) in layers with
@@ -158,6 +226,10 @@ pub enum Down {
 }
 
 pub struct DevLayer {
+    /// q, k, v and LAuReL's left matrix stacked in one buffer (in that order, the order of
+    /// their outputs in a q/k/v row), for a prefill's single GEMM over their shared input:
+    /// layers with their own K/V and bf16 matrices only.
+    pub qkvl: Option<DevMatrix>,
     pub q: DevMatrix,
     pub k: Option<DevMatrix>,
     pub v: Option<DevMatrix>,
@@ -216,15 +288,34 @@ fn layer(gpu: &Arc<Gpu>, lw: &LayerWeights) -> Result<DevLayer> {
         Some(t) => Down::Transposed(m(t)?),
         None => Down::Normal(m(&lw.down_proj)?),
     };
+    let stacked = match (&lw.k_proj, &lw.v_proj) {
+        (Some(k), Some(v)) => DevMatrix::upload_stacked(gpu, &[&lw.q_proj, k, v, &lw.laurel_left])?,
+        _ => None,
+    };
+    let (q, k, v, laurel_left, qkvl) = match stacked {
+        Some((views, all)) => {
+            let mut it = views.into_iter();
+            let mut next = || it.next().expect("four stacked matrices");
+            (next(), Some(next()), Some(next()), next(), Some(all))
+        }
+        None => (
+            m(&lw.q_proj)?,
+            lw.k_proj.as_ref().map(m).transpose()?,
+            lw.v_proj.as_ref().map(m).transpose()?,
+            m(&lw.laurel_left)?,
+            None,
+        ),
+    };
     Ok(DevLayer {
-        q: m(&lw.q_proj)?,
-        k: lw.k_proj.as_ref().map(m).transpose()?,
-        v: lw.v_proj.as_ref().map(m).transpose()?,
+        qkvl,
+        q,
+        k,
+        v,
         o: m(&lw.o_proj)?,
         gate: m(&lw.gate_proj)?,
         up: m(&lw.up_proj)?,
         down,
-        laurel_left: m(&lw.laurel_left)?,
+        laurel_left,
         laurel_right: m(&lw.laurel_right)?,
         pl_gate: m(&lw.per_layer_input_gate)?,
         pl_proj: m(&lw.per_layer_projection)?,

@@ -70,6 +70,9 @@ pub struct Workspace {
     pub pi: DeviceBuffer,
     pub s: DeviceBuffer,
     pub pred: DeviceBuffer,
+    /// AltUp's prediction coefficients of each row (`cap x A·A`), from `altup_predict` to
+    /// `post_ffn_correct`.
+    pub rc: DeviceBuffer,
     pub x: DeviceBuffer,
     pub qkv: DeviceBuffer,
     pub q: DeviceBuffer,
@@ -161,6 +164,7 @@ impl Workspace {
             pi: f(cap * lp)?,
             s: f(a * cap * d)?,
             pred: f(a * cap * d)?,
+            rc: f(cap * a * a)?,
             x: f(cap * d)?,
             qkv: f(cap * qw)?,
             q: f(cap * h * hd)?,
@@ -278,6 +282,7 @@ impl Workspace {
             &self.pi,
             &self.s,
             &self.pred,
+            &self.rc,
             &self.x,
             &self.qkv,
             &self.q,
@@ -303,6 +308,7 @@ impl Workspace {
         ]
         .into_iter()
         .chain(&self.wparts)
+        .chain(&self.scores)
         .map(|b| b.bytes())
         .sum()
     }
