@@ -279,7 +279,7 @@ impl CudaTextModel {
             let splits = attention_splits(n, cfg.num_attention_heads, pos0 + n);
             // Prefills of many rows run attention as GEMMs over a score buffer, when it
             // stays within bounds.
-            let need = cfg.num_attention_heads * n * (pos0 + n) * 4;
+            let score_bytes = cfg.num_attention_heads * n * (pos0 + n) * 4;
             // Or on the flash kernel, which needs room for partial results when it splits
             // the keys of long rows (full attention has the longest rows).
             let (h, hd) = (cfg.num_attention_heads, cfg.head_dim);
@@ -295,8 +295,8 @@ impl CudaTextModel {
                 } else {
                     0
                 }
-            } else if need <= MAX_SCORE_BYTES {
-                need
+            } else if score_bytes <= MAX_SCORE_BYTES {
+                score_bytes
             } else {
                 0
             };
@@ -861,7 +861,8 @@ impl CudaTextModel {
             let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
             // The flash kernel writes the o projection's bf16 activations itself (it runs
             // with one part only).
-            let att_split = flash && many && !out_parts(n).is_empty();
+            let att_split =
+                flash && many && matches!(caches, Caches::One(_)) && !out_parts(n).is_empty();
             match (&ws.scores, caches, many) {
                 (scratch, Caches::One(cache), true) if flash => g.attention_flash(
                     ws.q.ptr(),
