@@ -305,11 +305,11 @@ __device__ __forceinline__ float4 load4<bf16_t>(const bf16_t* row, int i) {
 // The FFN activation of prefill rows, written as the down product's bf16 parts: a =
 // gelu(g') * u with g' = max(g - cut, 0), cut = mean(g) + std(g) * z over the row (the
 // Gaussian top-k of the sparse layers; z_on = 0: g' = g), split as split_bf16_rows splits
-// (p1, p2 may be null; rows of ldp values). One sparsity_cutoff, one gelu_mul and one
-// split_bf16_rows in one pass over g and u. grid (rows), block FFN_ACT_THREADS; f a
-// multiple of 4, rows of g and u aligned for 4-value loads. A block walks its row in steps
-// of 4 values a thread: twice over g for the mean and the variance (the row is then in
-// L2), once over both for the result. Small blocks, so that many rows are in flight on
+// (p1, p2 may be null; rows of ldp values): what sparsity_cutoff, gelu_mul and
+// split_bf16_rows do, in one kernel. grid (rows), block FFN_ACT_THREADS; f a multiple of 4,
+// rows of g and u aligned for 4-value loads. A block walks its row in steps of 4 values a
+// thread: with the cut-off, twice over g for the mean and the variance (the second read
+// mostly from L2), then once over both for the result. Small blocks, so that many rows are in flight on
 // each multiprocessor (a block of f / 16 threads holding the row in registers fitted one
 // row per multiprocessor and spent its time waiting: 131 us for E4B's 2048 x 16384).
 #define FFN_ACT_THREADS 256
