@@ -58,10 +58,6 @@ pub struct Args {
     pub slice: crate::slice::SliceArgs,
     #[command(flatten)]
     pub device: crate::device::DeviceArgs,
-    /// With --device cuda: the bf16 parts prefill GEMMs split their f32 activations into:
-    /// 3 (default, near-f32 results), 2 (about 16 bits) or 1 (one bf16 rounding, fastest).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
-    pub activation_parts: u8,
 }
 
 #[derive(serde::Serialize)]

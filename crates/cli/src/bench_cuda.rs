@@ -130,8 +130,7 @@ fn prefill_flops(m: &TextModel, plan: &SlicePlan, t: usize) -> f64 {
 
 pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()> {
     let model = Arc::new(model);
-    let gm = crate::device::to_gpu(model.clone(), ordinal)?;
-    gm.set_activation_parts(a.activation_parts as usize);
+    let gm = crate::device::to_gpu(model.clone(), ordinal, a.device.activation_parts)?;
     let gpu = gm.gpu().clone();
     let cfg = &model.cfg;
     let slice = a.slice.slice(cfg)?;
@@ -233,7 +232,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         model: name.to_string(),
         device: gpu.describe(),
         slice: plan.name.clone(),
-        activations: match a.activation_parts {
+        activations: match a.device.activation_parts {
             1 => "bf16".to_string(),
             n => format!("split in {n} bf16 parts"),
         },

@@ -1,4 +1,5 @@
-//! `--device cpu|cuda[:N]`: where the text decoder runs.
+//! `--device cpu|cuda[:N]`: where the text decoder runs, and `--activation-parts`: how
+//! exactly a GPU prefill multiplies.
 
 use anyhow::{bail, Result};
 
@@ -9,6 +10,11 @@ pub struct DeviceArgs {
     /// built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// With --device cuda: the bf16 parts prefill GEMMs split their f32 activations into:
+    /// 3 (default, near-f32 results), 2 (about 16 bits) or 1 (one bf16 rounding, as a bf16
+    /// model in PyTorch computes: the fastest prefill).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub activation_parts: u8,
 }
 
 /// A parsed `--device`.
@@ -22,6 +28,12 @@ impl DeviceArgs {
     pub fn parse(&self) -> Result<Device> {
         let s = self.device.trim();
         if s == "cpu" {
+            if self.activation_parts != 3 {
+                bail!(
+                    "--activation-parts {} applies to --device cuda only (the CPU decoder multiplies in f32)",
+                    self.activation_parts
+                );
+            }
             return Ok(Device::Cpu);
         }
         let ordinal = match s {
@@ -38,11 +50,13 @@ impl DeviceArgs {
     }
 }
 
-/// Uploads a loaded decoder to GPU `ordinal`, with a progress bar.
+/// Uploads a loaded decoder to GPU `ordinal`, with a progress bar; its prefills split their
+/// activations into `parts` bf16 parts (`--activation-parts`).
 #[cfg(feature = "cuda")]
 pub fn to_gpu(
     model: std::sync::Arc<gemma3n_model::TextModel>,
     ordinal: usize,
+    parts: u8,
 ) -> Result<gemma3n_model::text::cuda::CudaTextModel> {
     use anyhow::Context;
     use indicatif::{ProgressBar, ProgressStyle};
@@ -60,5 +74,6 @@ pub fn to_gpu(
     })
     .context("cannot upload the text decoder to the GPU")?;
     bar.finish_and_clear();
+    m.set_activation_parts(usize::from(parts));
     Ok(m)
 }

@@ -29,9 +29,6 @@ pub struct Args {
     /// Largest allowed max relative logit error.
     #[arg(long, default_value_t = 2e-2)]
     tolerance: f32,
-    /// bf16 parts of the prefill GEMMs' activations (1-3; see `bench --activation-parts`).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=3))]
-    activation_parts: u8,
     #[command(flatten)]
     slice: crate::slice::SliceArgs,
 }
@@ -66,8 +63,7 @@ pub fn main(a: Args) -> Result<()> {
         Device::Cpu => bail!("parity compares a GPU with the CPU: pass --device cuda[:N]"),
     };
     let loaded = Arc::new(crate::load::load_any(&a.model)?);
-    let gpu = crate::device::to_gpu(loaded.clone(), ordinal)?;
-    gpu.set_activation_parts(a.activation_parts as usize);
+    let gpu = crate::device::to_gpu(loaded.clone(), ordinal, a.device.activation_parts)?;
     eprintln!("device: {}", gpu.gpu().describe());
     // The reference: the CPU f32 decoder on the weights the GPU holds (bf16).
     let cpu = gemma3n_model::text::cuda::with_device_weights(&loaded);
