@@ -1115,14 +1115,13 @@ impl Gpu {
         if !fits {
             return Ok(false);
         }
-        let part = |j: usize| parts.get(j).map_or(0, |p| p.0);
-        let threads = FFN_ACT_THREADS;
+        let part = |j| part_at(parts, j);
         let name = if in_bf16 {
             "ffn_act_split_bf16"
         } else {
             "ffn_act_split"
         };
-        launch!(self, name, (rows, 1, 1), threads;
+        launch!(self, name, (rows, 1, 1), FFN_ACT_THREADS;
             g.0, i(ldg), u.0, i(ldu), part(0), part(1), part(2), i(f), i(f),
             i32::from(z.is_some()), z.unwrap_or(0.0))?;
         Ok(true)

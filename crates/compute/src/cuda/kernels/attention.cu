@@ -324,10 +324,8 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
 // fragment load touches start in different banks.
 #define FA_STRIDE(HD) ((HD) + 8)
 
-// Operand loads of the flash kernel's products (build variants for comparisons).
-#ifndef FA_LDMATRIX
-#define FA_LDMATRIX 1
-#endif
+// FA_SKIP_RESCALE=0: the flash kernel rescales its accumulators after every tile (for
+// comparisons).
 #ifndef FA_SKIP_RESCALE
 #define FA_SKIP_RESCALE 1
 #endif
@@ -445,7 +443,6 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
     #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
-#if FA_LDMATRIX
     // ldmatrix rows of this lane: in the warp's 16 query rows x 16 dims (matrices rows 0-7 /
     // 8-15 x dims 0-7, then the same x dims 8-15: the A operand a0..a3), and in 16 keys x
     // 16 dims of K (keys 0-7 x dims 0-7 / 8-15, then keys 8-15: the B operands of two
@@ -454,10 +451,6 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
                                 (lane >> 4) * 8);
     const u32 kbase = smem_addr(ks + ((lane & 7) + ((lane >> 4) << 3)) * FA_STRIDE(HD) +
                                 ((lane >> 3) & 1) * 8);
-#else
-    const u32* qw =
-        reinterpret_cast<const u32*>(qs + (hb * rpb + sub * 16 + r) * FA_STRIDE(HD)) + t;
-#endif
     // ldmatrix row of this lane in a 16-key x 16-dim block of V: matrices (keys 0-7,
     // dims 0-7), (keys 8-15, dims 0-7), (keys 0-7, dims 8-15), (keys 8-15, dims 8-15).
     const u32 vbase = smem_addr(vs + ((lane & 7) + (lane & 8)) * FA_STRIDE(HD) + (lane >> 4) * 8);
@@ -472,7 +465,6 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
         for (int j = 0; j < FA_KEYS / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
         #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-#if FA_LDMATRIX
             u32 a0, a1, a2, a3;
             ldmatrix_x4(qbase + kk * 32, a0, a1, a2, a3);
             #pragma unroll
@@ -482,15 +474,6 @@ __device__ __forceinline__ void attention_flash_body(const float* q, const float
                 mma_bf16(s[j], a0, a1, a2, a3, b0, b1);
                 mma_bf16(s[j + 1], a0, a1, a2, a3, b2, b3);
             }
-#else
-            const u32 a0 = qw[kk * 8], a1 = qw[kk * 8 + 4 * FA_STRIDE(HD)];
-            const u32 a2 = qw[kk * 8 + 4], a3 = qw[kk * 8 + 4 + 4 * FA_STRIDE(HD)];
-            #pragma unroll
-            for (int j = 0; j < FA_KEYS / 8; j++) {
-                const u32* kw = reinterpret_cast<const u32*>(ks + (8 * j + r) * FA_STRIDE(HD)) + t;
-                mma_bf16(s[j], a0, a1, a2, a3, kw[kk * 8], kw[kk * 8 + 4]);
-            }
-#endif
         }
         // Mask, then the online softmax of rows a (s[j][0..1]) and b (s[j][2..3]).
         float na = ma, nb = mb;

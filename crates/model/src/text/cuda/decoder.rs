@@ -282,16 +282,14 @@ impl CudaTextModel {
             let score_bytes = cfg.num_attention_heads * n * (pos0 + n) * 4;
             // Or on the flash kernel, which needs room for partial results when it splits
             // the keys of long rows (full attention has the longest rows).
-            let (h, hd) = (cfg.num_attention_heads, cfg.head_dim);
-            let flash_need = self
-                .gpu
-                .flash_plan(n, pos0 + n, h, cfg.num_key_value_heads, 0)
-                .scratch_bytes(n, h, hd);
             let need = if !self.settings.gemm_attention || n < GEMM_ATTENTION_ROWS {
                 0
             } else if self.flash_attention(ws, n) {
                 if self.settings.flash_split {
-                    flash_need
+                    let (h, hd) = (cfg.num_attention_heads, cfg.head_dim);
+                    self.gpu
+                        .flash_plan(n, pos0 + n, h, cfg.num_key_value_heads, 0)
+                        .scratch_bytes(n, h, hd)
                 } else {
                     0
                 }
@@ -741,14 +739,6 @@ impl CudaTextModel {
         // The bf16 parts a GEMM's activations go to: a prefill's row kernels write them
         // along with their f32 output (none for the GEMV's few rows).
         let parts = self.parts(ws);
-        let fused = self.settings.fused_split;
-        let out_parts = |n: usize| -> &[DevPtr] {
-            if fused && n > GEMV_ROWS {
-                &parts
-            } else {
-                &[]
-            }
-        };
         let watching = hook.is_some();
         let mut observe = |k: usize, s: DevPtr, n: usize| -> Result<()> {
             if let Some(h) = hook.as_mut() {
@@ -783,6 +773,13 @@ impl CudaTextModel {
             }
             let lw = &w.layers[l];
             let pos = ws.pos().add_f32(row0);
+            // Where this layer's row kernels also write the next GEMM's bf16 input.
+            let xp: &[DevPtr] = if self.settings.fused_split && n > GEMV_ROWS {
+                &parts
+            } else {
+                &[]
+            };
+            let presplit = !xp.is_empty();
             // The previous layer's per-layer input injection happens here, in one pass
             // with the prediction.
             let (inj, w_inj) = pending.take().unwrap_or((DevPtr::NULL, DevPtr::NULL));
@@ -798,7 +795,7 @@ impl CudaTextModel {
                 pr,
                 ws.rc.ptr(),
                 ws.x.ptr(),
-                out_parts(n),
+                xp,
                 n,
                 d,
                 eps,
@@ -827,7 +824,7 @@ impl CudaTextModel {
             if stacked.is_none() {
                 segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
             }
-            self.mm_split(ws, &segs, n, 0.0, !out_parts(n).is_empty())?;
+            self.mm_split(ws, &segs, n, 0.0, presplit)?;
             let src = match sl.kv {
                 KvSource::Own => l,
                 KvSource::Shared(p) => p,
@@ -861,8 +858,7 @@ impl CudaTextModel {
             let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
             // The flash kernel writes the o projection's bf16 activations itself (it runs
             // with one part only).
-            let att_split =
-                flash && many && matches!(caches, Caches::One(_)) && !out_parts(n).is_empty();
+            let att_split = flash && many && matches!(caches, Caches::One(_)) && presplit;
             match (&ws.scores, caches, many) {
                 (scratch, Caches::One(cache), true) if flash => g.attention_flash(
                     ws.q.ptr(),
@@ -942,20 +938,13 @@ impl CudaTextModel {
                 lw.pre_ffn_ln.ptr(),
                 ws.h.ptr(),
                 ws.y.ptr(),
-                out_parts(n),
+                xp,
                 n,
                 d,
                 eps,
             )
             .map_err(e)?;
-            self.ffn(
-                ws,
-                l,
-                sl.ffn_width,
-                sl.sparsity_z,
-                n,
-                !out_parts(n).is_empty(),
-            )?;
+            self.ffn(ws, l, sl.ffn_width, sl.sparsity_z, n, presplit)?;
             g.post_ffn_correct(
                 ws.h.ptr(),
                 ws.fo.ptr(),
@@ -974,7 +963,7 @@ impl CudaTextModel {
                 },
                 DevPtr::NULL,
                 ws.v.ptr(),
-                out_parts(n),
+                xp,
                 n,
                 d,
                 eps,
@@ -983,22 +972,13 @@ impl CudaTextModel {
             // Per-layer input injection: gate = gelu(v · W_gᵀ) ⊙ π_l, then the projection.
             let pi_l = ws.pi.f32_at(row0 * lp + l * p);
             let mut gate = seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p);
-            let presplit = !out_parts(n).is_empty();
             if n <= GEMV_ROWS {
                 gate.epi = Epilogue::GeluAcc(pi_l, lp);
                 self.mm(ws, &[gate], n, 0.0)?;
             } else {
                 self.mm_split(ws, &[gate], n, 0.0, presplit)?;
-                g.ple_gate(
-                    ws.pg.ptr(),
-                    ws.pi.f32_at(row0 * lp),
-                    lp,
-                    l * p,
-                    p,
-                    n,
-                    out_parts(n),
-                )
-                .map_err(e)?;
+                g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n, xp)
+                    .map_err(e)?;
             }
             self.mm_split(
                 ws,
