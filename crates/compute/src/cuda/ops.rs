@@ -156,7 +156,7 @@ pub const GEMV_KERNEL_ROWBLOCK: &str = "gemv_rowblock_b1";
 
 /// Which lone bf16 products of one activation row run on `gemv_rowblock_b1`, which splits
 /// each output row over several warps (`GEMMA3N_CUDA_ROWBLOCK`: `0` for none, or
-/// `ROWS,K[,WARPS]`), and over how many.
+/// `ROWS,K[,WARPS[,RUN]]`), and over how many.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RowBlock {
     /// Products of at most this many rows...
@@ -164,23 +164,28 @@ pub(crate) struct RowBlock {
     /// ... of at least this many values.
     pub min_k: usize,
     /// Each row goes to the fewest warps (1, 2, 4 or 8) that make at least this many warps
-    /// in all, or to 8.
+    /// in all and give each warp at most `max_run` values of the row, or to 8.
     pub warps: usize,
+    /// The longest run of a row one warp takes, where a split of 8 warps or fewer allows.
+    pub max_run: usize,
 }
 
 impl RowBlock {
     /// Measured on an H200 (docs/perf.md): every lone bf16 product of up to 16384 rows of
-    /// at least 2048 values; 16384 warps in all (the down projection's 2048 rows go to 8
-    /// warps each, E2B's gate and up rows to 2).
+    /// at least 2048 values; 16384 warps in all, each with at most 1024 values of its row
+    /// (the down projection's 2048 rows go to 8 warps each, the gate and up rows of E2B and
+    /// E4B, 2048 values, to 2).
     pub const DEFAULT: RowBlock = RowBlock {
         max_rows: 16384,
         min_k: 2048,
         warps: 16384,
+        max_run: 1024,
     };
     pub const OFF: RowBlock = RowBlock {
         max_rows: 0,
         min_k: usize::MAX,
         warps: 0,
+        max_run: 0,
     };
 
     /// From the value of `GEMMA3N_CUDA_ROWBLOCK` (unset or unreadable: the default).
@@ -194,6 +199,7 @@ impl RowBlock {
                 max_rows: it.next()??,
                 min_k: it.next()??,
                 warps: it.next().unwrap_or(Some(RowBlock::DEFAULT.warps))?,
+                max_run: it.next().unwrap_or(Some(RowBlock::DEFAULT.max_run))?,
             })
         };
         v.and_then(parse).unwrap_or(RowBlock::DEFAULT)
@@ -220,7 +226,7 @@ impl RowBlock {
         let ok = |wpr: usize| s.k.is_multiple_of(8 * wpr);
         let wpr = ROWBLOCK_SPLITS
             .into_iter()
-            .find(|&w| ok(w) && s.rows * w >= self.warps)
+            .find(|&w| ok(w) && s.rows * w >= self.warps && s.k <= w * self.max_run)
             .or_else(|| ROWBLOCK_SPLITS.into_iter().rev().find(|&w| ok(w)))?;
         Some(GEMV_WARPS / wpr)
     }
@@ -519,6 +525,7 @@ impl Gpu {
             max_rows: usize::MAX,
             min_k: 0,
             warps: 0,
+            max_run: usize::MAX,
         };
         assert!(
             ROWBLOCK_SPLITS.contains(&wpr)
@@ -1560,6 +1567,9 @@ mod tests {
         assert_eq!(two.warps, RowBlock::DEFAULT.warps);
         let three = RowBlock::from_env(Some("100,200,300"));
         assert_eq!((three.max_rows, three.min_k, three.warps), (100, 200, 300));
+        assert_eq!(three.max_run, RowBlock::DEFAULT.max_run);
+        let four = RowBlock::from_env(Some("100,200,300,400"));
+        assert_eq!(four.max_run, 400);
     }
 
     #[test]
@@ -1568,11 +1578,18 @@ mod tests {
             max_rows: 16384,
             min_k: 2048,
             warps: 16384,
+            max_run: 1024,
         };
         // Rows per block of GEMV_WARPS warps: 1 row over 8 warps, 4 over 2, 8 over 1.
         assert_eq!(rb.rows_per_block(&product(2048, 16384)), Some(1));
         assert_eq!(rb.rows_per_block(&product(8192, 2048)), Some(4));
-        assert_eq!(rb.rows_per_block(&product(16384, 2048)), Some(8));
+        // 16384 rows fill the target at one warp each, but 2048 values a warp is too long.
+        assert_eq!(rb.rows_per_block(&product(16384, 2048)), Some(4));
+        let long_runs = RowBlock {
+            max_run: usize::MAX,
+            ..rb
+        };
+        assert_eq!(long_runs.rows_per_block(&product(16384, 2048)), Some(8));
         // Too few rows for the target even at 8 warps each: 8.
         assert_eq!(rb.rows_per_block(&product(256, 2048)), Some(1));
         // Each warp's run must be a multiple of 8 values: 2056 splits over 1 warp only.

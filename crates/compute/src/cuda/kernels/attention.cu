@@ -312,10 +312,10 @@ extern "C" __global__ void softmax_masked(float* s, int keys, int rows, const in
 // their keys and values do too (every load of a tile issued before the first store), and
 // each warp computes its 16 rows' scores S = q . k with m16n8k16 products (q and k operands
 // read by ldmatrix), keeps a running maximum and sum per row (online softmax; the
-// accumulators are rescaled only when a maximum moved), and adds P . V: P rounded to bf16 and taken
-// straight from the score accumulators (the accumulator layout of one 16x8 product is the
-// operand layout of the next's A), V's operands read transposed by ldmatrix. Lane
-// (r = lane / 4, t = lane % 4) holds rows r and r + 8.
+// accumulators are rescaled only when a maximum moved), and adds P . V: P rounded to bf16
+// and taken straight from the score accumulators (the accumulator layout of one 16x8
+// product is the operand layout of the next's A), V's operands read transposed by ldmatrix.
+// Lane (r = lane / 4, t = lane % 4) holds rows r and r + 8.
 #define FA_WARPS 8
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_ROWS (16 * FA_WARPS)

@@ -302,16 +302,46 @@ __device__ __forceinline__ float4 load4<bf16_t>(const bf16_t* row, int i) {
                        __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
 }
 
+// The Gaussian top-k cut-off of a gate row of f values, mean(g) + std(g) * z, in one read
+// of the row: each thread sums its values (4 at 4 * threadIdx.x, then every 4 * blockDim.x)
+// about its first one, and the threads' means and squared deviations are merged as in
+// Chan's pairwise formula, so a row far from zero loses no digits.
+template <typename T>
+__device__ __forceinline__ float topk_cut(const T* gr, int f, float z) {
+    const int i0 = 4 * threadIdx.x, step = 4 * blockDim.x;
+    const float x0 = i0 < f ? load4(gr, i0).x : 0.0f;
+    float s = 0.0f, q = 0.0f;
+    int n = 0;
+    #pragma unroll 4
+    for (int i = i0; i < f; i += step) {
+        const float4 v = load4(gr, i);
+        const float a = v.x - x0, b = v.y - x0, c = v.z - x0, d = v.w - x0;
+        s += (a + b) + (c + d);
+        q += (a * a + b * b) + (c * c + d * d);
+        n += 4;
+    }
+    // The mean about the row's first value x, so that its rounding is that of the spread.
+    const float x = load4(gr, 0).x, nf = (float)n;
+    const float mean = block_sum(nf * (x0 - x) + s) / (float)f;
+    float m2 = 0.0f;
+    if (n) {
+        const float dm = (x0 - x) + s / nf - mean;
+        m2 = (q - s * s / nf) + nf * dm * dm;
+    }
+    return x + (mean + sqrtf(fmaxf(block_sum(m2), 0.0f) / (float)f) * z);
+}
+
 // The FFN activation of prefill rows, written as the down product's bf16 parts: a =
 // gelu(g') * u with g' = max(g - cut, 0), cut = mean(g) + std(g) * z over the row (the
 // Gaussian top-k of the sparse layers; z_on = 0: g' = g), split as split_bf16_rows splits
 // (p1, p2 may be null; rows of ldp values): what sparsity_cutoff, gelu_mul and
 // split_bf16_rows do, in one kernel. grid (rows), block FFN_ACT_THREADS; f a multiple of 4,
 // rows of g and u aligned for 4-value loads. A block walks its row in steps of 4 values a
-// thread: with the cut-off, twice over g for the mean and the variance (the second read
-// mostly from L2), then once over both for the result. Small blocks, so that many rows are in flight on
-// each multiprocessor (a block of f / 16 threads holding the row in registers fitted one
-// row per multiprocessor and spent its time waiting: 131 us for E4B's 2048 x 16384).
+// thread: with the cut-off, once over g for its mean and variance (`topk_cut`), then once
+// over both for the result (the gate mostly from L2 then). Small blocks, so that many rows
+// are in flight on each multiprocessor (a block of f / 16 threads holding the row in
+// registers fitted one row per multiprocessor and spent its time waiting: 131 us for E4B's
+// 2048 x 16384).
 #define FFN_ACT_THREADS 256
 template <typename T>
 __device__ __forceinline__ void ffn_act_split_body(const T* g, int ldg, const T* u, int ldu,
@@ -321,24 +351,7 @@ __device__ __forceinline__ void ffn_act_split_body(const T* g, int ldg, const T*
     const T* gr = g + (size_t)blockIdx.x * ldg;
     const T* ur = u + (size_t)blockIdx.x * ldu;
     const int step = 4 * blockDim.x;
-    float cut = 0.0f;
-    if (z_on) {
-        float s = 0.0f;
-        #pragma unroll 4
-        for (int i = 4 * threadIdx.x; i < f; i += step) {
-            const float4 v = load4(gr, i);
-            s += (v.x + v.y) + (v.z + v.w);
-        }
-        const float mean = block_sum(s) / (float)f;
-        float q = 0.0f;
-        #pragma unroll 4
-        for (int i = 4 * threadIdx.x; i < f; i += step) {
-            const float4 v = load4(gr, i);
-            const float a = v.x - mean, b = v.y - mean, c = v.z - mean, d = v.w - mean;
-            q += (a * a + b * b) + (c * c + d * d);
-        }
-        cut = mean + sqrtf(block_sum(q) / (float)f) * z;
-    }
+    const float cut = z_on ? topk_cut(gr, f, z) : 0.0f;
     bf16_t* parts[3] = {p0, p1, p2};
     const size_t o = (size_t)blockIdx.x * ldp;
     #pragma unroll 4

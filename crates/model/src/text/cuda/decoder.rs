@@ -20,8 +20,9 @@ use crate::text::{EmbedFn, Logits, StreamHook, TopScores};
 
 /// Rows up to which products run on the GEMV kernel.
 pub(super) const GEMV_ROWS: usize = 16;
-/// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK` overrides): longer prompts go
-/// in pieces of this size, which bounds the activation workspace (E4B: about 0.4 GB).
+/// Rows a prefill runs at once (`--prefill-rows` or `GEMMA3N_CUDA_PREFILL_CHUNK` override):
+/// longer prompts go in pieces of this size, which bounds the activation workspace (E4B:
+/// about 0.4 GB).
 pub(super) const PREFILL_CHUNK: usize = 512;
 
 /// Rows from which a prefill's attention runs as two GEMMs per KV head.

@@ -545,15 +545,25 @@ fn check_flash(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
 
 /// The prefill FFN activation written as bf16 parts, against gelu(cut-off gate) * up in f64:
 /// with and without the Gaussian top-k, one to three parts (the parts must sum to the value
-/// within what they keep), a width that leaves the last threads partly empty; gate and up
-/// as f32, and as bf16 (the bf16 output of a prefill's gate/up GEMMs).
+/// within what they keep); gate and up as f32, and as bf16 (the bf16 output of a prefill's
+/// gate/up GEMMs).
 fn check_ffn_act(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
     use gemma3n_compute::dtype::{bf16_to_f32, f32_to_bf16};
     let e = gpu_err;
-    let (rows, f, ld) = (3, 1000, 1024);
-    let gate = random(rows * ld, 40, 2.0);
-    let up = random(rows * ld, 41, 1.0);
-    for in_bf16 in [false, true] {
+    // A width that leaves threads partly empty, and E4B's 16384. The last row sits away
+    // from zero (uniform in [1, 5]): the cut-off's mean and variance must lose no digits to
+    // it. (Further out, what survives the cut-off is small against the cut-off's own f32
+    // rounding.)
+    for ((rows, f, ld), in_bf16) in [
+        ((3, 1000, 1024), false),
+        ((3, 1000, 1024), true),
+        ((3, 16384, 16384), true),
+    ] {
+        let mut gate = random(rows * ld, 40, 2.0);
+        for v in &mut gate[(rows - 1) * ld..] {
+            *v += 3.0;
+        }
+        let up = random(rows * ld, 41, 1.0);
         let (gate, up, gb, ub) = if in_bf16 {
             let (g16, u16): (Vec<u16>, Vec<u16>) = (
                 gate.iter().map(|&v| f32_to_bf16(v)).collect(),
@@ -593,19 +603,23 @@ fn check_ffn_act_on(
 ) -> Result<()> {
     let e = gpu_err;
     for z in [None, Some(1.6448536f32)] {
+        // Each row's cut-off, in f64 with the mean first.
+        let cuts: Vec<f64> = (0..rows)
+            .map(|r| {
+                let row = &gate[r * ld..r * ld + f];
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / f as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / f as f64;
+                z.map_or(f64::NEG_INFINITY, |z| mean + var.sqrt() * z as f64)
+            })
+            .collect();
         let want: Vec<f64> = (0..rows * f)
             .map(|i| {
                 let (r, c) = (i / f, i % f);
-                let row = &gate[r * ld..r * ld + f];
-                let g = row[c] as f64;
-                let g = match z {
-                    None => g,
-                    Some(z) => {
-                        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / f as f64;
-                        let var =
-                            row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / f as f64;
-                        (g - (mean + var.sqrt() * z as f64)).max(0.0)
-                    }
+                let g = gate[r * ld + c] as f64;
+                let g = if z.is_some() {
+                    (g - cuts[r]).max(0.0)
+                } else {
+                    g
                 };
                 gelu_tanh(g) * up[r * ld + c] as f64
             })

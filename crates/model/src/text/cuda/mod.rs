@@ -89,7 +89,8 @@ pub(crate) struct Settings {
     pub graphs: bool,
     /// Prefill attention as GEMMs (`GEMMA3N_CUDA_GEMM_ATTENTION=0`: the per-row kernel).
     pub gemm_attention: bool,
-    /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK`, default 512).
+    /// Rows a prefill runs at once (`GEMMA3N_CUDA_PREFILL_CHUNK`, default 512;
+    /// [`CudaTextModel::set_prefill_rows`]).
     pub prefill_chunk: usize,
     /// Prefills of at least this many rows with bf16 activations run their attention on
     /// the flash kernel (`GEMMA3N_CUDA_FLASH`: the rows, or 0 for never).
@@ -212,6 +213,12 @@ impl CudaTextModel {
     pub fn set_activation_parts(&self, parts: usize) {
         self.activation_parts
             .store(parts.clamp(1, 3), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The most rows one prefill pass takes (at least 1); longer prompts go in pieces. The
+    /// activation workspace is sized for the largest pass run so far.
+    pub fn set_prefill_rows(&mut self, rows: usize) {
+        self.settings.prefill_chunk = rows.max(1);
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
