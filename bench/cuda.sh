@@ -30,7 +30,7 @@ if has bench; then
                "2048|--prompt-len 2048 --activation-parts 1" "512|--prompt-len 128"; do
       chunk=${run%%|*}; args=${run#*|}
       echo "== bench $shape $args (pieces of $chunk)" | tee -a "$out/bench.log"
-      GEMMA3N_CUDA_PREFILL_CHUNK=$chunk timeout 400 "$bin" bench --device cuda --synthetic "$shape" $args --gen 64 --reps 3 2>&1 | tee -a "$out/bench.log"
+      timeout 400 "$bin" bench --device cuda --synthetic "$shape" $args --prefill-rows "$chunk" --gen 64 --reps 3 2>&1 | tee -a "$out/bench.log"
     done
   done
   summary+=("$(grep -E '^(== bench|prefill|decode|gpu step|roofline|memory)' "$out/bench.log")")

@@ -130,7 +130,7 @@ fn prefill_flops(m: &TextModel, plan: &SlicePlan, t: usize) -> f64 {
 
 pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()> {
     let model = Arc::new(model);
-    let gm = crate::device::to_gpu(model.clone(), ordinal, a.device.activation_parts)?;
+    let gm = crate::device::to_gpu(model.clone(), ordinal, &a.device)?;
     let gpu = gm.gpu().clone();
     let cfg = &model.cfg;
     let slice = a.slice.slice(cfg)?;

@@ -43,7 +43,7 @@ pub fn main(a: Args) -> Result<()> {
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
             let plan = a.slice.plan(&stack.model.cfg)?;
-            let gpu = crate::device::to_gpu(stack.model.clone(), n, a.device.activation_parts)?;
+            let gpu = crate::device::to_gpu(stack.model.clone(), n, &a.device)?;
             // Room for a first turn to start with; the cache grows with the conversation.
             let cache =
                 gpu.new_cache_with_plan(plan, a.sampling.max_tokens.saturating_add(1024))?;

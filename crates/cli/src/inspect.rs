@@ -271,7 +271,7 @@ fn print_slices(t: &gemma3n_model::TextConfig, es: f64) {
 #[cfg(feature = "cuda")]
 fn gpu_memory(a: &Args, ordinal: usize) -> Result<()> {
     let model = std::sync::Arc::new(crate::load::load_any(&a.model)?);
-    let gm = crate::device::to_gpu(model.clone(), ordinal, a.device.activation_parts)?;
+    let gm = crate::device::to_gpu(model.clone(), ordinal, &a.device)?;
     let plan = a.slice.plan(&model.cfg)?;
     let cache = gm.new_cache_with_plan(plan.clone(), 4096)?;
     let m = gm.memory();

@@ -96,7 +96,7 @@ pub fn main(a: Args) -> Result<()> {
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
-            let gpu = crate::device::to_gpu(model.clone(), n, a.device.activation_parts)?;
+            let gpu = crate::device::to_gpu(model.clone(), n, &a.device)?;
             let mut cache = gpu.new_cache_with_plan(plan, ids.len())?;
             gpu.forward_embedded(&ids, &mut cache, Logits::All, embed)?
         }

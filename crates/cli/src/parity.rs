@@ -63,7 +63,7 @@ pub fn main(a: Args) -> Result<()> {
         Device::Cpu => bail!("parity compares a GPU with the CPU: pass --device cuda[:N]"),
     };
     let loaded = Arc::new(crate::load::load_any(&a.model)?);
-    let gpu = crate::device::to_gpu(loaded.clone(), ordinal, a.device.activation_parts)?;
+    let gpu = crate::device::to_gpu(loaded.clone(), ordinal, &a.device)?;
     eprintln!("device: {}", gpu.gpu().describe());
     // The reference: the CPU f32 decoder on the weights the GPU holds (bf16).
     let cpu = gemma3n_model::text::cuda::with_device_weights(&loaded);

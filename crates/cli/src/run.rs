@@ -164,7 +164,7 @@ pub fn main(a: Args) -> Result<()> {
         #[cfg(feature = "cuda")]
         Device::Cuda(n) => {
             let plan = a.slice.plan(&stack.model.cfg)?;
-            let gpu = crate::device::to_gpu(stack.model.clone(), n, a.device.activation_parts)?;
+            let gpu = crate::device::to_gpu(stack.model.clone(), n, &a.device)?;
             // Room for the prompt and the answer to start with (the cache grows anyway).
             let cache = gpu.new_cache_with_plan(plan, ids.len() + max_tokens)?;
             let mut session = Session::with_cache(&gpu, cache);

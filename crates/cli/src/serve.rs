@@ -72,7 +72,7 @@ pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
         crate::device::Device::Cuda(n) => Some(std::sync::Arc::new(crate::device::to_gpu(
             stack.model.clone(),
             n,
-            a.device.activation_parts,
+            &a.device,
         )?)),
         #[cfg(not(feature = "cuda"))]
         crate::device::Device::Cuda(_) => unreachable!("parse refuses cuda without the feature"),

@@ -1,7 +1,7 @@
 //! `--device` of `run`, `chat`, `logits` and `serve`: `--device cpu` is the default (same
 //! output as without the flag), unknown devices are refused, and a build without the `cuda`
 //! feature refuses `--device cuda` with a message that says how to get it; `--activation-parts`
-//! (how a GPU prefill multiplies) is refused on the CPU.
+//! and `--prefill-rows` (how a GPU prefill multiplies, in what pieces) are refused on the CPU.
 
 mod common;
 
@@ -163,24 +163,40 @@ fn cuda_is_refused_without_the_feature() {
     assert!(!f.exists(), "a refused logits command wrote its output");
 }
 
-/// `--activation-parts` sets how exactly a GPU prefill multiplies; the CPU decoder multiplies
-/// in f32, so any value but the default is refused there with a message naming the flag and
-/// the device it is for, before any work; values out of 1..=3 are refused by the parser.
+/// `--activation-parts` sets how exactly a GPU prefill multiplies, and `--prefill-rows` the
+/// pieces it runs in; the CPU decoder multiplies in f32 and has no such pieces, so any
+/// explicit value (but the default parts) is refused there with a message naming the flag
+/// and the device it is for, before any work; values out of range (parts 1..=3, rows at
+/// least 1) are refused by the parser.
 #[test]
-fn activation_parts_is_refused_on_the_cpu() {
+fn gpu_prefill_flags_are_refused_on_the_cpu() {
     let dir = model_with_tokenizer(NAME);
     let out = TempDir::new("device-parts");
     let f = out.join("logits.safetensors");
     for cmd in commands(&dir, &f) {
-        for (parts, want) in [
-            ("1", vec!["--activation-parts 1", "--device cuda"]),
-            ("2", vec!["--activation-parts 2", "--device cuda"]),
-            ("4", vec!["--activation-parts"]),
+        for (flag, value, want) in [
+            (
+                "--activation-parts",
+                "1",
+                vec!["--activation-parts 1", "--device cuda"],
+            ),
+            (
+                "--activation-parts",
+                "2",
+                vec!["--activation-parts 2", "--device cuda"],
+            ),
+            ("--activation-parts", "4", vec!["--activation-parts"]),
+            (
+                "--prefill-rows",
+                "2048",
+                vec!["--prefill-rows 2048", "--device cuda"],
+            ),
+            ("--prefill-rows", "0", vec!["--prefill-rows"]),
         ] {
             let mut args = cmd.to_vec();
-            args.extend(["--activation-parts", parts]);
+            args.extend([flag, value]);
             let r = gemma3n(&args, None);
-            let what = format!("{} --activation-parts {parts}", cmd[0]);
+            let what = format!("{} {flag} {value}", cmd[0]);
             r.expect_clean_failure(&what, &want);
             assert!(r.stdout.is_empty(), "{what}: {}", r.stdout);
         }
