@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA parity test and the GPU benchmarks in one run, ours and HF transformers side by
 # side (for the GPU machine; see ../shared/device.md). Usage:
-#   bench/cuda.sh BINARY OUTDIR [parity|bench|hf|all]...
+#   bench/cuda.sh BINARY OUTDIR [parity|bench|hf|persistent|all]...
 # BINARY: a gemma3n built with `--features cuda`. Logs go to OUTDIR; a summary is printed last.
 set -u
 bin=$1; out=$2; shift 2
@@ -21,6 +21,25 @@ if has parity; then
     timeout 120 "$bin" parity --model tests/fixtures/matformer/base --device cuda $s 2>&1 | tee -a "$out/parity.log"
     summary+=("parity base $s: $(tail -n 2 "$out/parity.log" | grep -o 'parity [A-Z]*: worst max rel err [0-9.e+-]*' || echo 'ERROR')")
   done
+fi
+if [[ " $steps " == *" persistent "* ]]; then
+  # (Named only, not part of "all".) The decode step's layers in one persistent launch
+  # (GEMMA3N_CUDA_PERSISTENT=1): parity on every fixture, then the decode step of both
+  # shapes with and without it, and the products-only chain against a launch a step.
+  for m in tests/fixtures/matformer/base tests/fixtures/text/tiny_text_f32 tests/fixtures/text/tiny_text_f16 tests/fixtures/text/tiny_mm_bf16; do
+    echo "== persistent parity $m" | tee -a "$out/persistent.log"
+    GEMMA3N_CUDA_PERSISTENT=1 timeout 120 "$bin" parity --model "$m" --device cuda 2>&1 | tee -a "$out/persistent.log"
+    summary+=("persistent parity $m: $(tail -n 2 "$out/persistent.log" | grep -o 'parity [A-Z]*: worst max rel err [0-9.e+-]*' || echo 'ERROR')")
+  done
+  for shape in e2b e4b; do
+    for on in 0 1; do
+      echo "== persistent=$on bench $shape" | tee -a "$out/persistent.log"
+      GEMMA3N_CUDA_PERSISTENT=$on timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 128 --gen 64 --reps 3 2>&1 | tee -a "$out/persistent.log"
+    done
+    echo "== products chain $shape" | tee -a "$out/persistent.log"
+    GEMMA3N_CUDA_PROFILE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 16 --gen 2 --reps 1 2>&1 | grep '^products' | tee -a "$out/persistent.log"
+  done
+  summary+=("$(grep -E '^(== persistent|== products|products|gpu step|roofline)' "$out/persistent.log")")
 fi
 if has bench; then
   # "CHUNK|args": CHUNK rows of the prompt at a time (the bf16-activation prefill of the

@@ -163,6 +163,15 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
                 s.bytes as f64 / s.us / 1e3
             );
         }
+        if let Some((steps, bytes, us_p, us_l)) = gm.products_chain_speed()? {
+            for (how, us) in [("one persistent launch", us_p), ("a launch a step", us_l)] {
+                println!(
+                    "products   {steps} dependent steps, {how}: {us:>9.1} us {:>8.1} MB {:>7.0} GB/s",
+                    bytes as f64 / 1e6,
+                    bytes as f64 / us / 1e3
+                );
+            }
+        }
     }
     let mut prefills = Vec::new();
     let mut decodes = Vec::new();

@@ -25,22 +25,32 @@ fn kernels_compile_for_sm90() {
         &gemma3n_compute::cuda::GEMV_KERNEL_ONE,
         &gemma3n_compute::cuda::GEMV_KERNEL_ROWBLOCK,
     ]) {
-        let decl = format!(".param .align 8 .b8 {name}_param_0[");
-        let at = ptx
-            .find(&decl)
-            .unwrap_or_else(|| panic!("no {decl} in the PTX"));
-        let rest = &ptx[at + decl.len()..];
-        let size: usize = rest[..rest.find(']').unwrap()].parse().unwrap();
         assert_eq!(
-            size,
+            param_bytes(&ptx, name),
             gemma3n_compute::cuda::GEMV_ARGS_BYTES,
             "{name}: kernel argument size"
         );
     }
+    // So does the persistent decode kernel.
+    assert_eq!(
+        param_bytes(&ptx, "decode_layers"),
+        gemma3n_compute::cuda::PK_STEP_BYTES,
+        "decode_layers: kernel argument size"
+    );
     for k in gemma3n_compute::cuda::KERNELS {
         assert!(
             ptx.contains(&format!(".entry {k}(")),
             "kernel {k} missing from the PTX"
         );
     }
+}
+
+/// Bytes of kernel `name`'s first parameter, a struct passed by value, in the PTX.
+fn param_bytes(ptx: &str, name: &str) -> usize {
+    let decl = format!(".param .align 8 .b8 {name}_param_0[");
+    let at = ptx
+        .find(&decl)
+        .unwrap_or_else(|| panic!("no {decl} in the PTX"));
+    let rest = &ptx[at + decl.len()..];
+    rest[..rest.find(']').unwrap()].parse().unwrap()
 }

@@ -13,8 +13,9 @@
 mod ops;
 
 pub use ops::{
-    flash_plan, Epilogue, FlashPlan, GemvSeg, KvPtrs, WeightFormat, WeightPtr, GEMV_ARGS_BYTES,
-    GEMV_KERNELS, GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
+    flash_plan, DecodeLayer, DecodeStep, Epilogue, FlashPlan, GemvSeg, KvPtrs, WeightFormat,
+    WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS, GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
+    PK_STEP_BYTES,
 };
 
 use std::collections::HashMap;
@@ -27,15 +28,16 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 /// Every kernel source, compiled as one module.
-const SOURCES: [(&str, &str); 4] = [
+const SOURCES: [(&str, &str); 5] = [
     ("common.cu", include_str!("kernels/common.cu")),
     ("gemv.cu", include_str!("kernels/gemv.cu")),
     ("rows.cu", include_str!("kernels/rows.cu")),
     ("attention.cu", include_str!("kernels/attention.cu")),
+    ("persistent.cu", include_str!("kernels/persistent.cu")),
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 38] = [
+pub const KERNELS: [&str; 40] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -74,6 +76,8 @@ pub const KERNELS: [&str; 38] = [
     "attention_flash_hd256",
     "argmax_f32",
     "topk_f32",
+    "products_chain",
+    "decode_layers",
 ];
 
 /// Errors of the CUDA backend.
@@ -189,6 +193,14 @@ impl Gpu {
                 .set_attribute(
                     cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     ops::flash_smem(hd) as i32,
+                )
+                .map_err(drv)?;
+        }
+        for k in ["products_chain", "decode_layers"] {
+            funcs[k]
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    ops::PK_MAX_SMEM as i32,
                 )
                 .map_err(drv)?;
         }

@@ -5,7 +5,9 @@
 use cudarc::cublas::sys as blas;
 use cudarc::driver::DeviceRepr;
 
-use super::{CudaError, DevPtr, Gpu, Result};
+use std::sync::Arc;
+
+use super::{CudaError, DevPtr, DeviceBuffer, Gpu, Result};
 
 /// Output rows per block of the f32 GEMV kernels (one warp each).
 const GEMV_WARPS: usize = 8;
@@ -391,12 +393,139 @@ fn row_threads(d: usize) -> usize {
     (d.div_ceil(8).div_ceil(32) * 32).clamp(32, 256)
 }
 
+/// persistent.cu's limits: threads of a block, products of a step, and the dynamic shared
+/// memory a step's activations may take (set as the kernel's limit when the module loads).
+const PK_THREADS: usize = 512;
+const PK_MAX_SEGS: usize = 4;
+pub(crate) const PK_MAX_SMEM: usize = 160 * 1024;
+
+/// persistent.cu's `PkProducts`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawProducts {
+    seg: [RawSeg; PK_MAX_SEGS],
+    nseg: i32,
+}
+
+/// One layer of the persistent decode kernel (`decode_layers`): its bf16 matrices with
+/// their row strides (in values), vectors, key/value cache and shape. See persistent.cu.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecodeLayer {
+    /// q, k, v, o, gate, up, down, LAuReL left and right, per-layer input gate and
+    /// projection (k and v null where the layer reads another layer's cache).
+    pub mats: [(DevPtr, usize); 11],
+    /// q_norm, k_norm, input_ln, post_attn_ln, pre_ffn_ln, post_ffn_ln, laurel_norm,
+    /// router_norm, router, pred_coefs, corr_coefs, corr_scale (null: none), post_pl_norm,
+    /// the layer's RoPE frequencies, its per-layer input row.
+    pub vecs: [DevPtr; 15],
+    /// The cache this layer reads (and writes when it owns it).
+    pub kcache: DevPtr,
+    pub vcache: DevPtr,
+    /// FFN width.
+    pub f: usize,
+    /// The Gaussian top-k's z (activation sparsity).
+    pub sparsity_z: Option<f32>,
+    /// `down` is stored transposed (`[f, d]`).
+    pub down_t: bool,
+    pub own_kv: bool,
+    /// Sliding window (0: full attention).
+    pub window: usize,
+}
+
+/// persistent.cu's `PkLayer`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawPkLayer {
+    mats: [u64; 11],
+    vecs: [u64; 15],
+    kv: [u64; 2],
+    ld: [i32; 11],
+    f: i32,
+    sparse: i32,
+    z: f32,
+    own_kv: i32,
+    window: i32,
+    down_t: i32,
+}
+
+/// The activation buffers and shape of one persistent decode step (`decode_layers`; one
+/// activation row). Buffer names as in persistent.cu's `PkStep`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecodeStep {
+    /// The table from [`Gpu::decode_layers_table`] and its layer count.
+    pub layers: DevPtr,
+    pub nl: usize,
+    /// s, t, pos, x, qkv, q, att, part, o, lr, h, p0, rc, gate, act, fo, pg, pq, the barrier
+    /// counters (two u32, zeroed), the split counters (h u32, zeroed), and the norm weight
+    /// of the injection pending at the first layer (null: none).
+    pub bufs: [DevPtr; 21],
+    /// Stride between the streams of s and t, in floats.
+    pub ss: usize,
+    /// d, heads, KV heads, head dim, per-layer input width, LAuReL rank.
+    pub shape: [usize; 6],
+    pub eps: f32,
+}
+
+/// persistent.cu's `PkStep`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawPkStep {
+    layers: u64,
+    bufs: [u64; 21],
+    ss: i64,
+    nl: i32,
+    shape: [i32; 6],
+    qw: i32,
+    eps: f32,
+}
+
+// SAFETY: plain C structs of integers and floats, laid out as in persistent.cu.
+unsafe impl DeviceRepr for RawPkLayer {}
+
+/// Bytes of persistent.cu's structs, for the kernel test to check against the PTX.
+#[doc(hidden)]
+pub const PK_STEP_BYTES: usize = std::mem::size_of::<RawPkStep>();
+
+/// A product as the kernels take it (gemv.cu's `GemvSeg`), its blocks from `block_start`.
+fn raw_seg(s: &GemvSeg, block_start: usize) -> RawSeg {
+    let (epi, w2, aux, ldaux) = match s.epi {
+        Epilogue::Plain => (0, WeightPtr::default(), 0, 0),
+        Epilogue::Pair(w2) => {
+            assert_eq!(w2.fmt, s.w.fmt, "the matrices of a pair share a format");
+            (1, w2, 0, 0)
+        }
+        Epilogue::GeluAux(a, ld) => (2, WeightPtr::default(), a.0, ld),
+        Epilogue::GeluAcc(a, ld) => (3, WeightPtr::default(), a.0, ld),
+    };
+    RawSeg {
+        w: s.w.w.0,
+        w2: w2.w.0,
+        sc: s.w.sc.0,
+        sc2: w2.sc.0,
+        x: s.x.0,
+        y: s.y.0,
+        mask: s.mask.0,
+        aux,
+        rows: i(s.rows),
+        k: i(s.k),
+        ldw: i(s.ldw),
+        ldx: i(s.ldx),
+        ldy: i(s.ldy),
+        ldm: i(s.ldm),
+        ldaux: i(ldaux),
+        epi,
+        block_start: i(block_start),
+        fmt: s.w.fmt.code(),
+    }
+}
+
 /// A kernel argument.
 enum KArg<'a> {
     U64(u64),
     I32(i32),
     F32(f32),
     Gemv(&'a mut RawGemvArgs),
+    Step(&'a mut RawPkStep),
 }
 
 impl From<u64> for KArg<'_> {
@@ -412,6 +541,11 @@ impl From<i32> for KArg<'_> {
 impl From<f32> for KArg<'_> {
     fn from(v: f32) -> Self {
         KArg::F32(v)
+    }
+}
+impl<'a> From<&'a mut RawPkStep> for KArg<'a> {
+    fn from(v: &'a mut RawPkStep) -> Self {
+        KArg::Step(v)
     }
 }
 impl<'a> From<&'a mut RawGemvArgs> for KArg<'a> {
@@ -465,6 +599,7 @@ impl Gpu {
                 KArg::I32(x) => x as *mut i32 as *mut std::ffi::c_void,
                 KArg::F32(x) => x as *mut f32 as *mut std::ffi::c_void,
                 KArg::Gemv(x) => &mut **x as *mut RawGemvArgs as *mut std::ffi::c_void,
+                KArg::Step(x) => &mut **x as *mut RawPkStep as *mut std::ffi::c_void,
             };
         }
         let f = self.func(name).cu_function();
@@ -583,35 +718,7 @@ impl Gpu {
         let (block_rows, threads) = gemv_block(name, rpb);
         let mut blocks = 0usize;
         for (r, s) in a.seg.iter_mut().zip(chunk) {
-            let (epi, w2, aux, ldaux) = match s.epi {
-                Epilogue::Plain => (0, WeightPtr::default(), 0, 0),
-                Epilogue::Pair(w2) => {
-                    assert_eq!(w2.fmt, s.w.fmt, "the matrices of a pair share a format");
-                    (1, w2, 0, 0)
-                }
-                Epilogue::GeluAux(a, ld) => (2, WeightPtr::default(), a.0, ld),
-                Epilogue::GeluAcc(a, ld) => (3, WeightPtr::default(), a.0, ld),
-            };
-            *r = RawSeg {
-                w: s.w.w.0,
-                w2: w2.w.0,
-                sc: s.w.sc.0,
-                sc2: w2.sc.0,
-                x: s.x.0,
-                y: s.y.0,
-                mask: s.mask.0,
-                aux,
-                rows: i(s.rows),
-                k: i(s.k),
-                ldw: i(s.ldw),
-                ldx: i(s.ldx),
-                ldy: i(s.ldy),
-                ldm: i(s.ldm),
-                ldaux: i(ldaux),
-                epi,
-                block_start: i(blocks),
-                fmt: s.w.fmt.code(),
-            };
+            *r = raw_seg(s, blocks);
             blocks += s.rows.div_ceil(block_rows);
         }
         if blocks == 0 {
@@ -619,6 +726,121 @@ impl Gpu {
         }
         let mut vals = [KArg::from(&mut a)];
         self.launch_raw(name, (blocks, 1, 1), threads, 0, &mut vals)
+    }
+
+    /// Uploads steps of products for [`Gpu::products_chain`] (each step up to
+    /// `PK_MAX_SEGS` bf16 products of one activation row, plain, pair or gelu-times-aux;
+    /// weight rows 16-byte aligned) and returns the table with the shared memory its
+    /// largest step needs.
+    pub fn products_table(
+        self: &Arc<Self>,
+        steps: &[Vec<GemvSeg>],
+    ) -> Result<(DeviceBuffer, usize)> {
+        let mut raw = Vec::with_capacity(steps.len());
+        let mut smem = 0;
+        for step in steps {
+            assert!(
+                (1..=PK_MAX_SEGS).contains(&step.len()),
+                "a step of {} products",
+                step.len()
+            );
+            let mut r = RawProducts {
+                nseg: i(step.len()),
+                ..Default::default()
+            };
+            let mut floats = 0;
+            for (j, s) in step.iter().enumerate() {
+                assert!(
+                    s.w.fmt == WeightFormat::Bf16
+                        && s.k.is_multiple_of(8)
+                        && s.ldw.is_multiple_of(8)
+                        && s.w.w.0.is_multiple_of(16)
+                        && !matches!(s.epi, Epilogue::GeluAux(..))
+                        && s.mask.is_null(),
+                    "a product the persistent kernel cannot take"
+                );
+                let shared = j > 0 && step[j - 1].x == s.x && s.k <= step[j - 1].k;
+                if !shared {
+                    floats += s.k.next_multiple_of(8);
+                }
+                r.seg[j] = raw_seg(s, 0);
+            }
+            smem = smem.max(4 * floats);
+            raw.push(r);
+        }
+        assert!(
+            smem <= PK_MAX_SMEM,
+            "a step's activations take {smem} bytes"
+        );
+        Ok((self.upload(&raw)?, smem))
+    }
+
+    /// Runs `n` steps of a table from [`Gpu::products_table`] in one persistent launch (one
+    /// block per multiprocessor, a barrier across the grid between steps). `ctr`: two
+    /// zeroed u32 counters, which the kernel leaves zeroed.
+    pub fn products_chain(&self, table: DevPtr, n: usize, smem: usize, ctr: DevPtr) -> Result<()> {
+        launch!(self, "products_chain", (self.sms, 1, 1), PK_THREADS, smem smem;
+            table.0, i(n), ctr.0)
+    }
+
+    /// Uploads the layer table of [`Gpu::decode_layers`].
+    pub fn decode_layers_table(self: &Arc<Self>, layers: &[DecodeLayer]) -> Result<DeviceBuffer> {
+        let raw: Vec<RawPkLayer> = layers
+            .iter()
+            .map(|l| RawPkLayer {
+                mats: l.mats.map(|(p, _)| p.0),
+                vecs: l.vecs.map(|p| p.0),
+                kv: [l.kcache.0, l.vcache.0],
+                ld: l.mats.map(|(_, ld)| i(ld)),
+                f: i(l.f),
+                sparse: i32::from(l.sparsity_z.is_some()),
+                z: l.sparsity_z.unwrap_or(0.0),
+                own_kv: i32::from(l.own_kv),
+                window: i(l.window),
+                down_t: i32::from(l.down_t),
+            })
+            .collect();
+        self.upload(&raw)
+    }
+
+    /// Shared memory `decode_layers` needs for hidden size `d`, head dim `hd`, `hq` query
+    /// values (heads x head dim), LAuReL rank `r` and largest FFN width `fmax`.
+    pub fn decode_layers_smem(d: usize, hd: usize, hq: usize, r: usize, fmax: usize) -> usize {
+        4 * ((4 * d).max(PK_THREADS / 32 * hd) + d.max(hq + r).max(fmax))
+    }
+
+    /// Whether `decode_layers` can run a step of this shape: shared memory, head dim, the
+    /// 8-value alignment of its rows, and the sparse down's column chunks.
+    pub fn decode_layers_fit(&self, d: usize, hd: usize, hq: usize, r: usize, fmax: usize) -> bool {
+        Gpu::decode_layers_smem(d, hd, hq, r, fmax) <= PK_MAX_SMEM
+            && hd <= 256
+            && hd.is_multiple_of(2)
+            && d.is_multiple_of(8)
+            && (d / 8).div_ceil(self.sms) <= 4
+    }
+
+    /// The layers of a single-row decode step in one persistent launch (persistent.cu's
+    /// `decode_layers`): one block per multiprocessor.
+    pub fn decode_layers(&self, step: &DecodeStep, smem: usize) -> Result<()> {
+        let [d, h, g, hd, p, r] = step.shape;
+        let mut raw = RawPkStep {
+            layers: step.layers.0,
+            bufs: step.bufs.map(|b| b.0),
+            ss: step.ss as i64,
+            nl: i(step.nl),
+            shape: step.shape.map(i),
+            qw: i(h * hd + 2 * g * hd + r),
+            eps: step.eps,
+        };
+        let _ = (d, p);
+        let mut vals = [KArg::from(&mut raw)];
+        self.launch_raw(
+            "decode_layers",
+            (self.sms, 1, 1),
+            PK_THREADS,
+            smem,
+            &mut vals,
+        )
     }
 
     /// The same products for many activation rows on the tensor cores (cuBLAS, bf16 inputs,

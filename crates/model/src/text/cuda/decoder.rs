@@ -6,7 +6,9 @@
 //! over 512 tokens go in pieces. A single-token step of a sequence, and a batched step of
 //! 2 to 16 sequences, is captured as a CUDA graph and replayed.
 
-use gemma3n_compute::cuda::{DevPtr, Epilogue, GemvSeg, Gpu, Graph, KvPtrs, WeightFormat};
+use gemma3n_compute::cuda::{
+    DecodeLayer, DecodeStep, DevPtr, Epilogue, GemvSeg, Gpu, Graph, KvPtrs, WeightFormat,
+};
 use rayon::prelude::*;
 
 use super::kv_cache::CudaKvCache;
@@ -260,6 +262,17 @@ impl CudaTextModel {
         let ws = self.workspace(&mut guard, n, logit_rows)?;
         let positions: Vec<u32> = (pos0..pos0 + n).map(|p| p as u32).collect();
         self.upload_inputs(ws, ids, &positions, embed)?;
+        if n == 1 && self.settings.persistent && hook.is_none() && embed.is_none() {
+            let key = (ws.id, cache.generation);
+            if cache.layer_table.as_ref().map(|(k, _)| *k) != Some(key) {
+                cache.layer_table = None;
+                let table = match self.decode_layers(ws, cache) {
+                    Some(layers) => Some(self.gpu.decode_layers_table(&layers).map_err(gpu_err)?),
+                    None => None,
+                };
+                cache.layer_table = Some((key, table));
+            }
+        }
         let rows = if n == 1 && embed.is_none() && hook.is_none() && self.settings.graphs {
             // A decode step: replay the captured graph of this sequence (recorded on first
             // use, again after the cache or the workspace moved).
@@ -752,249 +765,295 @@ impl CudaTextModel {
             Ok(())
         };
         observe(0, s, n_all)?;
-        let plan = caches.plan().clone();
-        // The per-layer input injection of the previous layer, when not yet applied.
-        let mut pending: Option<(DevPtr, DevPtr)> = None;
-        let mut n = n_all;
-        let mut row0 = 0;
-        for (k, sl) in plan.layers.iter().enumerate() {
-            let l = sl.layer;
-            if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
-                // Fast prefill: later layers only feed the last position's logits.
-                if let Some((q, wq)) = pending.take() {
-                    g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
-                }
-                g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
-                row0 += n - 1;
-                n = 1;
-                // One query row: its keys split over blocks again.
-                if let Caches::One(c) = caches {
-                    splits = attention_splits(1, h, c.pos() + n_all);
-                }
-            }
-            let lw = &w.layers[l];
-            let pos = ws.pos().add_f32(row0);
-            // Where this layer's row kernels also write the next GEMM's bf16 input.
-            let xp: &[DevPtr] = if self.settings.fused_split && n > GEMV_ROWS {
-                &parts
-            } else {
-                &[]
-            };
-            let presplit = !xp.is_empty();
-            // The previous layer's per-layer input injection happens here, in one pass
-            // with the prediction.
-            let (inj, w_inj) = pending.take().unwrap_or((DevPtr::NULL, DevPtr::NULL));
-            g.altup_predict(
-                s,
-                ss,
-                inj,
-                w_inj,
-                lw.router_norm.ptr(),
-                lw.router.ptr(),
-                lw.pred_coefs.ptr(),
-                lw.input_ln.ptr(),
-                pr,
-                ws.rc.ptr(),
-                ws.x.ptr(),
-                xp,
-                n,
-                d,
-                eps,
-            )
-            .map_err(e)?;
-            // q, k, v and LAuReL's left product share the input.
-            let x = ws.x.ptr();
-            let qkv = ws.qkv.ptr();
-            let own = sl.kv == KvSource::Own;
-            let mut segs = vec![seg(&lw.q, h * hd, d, x, d, qkv.add_f32(q_off), qw)];
-            let stacked = lw
-                .qkvl
+        // A single sequence's decode step: every layer in one persistent launch, where its
+        // layer table was built (`forward_full`).
+        let table = match caches {
+            Caches::One(c) if n_all == 1 && !watching && !multimodal => c
+                .layer_table
                 .as_ref()
-                .filter(|_| own && n > GEMV_ROWS && self.settings.stacked_qkv);
-            if let Some(all) = stacked {
-                // One GEMM: the stacked rows' outputs are a q/k/v row in order.
-                segs = vec![seg(all, qw, d, x, d, qkv, qw)];
-            } else if own {
-                let (km, vm) = (lw.k.as_ref(), lw.v.as_ref());
-                let (km, vm) = km.zip(vm).ok_or_else(|| {
-                    ModelError::Invalid(format!("layer {l}: k/v weights missing"))
-                })?;
-                segs.push(seg(km, kvh * hd, d, x, d, qkv.add_f32(k_off), qw));
-                segs.push(seg(vm, kvh * hd, d, x, d, qkv.add_f32(v_off), qw));
-            }
-            if stacked.is_none() {
-                segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
-            }
-            self.mm_split(ws, &segs, n, 0.0, presplit)?;
-            let src = match sl.kv {
-                KvSource::Own => l,
-                KvSource::Shared(p) => p,
-            };
-            let kv = caches.layer(src);
-            let half = hd / 2;
-            g.qkv_prep(
-                qkv,
-                qw,
-                lw.q_norm.ptr(),
-                lw.k_norm.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
-                pos,
-                self.inv_freq.f32_at(l * half),
-                ws.q.ptr(),
-                kv,
-                own,
-                n,
-                h,
-                kvh,
-                hd,
-                eps,
-            )
-            .map_err(e)?;
-            let window = match sl.kind {
-                LayerType::Sliding => cfg.sliding_window,
-                LayerType::Full => 0,
-            };
-            // A prefill: every row of the step sees the same cached keys; one tensor-core
-            // kernel with bf16 activations, else two GEMMs. (Never in a captured decode
-            // step: the sizes would be frozen into the graph.)
-            let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
-            // The flash kernel writes the o projection's bf16 activations itself (it runs
-            // with one part only).
-            let att_split = flash && many && matches!(caches, Caches::One(_)) && presplit;
-            match (&ws.scores, caches, many) {
-                (scratch, Caches::One(cache), true) if flash => g.attention_flash(
+                .filter(|(key, _)| *key == (ws.id, c.generation))
+                .and_then(|(_, t)| t.as_ref()),
+            _ => None,
+        };
+        let mut n = n_all;
+        if let Some(table) = table {
+            let step = DecodeStep {
+                layers: table.ptr(),
+                nl: caches.plan().layers.len(),
+                bufs: [
+                    ws.s.ptr(),
+                    ws.pred.ptr(),
+                    ws.pos(),
+                    ws.x.ptr(),
+                    ws.qkv.ptr(),
                     ws.q.ptr(),
-                    kv.k,
-                    kv.v,
-                    pos,
-                    if att_split { parts[0] } else { ws.att.ptr() },
-                    att_split,
-                    n,
-                    cache.pos() + n,
-                    h,
-                    kvh,
-                    hd,
-                    window,
-                    scratch
-                        .as_ref()
-                        .map(|b| (b.ptr(), b.bytes(), ws.done.ptr())),
-                ),
-                (Some(sc), Caches::One(cache), true) => g.attention_prefill(
-                    self.parts(ws).len() == 1,
-                    ws.q.ptr(),
-                    kv.k,
-                    kv.v,
-                    pos,
-                    ws.att.ptr(),
-                    sc.ptr(),
-                    n,
-                    cache.pos() + n,
-                    h,
-                    kvh,
-                    hd,
-                    window,
-                ),
-                _ => g.attention(
-                    ws.q.ptr(),
-                    kv,
-                    pos,
                     ws.att.ptr(),
                     ws.part.ptr(),
+                    ws.o.ptr(),
+                    ws.lr.ptr(),
+                    ws.h.ptr(),
+                    ws.pk.f32_at(16),
+                    ws.rc.ptr(),
+                    ws.gu.ptr(),
+                    ws.act.ptr(),
+                    ws.fo.ptr(),
+                    ws.pg.ptr(),
+                    ws.pq.ptr(),
+                    ws.pk.ptr(),
                     ws.done.ptr(),
-                    splits,
+                    DevPtr::NULL,
+                ],
+                ss,
+                shape: [d, h, kvh, hd, p, r],
+                eps,
+            };
+            let smem = Gpu::decode_layers_smem(d, hd, h * hd, r, ws.fmax);
+            g.decode_layers(&step, smem).map_err(e)?;
+            s = ws.s.ptr();
+        } else {
+            let plan = caches.plan().clone();
+            // The per-layer input injection of the previous layer, when not yet applied.
+            let mut pending: Option<(DevPtr, DevPtr)> = None;
+            let mut row0 = 0;
+            for (k, sl) in plan.layers.iter().enumerate() {
+                let l = sl.layer;
+                if sl.kv != KvSource::Own && want == Logits::Last && n > 1 {
+                    // Fast prefill: later layers only feed the last position's logits.
+                    if let Some((q, wq)) = pending.take() {
+                        g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
+                    }
+                    g.keep_row(s, ss, a, n - 1, d).map_err(e)?;
+                    row0 += n - 1;
+                    n = 1;
+                    // One query row: its keys split over blocks again.
+                    if let Caches::One(c) = caches {
+                        splits = attention_splits(1, h, c.pos() + n_all);
+                    }
+                }
+                let lw = &w.layers[l];
+                let pos = ws.pos().add_f32(row0);
+                // Where this layer's row kernels also write the next GEMM's bf16 input.
+                let xp: &[DevPtr] = if self.settings.fused_split && n > GEMV_ROWS {
+                    &parts
+                } else {
+                    &[]
+                };
+                let presplit = !xp.is_empty();
+                // The previous layer's per-layer input injection happens here, in one pass
+                // with the prediction.
+                let (inj, w_inj) = pending.take().unwrap_or((DevPtr::NULL, DevPtr::NULL));
+                g.altup_predict(
+                    s,
+                    ss,
+                    inj,
+                    w_inj,
+                    lw.router_norm.ptr(),
+                    lw.router.ptr(),
+                    lw.pred_coefs.ptr(),
+                    lw.input_ln.ptr(),
+                    pr,
+                    ws.rc.ptr(),
+                    ws.x.ptr(),
+                    xp,
+                    n,
+                    d,
+                    eps,
+                )
+                .map_err(e)?;
+                // q, k, v and LAuReL's left product share the input.
+                let x = ws.x.ptr();
+                let qkv = ws.qkv.ptr();
+                let own = sl.kv == KvSource::Own;
+                let mut segs = vec![seg(&lw.q, h * hd, d, x, d, qkv.add_f32(q_off), qw)];
+                let stacked = lw
+                    .qkvl
+                    .as_ref()
+                    .filter(|_| own && n > GEMV_ROWS && self.settings.stacked_qkv);
+                if let Some(all) = stacked {
+                    // One GEMM: the stacked rows' outputs are a q/k/v row in order.
+                    segs = vec![seg(all, qw, d, x, d, qkv, qw)];
+                } else if own {
+                    let (km, vm) = (lw.k.as_ref(), lw.v.as_ref());
+                    let (km, vm) = km.zip(vm).ok_or_else(|| {
+                        ModelError::Invalid(format!("layer {l}: k/v weights missing"))
+                    })?;
+                    segs.push(seg(km, kvh * hd, d, x, d, qkv.add_f32(k_off), qw));
+                    segs.push(seg(vm, kvh * hd, d, x, d, qkv.add_f32(v_off), qw));
+                }
+                if stacked.is_none() {
+                    segs.push(seg(&lw.laurel_left, r, d, x, d, qkv.add_f32(ll_off), qw));
+                }
+                self.mm_split(ws, &segs, n, 0.0, presplit)?;
+                let src = match sl.kv {
+                    KvSource::Own => l,
+                    KvSource::Shared(p) => p,
+                };
+                let kv = caches.layer(src);
+                let half = hd / 2;
+                g.qkv_prep(
+                    qkv,
+                    qw,
+                    lw.q_norm.ptr(),
+                    lw.k_norm.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
+                    pos,
+                    self.inv_freq.f32_at(l * half),
+                    ws.q.ptr(),
+                    kv,
+                    own,
                     n,
                     h,
                     kvh,
                     hd,
-                    window,
-                ),
-            }
-            .map_err(e)?;
-            // o_proj and LAuReL's right product.
-            self.mm_split(
-                ws,
-                &[
-                    seg(&lw.o, d, h * hd, ws.att.ptr(), h * hd, ws.o.ptr(), d),
-                    seg(
-                        &lw.laurel_right,
-                        d,
-                        r,
-                        qkv.add_f32(ll_off),
-                        qw,
-                        ws.lr.ptr(),
-                        d,
+                    eps,
+                )
+                .map_err(e)?;
+                let window = match sl.kind {
+                    LayerType::Sliding => cfg.sliding_window,
+                    LayerType::Full => 0,
+                };
+                // A prefill: every row of the step sees the same cached keys; one tensor-core
+                // kernel with bf16 activations, else two GEMMs. (Never in a captured decode
+                // step: the sizes would be frozen into the graph.)
+                let many = n == n_all && n >= GEMM_ATTENTION_ROWS;
+                // The flash kernel writes the o projection's bf16 activations itself (it runs
+                // with one part only).
+                let att_split = flash && many && matches!(caches, Caches::One(_)) && presplit;
+                match (&ws.scores, caches, many) {
+                    (scratch, Caches::One(cache), true) if flash => g.attention_flash(
+                        ws.q.ptr(),
+                        kv.k,
+                        kv.v,
+                        pos,
+                        if att_split { parts[0] } else { ws.att.ptr() },
+                        att_split,
+                        n,
+                        cache.pos() + n,
+                        h,
+                        kvh,
+                        hd,
+                        window,
+                        scratch
+                            .as_ref()
+                            .map(|b| (b.ptr(), b.bytes(), ws.done.ptr())),
                     ),
-                ],
-                n,
-                0.0,
-                att_split,
-            )?;
-            g.post_attention(
-                pr,
-                ws.o.ptr(),
-                d,
-                lw.post_attn_ln.ptr(),
-                ws.lr.ptr(),
-                lw.laurel_norm.ptr(),
-                x,
-                lw.pre_ffn_ln.ptr(),
-                ws.h.ptr(),
-                ws.y.ptr(),
-                xp,
-                n,
-                d,
-                eps,
-            )
-            .map_err(e)?;
-            self.ffn(ws, l, sl.ffn_width, sl.sparsity_z, n, presplit)?;
-            g.post_ffn_correct(
-                ws.h.ptr(),
-                ws.fo.ptr(),
-                lw.post_ffn_ln.ptr(),
-                s,
-                ws.rc.ptr(),
-                pr,
-                ss,
-                lw.router_norm.ptr(),
-                lw.router.ptr(),
-                lw.corr_coefs.ptr(),
-                if cfg.altup_correct_scale {
-                    lw.corr_scale.ptr()
+                    (Some(sc), Caches::One(cache), true) => g.attention_prefill(
+                        self.parts(ws).len() == 1,
+                        ws.q.ptr(),
+                        kv.k,
+                        kv.v,
+                        pos,
+                        ws.att.ptr(),
+                        sc.ptr(),
+                        n,
+                        cache.pos() + n,
+                        h,
+                        kvh,
+                        hd,
+                        window,
+                    ),
+                    _ => g.attention(
+                        ws.q.ptr(),
+                        kv,
+                        pos,
+                        ws.att.ptr(),
+                        ws.part.ptr(),
+                        ws.done.ptr(),
+                        splits,
+                        n,
+                        h,
+                        kvh,
+                        hd,
+                        window,
+                    ),
+                }
+                .map_err(e)?;
+                // o_proj and LAuReL's right product.
+                self.mm_split(
+                    ws,
+                    &[
+                        seg(&lw.o, d, h * hd, ws.att.ptr(), h * hd, ws.o.ptr(), d),
+                        seg(
+                            &lw.laurel_right,
+                            d,
+                            r,
+                            qkv.add_f32(ll_off),
+                            qw,
+                            ws.lr.ptr(),
+                            d,
+                        ),
+                    ],
+                    n,
+                    0.0,
+                    att_split,
+                )?;
+                g.post_attention(
+                    pr,
+                    ws.o.ptr(),
+                    d,
+                    lw.post_attn_ln.ptr(),
+                    ws.lr.ptr(),
+                    lw.laurel_norm.ptr(),
+                    x,
+                    lw.pre_ffn_ln.ptr(),
+                    ws.h.ptr(),
+                    ws.y.ptr(),
+                    xp,
+                    n,
+                    d,
+                    eps,
+                )
+                .map_err(e)?;
+                self.ffn(ws, l, sl.ffn_width, sl.sparsity_z, n, presplit)?;
+                g.post_ffn_correct(
+                    ws.h.ptr(),
+                    ws.fo.ptr(),
+                    lw.post_ffn_ln.ptr(),
+                    s,
+                    ws.rc.ptr(),
+                    pr,
+                    ss,
+                    lw.router_norm.ptr(),
+                    lw.router.ptr(),
+                    lw.corr_coefs.ptr(),
+                    if cfg.altup_correct_scale {
+                        lw.corr_scale.ptr()
+                    } else {
+                        DevPtr::NULL
+                    },
+                    DevPtr::NULL,
+                    ws.v.ptr(),
+                    xp,
+                    n,
+                    d,
+                    eps,
+                )
+                .map_err(e)?;
+                // Per-layer input injection: gate = gelu(v · W_gᵀ) ⊙ π_l, then the projection.
+                let pi_l = ws.pi.f32_at(row0 * lp + l * p);
+                let mut gate = seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p);
+                if n <= GEMV_ROWS {
+                    gate.epi = Epilogue::GeluAcc(pi_l, lp);
+                    self.mm(ws, &[gate], n, 0.0)?;
                 } else {
-                    DevPtr::NULL
-                },
-                DevPtr::NULL,
-                ws.v.ptr(),
-                xp,
-                n,
-                d,
-                eps,
-            )
-            .map_err(e)?;
-            // Per-layer input injection: gate = gelu(v · W_gᵀ) ⊙ π_l, then the projection.
-            let pi_l = ws.pi.f32_at(row0 * lp + l * p);
-            let mut gate = seg(&lw.pl_gate, p, d, ws.v.ptr(), d, ws.pg.ptr(), p);
-            if n <= GEMV_ROWS {
-                gate.epi = Epilogue::GeluAcc(pi_l, lp);
-                self.mm(ws, &[gate], n, 0.0)?;
-            } else {
-                self.mm_split(ws, &[gate], n, 0.0, presplit)?;
-                g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n, xp)
-                    .map_err(e)?;
+                    self.mm_split(ws, &[gate], n, 0.0, presplit)?;
+                    g.ple_gate(ws.pg.ptr(), ws.pi.f32_at(row0 * lp), lp, l * p, p, n, xp)
+                        .map_err(e)?;
+                }
+                self.mm_split(
+                    ws,
+                    &[seg(&lw.pl_proj, d, p, ws.pg.ptr(), p, ws.pq.ptr(), d)],
+                    n,
+                    0.0,
+                    presplit,
+                )?;
+                std::mem::swap(&mut s, &mut pr);
+                pending = Some((ws.pq.ptr(), lw.post_pl_norm.ptr()));
+                if watching || k + 1 == plan.layers.len() {
+                    let (q, wq) = pending.take().expect("set above");
+                    g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
+                }
+                observe(k + 1, s, n)?;
             }
-            self.mm_split(
-                ws,
-                &[seg(&lw.pl_proj, d, p, ws.pg.ptr(), p, ws.pq.ptr(), d)],
-                n,
-                0.0,
-                presplit,
-            )?;
-            std::mem::swap(&mut s, &mut pr);
-            pending = Some((ws.pq.ptr(), lw.post_pl_norm.ptr()));
-            if watching || k + 1 == plan.layers.len() {
-                let (q, wq) = pending.take().expect("set above");
-                g.ple_inject(q, wq, s, ss, a, n, d, eps).map_err(e)?;
-            }
-            observe(k + 1, s, n)?;
         }
 
         if want == Logits::Last && n > 1 {
@@ -1029,6 +1088,109 @@ impl CudaTextModel {
             if n <= GEMV_ROWS { cap } else { 0.0 },
         )?;
         Ok(n)
+    }
+
+    /// The layers of `cache`'s slice as the persistent decode kernel takes them, or `None`
+    /// where it cannot run them: weights other than bf16, or rows, widths or a shape it does
+    /// not take.
+    fn decode_layers(&self, ws: &Workspace, cache: &CudaKvCache) -> Option<Vec<DecodeLayer>> {
+        let cfg = &self.cpu.cfg;
+        let (d, h, kvh, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let (r, p) = (cfg.laurel_rank, cfg.hidden_size_per_layer_input);
+        if self.w.quantized
+            || cfg.altup_num_inputs != 4
+            || kvh == 0
+            || !h.is_multiple_of(kvh)
+            || !self.gpu.decode_layers_fit(d, hd, h * hd, r, ws.fmax)
+        {
+            return None;
+        }
+        let mat = |m: &DevMatrix| -> Option<(DevPtr, usize)> {
+            let wp = m.wp();
+            (wp.fmt == WeightFormat::Bf16
+                && wp.w.addr().is_multiple_of(16)
+                && m.cols.is_multiple_of(8))
+            .then_some((wp.w, m.cols))
+        };
+        let caches = Caches::One(cache);
+        let none = (DevPtr::NULL, 0);
+        cache
+            .plan()
+            .layers
+            .iter()
+            .map(|sl| {
+                let l = sl.layer;
+                let lw = &self.w.layers[l];
+                let own = sl.kv == KvSource::Own;
+                let (k, v) = if own {
+                    (mat(lw.k.as_ref()?)?, mat(lw.v.as_ref()?)?)
+                } else {
+                    (none, none)
+                };
+                let (down, down_t) = match &lw.down {
+                    Down::Normal(m) => (mat(m)?, false),
+                    Down::Transposed(m) => (mat(m)?, true),
+                };
+                if !sl.ffn_width.is_multiple_of(8) {
+                    return None;
+                }
+                let kv = caches.layer(match sl.kv {
+                    KvSource::Own => l,
+                    KvSource::Shared(src) => src,
+                });
+                Some(DecodeLayer {
+                    mats: [
+                        mat(&lw.q)?,
+                        k,
+                        v,
+                        mat(&lw.o)?,
+                        mat(&lw.gate)?,
+                        mat(&lw.up)?,
+                        down,
+                        mat(&lw.laurel_left)?,
+                        mat(&lw.laurel_right)?,
+                        mat(&lw.pl_gate)?,
+                        mat(&lw.pl_proj)?,
+                    ],
+                    vecs: [
+                        lw.q_norm.ptr(),
+                        lw.k_norm.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
+                        lw.input_ln.ptr(),
+                        lw.post_attn_ln.ptr(),
+                        lw.pre_ffn_ln.ptr(),
+                        lw.post_ffn_ln.ptr(),
+                        lw.laurel_norm.ptr(),
+                        lw.router_norm.ptr(),
+                        lw.router.ptr(),
+                        lw.pred_coefs.ptr(),
+                        lw.corr_coefs.ptr(),
+                        if cfg.altup_correct_scale {
+                            lw.corr_scale.ptr()
+                        } else {
+                            DevPtr::NULL
+                        },
+                        lw.post_pl_norm.ptr(),
+                        self.inv_freq.f32_at(l * (hd / 2)),
+                        ws.pi.f32_at(l * p),
+                    ],
+                    kcache: kv.k,
+                    vcache: kv.v,
+                    f: sl.ffn_width,
+                    sparsity_z: sl.sparsity_z,
+                    down_t,
+                    own_kv: own,
+                    window: match sl.kind {
+                        LayerType::Sliding => cfg.sliding_window,
+                        LayerType::Full => 0,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// The FFN of stored layer `l` at width `f` for `n` rows of `ws.y`, into `ws.fo`

@@ -96,4 +96,94 @@ impl CudaTextModel {
         }
         Ok(out)
     }
+
+    /// The decode step's products of every layer (q/k/v/LAuReL, o/LAuReL, the FFN, the
+    /// per-layer input's gate and projection; a sparse layer's gate only, its up and down
+    /// reading few rows) as a chain of dependent steps: one persistent launch with a barrier
+    /// between steps, against one launch a step, both in graphs. Returns (steps, weight
+    /// bytes, us persistent, us launches); `None` for weights the persistent kernel does not
+    /// take.
+    pub fn products_chain_speed(&self) -> Result<Option<(usize, usize, f64, f64)>> {
+        self.gpu.without_timing(|| self.products_chain_untimed())
+    }
+
+    fn products_chain_untimed(&self) -> Result<Option<(usize, usize, f64, f64)>> {
+        if self.w.quantized {
+            return Ok(None);
+        }
+        let cfg = &self.cpu.cfg;
+        let g = &self.gpu;
+        let (d, hd, h, kvh) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        let (r, p) = (cfg.laurel_rank, cfg.hidden_size_per_layer_input);
+        let fmax = cfg.intermediate_size.iter().copied().max().unwrap_or(d);
+        let kmax = d.max(fmax).max(h * hd);
+        let x = g.upload(&vec![0.01f32; kmax]).map_err(gpu_err)?;
+        let y = g
+            .alloc(4 * 4 * fmax.max(h * hd + 2 * kvh * hd + r))
+            .map_err(gpu_err)?;
+        let aux = g.upload(&vec![0.5f32; p]).map_err(gpu_err)?;
+        let ctr = g.alloc(8).map_err(gpu_err)?;
+        g.zero(ctr.ptr(), 8).map_err(gpu_err)?;
+        let (xp, yp) = (x.ptr(), y.ptr());
+        let mut steps: Vec<Vec<GemvSeg>> = Vec::new();
+        let mut bytes = 0;
+        for (l, lw) in self.w.layers.iter().enumerate() {
+            let f = cfg.intermediate_size[l];
+            let mut qkv = vec![seg(&lw.q, h * hd, d, xp, d, yp, 0)];
+            bytes += lw.q.bytes();
+            for m in [lw.k.as_ref(), lw.v.as_ref()].into_iter().flatten() {
+                qkv.push(seg(m, kvh * hd, d, xp, d, yp, 0));
+                bytes += m.bytes();
+            }
+            qkv.push(seg(&lw.laurel_left, r, d, xp, d, yp, 0));
+            bytes += lw.laurel_left.bytes();
+            steps.push(qkv);
+            steps.push(vec![
+                seg(&lw.o, d, h * hd, xp, h * hd, yp, 0),
+                seg(&lw.laurel_right, d, r, xp, r, yp, 0),
+            ]);
+            bytes += lw.o.bytes() + lw.laurel_right.bytes();
+            match &lw.down {
+                Down::Normal(m) => {
+                    let mut pair = seg(&lw.gate, f, d, xp, d, yp, 0);
+                    pair.epi = Epilogue::Pair(lw.up.wp());
+                    steps.push(vec![pair]);
+                    steps.push(vec![seg(m, d, f, xp, f, yp, 0)]);
+                    bytes += lw.gate.bytes() + lw.up.bytes() + m.bytes();
+                }
+                Down::Transposed(_) => {
+                    steps.push(vec![seg(&lw.gate, f, d, xp, d, yp, 0)]);
+                    bytes += lw.gate.bytes();
+                }
+            }
+            let mut gate = seg(&lw.pl_gate, p, d, xp, d, yp, 0);
+            gate.epi = Epilogue::GeluAcc(aux.ptr(), p);
+            steps.push(vec![gate]);
+            steps.push(vec![seg(&lw.pl_proj, d, p, xp, p, yp, 0)]);
+            bytes += lw.pl_gate.bytes() + lw.pl_proj.bytes();
+        }
+        let (table, smem) = g.products_table(&steps).map_err(gpu_err)?;
+        let n = steps.len();
+        let persistent = self.capture(|| {
+            g.products_chain(table.ptr(), n, smem, ctr.ptr())
+                .map_err(gpu_err)
+        })?;
+        let launches = self.capture(|| {
+            for step in &steps {
+                g.gemv(step, 1, 0.0).map_err(gpu_err)?;
+            }
+            Ok(())
+        })?;
+        let mut best = (f64::MAX, f64::MAX);
+        for _ in 0..5 {
+            best.0 = best.0.min(self.replay_ms(&persistent, 1)?);
+            best.1 = best.1.min(self.replay_ms(&launches, 1)?);
+        }
+        Ok(Some((n, bytes, 1e3 * best.0, 1e3 * best.1)))
+    }
 }

@@ -24,6 +24,10 @@ pub struct CudaKvCache {
     /// The captured decode step of this sequence, with the (workspace id, generation,
     /// attention splits) it was recorded for.
     pub(crate) graph: Option<((u64, u64, usize), gemma3n_compute::cuda::Graph)>,
+    /// The persistent decode kernel's layer table for this sequence, with the (workspace
+    /// id, generation) it was built for (its pointers reach into both); `None` inside: the
+    /// kernel cannot run this slice.
+    pub(crate) layer_table: Option<((u64, u64), Option<DeviceBuffer>)>,
 }
 
 impl CudaKvCache {
@@ -46,6 +50,7 @@ impl CudaKvCache {
             pos: 0,
             generation: 0,
             graph: None,
+            layer_table: None,
         };
         c.grow_to(capacity)?;
         Ok(c)

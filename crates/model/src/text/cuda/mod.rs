@@ -107,6 +107,9 @@ pub(crate) struct Settings {
     /// A prefill's q, k, v and LAuReL-left products run as one GEMM over their stacked
     /// matrices where they are stacked (`GEMMA3N_CUDA_STACKED_QKV=0`: four GEMMs).
     pub stacked_qkv: bool,
+    /// A single sequence's decode step runs every layer in one persistent launch where the
+    /// weights allow (`GEMMA3N_CUDA_PERSISTENT=1`; off by default until measured).
+    pub persistent: bool,
 }
 
 impl Settings {
@@ -129,6 +132,7 @@ impl Settings {
             fused_split: !off("GEMMA3N_CUDA_FUSED_SPLIT"),
             bf16_gate_up: !off("GEMMA3N_CUDA_BF16_GATE_UP"),
             stacked_qkv: !off("GEMMA3N_CUDA_STACKED_QKV"),
+            persistent: std::env::var_os("GEMMA3N_CUDA_PERSISTENT").is_some_and(|v| v == "1"),
         }
     }
 }

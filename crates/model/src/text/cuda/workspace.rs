@@ -83,6 +83,9 @@ pub struct Workspace {
     pub sparse: (DeviceBuffer, DeviceBuffer),
     /// Finished-split counters of decode attention (`cap · H`, kept zeroed).
     pub done: DeviceBuffer,
+    /// The persistent decode kernel's barrier counters (64 bytes, kept zeroed), then its
+    /// copy of the AltUp prediction of stream 0 (`D` floats).
+    pub pk: DeviceBuffer,
     pub o: DeviceBuffer,
     pub lr: DeviceBuffer,
     pub h: DeviceBuffer,
@@ -171,6 +174,7 @@ impl Workspace {
             att: f(cap * h * hd)?,
             part: f((cap * h).min(SPLIT_PAIRS) * DECODE_SPLITS * (hd + 2))?,
             done: f(cap * h)?,
+            pk: f(16 + d)?,
             sparse: {
                 let (p, c) = Gpu::sparse_t_scratch_bytes(fmax, d, cap.min(GEMV_ROWS));
                 (
