@@ -121,6 +121,9 @@ pub struct Gpu {
     flash: bool,
     /// Multiprocessors of the device.
     sms: usize,
+    /// Dynamic shared memory the persistent kernels may take (`ops::PK_MAX_SMEM` or what
+    /// the device allows).
+    pk_smem: usize,
     /// Which products run on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK`).
     rowblock: ops::RowBlock,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
@@ -196,11 +199,19 @@ impl Gpu {
                 )
                 .map_err(drv)?;
         }
+        // The persistent kernels' activations, up to what a block may opt into here (less
+        // than their limit on some GPUs: `decode_layers_fit` then refuses larger models).
+        let optin = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(drv)? as usize;
+        let pk_smem = ops::PK_MAX_SMEM.min(optin.saturating_sub(ops::PK_STATIC_SMEM));
         for k in ["products_chain", "decode_layers"] {
             funcs[k]
                 .set_attribute(
                     cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    ops::PK_MAX_SMEM as i32,
+                    pk_smem as i32,
                 )
                 .map_err(drv)?;
         }
@@ -217,6 +228,7 @@ impl Gpu {
             pdl: std::env::var_os("GEMMA3N_CUDA_PDL").is_none_or(|v| v != "0"),
             flash,
             sms,
+            pk_smem,
             rowblock: ops::RowBlock::from_env(
                 std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
             ),

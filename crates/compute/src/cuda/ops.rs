@@ -398,6 +398,8 @@ fn row_threads(d: usize) -> usize {
 const PK_THREADS: usize = 512;
 const PK_MAX_SEGS: usize = 4;
 pub(crate) const PK_MAX_SMEM: usize = 160 * 1024;
+/// Room left for the kernels' static shared memory (`decode_layers`: 1.6 KB).
+pub(crate) const PK_STATIC_SMEM: usize = 4096;
 
 /// persistent.cu's `PkProducts`.
 #[repr(C)]
@@ -812,7 +814,8 @@ impl Gpu {
     /// Whether `decode_layers` can run a step of this shape: shared memory, head dim, the
     /// 8-value alignment of its rows, and the sparse down's column chunks.
     pub fn decode_layers_fit(&self, d: usize, hd: usize, hq: usize, r: usize, fmax: usize) -> bool {
-        Gpu::decode_layers_smem(d, hd, hq, r, fmax) <= PK_MAX_SMEM
+        Gpu::decode_layers_smem(d, hd, hq, r, fmax) <= self.pk_smem
+            && self.arch.0 >= 7
             && hd <= 256
             && hd.is_multiple_of(2)
             && d.is_multiple_of(8)

@@ -14,9 +14,13 @@
 #define PK_MAX_SEGS 4
 
 __device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
+#if __CUDA_ARCH__ >= 700
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
+#else
+    return *(const volatile unsigned*)p;
+#endif
 }
 
 // Barrier across the grid: counter ctr[0] counts arrivals over the whole launch (target
