@@ -43,6 +43,18 @@ pub struct Args {
 
 pub fn main(a: Args, spawn: gemma3n_server::Spawn) -> Result<()> {
     let device = a.device.parse()?;
+    if let Some(rows) = a
+        .device
+        .prefill_rows
+        .filter(|&r| r as usize > a.prefill_chunk)
+    {
+        eprintln!(
+            "warning: --prefill-rows {rows} has no effect beyond --prefill-chunk {}: the server \
+             prefills at most that many prompt tokens per step (a larger --prefill-chunk \
+             prefills longer pieces, and delays the running requests' tokens more)",
+            a.prefill_chunk
+        );
+    }
     let stack = a.model.load(device)?;
     let template = stack.template().ok();
     let stop_ids = stack.stop_ids();
