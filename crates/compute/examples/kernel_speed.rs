@@ -2,6 +2,7 @@
 //! and GEMM GFLOP/s.
 //!
 //! `cargo run --release -p gemma3n-compute --example kernel_speed [threads] [--quick] [--quant]`
+//! (`--audio`: the audio conformer's f32 GEMM shapes only)
 //! (threads defaults to 2; `--quick` skips the 1 GiB LM-head shape and the float GEMM
 //! table; `--quant` runs only the block-format table, `--quant --decode` only its
 //! decode-shaped rows, t = 1, 2, 4; `--quant --batched` the integer kernels' GFLOP/s for
@@ -63,6 +64,28 @@ fn main() {
     println!("threads {threads}; read bandwidth {bw:.1} GB/s (512 MiB buffer, best of 5)");
     if args.iter().any(|a| a == "--batched") {
         quant_batched();
+        return;
+    }
+    if args.iter().any(|a| a == "--audio") {
+        // The audio conformer's f32 products for a 30 s clip (750 frames).
+        for (n, k) in [
+            (6144, 1536),
+            (1536, 6144),
+            (4608, 1536),
+            (3072, 1536),
+            (1536, 1536),
+        ] {
+            let w = matrix(n, k, DType::F32, 5);
+            let t = 750;
+            let x = vec![0.01f32; t * k];
+            let mut out = vec![0f32; t * n];
+            let s = time(5, || matmul_with(&x, t, &w, &mut out, MatmulPath::Gemm));
+            println!(
+                "audio f32 t={t} k={k} n={n}: {:.1} GFLOP/s, {:.2} ms",
+                2.0 * (t * k * n) as f64 / s / 1e9,
+                s * 1e3
+            );
+        }
         return;
     }
     if args.iter().any(|a| a == "--quant") {
