@@ -629,6 +629,40 @@ __device__ __forceinline__ void pk_seg(GemvSeg& g, const bf16_t* w, const bf16_t
     g.epi = epi; g.block_start = 0; g.fmt = W_BF16;
 }
 
+// Brings this block's first rows of a later product into L2 while it waits at a barrier:
+// rows [rows * b / G, ...) of w (the rows the block will compute there, or near them), up to
+// PK_PREFETCH_BYTES. The later step then starts on L2 hits while the rest streams behind.
+#ifndef PK_PREFETCH_BYTES
+#define PK_PREFETCH_BYTES (64 * 1024)
+#endif
+__device__ __forceinline__ void pk_prefetch_rows(const bf16_t* w, int ldw, int rows, int k) {
+#if __CUDA_ARCH__ >= 900
+    if (!w || rows <= 0) return;
+    const int r0 = (int)(((long long)rows * blockIdx.x) / gridDim.x);
+    const int r1 = (int)(((long long)rows * (blockIdx.x + 1)) / gridDim.x);
+    const int bytes = (k * 2 + 15) & ~15;
+    const int end = min(r1, r0 + max(1, PK_PREFETCH_BYTES / bytes));
+    for (int r = r0 + (int)threadIdx.x; r < end; r += blockDim.x)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)r * ldw),
+                     "r"(bytes)
+                     : "memory");
+#endif
+}
+
+// A step of one product: thread 0 writes it to the block's descriptor sp, then the block
+// runs its share (x copied from global memory, or already at xs when `loaded`).
+__device__ __forceinline__ void pk_single(PkProducts& sp, float* xs, bool loaded,
+                                          const bf16_t* w, const bf16_t* w2, int ldw, int rows,
+                                          int k, const float* x, float* y, int epi,
+                                          const float* aux) {
+    if (threadIdx.x == 0) {
+        sp.nseg = 1;
+        pk_seg(sp.seg[0], w, w2, ldw, rows, k, x, y, epi, aux);
+    }
+    __syncthreads();
+    pk_products_at(sp, xs, loaded);
+}
+
 // Dynamic shared memory (pk_decode_smem in ops.rs): sv, max(A x d, PK_WARPS x hd) floats
 // (the injected streams, h, attention's and the sparse down's warp sums), then xs,
 // max(d, h x hd + r, largest FFN width) floats (a product's activations).
@@ -650,6 +684,13 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
     const int keys = a.pos[0] + 1;
     int nsplit = 1;
     while (nsplit * 2 * a.h <= (int)gridDim.x && nsplit * 2 <= 32 && keys > nsplit * 64) nsplit *= 2;
+    if (a.nl > 0) {
+        const PkLayer& F = a.layers[0];
+        pk_prefetch_rows(F.q, F.ldq, hq, d);
+        pk_prefetch_rows(F.k, F.ldk, a.g * a.hd, d);
+        pk_prefetch_rows(F.v, F.ldv, a.g * a.hd, d);
+        pk_prefetch_rows(F.ll, F.ldll, a.r, d);
+    }
     for (int l = 0; l < a.nl; l++) {
         const PkLayer& L = a.layers[l];
         const float* inj_w = l == 0 ? a.inj_w : a.layers[l - 1].post_pl_norm;
@@ -667,6 +708,8 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         }
         __syncthreads();
         pk_products_shared(sp, xs);
+        pk_prefetch_rows(L.o, L.ldo, d, hq);
+        pk_prefetch_rows(L.lr, L.ldlr, d, a.r);
         grid_sync(a.ctr, target);
         if (blockIdx.x == 0) pk_prep(a, L);
         grid_sync(a.ctr, target);
@@ -679,15 +722,13 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         }
         __syncthreads();
         pk_products(sp, xs);
+        pk_prefetch_rows(L.gate, L.ldgate, L.f, d);
+        if (!L.sparse) pk_prefetch_rows(L.up, L.ldup, L.f, d);
         grid_sync(a.ctr, target);
         pk_post_attention(a, L, sv, xs);
-        if (t0) {
-            sp.nseg = 1;
-            if (L.sparse) pk_seg(sp.seg[0], L.gate, 0, L.ldgate, L.f, d, xs, a.gate, EPI_PLAIN, 0);
-            else pk_seg(sp.seg[0], L.gate, L.up, L.ldgate, L.f, d, xs, a.act, EPI_PAIR, 0);
-        }
-        __syncthreads();
-        pk_products_shared(sp, xs);
+        if (L.sparse) pk_single(sp, xs, true, L.gate, 0, L.ldgate, L.f, d, xs, a.gate, EPI_PLAIN, 0);
+        else pk_single(sp, xs, true, L.gate, L.up, L.ldgate, L.f, d, xs, a.act, EPI_PAIR, 0);
+        if (!L.down_t) pk_prefetch_rows(L.down, L.lddown, d, L.f);
         grid_sync(a.ctr, target);
         if (L.sparse) {
             const float cut = pk_cutoff(a.gate, L.f, L.z);
@@ -697,28 +738,24 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         if (L.down_t) {
             pk_sparse_down(a, L, sv);
         } else {
-            if (t0) {
-                sp.nseg = 1;
-                pk_seg(sp.seg[0], L.down, 0, L.lddown, d, L.f, a.act, a.fo, EPI_PLAIN, 0);
-            }
-            __syncthreads();
-            pk_products(sp, xs);
+            pk_single(sp, xs, false, L.down, 0, L.lddown, d, L.f, a.act, a.fo, EPI_PLAIN, 0);
         }
+        pk_prefetch_rows(L.plg, L.ldplg, a.p, d);
         grid_sync(a.ctr, target);
         pk_correct(a, L, sv, xs);
-        if (t0) {
-            sp.nseg = 1;
-            pk_seg(sp.seg[0], L.plg, 0, L.ldplg, a.p, d, xs, a.pg, EPI_GELU_ACC, L.pi);
-        }
-        __syncthreads();
-        pk_products_shared(sp, xs);
+        pk_single(sp, xs, true, L.plg, 0, L.ldplg, a.p, d, xs, a.pg, EPI_GELU_ACC, L.pi);
+        pk_prefetch_rows(L.plp, L.ldplp, d, a.p);
         grid_sync(a.ctr, target);
-        if (t0) {
-            sp.nseg = 1;
-            pk_seg(sp.seg[0], L.plp, 0, L.ldplp, d, a.p, a.pg, a.pq, EPI_PLAIN, 0);
+        pk_single(sp, xs, false, L.plp, 0, L.ldplp, d, a.p, a.pg, a.pq, EPI_PLAIN, 0);
+        if (l + 1 < a.nl) {
+            const PkLayer& N = a.layers[l + 1];
+            pk_prefetch_rows(N.q, N.ldq, hq, d);
+            if (N.own_kv) {
+                pk_prefetch_rows(N.k, N.ldk, a.g * a.hd, d);
+                pk_prefetch_rows(N.v, N.ldv, a.g * a.hd, d);
+            }
+            pk_prefetch_rows(N.ll, N.ldll, a.r, d);
         }
-        __syncthreads();
-        pk_products(sp, xs);
         grid_sync(a.ctr, target);
     }
     // The last layer's per-layer input, into streams 1.. of s.
