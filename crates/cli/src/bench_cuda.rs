@@ -36,6 +36,9 @@ struct Report {
     later_ms_per_token: f64,
     /// GPU time of one decode step (replays of the captured step; no host work).
     decode_gpu_ms_per_token: Option<f64>,
+    /// The decode step ran its layers in one persistent launch (`GEMMA3N_CUDA_PERSISTENT=1`
+    /// and a model the kernel takes), else one launch per op.
+    persistent_decode: bool,
     /// The roofline share of the GPU time alone.
     gpu_roofline_pct: Option<f64>,
     /// Dense bf16 bytes of the weights one decode step would read without sparsity.
@@ -176,6 +179,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
     let mut prefills = Vec::new();
     let mut decodes = Vec::new();
     let mut kv_bytes = 0;
+    let mut persistent = false;
     let mut step_ms = Vec::new();
     let (mut firsts, mut laters) = (Vec::new(), Vec::new());
     for _ in 0..a.reps {
@@ -200,6 +204,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
             laters.push((total - first) / (a.gen - 1) as f64);
         }
         kv_bytes = cache.bytes();
+        persistent = cache.persistent_step();
         if let Some(ms) = gm.decode_step_ms(&cache, 20)? {
             step_ms.push(ms);
         }
@@ -265,6 +270,7 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         copy_bandwidth_gb_s: bw,
         roofline_pct: 100.0 * decode_tok_s * dense / 1e9 / bw,
         decode_gpu_ms_per_token: (!step_ms.is_empty()).then(|| median(&mut step_ms)),
+        persistent_decode: persistent,
         gpu_roofline_pct: (!step_ms.is_empty())
             .then(|| 100.0 * (1e3 / median(&mut step_ms)) * dense / 1e9 / bw),
         device_weight_bytes: mem.device_weight_bytes,
@@ -294,7 +300,14 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
         r.gen, r.decode_tok_s, r.decode_ms_per_token, r.first_step_ms, r.later_ms_per_token
     );
     if let (Some(ms), Some(pct)) = (r.decode_gpu_ms_per_token, r.gpu_roofline_pct) {
-        println!("gpu step   {ms:.3} ms per decode step on the GPU alone: {pct:.1}% of roofline");
+        println!(
+            "gpu step   {ms:.3} ms per decode step on the GPU alone: {pct:.1}% of roofline ({})",
+            if r.persistent_decode {
+                "layers in one persistent launch"
+            } else {
+                "a launch per op"
+            }
+        );
     }
     println!(
         "roofline   {:.2} GB/token dense ({:.2} GB read with sparsity); copy bandwidth {:.0} GB/s; {:.1}% of roofline",

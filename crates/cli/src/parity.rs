@@ -176,9 +176,14 @@ pub fn main(a: Args) -> Result<()> {
         let ok = step_err <= a.tolerance && first_diff.is_none();
         failures += usize::from(!ok);
         println!(
-            "{len:>6}  prefill + {:>2} greedy steps  {step_err:>11.3e}  {same}/{} same{}",
+            "{len:>6}  prefill + {:>2} greedy steps  {step_err:>11.3e}  {same}/{} same{}{}",
             a.steps,
             a.steps,
+            if gc.persistent_step() {
+                " (decode: layers in one persistent launch)"
+            } else {
+                ""
+            },
             if ok { "" } else { "  FAIL" }
         );
     }

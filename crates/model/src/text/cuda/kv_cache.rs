@@ -56,6 +56,12 @@ impl CudaKvCache {
         Ok(c)
     }
 
+    /// Whether this sequence's last single-row step ran its layers in one persistent launch
+    /// (`GEMMA3N_CUDA_PERSISTENT=1` and a model the kernel takes).
+    pub fn persistent_step(&self) -> bool {
+        self.layer_table.as_ref().is_some_and(|(_, t)| t.is_some())
+    }
+
     pub fn plan(&self) -> &Arc<SlicePlan> {
         &self.plan
     }
