@@ -31,6 +31,7 @@ if [[ " $steps " == *" persistent "* ]]; then
     GEMMA3N_CUDA_PERSISTENT=1 timeout 120 "$bin" parity --model "$m" --device cuda 2>&1 | tee -a "$out/persistent.log"
     summary+=("persistent parity $m: $(tail -n 2 "$out/persistent.log" | grep -o 'parity [A-Z]*: worst max rel err [0-9.e+-]*' || echo 'ERROR')")
   done
+  summary+=("persistent parity: $(grep -c 'one persistent launch' "$out/persistent.log") greedy runs decoded on the kernel")
   for shape in e2b e4b; do
     for on in 0 1; do
       echo "== persistent=$on bench $shape" | tee -a "$out/persistent.log"
