@@ -37,6 +37,11 @@ fn kernels_compile_for_sm90() {
         gemma3n_compute::cuda::PK_STEP_BYTES,
         "decode_layers: kernel argument size"
     );
+    assert_eq!(
+        param_bytes(&ptx, "pk_layer_probe"),
+        gemma3n_compute::cuda::PK_LAYER_BYTES,
+        "persistent.cu's PkLayer against ops.rs's RawPkLayer"
+    );
     for k in gemma3n_compute::cuda::KERNELS {
         assert!(
             ptx.contains(&format!(".entry {k}(")),

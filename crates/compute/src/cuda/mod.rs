@@ -15,7 +15,7 @@ mod ops;
 pub use ops::{
     flash_plan, DecodeLayer, DecodeStep, Epilogue, FlashPlan, GemvSeg, KvPtrs, WeightFormat,
     WeightPtr, GEMV_ARGS_BYTES, GEMV_KERNELS, GEMV_KERNEL_ONE, GEMV_KERNEL_ROWBLOCK, MAX_ROW,
-    PK_STEP_BYTES,
+    PK_LAYER_BYTES, PK_STEP_BYTES,
 };
 
 use std::collections::HashMap;

@@ -487,6 +487,8 @@ unsafe impl DeviceRepr for RawPkLayer {}
 /// Bytes of persistent.cu's structs, for the kernel test to check against the PTX.
 #[doc(hidden)]
 pub const PK_STEP_BYTES: usize = std::mem::size_of::<RawPkStep>();
+#[doc(hidden)]
+pub const PK_LAYER_BYTES: usize = std::mem::size_of::<RawPkLayer>();
 
 /// A product as the kernels take it (gemv.cu's `GemvSeg`), its blocks from `block_start`.
 fn raw_seg(s: &GemvSeg, block_start: usize) -> RawSeg {
@@ -1733,6 +1735,20 @@ mod tests {
                 name,
                 "a decode step keeps the decode form"
             );
+        }
+    }
+
+    /// The persistent decode kernel takes both real shapes on an H200 (132 multiprocessors):
+    /// their activations fit its shared memory, and the sparse down's 8-column chunks fit
+    /// its 4 a block. (Past either, the decode step silently stays on the per-op kernels.)
+    #[test]
+    fn persistent_decode_takes_e2b_and_e4b() {
+        // d, FFN width: E2B, E4B; 8 heads of 256, LAuReL rank 64.
+        for (d, f) in [(2048, 8192), (2560, 16384)] {
+            let smem = Gpu::decode_layers_smem(d, 256, 8 * 256, 64, f);
+            assert!(smem <= PK_MAX_SMEM, "d {d}: {smem} bytes");
+            assert!(smem + PK_STATIC_SMEM <= 227 * 1024, "d {d}: {smem} bytes");
+            assert!((d / 8).div_ceil(132) <= 4, "d {d}");
         }
     }
 

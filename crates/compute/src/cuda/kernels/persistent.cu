@@ -285,6 +285,10 @@ struct PkStep {
 
 #define PK_A 4
 
+// Never launched: its by-value parameter puts PkLayer's size in the PTX, where the kernel
+// test compares it with the Rust struct's (ops.rs RawPkLayer).
+extern "C" __global__ void pk_layer_probe(const PkLayer l) {}
+
 // Block-wide 1 / sqrt(mean(v^2) + eps) of v[0..n) (shared or global memory).
 __device__ __forceinline__ float pk_rms_inv(const float* v, int n, float eps) {
     float s = 0.0f;
