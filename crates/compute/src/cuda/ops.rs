@@ -477,7 +477,6 @@ struct RawPkStep {
     ss: i64,
     nl: i32,
     shape: [i32; 6],
-    qw: i32,
     eps: f32,
 }
 
@@ -827,17 +826,14 @@ impl Gpu {
     /// The layers of a single-row decode step in one persistent launch (persistent.cu's
     /// `decode_layers`): one block per multiprocessor.
     pub fn decode_layers(&self, step: &DecodeStep, smem: usize) -> Result<()> {
-        let [d, h, g, hd, p, r] = step.shape;
         let mut raw = RawPkStep {
             layers: step.layers.0,
             bufs: step.bufs.map(|b| b.0),
             ss: step.ss as i64,
             nl: i(step.nl),
             shape: step.shape.map(i),
-            qw: i(h * hd + 2 * g * hd + r),
             eps: step.eps,
         };
-        let _ = (d, p);
         let mut vals = [KArg::from(&mut raw)];
         self.launch_raw(
             "decode_layers",

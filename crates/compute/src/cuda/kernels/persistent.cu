@@ -279,81 +279,73 @@ struct PkStep {
     unsigned *ctr, *done;   // barrier counters (2); finished splits per head (h, zeroed)
     const float* inj_w;     // the injection pending at the first layer (its norm weight), or 0
     long long ss;
-    int nl, d, h, g, hd, p, r, qw;
+    int nl, d, h, g, hd, p, r;
     float eps;
 };
 
-#define PK_A 4
 
 // Never launched: its by-value parameter puts PkLayer's size in the PTX, where the kernel
 // test compares it with the Rust struct's (ops.rs RawPkLayer).
 extern "C" __global__ void pk_layer_probe(const PkLayer l) {}
 
-// Block-wide 1 / sqrt(mean(v^2) + eps) of v[0..n) (shared or global memory).
-__device__ __forceinline__ float pk_rms_inv(const float* v, int n, float eps) {
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += v[i] * v[i];
-    return 1.0f / sqrtf(block_sum(s) / (float)n + eps);
-}
-
 // The AltUp router's outputs m = tanh(RMSNorm(x) * w_norm / D . R^T) of x[0..d).
 __device__ __forceinline__ void pk_router(const float* x, const float* nw, const float* router,
-                                          int d, float eps, float m[PK_A]) {
-    const float inv = pk_rms_inv(x, d, eps);
+                                          int d, float eps, float m[ALTUP_A]) {
+    const float inv = rms_inv(x, d, eps);
     float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float v = x[i] * inv * nw[i] * (1.0f / (float)d);
         #pragma unroll
-        for (int q = 0; q < PK_A; q++) part[q] += v * router[(size_t)q * d + i];
+        for (int q = 0; q < ALTUP_A; q++) part[q] += v * router[(size_t)q * d + i];
     }
     block_sum4(part);
     #pragma unroll
-    for (int q = 0; q < PK_A; q++) m[q] = tanhf(part[q]);
+    for (int q = 0; q < ALTUP_A; q++) m[q] = tanhf(part[q]);
 }
 
 // predict: sv (shared, A x d) = streams + injection; xs = x. Block 0 writes t, p0, rc, x.
 __device__ void pk_predict(const PkStep& a, const PkLayer& L, const float* inj_w, float* sv,
                            float* xs) {
     const int d = a.d;
-    __shared__ float c0[PK_A];
-    __shared__ float cc[PK_A * PK_A];
+    __shared__ float c0[ALTUP_A];
+    __shared__ float cc[ALTUP_A * ALTUP_A];
     float inv_q = 0.0f;
-    if (inj_w) inv_q = pk_rms_inv(a.pq, d, a.eps);
+    if (inj_w) inv_q = rms_inv(a.pq, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float iv = inj_w ? a.pq[i] * inv_q * inj_w[i] : 0.0f;
         #pragma unroll
-        for (int k = 0; k < PK_A; k++) sv[k * d + i] = a.s[k * a.ss + i] + (k > 0 ? iv : 0.0f);
+        for (int k = 0; k < ALTUP_A; k++) sv[k * d + i] = a.s[k * a.ss + i] + (k > 0 ? iv : 0.0f);
     }
     __syncthreads();
-    float m[PK_A];
+    float m[ALTUP_A];
     pk_router(sv, L.router_norm, L.router, d, a.eps, m);
-    if (threadIdx.x < PK_A * PK_A) {
-        const int i = threadIdx.x / PK_A, j = threadIdx.x % PK_A;
+    if (threadIdx.x < ALTUP_A * ALTUP_A) {
+        const int i = threadIdx.x / ALTUP_A, j = threadIdx.x % ALTUP_A;
         float v = 0.0f;
         #pragma unroll
-        for (int q = 0; q < PK_A; q++) v += L.pred_coefs[(i * PK_A + j) * PK_A + q] * m[q];
+        for (int q = 0; q < ALTUP_A; q++) v += L.pred_coefs[(i * ALTUP_A + j) * ALTUP_A + q] * m[q];
         cc[threadIdx.x] = v;
     }
     __syncthreads();
-    if (threadIdx.x < PK_A) c0[threadIdx.x] = cc[threadIdx.x];
-    if (blockIdx.x == 0 && threadIdx.x < PK_A * PK_A) a.rc[threadIdx.x] = cc[threadIdx.x];
+    if (threadIdx.x < ALTUP_A) c0[threadIdx.x] = cc[threadIdx.x];
+    if (blockIdx.x == 0 && threadIdx.x < ALTUP_A * ALTUP_A) a.rc[threadIdx.x] = cc[threadIdx.x];
     __syncthreads();
     // pred_0 = s_0 + sum_j C[0][j] s_j, into xs for now.
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float v = sv[i];
         #pragma unroll
-        for (int j = 0; j < PK_A; j++) v += c0[j] * sv[j * d + i];
+        for (int j = 0; j < ALTUP_A; j++) v += c0[j] * sv[j * d + i];
         xs[i] = v;
     }
     __syncthreads();
-    const float inv = pk_rms_inv(xs, d, a.eps);
+    const float inv = rms_inv(xs, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float p0 = xs[i], xv = p0 * inv * L.input_ln[i];
         if (blockIdx.x == 0) {
             a.p0[i] = p0;
             a.x[i] = xv;
             #pragma unroll
-            for (int k = 0; k < PK_A; k++) a.t[k * a.ss + i] = sv[k * d + i];
+            for (int k = 0; k < ALTUP_A; k++) a.t[k * a.ss + i] = sv[k * d + i];
         }
         xs[i] = xv;
     }
@@ -480,8 +472,8 @@ __device__ void pk_attend(const PkStep& a, const PkLayer& L, int nsplit, float* 
 // sqrt(2) and y = RMSNorm(h) * w_pre_ffn into ys (h to global by block 0).
 __device__ void pk_post_attention(const PkStep& a, const PkLayer& L, float* hs, float* ys) {
     const int d = a.d;
-    const float inv_o = pk_rms_inv(a.o, d, a.eps);
-    const float inv_l = pk_rms_inv(a.lr, d, a.eps);
+    const float inv_o = rms_inv(a.o, d, a.eps);
+    const float inv_l = rms_inv(a.lr, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         const float lau = a.lr[i] * inv_l * L.laurel_norm[i] + a.x[i];
         const float v = (a.p0[i] + a.o[i] * inv_o * L.post_attn_ln[i] + lau) * SQRT1_2;
@@ -489,7 +481,7 @@ __device__ void pk_post_attention(const PkStep& a, const PkLayer& L, float* hs, 
         if (blockIdx.x == 0) a.hb[i] = v;
     }
     __syncthreads();
-    const float inv = pk_rms_inv(hs, d, a.eps);
+    const float inv = rms_inv(hs, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) ys[i] = hs[i] * inv * L.pre_ffn_ln[i];
     __syncthreads();
 }
@@ -586,36 +578,36 @@ __device__ void pk_sparse_down(const PkStep& a, const PkLayer& L, float* red) {
 // into vs.
 __device__ void pk_correct(const PkStep& a, const PkLayer& L, float* hv, float* vs) {
     const int d = a.d;
-    __shared__ float pc[PK_A * PK_A], beta[PK_A];
-    if (threadIdx.x < PK_A * PK_A) pc[threadIdx.x] = a.rc[threadIdx.x];
-    const float inv = pk_rms_inv(a.fo, d, a.eps);
+    __shared__ float pc[ALTUP_A * ALTUP_A], beta[ALTUP_A];
+    if (threadIdx.x < ALTUP_A * ALTUP_A) pc[threadIdx.x] = a.rc[threadIdx.x];
+    const float inv = rms_inv(a.fo, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x)
         hv[i] = a.hb[i] + a.fo[i] * inv * L.post_ffn_ln[i];
     __syncthreads();
-    float m[PK_A];
+    float m[ALTUP_A];
     pk_router(hv, L.router_norm, L.router, d, a.eps, m);
-    if (threadIdx.x < PK_A) {
+    if (threadIdx.x < ALTUP_A) {
         float s = 0.0f;
         #pragma unroll
-        for (int q = 0; q < PK_A; q++) s += L.corr_coefs[threadIdx.x * PK_A + q] * m[q];
+        for (int q = 0; q < ALTUP_A; q++) s += L.corr_coefs[threadIdx.x * ALTUP_A + q] * m[q];
         beta[threadIdx.x] = s + 1.0f;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float sv[PK_A], pv[PK_A];
+        float sv[ALTUP_A], pv[ALTUP_A];
         #pragma unroll
-        for (int k = 0; k < PK_A; k++) sv[k] = a.t[k * a.ss + i];
+        for (int k = 0; k < ALTUP_A; k++) sv[k] = a.t[k * a.ss + i];
         #pragma unroll
-        for (int k = 0; k < PK_A; k++) {
+        for (int k = 0; k < ALTUP_A; k++) {
             float v = sv[k];
             #pragma unroll
-            for (int j = 0; j < PK_A; j++) v += pc[k * PK_A + j] * sv[j];
+            for (int j = 0; j < ALTUP_A; j++) v += pc[k * ALTUP_A + j] * sv[j];
             pv[k] = v;
         }
         const float delta = hv[i] - pv[0];
         if (blockIdx.x == 0) {
             #pragma unroll
-            for (int k = 0; k < PK_A; k++) a.s[k * a.ss + i] = pv[k] + beta[k] * delta;
+            for (int k = 0; k < ALTUP_A; k++) a.s[k * a.ss + i] = pv[k] + beta[k] * delta;
         }
         const float np0 = pv[0] + beta[0] * delta;
         vs[i] = L.corr_scale ? np0 * L.corr_scale[i] : np0;
@@ -676,7 +668,7 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
     __shared__ PkProducts sp;
     const int d = a.d;
     float* sv = smem;
-    float* xs = smem + max(PK_A * d, PK_WARPS * a.hd);
+    float* xs = smem + max(ALTUP_A * d, PK_WARPS * a.hd);
     unsigned target = 0;
     const int hq = a.h * a.hd;
     const int q_off = 0, k_off = hq, v_off = hq + a.g * a.hd, ll_off = hq + 2 * a.g * a.hd;
@@ -765,10 +757,10 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
     // The last layer's per-layer input, into streams 1.. of s.
     if (blockIdx.x == 0 && a.nl > 0) {
         const float* w = a.layers[a.nl - 1].post_pl_norm;
-        const float inv = pk_rms_inv(a.pq, d, a.eps);
+        const float inv = rms_inv(a.pq, d, a.eps);
         for (int i = threadIdx.x; i < d; i += blockDim.x) {
             const float v = a.pq[i] * inv * w[i];
-            for (int k = 1; k < PK_A; k++) a.s[k * a.ss + i] += v;
+            for (int k = 1; k < ALTUP_A; k++) a.s[k * a.ss + i] += v;
         }
     }
     pk_exit(a.ctr);

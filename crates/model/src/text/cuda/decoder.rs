@@ -266,10 +266,11 @@ impl CudaTextModel {
             let key = (ws.id, cache.generation);
             if cache.layer_table.as_ref().map(|(k, _)| *k) != Some(key) {
                 cache.layer_table = None;
-                let table = match self.decode_layers(ws, cache) {
-                    Some(layers) => Some(self.gpu.decode_layers_table(&layers).map_err(gpu_err)?),
-                    None => None,
-                };
+                let table = self
+                    .decode_layers(ws, cache)
+                    .map(|layers| self.gpu.decode_layers_table(&layers))
+                    .transpose()
+                    .map_err(gpu_err)?;
                 cache.layer_table = Some((key, table));
             }
         }

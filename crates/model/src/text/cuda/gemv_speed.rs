@@ -127,8 +127,8 @@ impl CudaTextModel {
             .alloc(4 * 4 * fmax.max(h * hd + 2 * kvh * hd + r))
             .map_err(gpu_err)?;
         let aux = g.upload(&vec![0.5f32; p]).map_err(gpu_err)?;
+        // Two barrier counters (allocations start zeroed).
         let ctr = g.alloc(8).map_err(gpu_err)?;
-        g.zero(ctr.ptr(), 8).map_err(gpu_err)?;
         let (xp, yp) = (x.ptr(), y.ptr());
         let mut steps: Vec<Vec<GemvSeg>> = Vec::new();
         let mut bytes = 0;
