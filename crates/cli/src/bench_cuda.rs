@@ -209,6 +209,9 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
             step_ms.push(ms);
         }
     }
+    if let Some(t) = gm.pk_trace_report()? {
+        println!("{t}");
+    }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]

@@ -396,7 +396,11 @@ fn row_threads(d: usize) -> usize {
 /// persistent.cu's limits: threads of a block, products of a step, and the dynamic shared
 /// memory a step's activations may take (set as the kernel's limit when the module loads).
 const PK_THREADS: usize = 512;
+/// Barriers a `decode_layers` trace holds (persistent.cu's PK_TRACE_MAX).
+const PK_TRACE_MAX: usize = 512;
 const PK_MAX_SEGS: usize = 4;
+/// Column chunks of 8 a block takes in the sparse down (persistent.cu's PK_DOWN_CHUNKS).
+const PK_DOWN_CHUNKS: usize = 4;
 pub(crate) const PK_MAX_SMEM: usize = 160 * 1024;
 /// Room left for the kernels' static shared memory (`decode_layers`: 1.6 KB).
 pub(crate) const PK_STATIC_SMEM: usize = 4096;
@@ -466,6 +470,9 @@ pub struct DecodeStep {
     /// d, heads, KV heads, head dim, per-layer input width, LAuReL rank.
     pub shape: [usize; 6],
     pub eps: f32,
+    /// Null, or a buffer of [`Gpu::pk_trace_bytes`] where the kernel records when each
+    /// block reached and left each barrier ([`Gpu::pk_trace_report`]).
+    pub trace: DevPtr,
 }
 
 /// persistent.cu's `PkStep`.
@@ -478,6 +485,7 @@ struct RawPkStep {
     nl: i32,
     shape: [i32; 6],
     eps: f32,
+    trace: u64,
 }
 
 // SAFETY: plain C structs of integers and floats, laid out as in persistent.cu.
@@ -809,7 +817,11 @@ impl Gpu {
     /// Shared memory `decode_layers` needs for hidden size `d`, head dim `hd`, `hq` query
     /// values (heads x head dim), LAuReL rank `r` and largest FFN width `fmax`.
     pub fn decode_layers_smem(d: usize, hd: usize, hq: usize, r: usize, fmax: usize) -> usize {
-        4 * ((4 * d).max(PK_THREADS / 32 * hd) + d.max(hq + r).max(fmax))
+        4 * ((4 * d)
+            .max(PK_THREADS / 32 * hd)
+            .max(PK_THREADS / 32 * PK_DOWN_CHUNKS * 8)
+            + d.max(hq.next_multiple_of(8) + r.next_multiple_of(8))
+                .max(fmax))
     }
 
     /// Whether `decode_layers` can run a step of this shape: shared memory, head dim, the
@@ -820,7 +832,77 @@ impl Gpu {
             && hd <= 256
             && hd.is_multiple_of(2)
             && d.is_multiple_of(8)
-            && (d / 8).div_ceil(self.sms) <= 4
+            && (d / 8).div_ceil(self.sms) <= PK_DOWN_CHUNKS
+    }
+
+    /// Bytes of a `decode_layers` trace (persistent.cu's PK_TRACE_MAX barriers).
+    pub fn pk_trace_bytes(&self) -> usize {
+        8 * (1 + PK_TRACE_MAX * (1 + 2 * self.sms))
+    }
+
+    /// What a `decode_layers` trace shows: per phase of a layer, the mean time from the
+    /// barrier before to the one after, the blocks' median and longest work in it, and the
+    /// time from the last block's arrival to the barrier's release.
+    pub fn pk_trace_report(&self, trace: DevPtr) -> Result<String> {
+        let g = self.sms;
+        let mut t = vec![0u64; self.pk_trace_bytes() / 8];
+        self.read_at(trace, &mut t)?;
+        let n = (t[0] as usize).min(PK_TRACE_MAX);
+        if n < 2 {
+            return Ok("pk trace   (no barriers recorded)".into());
+        }
+        let at = |b: usize, blk: usize, k: usize| t[1 + PK_TRACE_MAX + (b * g + blk) * 2 + k];
+        const NAMES: [&str; 10] = [
+            "start",
+            "q k v",
+            "prep",
+            "attend",
+            "o",
+            "gate up",
+            "sparse up",
+            "down",
+            "pl gate",
+            "pl proj",
+        ];
+        // Per phase: count, span, median work, longest work, release.
+        let mut sums = [(0usize, 0f64, 0f64, 0f64, 0f64); 10];
+        for b in 1..n {
+            let ph = (t[1 + b] as usize).min(9);
+            let mut work: Vec<f64> = (0..g)
+                .map(|k| at(b, k, 0).saturating_sub(at(b - 1, k, 1)) as f64)
+                .collect();
+            work.sort_by(f64::total_cmp);
+            let last_in = (0..g).map(|k| at(b, k, 0)).max().unwrap_or(0);
+            let out = (0..g).map(|k| at(b, k, 1)).max().unwrap_or(0);
+            let prev_out = (0..g).map(|k| at(b - 1, k, 1)).max().unwrap_or(0);
+            let e = &mut sums[ph];
+            e.0 += 1;
+            e.1 += out.saturating_sub(prev_out) as f64;
+            e.2 += work[g / 2];
+            e.3 += work[g - 1];
+            e.4 += out.saturating_sub(last_in) as f64;
+        }
+        let start = (0..g).map(|k| at(0, k, 0)).min().unwrap_or(0);
+        let end = (0..g).map(|k| at(n - 1, k, 1)).max().unwrap_or(0);
+        let mut r = format!(
+            "pk trace   {} barriers, {:.1} us from the first block's start to the last release",
+            n - 1,
+            end.saturating_sub(start) as f64 / 1e3
+        );
+        for (ph, e) in sums.iter().enumerate().filter(|(_, e)| e.0 > 0) {
+            let c = e.0 as f64 * 1e3;
+            r += &format!(
+                "\npk trace   {:<10} {:>3}x {:>7.2} us (work: median {:.2}, longest {:.2}; release {:.2}) = {:.0} us",
+                NAMES[ph],
+                e.0,
+                e.1 / c,
+                e.2 / c,
+                e.3 / c,
+                e.4 / c,
+                e.1 / 1e3
+            );
+        }
+        Ok(r)
     }
 
     /// The layers of a single-row decode step in one persistent launch (persistent.cu's
@@ -833,6 +915,7 @@ impl Gpu {
             nl: i(step.nl),
             shape: step.shape.map(i),
             eps: step.eps,
+            trace: step.trace.0,
         };
         let mut vals = [KArg::from(&mut raw)];
         self.launch_raw(

@@ -66,27 +66,33 @@ struct PkProducts {
     int nseg;
 };
 
-// Brings this block's weights of step `p` into L2 (one bulk prefetch per row; rows are
-// 16-byte aligned runs of k bf16 values).
-__device__ __forceinline__ void pk_prefetch(const PkProducts& p) {
-    int total = 0;
-    for (int s = 0; s < p.nseg; s++) total += p.seg[s].rows;
-    const int r0 = (int)(((long long)total * blockIdx.x) / gridDim.x);
-    const int r1 = (int)(((long long)total * (blockIdx.x + 1)) / gridDim.x);
-    for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
-        int s = 0, row = r;
-        while (row >= p.seg[s].rows) row -= p.seg[s++].rows;
-        const GemvSeg& g = p.seg[s];
-        const int bytes = (g.k * 2 + 15) & ~15;
-#if __CUDA_ARCH__ >= 900
-        const bf16_t* w = (const bf16_t*)g.w + (size_t)row * g.ldw;
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w), "r"(bytes) : "memory");
-        if (g.epi == EPI_PAIR) {
-            const bf16_t* w2 = (const bf16_t*)g.w2 + (size_t)row * g.ldw;
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w2), "r"(bytes)
-                         : "memory");
-        }
+// Brings this block's first rows of a later product into L2 while it waits at a barrier:
+// rows [rows * b / G, ...) of w (the rows the block will compute there, or near them), up to
+// PK_PREFETCH_BYTES. The later step then starts on L2 hits while the rest streams behind.
+#ifndef PK_PREFETCH_BYTES
+#define PK_PREFETCH_BYTES (64 * 1024)
 #endif
+__device__ __forceinline__ void pk_prefetch_rows(const bf16_t* w, int ldw, int rows, int k) {
+#if __CUDA_ARCH__ >= 900
+    if (!w || rows <= 0) return;
+    const int r0 = (int)(((long long)rows * blockIdx.x) / gridDim.x);
+    const int r1 = (int)(((long long)rows * (blockIdx.x + 1)) / gridDim.x);
+    if ((k | ldw) & 7) return;  // bulk prefetches take 16-byte aligned runs
+    const int bytes = (k * 2 + 15) & ~15;
+    const int end = min(r1, r0 + max(1, PK_PREFETCH_BYTES / bytes));
+    for (int r = r0 + (int)threadIdx.x; r < end; r += blockDim.x)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)r * ldw),
+                     "r"(bytes)
+                     : "memory");
+#endif
+}
+
+// pk_prefetch_rows for each matrix of step `p` (as decode_layers does for its steps).
+__device__ __forceinline__ void pk_prefetch(const PkProducts& p) {
+    for (int s = 0; s < p.nseg; s++) {
+        const GemvSeg& g = p.seg[s];
+        pk_prefetch_rows((const bf16_t*)g.w, g.ldw, g.rows, g.k);
+        if (g.epi == EPI_PAIR) pk_prefetch_rows((const bf16_t*)g.w2, g.ldw, g.rows, g.k);
     }
 }
 
@@ -150,7 +156,14 @@ __device__ __forceinline__ void pk_products_at(const PkProducts& p, float* xs, b
             const bf16_t* wr2 = pair ? (const bf16_t*)g.w2 + (size_t)row * g.ldw : wr;
             const float* x = xs + xoff[s];
             float wf[8];
-            for (int i0 = k0 + lane * 8; i0 < k1; i0 += PK_UNROLL * 256) {
+            // Rows whose values are not 8-aligned runs (a LAuReL rank or per-layer input
+            // width below 8 in the small test models): one value per lane at a time.
+            const bool vec = ((g.k | g.ldw) & 7) == 0;
+            for (int i = k0 + lane; i < k1 && !vec; i += 32) {
+                acc += bf16_to_f32(wr[i]) * x[i];
+                if (pair) acc2 += bf16_to_f32(wr2[i]) * x[i];
+            }
+            for (int i0 = k0 + lane * 8; i0 < k1 && vec; i0 += PK_UNROLL * 256) {
                 uint4 a[PK_UNROLL], b[PK_UNROLL];
                 #pragma unroll
                 for (int q = 0; q < PK_UNROLL; q++) {
@@ -221,11 +234,16 @@ products_chain(const PkProducts* steps, int n, unsigned* ctr) {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-    pk_prefetch(steps[0]);
+    // PK_CHAIN_SKIP (for taking the cost apart): bit 0 leaves out the products, bit 1 the
+    // barriers (the results are then wrong), bit 2 the prefetches.
+#ifndef PK_CHAIN_SKIP
+#define PK_CHAIN_SKIP 0
+#endif
+    if (!(PK_CHAIN_SKIP & 4)) pk_prefetch(steps[0]);
     for (int p = 0; p < n; p++) {
-        pk_products(steps[p], xs);
-        if (p + 1 < n) pk_prefetch(steps[p + 1]);
-        grid_sync(ctr, target);
+        if (!(PK_CHAIN_SKIP & 1)) pk_products(steps[p], xs);
+        if (p + 1 < n && !(PK_CHAIN_SKIP & 4)) pk_prefetch(steps[p + 1]);
+        if (!(PK_CHAIN_SKIP & 2)) grid_sync(ctr, target);
     }
     pk_exit(ctr);
 }
@@ -281,7 +299,50 @@ struct PkStep {
     long long ss;
     int nl, d, h, g, hd, p, r;
     float eps;
+    // Null, or where each block records when it reached and left every barrier (pk_sync).
+    unsigned long long* trace;
 };
+
+// The trace of a step (GEMMA3N_CUDA_PK_TRACE=1; read by ops.rs pk_trace_report): trace[0]
+// the barriers recorded, trace[1 + b] barrier b's phase (below), then from trace[1 +
+// PK_TRACE_MAX] per barrier and block the %globaltimer (ns) at arrival and departure.
+// Barrier 0 stands for the start of the kernel.
+#define PK_TRACE_MAX 512
+enum { PH_START, PH_QKV, PH_PREP, PH_ATTEND, PH_OLR, PH_GATE_UP, PH_SPARSE_UP, PH_DOWN,
+       PH_PL_GATE, PH_PL_PROJ };
+
+__device__ __forceinline__ unsigned long long pk_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void pk_record(const PkStep& a, int& nb, int phase,
+                                          unsigned long long arrive) {
+    if (threadIdx.x == 0 && nb < PK_TRACE_MAX) {
+        unsigned long long* tr =
+            a.trace + 1 + PK_TRACE_MAX + ((size_t)nb * gridDim.x + blockIdx.x) * 2;
+        tr[0] = arrive;
+        tr[1] = pk_now();
+        if (blockIdx.x == 0) {
+            a.trace[1 + nb] = phase;
+            a.trace[0] = nb + 1;
+        }
+    }
+    nb++;
+}
+
+// grid_sync, traced when the step has a trace.
+__device__ __forceinline__ void pk_sync(const PkStep& a, unsigned& target, int& nb, int phase) {
+    if (!a.trace) {
+        grid_sync(a.ctr, target);
+        return;
+    }
+    __syncthreads();
+    const unsigned long long t = pk_now();
+    grid_sync(a.ctr, target);
+    pk_record(a, nb, phase, t);
+}
 
 
 // Never launched: its by-value parameter puts PkLayer's size in the PTX, where the kernel
@@ -625,26 +686,6 @@ __device__ __forceinline__ void pk_seg(GemvSeg& g, const bf16_t* w, const bf16_t
     g.epi = epi; g.block_start = 0; g.fmt = W_BF16;
 }
 
-// Brings this block's first rows of a later product into L2 while it waits at a barrier:
-// rows [rows * b / G, ...) of w (the rows the block will compute there, or near them), up to
-// PK_PREFETCH_BYTES. The later step then starts on L2 hits while the rest streams behind.
-#ifndef PK_PREFETCH_BYTES
-#define PK_PREFETCH_BYTES (64 * 1024)
-#endif
-__device__ __forceinline__ void pk_prefetch_rows(const bf16_t* w, int ldw, int rows, int k) {
-#if __CUDA_ARCH__ >= 900
-    if (!w || rows <= 0) return;
-    const int r0 = (int)(((long long)rows * blockIdx.x) / gridDim.x);
-    const int r1 = (int)(((long long)rows * (blockIdx.x + 1)) / gridDim.x);
-    const int bytes = (k * 2 + 15) & ~15;
-    const int end = min(r1, r0 + max(1, PK_PREFETCH_BYTES / bytes));
-    for (int r = r0 + (int)threadIdx.x; r < end; r += blockDim.x)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)r * ldw),
-                     "r"(bytes)
-                     : "memory");
-#endif
-}
-
 // A step of one product: thread 0 writes it to the block's descriptor sp, then the block
 // runs its share (x copied from global memory, or already at xs when `loaded`).
 __device__ __forceinline__ void pk_single(PkProducts& sp, float* xs, bool loaded,
@@ -659,23 +700,26 @@ __device__ __forceinline__ void pk_single(PkProducts& sp, float* xs, bool loaded
     pk_products_at(sp, xs, loaded);
 }
 
-// Dynamic shared memory (pk_decode_smem in ops.rs): sv, max(A x d, PK_WARPS x hd) floats
-// (the injected streams, h, attention's and the sparse down's warp sums), then xs,
-// max(d, h x hd + r, largest FFN width) floats (a product's activations).
+// Dynamic shared memory (decode_layers_smem in ops.rs): sv, max(A x d, PK_WARPS x hd,
+// PK_WARPS x PK_DOWN_CHUNKS x 8) floats (the injected streams, h, attention's and the sparse
+// down's warp sums), then xs, max(d, h x hd + r (each rounded up to 8), largest FFN width)
+// floats (a product's activations).
 extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const PkStep a) {
     extern __shared__ float smem[];
     // The step of products being run (written by thread 0; every block reads it).
     __shared__ PkProducts sp;
     const int d = a.d;
     float* sv = smem;
-    float* xs = smem + max(ALTUP_A * d, PK_WARPS * a.hd);
+    float* xs = smem + max(max(ALTUP_A * d, PK_WARPS * a.hd), PK_WARPS * PK_DOWN_CHUNKS * 8);
     unsigned target = 0;
+    int nb = 0;  // barriers passed (for the trace)
     const int hq = a.h * a.hd;
     const int q_off = 0, k_off = hq, v_off = hq + a.g * a.hd, ll_off = hq + 2 * a.g * a.hd;
     const bool t0 = threadIdx.x == 0;
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    if (a.trace) pk_record(a, nb, PH_START, pk_now());
     // Attention key splits: enough blocks for the keys, at most what the grid holds.
     const int keys = a.pos[0] + 1;
     int nsplit = 1;
@@ -706,11 +750,11 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         pk_products_shared(sp, xs);
         pk_prefetch_rows(L.o, L.ldo, d, hq);
         pk_prefetch_rows(L.lr, L.ldlr, d, a.r);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_QKV);
         if (blockIdx.x == 0) pk_prep(a, L);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_PREP);
         pk_attend(a, L, nsplit, sv);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_ATTEND);
         if (t0) {
             sp.nseg = 2;
             pk_seg(sp.seg[0], L.o, 0, L.ldo, d, hq, a.att, a.o, EPI_PLAIN, 0);
@@ -720,16 +764,16 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         pk_products(sp, xs);
         pk_prefetch_rows(L.gate, L.ldgate, L.f, d);
         if (!L.sparse) pk_prefetch_rows(L.up, L.ldup, L.f, d);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_OLR);
         pk_post_attention(a, L, sv, xs);
         if (L.sparse) pk_single(sp, xs, true, L.gate, 0, L.ldgate, L.f, d, xs, a.gate, EPI_PLAIN, 0);
         else pk_single(sp, xs, true, L.gate, L.up, L.ldgate, L.f, d, xs, a.act, EPI_PAIR, 0);
         if (!L.down_t) pk_prefetch_rows(L.down, L.lddown, d, L.f);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_GATE_UP);
         if (L.sparse) {
             const float cut = pk_cutoff(a.gate, L.f, L.z);
             pk_sparse_up(a, L, cut, xs);
-            grid_sync(a.ctr, target);
+            pk_sync(a, target, nb, PH_SPARSE_UP);
         }
         if (L.down_t) {
             pk_sparse_down(a, L, sv);
@@ -737,11 +781,11 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
             pk_single(sp, xs, false, L.down, 0, L.lddown, d, L.f, a.act, a.fo, EPI_PLAIN, 0);
         }
         pk_prefetch_rows(L.plg, L.ldplg, a.p, d);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_DOWN);
         pk_correct(a, L, sv, xs);
         pk_single(sp, xs, true, L.plg, 0, L.ldplg, a.p, d, xs, a.pg, EPI_GELU_ACC, L.pi);
         pk_prefetch_rows(L.plp, L.ldplp, d, a.p);
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_PL_GATE);
         pk_single(sp, xs, false, L.plp, 0, L.ldplp, d, a.p, a.pg, a.pq, EPI_PLAIN, 0);
         if (l + 1 < a.nl) {
             const PkLayer& N = a.layers[l + 1];
@@ -752,7 +796,7 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
             }
             pk_prefetch_rows(N.ll, N.ldll, a.r, d);
         }
-        grid_sync(a.ctr, target);
+        pk_sync(a, target, nb, PH_PL_PROJ);
     }
     // The last layer's per-layer input, into streams 1.. of s.
     if (blockIdx.x == 0 && a.nl > 0) {

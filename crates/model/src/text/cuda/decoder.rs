@@ -498,6 +498,19 @@ impl CudaTextModel {
 
     /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
     /// captured step), or `None` before its first graph-captured step.
+    /// The summary of the last persistent decode step's barrier trace, when tracing
+    /// (`GEMMA3N_CUDA_PK_TRACE=1`).
+    pub fn pk_trace_report(&self) -> Result<Option<String>> {
+        let ws = self.ws.lock().unwrap_or_else(|e| e.into_inner());
+        match ws.as_ref().and_then(|w| w.pk_trace.as_ref()) {
+            Some(t) => {
+                self.gpu.sync().map_err(gpu_err)?;
+                self.gpu.pk_trace_report(t.ptr()).map(Some).map_err(gpu_err)
+            }
+            None => Ok(None),
+        }
+    }
+
     pub fn decode_step_ms(&self, cache: &CudaKvCache, reps: usize) -> Result<Option<f64>> {
         let Some((_, graph)) = &cache.graph else {
             return Ok(None);
@@ -807,6 +820,7 @@ impl CudaTextModel {
                 ss,
                 shape: [d, h, kvh, hd, p, r],
                 eps,
+                trace: ws.pk_trace.as_ref().map_or(DevPtr::NULL, |b| b.ptr()),
             };
             let smem = Gpu::decode_layers_smem(d, hd, h * hd, r, ws.fmax);
             g.decode_layers(&step, smem).map_err(e)?;
@@ -1111,12 +1125,12 @@ impl CudaTextModel {
         {
             return None;
         }
+        // The kernel reads rows of 8-aligned lengths 8 values at a time, others (a small
+        // LAuReL rank or per-layer input width) one value at a time.
         let mat = |m: &DevMatrix| -> Option<(DevPtr, usize)> {
             let wp = m.wp();
-            (wp.fmt == WeightFormat::Bf16
-                && wp.w.addr().is_multiple_of(16)
-                && m.cols.is_multiple_of(8))
-            .then_some((wp.w, m.cols))
+            (wp.fmt == WeightFormat::Bf16 && wp.w.addr().is_multiple_of(16))
+                .then_some((wp.w, m.cols))
         };
         let caches = Caches::One(cache);
         let none = (DevPtr::NULL, 0);

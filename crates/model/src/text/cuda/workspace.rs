@@ -86,6 +86,9 @@ pub struct Workspace {
     /// The persistent decode kernel's barrier counters (64 bytes, kept zeroed), then its
     /// copy of the AltUp prediction of stream 0 (`D` floats).
     pub pk: DeviceBuffer,
+    /// Where the persistent decode kernel records its barriers (`GEMMA3N_CUDA_PK_TRACE=1`;
+    /// `bench` prints the summary under `GEMMA3N_CUDA_PROFILE=1`).
+    pub pk_trace: Option<DeviceBuffer>,
     pub o: DeviceBuffer,
     pub lr: DeviceBuffer,
     pub h: DeviceBuffer,
@@ -175,6 +178,10 @@ impl Workspace {
             part: f((cap * h).min(SPLIT_PAIRS) * DECODE_SPLITS * (hd + 2))?,
             done: f(cap * h)?,
             pk: f(16 + d)?,
+            pk_trace: match std::env::var_os("GEMMA3N_CUDA_PK_TRACE") {
+                Some(v) if v != "0" => Some(gpu.alloc(gpu.pk_trace_bytes()).map_err(gpu_err)?),
+                _ => None,
+            },
             sparse: {
                 let (p, c) = Gpu::sparse_t_scratch_bytes(fmax, d, cap.min(GEMV_ROWS));
                 (
