@@ -166,12 +166,23 @@ pub fn run(a: &Args, model: TextModel, name: &str, ordinal: usize) -> Result<()>
                 s.bytes as f64 / s.us / 1e3
             );
         }
-        if let Some((steps, bytes, us_p, us_l)) = gm.products_chain_speed()? {
-            for (how, us) in [("one persistent launch", us_p), ("a launch a step", us_l)] {
+        if let Some(c) = gm.products_chain_speed()? {
+            let mut ways = vec![
+                ("one persistent launch".to_string(), c.us_persistent),
+                ("a launch a step".to_string(), c.us_launches),
+            ];
+            if let Some((us, err)) = c.tma {
+                ways.push((
+                    format!("one launch, bulk copies (max rel diff {err:.1e})"),
+                    us,
+                ));
+            }
+            for (how, us) in ways {
                 println!(
-                    "products   {steps} dependent steps, {how}: {us:>9.1} us {:>8.1} MB {:>7.0} GB/s",
-                    bytes as f64 / 1e6,
-                    bytes as f64 / us / 1e3
+                    "products   {} dependent steps, {how}: {us:>9.1} us {:>8.1} MB {:>7.0} GB/s",
+                    c.steps,
+                    c.bytes as f64 / 1e6,
+                    c.bytes as f64 / us / 1e3
                 );
             }
         }

@@ -37,7 +37,7 @@ const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 40] = [
+pub const KERNELS: [&str; 41] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -77,6 +77,7 @@ pub const KERNELS: [&str; 40] = [
     "argmax_f32",
     "topk_f32",
     "products_chain",
+    "products_chain_tma",
     "decode_layers",
 ];
 
@@ -207,7 +208,7 @@ impl Gpu {
             )
             .map_err(drv)? as usize;
         let pk_smem = ops::PK_MAX_SMEM.min(optin.saturating_sub(ops::PK_STATIC_SMEM));
-        for k in ["products_chain", "decode_layers"] {
+        for k in ["products_chain", "products_chain_tma", "decode_layers"] {
             funcs[k]
                 .set_attribute(
                     cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -399,6 +399,10 @@ const PK_THREADS: usize = 512;
 /// Barriers a `decode_layers` trace holds (persistent.cu's PK_TRACE_MAX).
 const PK_TRACE_MAX: usize = 512;
 const PK_MAX_SEGS: usize = 4;
+/// Most stages and steps of `products_chain_tma` (persistent.cu's PKT_MAX_STAGES,
+/// PKT_MAX_STEPS).
+const PKT_MAX_STAGES: usize = 8;
+const PKT_MAX_STEPS: usize = 512;
 /// Column chunks of 8 a block takes in the sparse down (persistent.cu's PK_DOWN_CHUNKS).
 const PK_DOWN_CHUNKS: usize = 4;
 pub(crate) const PK_MAX_SMEM: usize = 160 * 1024;
@@ -792,6 +796,50 @@ impl Gpu {
     pub fn products_chain(&self, table: DevPtr, n: usize, smem: usize, ctr: DevPtr) -> Result<()> {
         launch!(self, "products_chain", (self.sms, 1, 1), PK_THREADS, smem smem;
             table.0, i(n), ctr.0)
+    }
+
+    /// The stage size and flags of `products_chain_tma`: 16 KB stages, every thread waiting
+    /// for a stage; `GEMMA3N_CUDA_PKT=KB[,FLAGS]` sets them (for measuring).
+    fn pkt_config() -> (usize, i32) {
+        let v = std::env::var("GEMMA3N_CUDA_PKT").unwrap_or_default();
+        let mut it = v.split(',').map(|t| t.trim().parse::<usize>().ok());
+        let kb = it
+            .next()
+            .flatten()
+            .filter(|&k| (1..=128).contains(&k))
+            .unwrap_or(16);
+        let flags = it.next().flatten().unwrap_or(0) as i32;
+        (kb * 1024, flags)
+    }
+
+    /// Shared-memory stages `products_chain_tma` gets beside `smem` bytes of activations
+    /// (0: it cannot run here: no bulk copies before sm_90, or fewer than two stages fit).
+    pub fn products_chain_tma_stages(&self, smem: usize) -> usize {
+        let (stage, _) = Self::pkt_config();
+        let stages = (self.pk_smem.saturating_sub(smem) / stage).min(PKT_MAX_STAGES);
+        if self.arch.0 >= 9 && stages >= 2 {
+            stages
+        } else {
+            0
+        }
+    }
+
+    /// [`Gpu::products_chain`] with the weights streamed through a ring of shared-memory
+    /// stages by bulk copies (persistent.cu's `products_chain_tma`; see
+    /// [`Gpu::products_chain_tma_stages`]).
+    pub fn products_chain_tma(
+        &self,
+        table: DevPtr,
+        n: usize,
+        smem: usize,
+        ctr: DevPtr,
+    ) -> Result<()> {
+        let stages = self.products_chain_tma_stages(smem);
+        assert!(stages > 0, "no room for the bulk-copy stages");
+        assert!(n <= PKT_MAX_STEPS, "a chain of {n} steps");
+        let (stage, flags) = Self::pkt_config();
+        launch!(self, "products_chain_tma", (self.sms, 1, 1), PK_THREADS,
+            smem smem + stages * stage; table.0, i(n), i(stages), i(stage), flags, ctr.0)
     }
 
     /// Uploads the layer table of [`Gpu::decode_layers`].

@@ -10,6 +10,14 @@
 // kernel can take a multiprocessor a block of this one still needs.
 
 #define PK_THREADS 512
+// The decode kernel's larger pieces are called, not inlined: inlined at every call the
+// kernel's code is ~290 KB, more than the instruction cache holds, and the E2B step took
+// 4.44 ms instead of 3.98 (docs/perf.md). PK_INLINE inlines them.
+#ifdef PK_INLINE
+#define PK_FN __forceinline__
+#else
+#define PK_FN __noinline__
+#endif
 #define PK_WARPS (PK_THREADS / 32)
 #define PK_MAX_SEGS 4
 
@@ -96,20 +104,9 @@ __device__ __forceinline__ void pk_prefetch(const PkProducts& p) {
     }
 }
 
-// The products of one step, by the whole grid. Block b takes rows [total * b / G,
-// total * (b + 1) / G); its warps split them: a warp per row when there are at least as
-// many rows as warps, else each row over wpr warps (a power of two, runs of at least 256
-// values), their sums added in shared memory in a fixed order. The activations (each
-// segment's x, k values) are first copied to shared memory `xs`, unless `loaded`: then
-// every segment's x is already at xs.
-#ifndef PK_UNROLL
-#define PK_UNROLL 4
-#endif
-__device__ __forceinline__ void pk_products_at(const PkProducts& p, float* xs, bool loaded) {
-    __shared__ float red[2][PK_WARPS];
-    __shared__ int xoff[PK_MAX_SEGS];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // Activations to shared memory, once per distinct x.
+// The activations of a step's products to shared memory xs, once per distinct x (xoff[s]:
+// where segment s's x starts there), unless `loaded` (every segment's x is already at xs).
+__device__ __forceinline__ void pk_load_x(const PkProducts& p, float* xs, int* xoff, bool loaded) {
     if (loaded) {
         if (threadIdx.x < PK_MAX_SEGS) xoff[threadIdx.x] = 0;
     } else if (threadIdx.x == 0) {
@@ -131,6 +128,23 @@ __device__ __forceinline__ void pk_products_at(const PkProducts& p, float* xs, b
         for (int i = threadIdx.x; i < p.seg[s].k; i += blockDim.x) d[i] = x[i];
     }
     __syncthreads();
+}
+
+// The products of one step, by the whole grid. Block b takes rows [total * b / G,
+// total * (b + 1) / G); its warps split them: a warp per row when there are at least as
+// many rows as warps, else each row over wpr warps (a power of two, runs of at least 256
+// values), their sums added in shared memory in a fixed order. The activations (each
+// segment's x, k values) are first copied to shared memory `xs`, unless `loaded`: then
+// every segment's x is already at xs.
+#ifndef PK_UNROLL
+#define PK_UNROLL 4
+#endif
+__device__ PK_FN void pk_products_at(const PkProducts& p, float* xs, bool loaded) {
+    __shared__ float red[2][PK_WARPS];
+    __shared__ int xoff[PK_MAX_SEGS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    // Activations to shared memory, once per distinct x.
+    pk_load_x(p, xs, xoff, loaded);
     int total = 0;
     for (int s = 0; s < p.nseg; s++) total += p.seg[s].rows;
     const int r0 = (int)(((long long)total * blockIdx.x) / gridDim.x);
@@ -244,6 +258,267 @@ products_chain(const PkProducts* steps, int n, unsigned* ctr) {
         if (!(PK_CHAIN_SKIP & 1)) pk_products(steps[p], xs);
         if (p + 1 < n && !(PK_CHAIN_SKIP & 4)) pk_prefetch(steps[p + 1]);
         if (!(PK_CHAIN_SKIP & 2)) grid_sync(ctr, target);
+    }
+    pk_exit(ctr);
+}
+
+// ---- The products chain with its weights streamed through shared memory by bulk copies.
+//
+// The chain above keeps at most a few KB of weights in flight per warp (registers), and its
+// 16 warps per multiprocessor do not cover the memory's latency. Here one thread of each
+// block issues bulk copies (cp.async.bulk, the tensor memory accelerator) of the block's
+// weight rows into a ring of shared-memory stages, each stage completing on its own
+// mbarrier, and refills a stage as soon as the block has read it: up to the ring's bytes in
+// flight per multiprocessor, independent of the warps, and the copies run ahead across the
+// grid barriers (the weights do not depend on the previous step). A stage holds one task:
+// up to PKT_MAX_ROWS whole rows (of both matrices of a pair), or a run of one long row.
+#define PKT_MAX_STAGES 8
+#define PKT_MAX_ROWS 256
+#define PKT_MAX_STEPS 512
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Where a block is in the chain's tasks: step p, row r of the step (-1: the step's first
+// row of this block not found yet), position kpos in a long row.
+struct PktIt {
+    int p, r, kpos;
+};
+struct PktTask {
+    int p, s, row, nrows, k0, kc;  // step, segment, first row (in the segment), rows, run
+};
+
+// The next task of step P after `it`, the block's rows of the step being [rg.x, rg.y)
+// (false: none left in the step).
+__device__ __forceinline__ bool pkt_step_next(const PkProducts& P, int2 rg, int stage, PktIt& it,
+                                              PktTask& t) {
+    if (it.r < 0) {
+        it.r = rg.x;
+        it.kpos = 0;
+    }
+    if (it.r >= rg.y) return false;
+    int s = 0, row = it.r;
+    while (row >= P.seg[s].rows) row -= P.seg[s++].rows;
+    const GemvSeg& g = P.seg[s];
+    const int mats = g.epi == EPI_PAIR ? 2 : 1;
+    t.p = it.p;
+    t.s = s;
+    t.row = row;
+    if (g.k * 2 * mats <= stage) {
+        const int nr = min(min(stage / (g.k * 2 * mats), PKT_MAX_ROWS),
+                           min(g.rows - row, rg.y - it.r));
+        t.nrows = nr;
+        t.k0 = 0;
+        t.kc = g.k;
+        it.r += nr;
+    } else {
+        t.nrows = 1;
+        t.k0 = it.kpos;
+        t.kc = min((stage / (2 * mats)) & ~7, g.k - it.kpos);
+        it.kpos += t.kc;
+        if (it.kpos >= g.k) {
+            it.kpos = 0;
+            it.r++;
+        }
+    }
+    return true;
+}
+
+// The next task of the chain after `it` (false: none left); rng: each step's rows of the
+// block.
+__device__ bool pkt_next(const PkProducts* steps, int n, const int2* rng, int stage, PktIt& it,
+                         PktTask& t) {
+    while (it.p < n) {
+        if (pkt_step_next(steps[it.p], rng[it.p], stage, it, t)) return true;
+        it.p++;
+        it.r = -1;
+    }
+    return false;
+}
+
+// Issues task t's bulk copies into stage `dst`, completing on mbarrier `bar` (one thread).
+__device__ __forceinline__ void pkt_issue(const PkProducts* steps, const PktTask& t, void* dst,
+                                          unsigned long long* bar) {
+#if __CUDA_ARCH__ >= 900
+    const GemvSeg& g = steps[t.p].seg[t.s];
+    const int mats = g.epi == EPI_PAIR ? 2 : 1;
+    const unsigned run = (unsigned)t.kc * 2;
+    const unsigned b = smem_u32(bar);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b),
+                 "r"(run * t.nrows * mats)
+                 : "memory");
+    unsigned d = smem_u32(dst);
+    // Rows stored one after the other (ldw = k) go in one copy.
+    const int per = g.ldw == t.kc ? t.nrows : 1;
+    for (int m = 0; m < mats; m++) {
+        const bf16_t* w = (const bf16_t*)(m == 0 ? g.w : g.w2);
+        for (int j = 0; j < t.nrows; j += per, d += run * per) {
+            const bf16_t* src = w + (size_t)(t.row + j) * g.ldw + t.k0;
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
+                "%2, [%3];" ::"r"(d),
+                "l"(src), "r"(run * per), "r"(b)
+                : "memory");
+        }
+    }
+#endif
+}
+
+// Waits for the phase of parity `parity` of mbarrier `bar` to complete: try_wait (which may
+// suspend the thread for a while), or with `spin` test_wait (which never does) in a loop.
+__device__ __forceinline__ void pkt_wait(unsigned long long* bar, unsigned parity, bool spin) {
+#if __CUDA_ARCH__ >= 900
+    const unsigned b = smem_u32(bar);
+    unsigned ok = 0;
+    while (!ok) {
+        if (spin)
+            asm volatile(
+                "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                " selp.u32 %0, 1, 0, p;\n}"
+                : "=r"(ok)
+                : "r"(b), "r"(parity)
+                : "memory");
+        else
+            asm volatile(
+                "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                " selp.u32 %0, 1, 0, p;\n}"
+                : "=r"(ok)
+                : "r"(b), "r"(parity)
+                : "memory");
+    }
+#endif
+}
+
+// Dynamic shared memory: the ring (stages x stage bytes, a multiple of 128), then the
+// largest step's activations. `stages`: 2 to PKT_MAX_STAGES. flags bit 0: only thread 0
+// waits for a stage (the others at a block barrier); bit 1: no proxy fence before a refill;
+// bit 2: waits spin on test_wait instead of try_wait; bit 3 (measuring the rest: wrong
+// results): no waits at all.
+extern "C" __global__ void __launch_bounds__(PK_THREADS, 1)
+products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int stage,
+                   int flags, unsigned* ctr) {
+    extern __shared__ __align__(128) unsigned char pkt_smem[];
+    __shared__ __align__(8) unsigned long long bar[PKT_MAX_STAGES];
+    __shared__ float red[2][2][PKT_MAX_ROWS];
+    __shared__ int xoff[PK_MAX_SEGS];
+    float* xs = (float*)(pkt_smem + (size_t)stages * stage);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    unsigned target = 0;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < stages; i++)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar + i))
+                         : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+#endif
+    // Each step's rows of this block (as pk_products_at splits them).
+    __shared__ int2 rng[PKT_MAX_STEPS];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        int total = 0;
+        for (int s = 0; s < steps[i].nseg; s++) total += steps[i].seg[s].rows;
+        rng[i] = make_int2((int)(((long long)total * blockIdx.x) / gridDim.x),
+                           (int)(((long long)total * (blockIdx.x + 1)) / gridDim.x));
+    }
+    __syncthreads();
+    // The producer (thread 0) fills every stage; then the block takes the tasks in order.
+    __shared__ PkProducts sp;
+    PktIt pit = {0, -1, 0};
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < stages; i++) {
+            PktTask t;
+            if (!pkt_next(steps, n, rng, stage, pit, t)) break;
+            pkt_issue(steps, t, pkt_smem + (size_t)i * stage, bar + i);
+        }
+    }
+    int slot = 0, buf = 0;
+    unsigned phase = 0;
+    float racc = 0.0f, racc2 = 0.0f;  // a long row's sum so far (thread 0)
+    for (int p = 0; p < n; p++) {
+        if (threadIdx.x == 0) sp = steps[p];
+        pk_load_x(sp, xs, xoff, false);
+        PktIt cit = {p, -1, 0};
+        PktTask t;
+        while (pkt_step_next(sp, rng[p], stage, cit, t)) {
+            const GemvSeg& g = sp.seg[t.s];
+            const bool pair = g.epi == EPI_PAIR;
+            if (flags & 8) {
+                // (Measuring only: no wait, the stage's values are whatever is there.)
+            } else if (!(flags & 1)) {
+                pkt_wait(bar + slot, phase, flags & 4);
+            } else {
+                if (threadIdx.x == 0) pkt_wait(bar + slot, phase, flags & 4);
+                __syncthreads();
+            }
+            const bf16_t* wst = (const bf16_t*)(pkt_smem + (size_t)slot * stage);
+            const float* x = xs + xoff[t.s] + t.k0;
+            // Units (row j, part q) over the warps; a part is a run of 8-value groups.
+            const int parts = t.nrows >= PK_WARPS ? 1 : PK_WARPS / t.nrows;
+            const int plen = ((t.kc + parts - 1) / parts + 7) & ~7;
+            const int units = t.nrows * parts;
+            for (int u = warp; u < units; u += PK_WARPS) {
+                const int j = u / parts, q = u % parts;
+                const int lo = q * plen, hi = min(t.kc, lo + plen);
+                const bf16_t* wr = wst + (size_t)j * t.kc;
+                const bf16_t* wr2 = wst + (size_t)(t.nrows + j) * t.kc;
+                float acc = 0.0f, acc2 = 0.0f, wf[8];
+                for (int i = lo + lane * 8; i < hi; i += 256) {
+                    const float4 x0 = *reinterpret_cast<const float4*>(x + i);
+                    const float4 x1 = *reinterpret_cast<const float4*>(x + i + 4);
+                    unpack_bf16x8(*reinterpret_cast<const uint4*>(wr + i), wf);
+                    acc += ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
+                           ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
+                    if (pair) {
+                        unpack_bf16x8(*reinterpret_cast<const uint4*>(wr2 + i), wf);
+                        acc2 += ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
+                                ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
+                    }
+                }
+                acc = warp_sum(acc);
+                acc2 = warp_sum(acc2);
+                if (lane == 0) {
+                    red[buf][0][u] = acc;
+                    red[buf][1][u] = acc2;
+                }
+            }
+            __syncthreads();
+            // Every warp has read the stage: refill it with the next task.
+            if (threadIdx.x == 0) {
+                PktTask nt;
+                if (pkt_next(steps, n, rng, stage, pit, nt)) {
+#if __CUDA_ARCH__ >= 900
+                    if (!(flags & 2)) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+                    pkt_issue(steps, nt, pkt_smem + (size_t)slot * stage, bar + slot);
+                }
+            }
+            if (threadIdx.x < t.nrows) {
+                float v = 0.0f, v2 = 0.0f;
+                for (int q = 0; q < parts; q++) {
+                    v += red[buf][0][threadIdx.x * parts + q];
+                    v2 += red[buf][1][threadIdx.x * parts + q];
+                }
+                if (t.kc == g.k) {
+                    gemv_store(g, 0.0f, 0, t.row + threadIdx.x, v, v2);
+                } else {
+                    racc += v;
+                    racc2 += v2;
+                    if (t.k0 + t.kc == g.k) {
+                        gemv_store(g, 0.0f, 0, t.row, racc, racc2);
+                        racc = racc2 = 0.0f;
+                    }
+                }
+            }
+            buf ^= 1;
+            if (++slot == stages) {
+                slot = 0;
+                phase ^= 1;
+            }
+        }
+        grid_sync(ctr, target);
     }
     pk_exit(ctr);
 }
@@ -365,7 +640,7 @@ __device__ __forceinline__ void pk_router(const float* x, const float* nw, const
 }
 
 // predict: sv (shared, A x d) = streams + injection; xs = x. Block 0 writes t, p0, rc, x.
-__device__ void pk_predict(const PkStep& a, const PkLayer& L, const float* inj_w, float* sv,
+__device__ PK_FN void pk_predict(const PkStep& a, const PkLayer& L, const float* inj_w, float* sv,
                            float* xs) {
     const int d = a.d;
     __shared__ float c0[ALTUP_A];
@@ -414,7 +689,7 @@ __device__ void pk_predict(const PkStep& a, const PkLayer& L, const float* inj_w
 }
 
 // prep (block 0, a warp per head): as attention.cu's qkv_prep for one row.
-__device__ void pk_prep(const PkStep& a, const PkLayer& L) {
+__device__ PK_FN void pk_prep(const PkStep& a, const PkLayer& L) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int heads = L.own_kv ? a.h + 2 * a.g : a.h;
     const int hd = a.hd, half = hd / 2, pos = a.pos[0];
@@ -448,7 +723,7 @@ __device__ void pk_prep(const PkStep& a, const PkLayer& L) {
 // PK_WARPS-th key of the split's keys (key lo + split * PK_WARPS + warp + i * nsplit *
 // PK_WARPS), with an online softmax; warps merge in shared memory; splits merge in the last
 // block of the head to finish (done[head] counts them and is left at zero).
-__device__ void pk_attend(const PkStep& a, const PkLayer& L, int nsplit, float* sacc) {
+__device__ PK_FN void pk_attend(const PkStep& a, const PkLayer& L, int nsplit, float* sacc) {
     const int item = blockIdx.x;
     if (item >= a.h * nsplit) return;
     const int head = item % a.h, s = item / a.h;
@@ -531,7 +806,7 @@ __device__ void pk_attend(const PkStep& a, const PkLayer& L, int nsplit, float* 
 
 // post-attention: h = (pred_0 + RMSNorm(o) * w_post_attn + x + RMSNorm(lr) * w_laurel) /
 // sqrt(2) and y = RMSNorm(h) * w_pre_ffn into ys (h to global by block 0).
-__device__ void pk_post_attention(const PkStep& a, const PkLayer& L, float* hs, float* ys) {
+__device__ PK_FN void pk_post_attention(const PkStep& a, const PkLayer& L, float* hs, float* ys) {
     const int d = a.d;
     const float inv_o = rms_inv(a.o, d, a.eps);
     const float inv_l = rms_inv(a.lr, d, a.eps);
@@ -562,7 +837,7 @@ __device__ float pk_cutoff(const float* g, int f, float z) {
 
 // The kept rows of up: act[r] = gelu(gate[r] - cut) * (up[r] . y) where gate[r] > cut,
 // else 0; rows split over blocks as in pk_products, a warp per row.
-__device__ void pk_sparse_up(const PkStep& a, const PkLayer& L, float cut, const float* ys) {
+__device__ PK_FN void pk_sparse_up(const PkStep& a, const PkLayer& L, float cut, const float* ys) {
     const int f = L.f, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (int)(((long long)f * blockIdx.x) / gridDim.x);
     const int r1 = (int)(((long long)f * (blockIdx.x + 1)) / gridDim.x);
@@ -590,7 +865,7 @@ __device__ void pk_sparse_up(const PkStep& a, const PkLayer& L, float cut, const
 // w * 32 + l, stepping by PK_THREADS; sums over lanes, then warps in shared memory, in a
 // fixed order.
 #define PK_DOWN_CHUNKS 4
-__device__ void pk_sparse_down(const PkStep& a, const PkLayer& L, float* red) {
+__device__ PK_FN void pk_sparse_down(const PkStep& a, const PkLayer& L, float* red) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int chunks = a.d / 8;
     const int c0 = (int)(((long long)chunks * blockIdx.x) / gridDim.x);
@@ -637,7 +912,7 @@ __device__ void pk_sparse_down(const PkStep& a, const PkLayer& L, float* red) {
 // correct: the AltUp correction of the injected streams t with the layer's output h + the
 // FFN's normed output; block 0 writes the corrected streams to s; v = corrected_0 (scaled)
 // into vs.
-__device__ void pk_correct(const PkStep& a, const PkLayer& L, float* hv, float* vs) {
+__device__ PK_FN void pk_correct(const PkStep& a, const PkLayer& L, float* hv, float* vs) {
     const int d = a.d;
     __shared__ float pc[ALTUP_A * ALTUP_A], beta[ALTUP_A];
     if (threadIdx.x < ALTUP_A * ALTUP_A) pc[threadIdx.x] = a.rc[threadIdx.x];
@@ -731,8 +1006,11 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         pk_prefetch_rows(F.v, F.ldv, a.g * a.hd, d);
         pk_prefetch_rows(F.ll, F.ldll, a.r, d);
     }
+    // The layer being run, in shared memory (its fields are read all through the layer).
+    __shared__ PkLayer L;
     for (int l = 0; l < a.nl; l++) {
-        const PkLayer& L = a.layers[l];
+        if (t0) L = a.layers[l];
+        __syncthreads();
         const float* inj_w = l == 0 ? a.inj_w : a.layers[l - 1].post_pl_norm;
         pk_predict(a, L, inj_w, sv, xs);
         if (t0) {

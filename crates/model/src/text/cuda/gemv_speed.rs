@@ -20,6 +20,21 @@ pub struct GemvSpeed {
     pub us: f64,
 }
 
+/// The decode products as one dependent chain, three ways
+/// ([`CudaTextModel::products_chain_speed`]).
+pub struct ChainSpeed {
+    pub steps: usize,
+    /// Bytes of weights the chain reads.
+    pub bytes: usize,
+    /// Microseconds: one persistent launch (weights through registers), one launch a step.
+    pub us_persistent: f64,
+    pub us_launches: f64,
+    /// One persistent launch with the weights streamed through shared memory by bulk
+    /// copies (where the device has them): microseconds, and the max relative difference
+    /// of its outputs from the launches'.
+    pub tma: Option<(f64, f32)>,
+}
+
 /// Launches per timed graph.
 const LAUNCHES: usize = 50;
 
@@ -100,14 +115,14 @@ impl CudaTextModel {
     /// The decode step's products of every layer (q/k/v/LAuReL, o/LAuReL, the FFN, the
     /// per-layer input's gate and projection; a sparse layer's gate only, its up and down
     /// reading few rows) as a chain of dependent steps: one persistent launch with a barrier
-    /// between steps, against one launch a step, both in graphs. Returns (steps, weight
-    /// bytes, us persistent, us launches); `None` for weights the persistent kernel does not
-    /// take.
-    pub fn products_chain_speed(&self) -> Result<Option<(usize, usize, f64, f64)>> {
+    /// between steps (weights read into registers, or streamed through shared memory),
+    /// against one launch a step, all in graphs; `None` for weights the persistent kernels
+    /// do not take.
+    pub fn products_chain_speed(&self) -> Result<Option<ChainSpeed>> {
         self.gpu.without_timing(|| self.products_chain_untimed())
     }
 
-    fn products_chain_untimed(&self) -> Result<Option<(usize, usize, f64, f64)>> {
+    fn products_chain_untimed(&self) -> Result<Option<ChainSpeed>> {
         if self.w.quantized {
             return Ok(None);
         }
@@ -179,11 +194,53 @@ impl CudaTextModel {
             }
             Ok(())
         })?;
-        let mut best = (f64::MAX, f64::MAX);
+        // The same chain with its weights streamed through shared memory (bulk copies),
+        // where the device has them.
+        let tma = if g.products_chain_tma_stages(smem) > 0 {
+            Some(self.capture(|| {
+                g.products_chain_tma(table.ptr(), n, smem, ctr.ptr())
+                    .map_err(gpu_err)
+            })?)
+        } else {
+            None
+        };
+        let mut best = (f64::MAX, f64::MAX, f64::MAX);
         for _ in 0..5 {
             best.0 = best.0.min(self.replay_ms(&persistent, 1)?);
             best.1 = best.1.min(self.replay_ms(&launches, 1)?);
+            if let Some(t) = &tma {
+                best.2 = best.2.min(self.replay_ms(t, 1)?);
+            }
         }
-        Ok(Some((n, bytes, 1e3 * best.0, 1e3 * best.1)))
+        // Every step reads the same x, so what the last writer of each output left is the
+        // same in every version: the streamed chain's against the launches'.
+        let tma_err = match &tma {
+            Some(t) => {
+                let ny = y.bytes() / 4;
+                let mut want = vec![0f32; ny];
+                let mut got = vec![0f32; ny];
+                launches.launch().map_err(gpu_err)?;
+                g.read_at(yp, &mut want).map_err(gpu_err)?;
+                t.launch().map_err(gpu_err)?;
+                g.read_at(yp, &mut got).map_err(gpu_err)?;
+                let scale = want
+                    .iter()
+                    .fold(0f32, |m, v| m.max(v.abs()))
+                    .max(f32::MIN_POSITIVE);
+                let diff = want
+                    .iter()
+                    .zip(&got)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                Some(diff / scale)
+            }
+            None => None,
+        };
+        Ok(Some(ChainSpeed {
+            steps: n,
+            bytes,
+            us_persistent: 1e3 * best.0,
+            us_launches: 1e3 * best.1,
+            tma: tma.map(|_| (1e3 * best.2, tma_err.unwrap_or(f32::NAN))),
+        }))
     }
 }

@@ -14,7 +14,7 @@ mod kv_cache;
 mod weights;
 mod workspace;
 
-pub use gemv_speed::GemvSpeed;
+pub use gemv_speed::{ChainSpeed, GemvSpeed};
 pub use kernel_check::{check_kernels, top_k_naive, KernelCheck};
 pub use kv_cache::CudaKvCache;
 
