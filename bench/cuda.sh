@@ -25,7 +25,8 @@ fi
 if [[ " $steps " == *" persistent "* ]]; then
   # (Named only, not part of "all".) The decode step's layers in one persistent launch
   # (GEMMA3N_CUDA_PERSISTENT=1): parity on every fixture, then the decode step of both
-  # shapes with and without it, and the products-only chain against a launch a step.
+  # shapes with and without it, the products-only chain three ways, and the kernel's
+  # barrier trace.
   for m in tests/fixtures/matformer/base tests/fixtures/text/tiny_text_f32 tests/fixtures/text/tiny_text_f16 tests/fixtures/text/tiny_mm_bf16; do
     echo "== persistent parity $m" | tee -a "$out/persistent.log"
     GEMMA3N_CUDA_PERSISTENT=1 timeout 120 "$bin" parity --model "$m" --device cuda 2>&1 | tee -a "$out/persistent.log"
@@ -39,8 +40,11 @@ if [[ " $steps " == *" persistent "* ]]; then
     done
     echo "== products chain $shape" | tee -a "$out/persistent.log"
     GEMMA3N_CUDA_PROFILE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 16 --gen 2 --reps 1 2>&1 | grep '^products' | tee -a "$out/persistent.log"
+    # Where the kernel's time goes: each block's arrival at and release from every barrier.
+    echo "== barrier trace $shape" | tee -a "$out/persistent.log"
+    GEMMA3N_CUDA_PERSISTENT=1 GEMMA3N_CUDA_PK_TRACE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 128 --gen 8 --reps 1 2>&1 | grep '^pk trace' | tee -a "$out/persistent.log"
   done
-  summary+=("$(grep -E '^(== persistent|== products|products|gpu step|roofline)' "$out/persistent.log")")
+  summary+=("$(grep -E '^(== persistent|== products|products|gpu step|roofline|== barrier|pk trace)' "$out/persistent.log")")
 fi
 if has bench; then
   # "CHUNK|args": CHUNK rows of the prompt at a time (the bf16-activation prefill of the
