@@ -39,7 +39,7 @@ if [[ " $steps " == *" persistent "* ]]; then
       GEMMA3N_CUDA_PERSISTENT=$on timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 128 --gen 64 --reps 3 2>&1 | tee -a "$out/persistent.log"
     done
     echo "== products chain $shape" | tee -a "$out/persistent.log"
-    GEMMA3N_CUDA_PROFILE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 16 --gen 2 --reps 1 2>&1 | grep '^products' | tee -a "$out/persistent.log"
+    GEMMA3N_CUDA_PKT=16 GEMMA3N_CUDA_PROFILE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 16 --gen 2 --reps 1 2>&1 | grep -E '^products|rror' | tee -a "$out/persistent.log"
     # Where the kernel's time goes: each block's arrival at and release from every barrier.
     echo "== barrier trace $shape" | tee -a "$out/persistent.log"
     GEMMA3N_CUDA_PERSISTENT=1 GEMMA3N_CUDA_PK_TRACE=1 timeout 300 "$bin" bench --device cuda --synthetic "$shape" --prompt-len 128 --gen 8 --reps 1 2>&1 | grep '^pk trace' | tee -a "$out/persistent.log"

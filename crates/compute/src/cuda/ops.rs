@@ -798,25 +798,29 @@ impl Gpu {
             table.0, i(n), ctr.0)
     }
 
-    /// The stage size and flags of `products_chain_tma`: 16 KB stages, every thread waiting
-    /// for a stage; `GEMMA3N_CUDA_PKT=KB[,FLAGS]` sets them (for measuring).
-    fn pkt_config() -> (usize, i32) {
-        let v = std::env::var("GEMMA3N_CUDA_PKT").unwrap_or_default();
+    /// Whether `products_chain_tma` runs, its stage size and a cap on its stages: only when
+    /// `GEMMA3N_CUDA_PKT=KB[,STAGES]` asks for it (an experiment: its fix for stages read
+    /// out of turn has not run on a GPU yet; docs/perf.md).
+    fn pkt_config() -> Option<(usize, usize)> {
+        let v = std::env::var("GEMMA3N_CUDA_PKT").ok()?;
         let mut it = v.split(',').map(|t| t.trim().parse::<usize>().ok());
         let kb = it
             .next()
             .flatten()
             .filter(|&k| (1..=128).contains(&k))
             .unwrap_or(16);
-        let flags = it.next().flatten().unwrap_or(0) as i32;
-        (kb * 1024, flags)
+        let cap = it.next().flatten().unwrap_or(PKT_MAX_STAGES);
+        Some((kb * 1024, cap.min(PKT_MAX_STAGES)))
     }
 
     /// Shared-memory stages `products_chain_tma` gets beside `smem` bytes of activations
-    /// (0: it cannot run here: no bulk copies before sm_90, or fewer than two stages fit).
+    /// (0: it does not run: not asked for, no bulk copies before sm_90, or fewer than two
+    /// stages fit).
     pub fn products_chain_tma_stages(&self, smem: usize) -> usize {
-        let (stage, _) = Self::pkt_config();
-        let stages = (self.pk_smem.saturating_sub(smem) / stage).min(PKT_MAX_STAGES);
+        let Some((stage, cap)) = Self::pkt_config() else {
+            return 0;
+        };
+        let stages = (self.pk_smem.saturating_sub(smem) / stage).min(cap);
         if self.arch.0 >= 9 && stages >= 2 {
             stages
         } else {
@@ -837,9 +841,9 @@ impl Gpu {
         let stages = self.products_chain_tma_stages(smem);
         assert!(stages > 0, "no room for the bulk-copy stages");
         assert!(n <= PKT_MAX_STEPS, "a chain of {n} steps");
-        let (stage, flags) = Self::pkt_config();
+        let (stage, _) = Self::pkt_config().expect("asked for");
         launch!(self, "products_chain_tma", (self.sms, 1, 1), PK_THREADS,
-            smem smem + stages * stage; table.0, i(n), i(stages), i(stage), flags, ctr.0)
+            smem smem + stages * stage; table.0, i(n), i(stages), i(stage), ctr.0)
     }
 
     /// Uploads the layer table of [`Gpu::decode_layers`].

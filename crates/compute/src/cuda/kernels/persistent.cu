@@ -265,13 +265,15 @@ products_chain(const PkProducts* steps, int n, unsigned* ctr) {
 // ---- The products chain with its weights streamed through shared memory by bulk copies.
 //
 // The chain above keeps at most a few KB of weights in flight per warp (registers), and its
-// 16 warps per multiprocessor do not cover the memory's latency. Here one thread of each
-// block issues bulk copies (cp.async.bulk, the tensor memory accelerator) of the block's
-// weight rows into a ring of shared-memory stages, each stage completing on its own
-// mbarrier, and refills a stage as soon as the block has read it: up to the ring's bytes in
-// flight per multiprocessor, independent of the warps, and the copies run ahead across the
-// grid barriers (the weights do not depend on the previous step). A stage holds one task:
-// up to PKT_MAX_ROWS whole rows (of both matrices of a pair), or a run of one long row.
+// 16 warps per multiprocessor do not cover the memory's latency. Here the weights go
+// through a ring of shared-memory stages filled by bulk copies (cp.async.bulk, the tensor
+// memory accelerator): up to the ring's bytes in flight per multiprocessor, independent of
+// the warps. Warp 0 only issues copies: it fills a stage as soon as the stage's "empty"
+// mbarrier says its reader is done, so it runs ahead across the grid barriers (the weights
+// do not depend on the previous step). Each of the other 15 warps reads whole stages alone,
+// completing on their "full" mbarriers, and never waits for another warp between stages.
+// A stage holds one task: up to PKT_MAX_ROWS whole rows (of both matrices of a pair), or a
+// run of one long row (a long row's runs all go to one warp, which sums them in order).
 #define PKT_MAX_STAGES 8
 #define PKT_MAX_ROWS 256
 #define PKT_MAX_STEPS 512
@@ -325,23 +327,11 @@ __device__ __forceinline__ bool pkt_step_next(const PkProducts& P, int2 rg, int 
     return true;
 }
 
-// The next task of the chain after `it` (false: none left); rng: each step's rows of the
-// block.
-__device__ bool pkt_next(const PkProducts* steps, int n, const int2* rng, int stage, PktIt& it,
-                         PktTask& t) {
-    while (it.p < n) {
-        if (pkt_step_next(steps[it.p], rng[it.p], stage, it, t)) return true;
-        it.p++;
-        it.r = -1;
-    }
-    return false;
-}
-
-// Issues task t's bulk copies into stage `dst`, completing on mbarrier `bar` (one thread).
-__device__ __forceinline__ void pkt_issue(const PkProducts* steps, const PktTask& t, void* dst,
+// Issues task t's bulk copies (of segment g) into stage `dst`, completing on mbarrier `bar`
+// (one thread).
+__device__ __forceinline__ void pkt_issue(const GemvSeg& g, const PktTask& t, void* dst,
                                           unsigned long long* bar) {
 #if __CUDA_ARCH__ >= 900
-    const GemvSeg& g = steps[t.p].seg[t.s];
     const int mats = g.epi == EPI_PAIR ? 2 : 1;
     const unsigned run = (unsigned)t.kc * 2;
     const unsigned b = smem_u32(bar);
@@ -365,58 +355,58 @@ __device__ __forceinline__ void pkt_issue(const PkProducts* steps, const PktTask
 #endif
 }
 
-// Waits for the phase of parity `parity` of mbarrier `bar` to complete: try_wait (which may
-// suspend the thread for a while), or with `spin` test_wait (which never does) in a loop.
-__device__ __forceinline__ void pkt_wait(unsigned long long* bar, unsigned parity, bool spin) {
+// Waits for the phase of parity `parity` of mbarrier `bar` to complete (a trap instead of
+// a hang after about 2^32 cycles).
+__device__ __forceinline__ void pkt_wait(unsigned long long* bar, unsigned parity) {
 #if __CUDA_ARCH__ >= 900
     const unsigned b = smem_u32(bar);
+    const long long t0 = clock64();
     unsigned ok = 0;
     while (!ok) {
-        if (spin)
-            asm volatile(
-                "{\n .reg .pred p;\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                " selp.u32 %0, 1, 0, p;\n}"
-                : "=r"(ok)
-                : "r"(b), "r"(parity)
-                : "memory");
-        else
-            asm volatile(
-                "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                " selp.u32 %0, 1, 0, p;\n}"
-                : "=r"(ok)
-                : "r"(b), "r"(parity)
-                : "memory");
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            " selp.u32 %0, 1, 0, p;\n}"
+            : "=r"(ok)
+            : "r"(b), "r"(parity)
+            : "memory");
+        if (!ok && clock64() - t0 > (1ll << 32)) __trap();
     }
 #endif
 }
 
+// The consumer warps' barrier (named barrier 1: every thread but warp 0's).
+__device__ __forceinline__ void pkt_bar() {
+    asm volatile("bar.sync 1, %0;" ::"r"(PK_THREADS - 32) : "memory");
+}
+
 // Dynamic shared memory: the ring (stages x stage bytes, a multiple of 128), then the
-// largest step's activations. `stages`: 2 to PKT_MAX_STAGES. flags bit 0: only thread 0
-// waits for a stage (the others at a block barrier); bit 1: no proxy fence before a refill;
-// bit 2: waits spin on test_wait instead of try_wait; bit 3 (measuring the rest: wrong
-// results): no waits at all.
+// largest step's activations. `stages`: 2 to PKT_MAX_STAGES.
+#define PKT_CONSUMERS (PK_WARPS - 1)
 extern "C" __global__ void __launch_bounds__(PK_THREADS, 1)
 products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int stage,
-                   int flags, unsigned* ctr) {
+                   unsigned* ctr) {
     extern __shared__ __align__(128) unsigned char pkt_smem[];
-    __shared__ __align__(8) unsigned long long bar[PKT_MAX_STAGES];
-    __shared__ float red[2][2][PKT_MAX_ROWS];
+    __shared__ __align__(8) unsigned long long full[PKT_MAX_STAGES], empty[PKT_MAX_STAGES];
+    __shared__ int done[PKT_MAX_STAGES];  // uses of each stage read so far
+    __shared__ int2 rng[PKT_MAX_STEPS];
+    __shared__ PkProducts sp;
     __shared__ int xoff[PK_MAX_SEGS];
     float* xs = (float*)(pkt_smem + (size_t)stages * stage);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    unsigned target = 0;
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (threadIdx.x < PKT_MAX_STAGES) done[threadIdx.x] = 0;
     if (threadIdx.x == 0) {
-        for (int i = 0; i < stages; i++)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar + i))
+        for (int i = 0; i < stages; i++) {
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(full + i))
                          : "memory");
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(empty + i))
+                         : "memory");
+        }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
 #endif
     // Each step's rows of this block (as pk_products_at splits them).
-    __shared__ int2 rng[PKT_MAX_STEPS];
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         int total = 0;
         for (int s = 0; s < steps[i].nseg; s++) total += steps[i].seg[s].rows;
@@ -424,103 +414,150 @@ products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int 
                            (int)(((long long)total * (blockIdx.x + 1)) / gridDim.x));
     }
     __syncthreads();
-    // The producer (thread 0) fills every stage; then the block takes the tasks in order.
-    __shared__ PkProducts sp;
-    PktIt pit = {0, -1, 0};
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < stages; i++) {
+    if (warp == 0) {
+        // The producer: every task of the chain in order, a stage each, round the ring.
+        // It reads each step's descriptor from its own copy in shared memory.
+        __shared__ PkProducts pp;
+        if (lane == 0) {
+            PktIt it = {0, -1, 0};
             PktTask t;
-            if (!pkt_next(steps, n, rng, stage, pit, t)) break;
-            pkt_issue(steps, t, pkt_smem + (size_t)i * stage, bar + i);
+            int slot = 0;
+            unsigned ph = 0;
+            long long k = 0;
+            for (; it.p < n; it.p++, it.r = -1) {
+                pp = steps[it.p];
+                while (pkt_step_next(pp, rng[it.p], stage, it, t)) {
+                    if (k >= stages) pkt_wait(empty + slot, ph ^ 1);
+                    pkt_issue(pp.seg[t.s], t, pkt_smem + (size_t)slot * stage, full + slot);
+                    if (++slot == stages) {
+                        slot = 0;
+                        ph ^= 1;
+                    }
+                    k++;
+                }
+            }
         }
+        return;
     }
-    int slot = 0, buf = 0;
-    unsigned phase = 0;
-    float racc = 0.0f, racc2 = 0.0f;  // a long row's sum so far (thread 0)
+    const int cw = warp - 1;
+    unsigned target = 0;
+    int slot = 0, unit = -1, use = 0;
+    unsigned ph = 0;
+    float racc = 0.0f, racc2 = 0.0f;  // a long row's sum so far (its warp's lanes)
     for (int p = 0; p < n; p++) {
-        if (threadIdx.x == 0) sp = steps[p];
-        pk_load_x(sp, xs, xoff, false);
+        // The step's descriptor and activations, by the consumer warps.
+        if (threadIdx.x == 32) {
+            sp = steps[p];
+            int o = 0;
+            for (int s = 0; s < sp.nseg; s++) {
+                if (s > 0 && sp.seg[s].x == sp.seg[s - 1].x && sp.seg[s].k <= sp.seg[s - 1].k) {
+                    xoff[s] = xoff[s - 1];
+                } else {
+                    xoff[s] = o;
+                    o += (sp.seg[s].k + 7) & ~7;
+                }
+            }
+        }
+        pkt_bar();
+        for (int s = 0; s < sp.nseg; s++) {
+            if (s > 0 && xoff[s] == xoff[s - 1]) continue;
+            const float* x = sp.seg[s].x;
+            float* d = xs + xoff[s];
+            for (int i = threadIdx.x - 32; i < sp.seg[s].k; i += PK_THREADS - 32) d[i] = x[i];
+        }
+        pkt_bar();
         PktIt cit = {p, -1, 0};
         PktTask t;
         while (pkt_step_next(sp, rng[p], stage, cit, t)) {
-            const GemvSeg& g = sp.seg[t.s];
-            const bool pair = g.epi == EPI_PAIR;
-            if (flags & 8) {
-                // (Measuring only: no wait, the stage's values are whatever is there.)
-            } else if (!(flags & 1)) {
-                pkt_wait(bar + slot, phase, flags & 4);
-            } else {
-                if (threadIdx.x == 0) pkt_wait(bar + slot, phase, flags & 4);
-                __syncthreads();
-            }
-            const bf16_t* wst = (const bf16_t*)(pkt_smem + (size_t)slot * stage);
-            const float* x = xs + xoff[t.s] + t.k0;
-            // Units (row j, part q) over the warps; a part is a run of 8-value groups.
-            const int parts = t.nrows >= PK_WARPS ? 1 : PK_WARPS / t.nrows;
-            const int plen = ((t.kc + parts - 1) / parts + 7) & ~7;
-            const int units = t.nrows * parts;
-            for (int u = warp; u < units; u += PK_WARPS) {
-                const int j = u / parts, q = u % parts;
-                const int lo = q * plen, hi = min(t.kc, lo + plen);
-                const bf16_t* wr = wst + (size_t)j * t.kc;
-                const bf16_t* wr2 = wst + (size_t)(t.nrows + j) * t.kc;
-                float acc = 0.0f, acc2 = 0.0f, wf[8];
-                for (int i = lo + lane * 8; i < hi; i += 256) {
-                    const float4 x0 = *reinterpret_cast<const float4*>(x + i);
-                    const float4 x1 = *reinterpret_cast<const float4*>(x + i + 4);
-                    unpack_bf16x8(*reinterpret_cast<const uint4*>(wr + i), wf);
-                    acc += ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
-                           ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
-                    if (pair) {
-                        unpack_bf16x8(*reinterpret_cast<const uint4*>(wr2 + i), wf);
-                        acc2 += ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
-                                ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
-                    }
-                }
-                acc = warp_sum(acc);
-                acc2 = warp_sum(acc2);
+            // A task starting a row (or rows) starts a unit; units go round the warps.
+            if (t.k0 == 0) unit++;
+            if (unit % PKT_CONSUMERS == cw) {
+                const GemvSeg& g = sp.seg[t.s];
+                const bool pair = g.epi == EPI_PAIR;
+                // An mbarrier's parity test cannot tell a phase two ahead from the one
+                // before: first wait for the reader of this stage's previous use.
                 if (lane == 0) {
-                    red[buf][0][u] = acc;
-                    red[buf][1][u] = acc2;
-                }
-            }
-            __syncthreads();
-            // Every warp has read the stage: refill it with the next task.
-            if (threadIdx.x == 0) {
-                PktTask nt;
-                if (pkt_next(steps, n, rng, stage, pit, nt)) {
-#if __CUDA_ARCH__ >= 900
-                    if (!(flags & 2)) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-                    pkt_issue(steps, nt, pkt_smem + (size_t)slot * stage, bar + slot);
-                }
-            }
-            if (threadIdx.x < t.nrows) {
-                float v = 0.0f, v2 = 0.0f;
-                for (int q = 0; q < parts; q++) {
-                    v += red[buf][0][threadIdx.x * parts + q];
-                    v2 += red[buf][1][threadIdx.x * parts + q];
-                }
-                if (t.kc == g.k) {
-                    gemv_store(g, 0.0f, 0, t.row + threadIdx.x, v, v2);
-                } else {
-                    racc += v;
-                    racc2 += v2;
-                    if (t.k0 + t.kc == g.k) {
-                        gemv_store(g, 0.0f, 0, t.row, racc, racc2);
-                        racc = racc2 = 0.0f;
+                    const long long t0 = clock64();
+                    while (*(volatile int*)(done + slot) < use) {
+                        if (clock64() - t0 > (1ll << 32)) __trap();
                     }
                 }
+                __syncwarp();
+                pkt_wait(full + slot, ph);
+                const bf16_t* wst = (const bf16_t*)(pkt_smem + (size_t)slot * stage);
+                const float* x = xs + xoff[t.s] + t.k0;
+                for (int j = 0; j < t.nrows; j++) {
+                    const bf16_t* wr = wst + (size_t)j * t.kc;
+                    const bf16_t* wr2 = wst + (size_t)(t.nrows + j) * t.kc;
+                    float acc = 0.0f, acc2 = 0.0f, wf[8];
+                    for (int i = lane * 8; i < t.kc; i += 256) {
+                        const float4 x0 = *reinterpret_cast<const float4*>(x + i);
+                        const float4 x1 = *reinterpret_cast<const float4*>(x + i + 4);
+                        unpack_bf16x8(*reinterpret_cast<const uint4*>(wr + i), wf);
+                        acc += ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
+                               ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
+                        if (pair) {
+                            unpack_bf16x8(*reinterpret_cast<const uint4*>(wr2 + i), wf);
+                            acc2 +=
+                                ((wf[0] * x0.x + wf[1] * x0.y) + (wf[2] * x0.z + wf[3] * x0.w)) +
+                                ((wf[4] * x1.x + wf[5] * x1.y) + (wf[6] * x1.z + wf[7] * x1.w));
+                        }
+                    }
+                    acc = warp_sum(acc);
+                    acc2 = warp_sum(acc2);
+                    if (t.kc == g.k) {
+                        if (lane == 0) gemv_store(g, 0.0f, 0, t.row + j, acc, acc2);
+                    } else {
+                        racc += acc;
+                        racc2 += acc2;
+                        if (t.k0 + t.kc == g.k) {
+                            if (lane == 0) gemv_store(g, 0.0f, 0, t.row, racc, racc2);
+                            racc = racc2 = 0.0f;
+                        }
+                    }
+                }
+                // Done with the stage: the producer may refill it.
+                __syncwarp();
+                if (lane == 0) {
+                    *(volatile int*)(done + slot) = use + 1;
+#if __CUDA_ARCH__ >= 900
+                    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(
+                                     smem_u32(empty + slot))
+                                 : "memory");
+#endif
+                }
             }
-            buf ^= 1;
             if (++slot == stages) {
                 slot = 0;
-                phase ^= 1;
+                ph ^= 1;
+                use++;
             }
         }
-        grid_sync(ctr, target);
+        // Across the grid (the consumer warps of every block).
+        pkt_bar();
+        target += gridDim.x;
+        if (threadIdx.x == 32) {
+            __threadfence();
+            atomicAdd(ctr, 1u);
+            const long long t0 = clock64();
+            while (ld_acquire_u32(ctr) < target) {
+                if (clock64() - t0 > (1ll << 32)) __trap();
+            }
+            __threadfence();
+        }
+        pkt_bar();
     }
-    pk_exit(ctr);
+    // As pk_exit, from the consumers' first thread.
+    if (threadIdx.x == 32) {
+        if (atomicAdd(ctr + 1, 1u) == gridDim.x - 1) {
+            ctr[0] = 0;
+            ctr[1] = 0;
+            __threadfence();
+        }
+    }
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
 }
 
 // ---- The decode step's layers in one persistent launch (one activation row).

@@ -30,8 +30,8 @@ pub struct ChainSpeed {
     pub us_persistent: f64,
     pub us_launches: f64,
     /// One persistent launch with the weights streamed through shared memory by bulk
-    /// copies (where the device has them): microseconds, and the max relative difference
-    /// of its outputs from the launches'.
+    /// copies (when `GEMMA3N_CUDA_PKT` asks for it and the device has them): microseconds,
+    /// and the max relative difference of its outputs from the launches'.
     pub tma: Option<(f64, f32)>,
 }
 
@@ -195,7 +195,7 @@ impl CudaTextModel {
             Ok(())
         })?;
         // The same chain with its weights streamed through shared memory (bulk copies),
-        // where the device has them.
+        // when asked for (`Gpu::products_chain_tma_stages`).
         let tma = if g.products_chain_tma_stages(smem) > 0 {
             Some(self.capture(|| {
                 g.products_chain_tma(table.ptr(), n, smem, ctr.ptr())
