@@ -32,35 +32,40 @@ __device__ __forceinline__ unsigned ld_acquire_u32(const unsigned* p) {
 }
 
 // Barrier across the grid: counter ctr[0] counts arrivals over the whole launch (target
-// grows by gridDim.x a barrier); ctr[1] counts blocks that have left (pk_exit).
+// grows by gridDim.x a barrier); ctr[1] counts blocks that have left (pk_leave). One thread
+// of the block arrives and waits, after the block's writes (a block barrier before).
+__device__ __forceinline__ void grid_arrive_wait(unsigned* ctr, unsigned target) {
+    __threadfence();
+    atomicAdd(ctr, 1u);
+    // A block that never arrives (the grid not resident at once) would hang the GPU: after
+    // about 2^32 cycles of waiting, trap instead (the launch then fails).
+    const long long t0 = clock64();
+    while (ld_acquire_u32(ctr) < target) {
+        if (clock64() - t0 > (1ll << 32)) __trap();
+    }
+    __threadfence();
+}
+
 __device__ __forceinline__ void grid_sync(unsigned* ctr, unsigned& target) {
     __syncthreads();
     target += gridDim.x;
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(ctr, 1u);
-        // A block that never arrives (the grid not resident at once) would hang the GPU:
-        // after about 2^32 cycles of waiting, trap instead (the launch then fails).
-        const long long t0 = clock64();
-        while (ld_acquire_u32(ctr) < target) {
-            if (clock64() - t0 > (1ll << 32)) __trap();
-        }
-        __threadfence();
-    }
+    if (threadIdx.x == 0) grid_arrive_wait(ctr, target);
     __syncthreads();
 }
 
-// After the last barrier: the last block to leave sets the counters back to zero for the
-// next launch (every block has passed every barrier by then), then the next kernel may
-// launch.
-__device__ __forceinline__ void pk_exit(unsigned* ctr) {
-    if (threadIdx.x == 0) {
-        if (atomicAdd(ctr + 1, 1u) == gridDim.x - 1) {
-            ctr[0] = 0;
-            ctr[1] = 0;
-            __threadfence();
-        }
+// After the last barrier (one thread of the block): the last block to leave sets the
+// counters back to zero for the next launch (every block has passed every barrier by then).
+__device__ __forceinline__ void pk_leave(unsigned* ctr) {
+    if (atomicAdd(ctr + 1, 1u) == gridDim.x - 1) {
+        ctr[0] = 0;
+        ctr[1] = 0;
+        __threadfence();
     }
+}
+
+// pk_leave, then the next kernel may launch.
+__device__ __forceinline__ void pk_exit(unsigned* ctr) {
+    if (threadIdx.x == 0) pk_leave(ctr);
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
@@ -536,25 +541,11 @@ products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int 
         // Across the grid (the consumer warps of every block).
         pkt_bar();
         target += gridDim.x;
-        if (threadIdx.x == 32) {
-            __threadfence();
-            atomicAdd(ctr, 1u);
-            const long long t0 = clock64();
-            while (ld_acquire_u32(ctr) < target) {
-                if (clock64() - t0 > (1ll << 32)) __trap();
-            }
-            __threadfence();
-        }
+        if (threadIdx.x == 32) grid_arrive_wait(ctr, target);
         pkt_bar();
     }
     // As pk_exit, from the consumers' first thread.
-    if (threadIdx.x == 32) {
-        if (atomicAdd(ctr + 1, 1u) == gridDim.x - 1) {
-            ctr[0] = 0;
-            ctr[1] = 0;
-            __threadfence();
-        }
-    }
+    if (threadIdx.x == 32) pk_leave(ctr);
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
