@@ -109,29 +109,40 @@ __device__ __forceinline__ void pk_prefetch(const PkProducts& p) {
     }
 }
 
-// The activations of a step's products to shared memory xs, once per distinct x (xoff[s]:
-// where segment s's x starts there), unless `loaded` (every segment's x is already at xs).
+// Where each segment's x goes in shared memory (xoff[s]), once per distinct x (one thread).
+__device__ __forceinline__ void pk_x_offsets(const PkProducts& p, int* xoff) {
+    int o = 0;
+    for (int s = 0; s < p.nseg; s++) {
+        if (s > 0 && p.seg[s].x == p.seg[s - 1].x && p.seg[s].k <= p.seg[s - 1].k) {
+            xoff[s] = xoff[s - 1];
+        } else {
+            xoff[s] = o;
+            o += (p.seg[s].k + 7) & ~7;
+        }
+    }
+}
+
+// Copies the step's distinct activations to xs at xoff, by threads first, first + nt, ...
+__device__ __forceinline__ void pk_copy_x(const PkProducts& p, float* xs, const int* xoff,
+                                          int first, int nt) {
+    for (int s = 0; s < p.nseg; s++) {
+        if (s > 0 && xoff[s] == xoff[s - 1]) continue;
+        const float* x = p.seg[s].x;
+        float* d = xs + xoff[s];
+        for (int i = (int)threadIdx.x - first; i < p.seg[s].k; i += nt) d[i] = x[i];
+    }
+}
+
+// The activations of a step's products to shared memory xs (pk_x_offsets, pk_copy_x),
+// unless `loaded` (every segment's x is already at xs).
 __device__ __forceinline__ void pk_load_x(const PkProducts& p, float* xs, int* xoff, bool loaded) {
     if (loaded) {
         if (threadIdx.x < PK_MAX_SEGS) xoff[threadIdx.x] = 0;
     } else if (threadIdx.x == 0) {
-        int o = 0;
-        for (int s = 0; s < p.nseg; s++) {
-            if (s > 0 && p.seg[s].x == p.seg[s - 1].x && p.seg[s].k <= p.seg[s - 1].k) {
-                xoff[s] = xoff[s - 1];
-            } else {
-                xoff[s] = o;
-                o += (p.seg[s].k + 7) & ~7;
-            }
-        }
+        pk_x_offsets(p, xoff);
     }
     __syncthreads();
-    for (int s = 0; s < p.nseg && !loaded; s++) {
-        if (s > 0 && xoff[s] == xoff[s - 1]) continue;
-        const float* x = p.seg[s].x;
-        float* d = xs + xoff[s];
-        for (int i = threadIdx.x; i < p.seg[s].k; i += blockDim.x) d[i] = x[i];
-    }
+    if (!loaded) pk_copy_x(p, xs, xoff, 0, blockDim.x);
     __syncthreads();
 }
 
@@ -453,23 +464,10 @@ products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int 
         // The step's descriptor and activations, by the consumer warps.
         if (threadIdx.x == 32) {
             sp = steps[p];
-            int o = 0;
-            for (int s = 0; s < sp.nseg; s++) {
-                if (s > 0 && sp.seg[s].x == sp.seg[s - 1].x && sp.seg[s].k <= sp.seg[s - 1].k) {
-                    xoff[s] = xoff[s - 1];
-                } else {
-                    xoff[s] = o;
-                    o += (sp.seg[s].k + 7) & ~7;
-                }
-            }
+            pk_x_offsets(sp, xoff);
         }
         pkt_bar();
-        for (int s = 0; s < sp.nseg; s++) {
-            if (s > 0 && xoff[s] == xoff[s - 1]) continue;
-            const float* x = sp.seg[s].x;
-            float* d = xs + xoff[s];
-            for (int i = threadIdx.x - 32; i < sp.seg[s].k; i += PK_THREADS - 32) d[i] = x[i];
-        }
+        pk_copy_x(sp, xs, xoff, 32, PK_THREADS - 32);
         pkt_bar();
         PktIt cit = {p, -1, 0};
         PktTask t;
