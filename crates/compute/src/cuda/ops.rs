@@ -1879,7 +1879,7 @@ mod tests {
             let smem = Gpu::decode_layers_smem(d, 256, 8 * 256, 64, f);
             assert!(smem <= PK_MAX_SMEM, "d {d}: {smem} bytes");
             assert!(smem + PK_STATIC_SMEM <= 227 * 1024, "d {d}: {smem} bytes");
-            assert!((d / 8).div_ceil(132) <= 4, "d {d}");
+            assert!((d / 8).div_ceil(132) <= PK_DOWN_CHUNKS, "d {d}");
         }
     }
 

@@ -496,8 +496,6 @@ impl CudaTextModel {
         Ok(copy_rows(&ws.logits_host.as_slice::<f32>()[..n * v]))
     }
 
-    /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
-    /// captured step), or `None` before its first graph-captured step.
     /// The summary of the last persistent decode step's barrier trace, when tracing
     /// (`GEMMA3N_CUDA_PK_TRACE=1`).
     pub fn pk_trace_report(&self) -> Result<Option<String>> {
@@ -511,6 +509,8 @@ impl CudaTextModel {
         }
     }
 
+    /// GPU time of one decode step of `cache` (milliseconds, mean of `reps` replays of its
+    /// captured step), or `None` before its first graph-captured step.
     pub fn decode_step_ms(&self, cache: &CudaKvCache, reps: usize) -> Result<Option<f64>> {
         let Some((_, graph)) = &cache.graph else {
             return Ok(None);

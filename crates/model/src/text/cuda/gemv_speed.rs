@@ -3,7 +3,7 @@
 //! under `GEMMA3N_CUDA_PROFILE=1`). It tells how far each product is from the memory
 //! bandwidth, apart from the small kernels between them.
 
-use gemma3n_compute::cuda::{Epilogue, GemvSeg};
+use gemma3n_compute::cuda::{Epilogue, GemvSeg, Graph};
 
 use super::decoder::seg;
 use super::weights::{DevMatrix, Down};
@@ -214,25 +214,26 @@ impl CudaTextModel {
         }
         // Every step reads the same x, so what the last writer of each output left is the
         // same in every version: the streamed chain's against the launches'.
-        let tma_err = match &tma {
-            Some(t) => {
-                let ny = y.bytes() / 4;
-                let mut want = vec![0f32; ny];
-                let mut got = vec![0f32; ny];
-                launches.launch().map_err(gpu_err)?;
-                g.read_at(yp, &mut want).map_err(gpu_err)?;
-                t.launch().map_err(gpu_err)?;
-                g.read_at(yp, &mut got).map_err(gpu_err)?;
-                let scale = want
-                    .iter()
-                    .fold(0f32, |m, v| m.max(v.abs()))
-                    .max(f32::MIN_POSITIVE);
-                let diff = want
-                    .iter()
-                    .zip(&got)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                Some(diff / scale)
-            }
+        let tma_err = |t: &Graph| -> Result<f32> {
+            let ny = y.bytes() / 4;
+            let mut want = vec![0f32; ny];
+            let mut got = vec![0f32; ny];
+            launches.launch().map_err(gpu_err)?;
+            g.read_at(yp, &mut want).map_err(gpu_err)?;
+            t.launch().map_err(gpu_err)?;
+            g.read_at(yp, &mut got).map_err(gpu_err)?;
+            let scale = want
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(f32::MIN_POSITIVE);
+            let diff = want
+                .iter()
+                .zip(&got)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            Ok(diff / scale)
+        };
+        let tma = match &tma {
+            Some(t) => Some((1e3 * best.2, tma_err(t)?)),
             None => None,
         };
         Ok(Some(ChainSpeed {
@@ -240,7 +241,7 @@ impl CudaTextModel {
             bytes,
             us_persistent: 1e3 * best.0,
             us_launches: 1e3 * best.1,
-            tma: tma.map(|_| (1e3 * best.2, tma_err.unwrap_or(f32::NAN))),
+            tma,
         }))
     }
 }

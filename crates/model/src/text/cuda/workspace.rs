@@ -87,7 +87,7 @@ pub struct Workspace {
     /// copy of the AltUp prediction of stream 0 (`D` floats).
     pub pk: DeviceBuffer,
     /// Where the persistent decode kernel records its barriers (`GEMMA3N_CUDA_PK_TRACE=1`;
-    /// `bench` prints the summary under `GEMMA3N_CUDA_PROFILE=1`).
+    /// `bench --device cuda` prints the summary).
     pub pk_trace: Option<DeviceBuffer>,
     pub o: DeviceBuffer,
     pub lr: DeviceBuffer,
