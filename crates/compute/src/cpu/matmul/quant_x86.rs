@@ -743,16 +743,10 @@ unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> 
         let mut s0 = [_mm256_setzero_si256(); T];
         let mut s1 = [_mm256_setzero_si256(); T];
         unroll!(4, |c| {
-            let scl = _mm256_set1_epi64x((p.add(32 + 16 * c) as *const i64).read_unaligned());
-            let sch = _mm256_set1_epi64x((p.add(40 + 16 * c) as *const i64).read_unaligned());
-            let sl = [
-                _mm256_shuffle_epi8(scl, masks[0]),
-                _mm256_shuffle_epi8(scl, masks[1]),
-            ];
-            let sh = [
-                _mm256_shuffle_epi8(sch, masks[0]),
-                _mm256_shuffle_epi8(sch, masks[1]),
-            ];
+            // The four pieces' products summed in i16 before the sub-block scales are
+            // applied: each lane is at most 4 x 2 x 15 x 127 = 15240 in magnitude.
+            let mut l = [[_mm256_setzero_si256(); 2]; T];
+            let mut h = [[_mm256_setzero_si256(); 2]; T];
             unroll!(4, |q| {
                 let v0 = load(p.add(160 + 64 * (4 * c + q)));
                 let v1 = load(p.add(192 + 64 * (4 * c + q)));
@@ -765,17 +759,33 @@ unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> 
                     let x = a[i].q.add(QK_K * b + 64 * c + 8 * q);
                     let xl = _mm256_set1_epi64x((x as *const i64).read_unaligned());
                     let xh = _mm256_set1_epi64x((x.add(32) as *const i64).read_unaligned());
-                    let p0 = _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo[0], xl), sl[0]),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi[0], xh), sh[0]),
-                    );
-                    let p1 = _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(lo[1], xl), sl[1]),
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(hi[1], xh), sh[1]),
-                    );
-                    s0[i] = _mm256_add_epi32(s0[i], p0);
-                    s1[i] = _mm256_add_epi32(s1[i], p1);
+                    l[i][0] = _mm256_add_epi16(l[i][0], _mm256_maddubs_epi16(lo[0], xl));
+                    l[i][1] = _mm256_add_epi16(l[i][1], _mm256_maddubs_epi16(lo[1], xl));
+                    h[i][0] = _mm256_add_epi16(h[i][0], _mm256_maddubs_epi16(hi[0], xh));
+                    h[i][1] = _mm256_add_epi16(h[i][1], _mm256_maddubs_epi16(hi[1], xh));
                 });
+            });
+            let scl = _mm256_set1_epi64x((p.add(32 + 16 * c) as *const i64).read_unaligned());
+            let sch = _mm256_set1_epi64x((p.add(40 + 16 * c) as *const i64).read_unaligned());
+            let sl = [
+                _mm256_shuffle_epi8(scl, masks[0]),
+                _mm256_shuffle_epi8(scl, masks[1]),
+            ];
+            let sh = [
+                _mm256_shuffle_epi8(sch, masks[0]),
+                _mm256_shuffle_epi8(sch, masks[1]),
+            ];
+            unroll!(T, |i| {
+                let p0 = _mm256_add_epi32(
+                    _mm256_madd_epi16(l[i][0], sl[0]),
+                    _mm256_madd_epi16(h[i][0], sh[0]),
+                );
+                let p1 = _mm256_add_epi32(
+                    _mm256_madd_epi16(l[i][1], sl[1]),
+                    _mm256_madd_epi16(h[i][1], sh[1]),
+                );
+                s0[i] = _mm256_add_epi32(s0[i], p0);
+                s1[i] = _mm256_add_epi32(s1[i], p1);
             });
         });
         unroll!(T, |i| {
