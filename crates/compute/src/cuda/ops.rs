@@ -799,8 +799,8 @@ impl Gpu {
     }
 
     /// Whether `products_chain_tma` runs, its stage size and a cap on its stages: only when
-    /// `GEMMA3N_CUDA_PKT=KB[,STAGES]` asks for it (an experiment: its fix for stages read
-    /// out of turn has not run on a GPU yet; docs/perf.md).
+    /// `GEMMA3N_CUDA_PKT=KB[,STAGES]` asks for it (an experiment: correct at every stage
+    /// count, slower than a launch a step; docs/perf.md).
     fn pkt_config() -> Option<(usize, usize)> {
         let v = std::env::var("GEMMA3N_CUDA_PKT").ok()?;
         let mut it = v.split(',').map(|t| t.trim().parse::<usize>().ok());
