@@ -98,6 +98,62 @@ __device__ void combine_partials(const float* part, float* out, int b, int head,
 #define ATT_KEYS 4
 #endif
 
+// The end of a split block of decode attention for (row b, head): merges its WARPS warps'
+// online-softmax states (each warp's m, l and acc, acc in sacc[warp * stride + dim], shared
+// memory), then writes out (nsplit == 1) or the split's partial, part[((b*h + head)*nsplit +
+// s)*(hd+2)]: max, sum, then hd values. The last split block to finish (done[b*h + head]
+// counts them and is re-armed to zero) merges the partials. Every thread of the block calls it.
+template <int WARPS>
+__device__ __forceinline__ void att_merge_warps(float m, float l,
+                                                const float (&acc)[ATT_MAX_HD / 32],
+                                                float* sacc, int stride, float* out,
+                                                float* part, int* done, int b, int head, int h,
+                                                int hd, int s, int nsplit) {
+    __shared__ float sm[WARPS], sl[WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int per_lane = (hd + 31) / 32;
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+    #pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+        const int dd = lane + 32 * i;
+        if (i < per_lane && dd < hd) sacc[warp * stride + dd] = acc[i];
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < WARPS; w++) M = fmaxf(M, sm[w]);
+    float L = 0.0f;
+    for (int w = 0; w < WARPS; w++)
+        if (sm[w] > -INFINITY) L += sl[w] * expf(sm[w] - M);
+    float* pp = part + (((size_t)b * h + head) * nsplit + s) * (hd + 2);
+    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < WARPS; w++)
+            if (sm[w] > -INFINITY) a += sacc[w * stride + dd] * expf(sm[w] - M);
+        if (nsplit == 1) out[((size_t)b * h + head) * hd + dd] = a / L;
+        else pp[2 + dd] = a;
+    }
+    if (nsplit == 1) return;
+    if (threadIdx.x == 0) {
+        pp[0] = M;
+        pp[1] = L;
+    }
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* c = done + (size_t)b * h + head;
+        last = atomicAdd(c, 1) == nsplit - 1;
+        if (last) *c = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    combine_partials(part, out, b, head, h, hd, nsplit);
+}
+
 // Loads into kv[t], vv[t] the key and value rows of the keys key0 + t * step (t <
 // ATT_KEYS) in [from, to]; keys past p get zeros (masked out later).
 __device__ __forceinline__ void att_load(const float* kcache, const float* vcache, int key0,
@@ -213,49 +269,10 @@ attention_decode(const float* q, const float* kcache, const float* vcache, const
         }
         m = mn;
     }
-    // Combine the warps of this block.
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
-    __shared__ float sacc[ATT_WARPS][ATT_MAX_HD];
-    if (lane == 0) { sm[warp] = m; sl[warp] = l; }
-    #pragma unroll
-    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
-        int dd = lane + 32 * i;
-        if (i < per_lane && dd < hd) sacc[warp][dd] = acc[i];
-    }
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm[w]);
-    float L = 0.0f;
-    for (int w = 0; w < ATT_WARPS; w++) if (sm[w] > -INFINITY) L += sl[w] * expf(sm[w] - M);
-    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
-        float a = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++)
-            if (sm[w] > -INFINITY) a += sacc[w][dd] * expf(sm[w] - M);
-        if (nsplit == 1) {
-            out[((size_t)b * h + head) * hd + dd] = a / L;
-        } else {
-            part[(((size_t)b * h + head) * nsplit + s) * (hd + 2) + 2 + dd] = a;
-        }
-    }
-    if (nsplit == 1) return;
-    if (threadIdx.x == 0) {
-        float* pp = part + (((size_t)b * h + head) * nsplit + s) * (hd + 2);
-        pp[0] = M;
-        pp[1] = L;
-    }
-    // The last split block to finish merges the partials (and re-arms the counter).
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* c = done + (size_t)b * h + head;
-        last = atomicAdd(c, 1) == nsplit - 1;
-        if (last) *c = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    combine_partials(part, out, b, head, h, hd, nsplit);
+    // Combine the warps of this block, then the splits.
+    __shared__ float sacc[ATT_WARPS * ATT_MAX_HD];
+    att_merge_warps<ATT_WARPS>(m, l, acc, sacc, ATT_MAX_HD, out, part, done, b, head, h, hd, s,
+                               nsplit);
 }
 
 

@@ -788,46 +788,8 @@ __device__ PK_FN void pk_attend(const PkStep& a, const PkLayer& L, int nsplit, f
         for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] = acc[i] * corr + e * vv[i];
         m = mn;
     }
-    __shared__ float sm[PK_WARPS], sl[PK_WARPS];
-    if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
-    }
-    #pragma unroll
-    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
-        const int dd = lane + 32 * i;
-        if (i < per_lane && dd < hd) sacc[warp * hd + dd] = acc[i];
-    }
-    __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < PK_WARPS; w++) M = fmaxf(M, sm[w]);
-    float Lsum = 0.0f;
-    for (int w = 0; w < PK_WARPS; w++)
-        if (sm[w] > -INFINITY) Lsum += sl[w] * expf(sm[w] - M);
-    for (int dd = threadIdx.x; dd < hd; dd += blockDim.x) {
-        float v = 0.0f;
-        for (int w = 0; w < PK_WARPS; w++)
-            if (sm[w] > -INFINITY) v += sacc[w * hd + dd] * expf(sm[w] - M);
-        if (nsplit == 1) a.att[(size_t)head * hd + dd] = v / Lsum;
-        else a.part[((size_t)head * nsplit + s) * (hd + 2) + 2 + dd] = v;
-    }
-    if (nsplit == 1) return;
-    if (threadIdx.x == 0) {
-        float* pp = a.part + ((size_t)head * nsplit + s) * (hd + 2);
-        pp[0] = M;
-        pp[1] = Lsum;
-    }
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(a.done + head, 1u) == (unsigned)nsplit - 1;
-        if (last) a.done[head] = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    combine_partials(a.part, a.att, 0, head, a.h, hd, nsplit);
+    att_merge_warps<PK_WARPS>(m, l, acc, sacc, hd, a.att, a.part, (int*)a.done, 0, head, a.h,
+                              hd, s, nsplit);
 }
 
 // post-attention: h = (pred_0 + RMSNorm(o) * w_post_attn + x + RMSNorm(lr) * w_laurel) /
@@ -846,19 +808,6 @@ __device__ PK_FN void pk_post_attention(const PkStep& a, const PkLayer& L, float
     const float inv = rms_inv(hs, d, a.eps);
     for (int i = threadIdx.x; i < d; i += blockDim.x) ys[i] = hs[i] * inv * L.pre_ffn_ln[i];
     __syncthreads();
-}
-
-// The Gaussian top-k cut-off of the gate row (every block, from global memory).
-__device__ float pk_cutoff(const float* g, int f, float z) {
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < f; i += blockDim.x) s += __ldcg(g + i);
-    const float mean = block_sum(s) / (float)f;
-    float q = 0.0f;
-    for (int i = threadIdx.x; i < f; i += blockDim.x) {
-        const float v = __ldcg(g + i) - mean;
-        q += v * v;
-    }
-    return mean + sqrtf(block_sum(q) / (float)f) * z;
 }
 
 // The kept rows of up: act[r] = gelu(gate[r] - cut) * (up[r] . y) where gate[r] > cut,
@@ -1075,7 +1024,7 @@ extern "C" __global__ void __launch_bounds__(PK_THREADS, 1) decode_layers(const 
         if (!L.down_t) pk_prefetch_rows(L.down, L.lddown, d, L.f);
         pk_sync(a, target, nb, PH_GATE_UP);
         if (L.sparse) {
-            const float cut = pk_cutoff(a.gate, L.f, L.z);
+            const float cut = topk_cut(reinterpret_cast<const f32_l2*>(a.gate), L.f, L.z);
             pk_sparse_up(a, L, cut, xs);
             pk_sync(a, target, nb, PH_SPARSE_UP);
         }

@@ -302,6 +302,16 @@ __device__ __forceinline__ float4 load4<bf16_t>(const bf16_t* row, int i) {
                        __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
 }
 
+// f32 values that other blocks of the same kernel wrote (the persistent decode kernel's
+// gate row): read through L2 (`__ldcg`), past this multiprocessor's L1.
+struct f32_l2 {
+    float v;
+};
+template <>
+__device__ __forceinline__ float4 load4<f32_l2>(const f32_l2* row, int i) {
+    return __ldcg(reinterpret_cast<const float4*>(row + i));
+}
+
 // The Gaussian top-k cut-off of a gate row of f values, mean(g) + std(g) * z, in one read
 // of the row: each thread sums its values (4 at 4 * threadIdx.x, then every 4 * blockDim.x)
 // about its first one, and the threads' means and squared deviations are merged as in
