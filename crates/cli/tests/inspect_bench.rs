@@ -154,6 +154,12 @@ fn check_bench(name: &str) {
     }
     assert_eq!(v["prompt_len"], 8);
     assert_eq!(v["gen"], 4);
+    // One probe per decode repetition (one by default), its share equal to the median.
+    let reps = v["bandwidth_pct_reps"]
+        .as_array()
+        .expect("bandwidth_pct_reps");
+    assert_eq!(reps.len(), 1, "{name}: {v}");
+    assert_eq!(reps[0].as_f64(), v["bandwidth_pct"].as_f64(), "{name}: {v}");
 }
 
 #[test]
