@@ -401,7 +401,7 @@ const PK_TRACE_MAX: usize = 512;
 const PK_MAX_SEGS: usize = 4;
 /// Most stages and steps of `products_chain_tma` (persistent.cu's PKT_MAX_STAGES,
 /// PKT_MAX_STEPS).
-const PKT_MAX_STAGES: usize = 8;
+const PKT_MAX_STAGES: usize = 64;
 const PKT_MAX_STEPS: usize = 512;
 /// Column chunks of 8 a block takes in the sparse down (persistent.cu's PK_DOWN_CHUNKS).
 const PK_DOWN_CHUNKS: usize = 4;

@@ -290,7 +290,7 @@ products_chain(const PkProducts* steps, int n, unsigned* ctr) {
 // completing on their "full" mbarriers, and never waits for another warp between stages.
 // A stage holds one task: up to PKT_MAX_ROWS whole rows (of both matrices of a pair), or a
 // run of one long row (a long row's runs all go to one warp, which sums them in order).
-#define PKT_MAX_STAGES 8
+#define PKT_MAX_STAGES 64
 #define PKT_MAX_ROWS 256
 #define PKT_MAX_STEPS 512
 
@@ -386,6 +386,9 @@ __device__ __forceinline__ void pkt_wait(unsigned long long* bar, unsigned parit
             : "r"(b), "r"(parity)
             : "memory");
         if (!ok && clock64() - t0 > (1ll << 32)) __trap();
+#ifdef PKT_SLEEP
+        if (!ok) __nanosleep(PKT_SLEEP);
+#endif
     }
 #endif
 }
@@ -483,6 +486,9 @@ products_chain_tma(const PkProducts* __restrict__ steps, int n, int stages, int 
                     const long long t0 = clock64();
                     while (*(volatile int*)(done + slot) < use) {
                         if (clock64() - t0 > (1ll << 32)) __trap();
+#ifdef PKT_SLEEP
+                        __nanosleep(PKT_SLEEP);
+#endif
                     }
                 }
                 __syncwarp();
