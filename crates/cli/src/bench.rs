@@ -178,7 +178,6 @@ pub fn main(a: Args) -> Result<()> {
             cfg.max_position_embeddings
         );
     }
-    let threads = rayon::current_num_threads();
     // `--size A,B,C` measures several slices of one loaded model (one report each).
     let selections: Vec<SliceArgs> = match &a.slice.size {
         Some(list) if list.contains(',') => list
@@ -194,7 +193,7 @@ pub fn main(a: Args) -> Result<()> {
         return batch_decode(&a, &model, b);
     }
     for sel in &selections {
-        let r = measure(&a, &model, sel, &name, &dtype, threads)?;
+        let r = measure(&a, &model, sel, &name, &dtype)?;
         print_report(&r, a.json)?;
     }
     Ok(())
@@ -217,7 +216,6 @@ fn measure(
     sel: &SliceArgs,
     name: &str,
     dtype: &str,
-    probe_threads: usize,
 ) -> Result<Report> {
     let cfg = &model.cfg;
     let threads = rayon::current_num_threads();
@@ -239,6 +237,8 @@ fn measure(
     // decode is set against a probe taken right after it, not one probe for all.
     let mut probes = Vec::new();
     let mut pct_reps = Vec::new();
+    // Effective weight GB/s of a decode of `a.gen` tokens in `secs`.
+    let gb_s = |secs: f64| a.gen as f64 * bytes_per_token / secs / 1e9;
     for _ in 0..a.reps {
         cache = sel.cache(model)?;
         let t0 = Instant::now();
@@ -251,14 +251,14 @@ fn measure(
         }
         let decode_s = t1.elapsed().as_secs_f64();
         decodes.push(decode_s);
-        let probe = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, probe_threads);
+        let probe = gemma3n_compute::cpu::bandwidth::measure_read_gb_s(1 << 30, threads);
         probes.push(probe);
-        pct_reps.push(100.0 * a.gen as f64 * bytes_per_token / decode_s / 1e9 / probe);
+        pct_reps.push(100.0 * gb_s(decode_s) / probe);
     }
     let prefill_s = median(&mut prefills);
     let decode_s = median(&mut decodes);
     let decode_tok_s = a.gen as f64 / decode_s;
-    let decode_gb_s = decode_tok_s * bytes_per_token / 1e9;
+    let decode_gb_s = gb_s(decode_s);
     let r = Report {
         model: name.to_string(),
         slice: plan.name.clone(),
