@@ -37,7 +37,7 @@ const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 41] = [
+pub const KERNELS: [&str; 42] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -51,6 +51,7 @@ pub const KERNELS: [&str; 41] = [
     "split_bf16_rows",
     "sparse_t_bf16",
     "sparse_tc_bf16_b8",
+    "sparse_rows_bf16",
     "sparse_tc_bf16_b16",
     "embed_rows",
     "ple_combine",
@@ -127,6 +128,9 @@ pub struct Gpu {
     pk_smem: usize,
     /// Which products run on `gemv_rowblock_b1` (`GEMMA3N_CUDA_ROWBLOCK`).
     rowblock: ops::RowBlock,
+    /// A single row's sparse down product reads only the kept units' rows
+    /// (`GEMMA3N_CUDA_SPARSE_ROWS=0`: the tensor-core kernel instead).
+    sparse_rows: bool,
     /// Kernels not launched at all (`GEMMA3N_CUDA_SKIP=name,name`): a development knob that
     /// measures what a kernel costs inside the step (the results are then wrong).
     skip: Vec<String>,
@@ -233,6 +237,7 @@ impl Gpu {
             rowblock: ops::RowBlock::from_env(
                 std::env::var("GEMMA3N_CUDA_ROWBLOCK").ok().as_deref(),
             ),
+            sparse_rows: std::env::var_os("GEMMA3N_CUDA_SPARSE_ROWS").is_none_or(|v| v != "0"),
             skip: std::env::var("GEMMA3N_CUDA_SKIP")
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),

@@ -20,6 +20,20 @@ pub const GEMV_MAX_BATCH: usize = 16;
 const SPT_ROWS: usize = 8;
 /// Units (rows of the transposed matrix) per block of `sparse_tc_bf16_*`.
 const TT_UNITS: usize = 1024;
+/// `sparse_rows_bf16`: columns (and threads) per block, units per block at most.
+const SR_COLS: usize = 256;
+const SR_MAX_UNITS: usize = 2048;
+
+/// Unit groups (`grid.y`) of `sparse_rows_bf16`: 16 (with E2B's 8 column stripes, 128
+/// blocks), more where a group would pass its list's capacity.
+fn sparse_rows_groups(units: usize) -> usize {
+    units.div_ceil(SR_MAX_UNITS).max(16)
+}
+
+/// Whether `sparse_rows_bf16` can read a `[_, ncols]` bf16 matrix of stride `ldw` at `wt`.
+fn sparse_rows_fits(wt: DevPtr, ldw: usize, ncols: usize) -> bool {
+    (ncols | ldw).is_multiple_of(8) && wt.0.is_multiple_of(16)
+}
 const GEMV_MAX_SEGS: usize = 4;
 /// Warps per block (one key split of one row and head) of decode attention: attention.cu's
 /// `ATT_WARPS`.
@@ -1214,9 +1228,34 @@ impl Gpu {
     /// left zeroed.
     pub fn sparse_t_scratch_bytes(units: usize, ncols: usize, batch: usize) -> (usize, usize) {
         (
-            4 * units.div_ceil(TT_UNITS) * batch * ncols,
+            4 * ncols * (units.div_ceil(TT_UNITS) * batch).max(sparse_rows_groups(units)),
             4 * ncols.div_ceil(64),
         )
+    }
+
+    /// [`Gpu::sparse_t`] for one activation row on the kernel that reads only the weight
+    /// rows of the kept units (`a[i] ≠ 0`), whatever `GEMMA3N_CUDA_SPARSE_ROWS` says.
+    /// Needs `ncols` and `ldw` multiples of 8 and a 16-byte-aligned `wt`. Overwrites `y`;
+    /// the sums come in a fixed order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_rows(
+        &self,
+        wt: DevPtr,
+        ldw: usize,
+        a: DevPtr,
+        y: DevPtr,
+        units: usize,
+        ncols: usize,
+        scratch: (DevPtr, DevPtr),
+    ) -> Result<()> {
+        assert!(
+            sparse_rows_fits(wt, ldw, ncols),
+            "sparse_rows: ncols {ncols}, ldw {ldw} and the matrix's address must allow 16-byte loads"
+        );
+        let grid = (ncols.div_ceil(SR_COLS), sparse_rows_groups(units), 1);
+        let (part, cnt) = scratch;
+        launch!(self, "sparse_rows_bf16", grid, SR_COLS;
+            wt.0, i(ldw), a.0, y.0, i(units), i(ncols), part.0, cnt.0)
     }
 
     /// Sparse product with a transposed matrix (`wt` = `[units, ncols]` bf16, stride `ldw`):
@@ -1241,6 +1280,9 @@ impl Gpu {
             (1..=GEMV_MAX_BATCH).contains(&batch),
             "sparse_t batch {batch}"
         );
+        if batch == 1 && self.sparse_rows && sparse_rows_fits(wt, ldw, ncols) {
+            return self.sparse_rows(wt, ldw, a, y, units, ncols, scratch);
+        }
         // The tensor-core kernel (dense but for runs of 16 units no row keeps), also for one
         // row: its 256 blocks (E2B) read more bytes than the per-unit kernel's 16 but at
         // the bandwidth (E2B decode step 2.68 -> 2.62 ms); the per-unit kernel remains for

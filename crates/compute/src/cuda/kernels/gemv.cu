@@ -893,6 +893,114 @@ sparse_tc_bf16_b16(const bf16_t* wt, int ldw, const float* a, int lda, float* y,
     sparse_tc_body<2>(wt, ldw, a, lda, y, ldy, batch, units, ncols, part, cnt);
 }
 
+// The same product for one activation row, reading only the weight rows of the kept units
+// (a[i] != 0). After the Gaussian top-k about 5% of the units are kept, and the tensor-core
+// kernel above then still reads every run of 16 units that keeps one: about 56% of the
+// matrix. Grid (ceil(ncols / SR_COLS), groups): block (s, g) takes the units [g * per,
+// (g + 1) * per), per = ceil(units / groups) <= SR_MAX_UNITS, and the columns [s * SR_COLS,
+// (s + 1) * SR_COLS). It lists its kept units in shared memory in unit order (a block-wide
+// prefix count, so every sum below has a fixed order); warp w takes list entries w,
+// w + SR_WARPS, ..., each lane 8 columns of each. The blocks of a column stripe then add up
+// as in the kernel above: each writes its sums to part[g * ncols + column], and the last to
+// arrive (cnt[s] counts; it resets it) adds the groups' sums in order into y. Needs ncols
+// and ldw multiples of 8 and a 16-byte-aligned wt (the launcher checks).
+#define SR_WARPS 8
+#define SR_COLS (SR_WARPS * 32)  // one column per thread in the final sums
+#define SR_MAX_UNITS 2048
+
+extern "C" __global__ void __launch_bounds__(SR_WARPS * 32)
+sparse_rows_bf16(const bf16_t* wt, int ldw, const float* a, float* y, int units, int ncols,
+                 float* part, u32* cnt) {
+    __shared__ int list[SR_MAX_UNITS];
+    __shared__ float vals[SR_MAX_UNITS];
+    __shared__ int wcount[SR_WARPS];
+    __shared__ float red[SR_WARPS][SR_COLS];
+    __shared__ bool last;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int per = (units + (int)gridDim.y - 1) / (int)gridDim.y;
+    const int u0 = blockIdx.y * per, u1 = min(units, u0 + per);
+    // Thread t looks at q consecutive units, so the list comes out in unit order.
+    const int q = (per + SR_COLS - 1) / SR_COLS;
+    const int ut = u0 + threadIdx.x * q;
+    pdl_start();
+    int n = 0;
+    for (int j = 0; j < q; j++) n += ut + j < u1 && a[ut + j] != 0.0f;
+    int incl = n;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    if (lane == 31) wcount[warp] = incl;
+    __syncthreads();
+    int pos = incl - n, total = 0;
+    for (int w = 0; w < SR_WARPS; w++) {
+        if (w < warp) pos += wcount[w];
+        total += wcount[w];
+    }
+    for (int j = 0; j < q; j++) {
+        if (ut + j >= u1) break;
+        const float v = a[ut + j];
+        if (v != 0.0f) {
+            list[pos] = ut + j;
+            vals[pos] = v;
+            pos++;
+        }
+    }
+    __syncthreads();
+    const int c0 = blockIdx.x * SR_COLS + lane * 8;
+    float acc[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+    if (c0 < ncols) {
+        // Two rows' loads in flight before their products.
+        int t = warp;
+        for (; t + SR_WARPS < total; t += 2 * SR_WARPS) {
+            const uint4 w0 = __ldg(reinterpret_cast<const uint4*>(wt + (size_t)list[t] * ldw + c0));
+            const uint4 w1 = __ldg(
+                reinterpret_cast<const uint4*>(wt + (size_t)list[t + SR_WARPS] * ldw + c0));
+            float wf[8];
+            unpack_bf16x8(w0, wf);
+            const float a0 = vals[t], a1 = vals[t + SR_WARPS];
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] += a0 * wf[j];
+            unpack_bf16x8(w1, wf);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] += a1 * wf[j];
+        }
+        if (t < total) {
+            const uint4 w0 = __ldg(reinterpret_cast<const uint4*>(wt + (size_t)list[t] * ldw + c0));
+            float wf[8];
+            unpack_bf16x8(w0, wf);
+            const float a0 = vals[t];
+            #pragma unroll
+            for (int j = 0; j < 8; j++) acc[j] += a0 * wf[j];
+        }
+    }
+    // Column lane * 8 + j of the stripe at red[warp][j * 32 + lane] (no bank conflicts).
+    #pragma unroll
+    for (int j = 0; j < 8; j++) red[warp][j * 32 + lane] = acc[j];
+    __syncthreads();
+    const int cc = threadIdx.x, col = blockIdx.x * SR_COLS + cc;
+    float v = 0.0f;
+    #pragma unroll
+    for (int w = 0; w < SR_WARPS; w++) v += red[w][(cc % 8) * 32 + cc / 8];
+    if (col < ncols) part[(size_t)blockIdx.y * ncols + col] = v;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&cnt[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (col < ncols) {
+        const volatile float* vp = part;
+        float s = 0.0f;
+        for (int g = 0; g < (int)gridDim.y; g++) s += vp[(size_t)g * ncols + col];
+        y[col] = s;
+    }
+    if (threadIdx.x == 0) cnt[blockIdx.x] = 0u;
+}
+
 // Activations to bf16 split in up to three parts, p0 = bf16(x), p1 = bf16(x - p0),
 // p2 = bf16(x - p0 - p1) (p1, p2 may be null), for GEMMs that need more than bf16's
 // 8 bits of precision: the sum of the parts' products is near-f32.

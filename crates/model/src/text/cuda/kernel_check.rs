@@ -141,10 +141,12 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
     }
     // The sparse product with a transposed bf16 matrix: most activations zero, as after
     // the Gaussian top-k, and a run of units no row keeps; 200 columns for the tensor-core
-    // kernel, 203 for the per-unit one.
+    // kernel (one row: the kept-rows kernel, unless GEMMA3N_CUDA_SPARSE_ROWS=0), 203 for the
+    // per-unit one.
     for (ncols, kernel) in [(200, "tensor cores"), (203, "per unit")] {
         check_sparse(gpu, ncols, kernel, &mut out)?;
     }
+    check_sparse_rows(gpu, &mut out)?;
     check_argmax(gpu, &mut out)?;
     check_top_k(gpu, &mut out)?;
     check_flash(gpu, &mut out)?;
@@ -373,6 +375,73 @@ fn check_sparse(
         out.push(KernelCheck {
             name: format!("sparse down ({kernel}), {batch} rows"),
             err: if same || kernel != "tensor cores" {
+                rel_err(&got, &want)
+            } else {
+                f64::INFINITY
+            },
+            tol: F32_TOLERANCE,
+        });
+    }
+    Ok(())
+}
+
+/// The one-row sparse product that reads only the kept units' rows (`Gpu::sparse_rows`)
+/// against f64 sums: 5% of the units kept (as after the Gaussian top-k), every unit kept
+/// (each block's list full), and 40000 units (20 groups of 2000, the list's capacity
+/// nearly reached) with a third kept; each three times, which must give the same bits (the
+/// sums' order is fixed) and leave the counters at zero.
+fn check_sparse_rows(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    for (units, ncols, keep, what) in [
+        (2500, 264, 20, "5% kept"),
+        (2500, 264, 1, "all kept"),
+        (40_000, 24, 3, "a third of 40000 kept"),
+    ] {
+        let (pb, cb) = Gpu::sparse_t_scratch_bytes(units, ncols, 1);
+        let (part, cnt) = (gpu.alloc(pb).map_err(e)?, gpu.alloc(cb).map_err(e)?);
+        let wt = Matrix::from_f32_as(&random(units * ncols, 7, 1.0), units, ncols, DType::BF16);
+        let w = values(&wt);
+        let dm = DevMatrix::upload(gpu, &wt)?;
+        let mut a = random(units, 8, 1.0);
+        for (u, v) in a.iter_mut().enumerate() {
+            if (u * 7) % keep != 0 {
+                *v = 0.0;
+            }
+        }
+        let ab = gpu.upload(&a).map_err(e)?;
+        let yb = gpu.upload(&vec![f32::NAN; ncols]).map_err(e)?;
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            gpu.sparse_rows(
+                dm.ptr(),
+                dm.cols,
+                ab.ptr(),
+                yb.ptr(),
+                units,
+                ncols,
+                (part.ptr(), cnt.ptr()),
+            )
+            .map_err(e)?;
+            let mut got = vec![0f32; ncols];
+            gpu.read_at(yb.ptr(), &mut got).map_err(e)?;
+            runs.push(got);
+        }
+        let same = runs.windows(2).all(|r| {
+            r[0].iter()
+                .zip(&r[1])
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        });
+        let got = runs.pop().expect("three runs");
+        let want: Vec<f64> = (0..ncols)
+            .map(|c| {
+                (0..units)
+                    .map(|u| a[u] as f64 * w[u * ncols + c] as f64)
+                    .sum()
+            })
+            .collect();
+        out.push(KernelCheck {
+            name: format!("sparse down (kept rows only), {what}"),
+            err: if same {
                 rel_err(&got, &want)
             } else {
                 f64::INFINITY
