@@ -37,7 +37,7 @@ const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// The kernels the module must export.
-pub const KERNELS: [&str; 42] = [
+pub const KERNELS: [&str; 43] = [
     "weights_to_bf16",
     "softmax_masked",
     "gemv_any_b1",
@@ -52,6 +52,7 @@ pub const KERNELS: [&str; 42] = [
     "sparse_t_bf16",
     "sparse_tc_bf16_b8",
     "sparse_rows_bf16",
+    "sparse_up_rows_bf16",
     "sparse_tc_bf16_b16",
     "embed_rows",
     "ple_combine",

@@ -20,6 +20,10 @@ pub const GEMV_MAX_BATCH: usize = 16;
 const SPT_ROWS: usize = 8;
 /// Units (rows of the transposed matrix) per block of `sparse_tc_bf16_*`.
 const TT_UNITS: usize = 1024;
+/// `sparse_up_rows_bf16`: units and threads per block, the longest rows.
+const SU_UNITS: usize = 128;
+const SU_THREADS: usize = 256;
+const SU_MAX_K: usize = 4096;
 /// `sparse_rows_bf16`: columns (and threads) per block, units per block at most.
 const SR_COLS: usize = 256;
 const SR_MAX_UNITS: usize = 2048;
@@ -1480,6 +1484,37 @@ impl Gpu {
     }
 
     /// Gaussian top-k cutoff of `rows` gate rows of `f` values, in place.
+    /// One activation row of a sparse layer's up product with the Gaussian top-k folded
+    /// in: `act[u] = gelu(gate[u] - cut) · (up[u] · y)` for the units with `gate[u] > cut`
+    /// (`cut` = mean + z · std of the `f` gate values), 0 for the others. `up`: bf16 rows of
+    /// `k` values, `ldw` apart. Returns false (launching nothing) where the kernel cannot
+    /// take the shapes or alignments; the caller then runs [`Gpu::sparsity_cutoff`] and a
+    /// masked product.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sparse_up_rows(
+        &self,
+        gate: DevPtr,
+        up: WeightPtr,
+        ldw: usize,
+        y: DevPtr,
+        k: usize,
+        act: DevPtr,
+        f: usize,
+        z: f32,
+    ) -> Result<bool> {
+        let fits = up.fmt == WeightFormat::Bf16
+            && f.is_multiple_of(4)
+            && (k | ldw).is_multiple_of(8)
+            && k <= SU_MAX_K
+            && [gate, up.w, y].iter().all(|p| p.0.is_multiple_of(16));
+        if !fits {
+            return Ok(false);
+        }
+        launch!(self, "sparse_up_rows_bf16", (f.div_ceil(SU_UNITS), 1, 1), SU_THREADS;
+            gate.0, up.w.0, i(ldw), y.0, i(k), act.0, i(f), z)?;
+        Ok(true)
+    }
+
     pub fn sparsity_cutoff(
         &self,
         g: DevPtr,

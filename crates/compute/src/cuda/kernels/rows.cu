@@ -341,6 +341,69 @@ __device__ __forceinline__ float topk_cut(const T* gr, int f, float z) {
     return x + (mean + sqrtf(fmaxf(block_sum(m2), 0.0f) / (float)f) * z);
 }
 
+// One activation row of a sparse layer's up product with the Gaussian top-k folded in (the
+// decode step: one launch where sparsity_cutoff and the masked up GEMV were two, the GEMV
+// with a block for every 8 units). Every block computes the gate row's cut-off itself
+// (topk_cut; the row comes from L2), lists the kept units of its group of SU_UNITS (gate >
+// cut) in unit order, and computes act[u] = gelu(gate[u] - cut) * (up[u] . y) for each of
+// them, one warp a unit; its other units get 0. Grid ceil(f / SU_UNITS). Needs f a multiple
+// of 4 and a 16-byte-aligned gate row (topk_cut), k <= SU_MAX_K and ldw multiples of 8, and
+// 16-byte-aligned up rows and y (the launcher checks).
+#define SU_UNITS 128
+#define SU_THREADS 256
+#define SU_MAX_K 4096
+
+extern "C" __global__ void __launch_bounds__(SU_THREADS)
+sparse_up_rows_bf16(const float* gate, const bf16_t* up, int ldw, const float* y, int k,
+                    float* act, int f, float z) {
+    __shared__ __align__(16) float ys[SU_MAX_K];
+    __shared__ int list[SU_UNITS];
+    __shared__ int wcount[SU_UNITS / 32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int u0 = blockIdx.x * SU_UNITS;
+    pdl_start();
+    for (int i = 4 * threadIdx.x; i < k; i += 4 * SU_THREADS)
+        *reinterpret_cast<float4*>(ys + i) = *reinterpret_cast<const float4*>(y + i);
+    const float cut = topk_cut(gate, f, z);
+    // Warps 0..SU_UNITS/32-1 look at one unit a lane.
+    bool kept = false;
+    int pos = 0;
+    if (threadIdx.x < SU_UNITS) {
+        const int u = u0 + threadIdx.x;
+        if (u < f) {
+            kept = gate[u] > cut;
+            if (!kept) act[u] = 0.0f;
+        }
+        const unsigned b = __ballot_sync(0xffffffffu, kept);
+        pos = __popc(b & ((1u << lane) - 1u));
+        if (lane == 0) wcount[warp] = __popc(b);
+    }
+    __syncthreads();
+    int total = 0;
+    #pragma unroll
+    for (int w = 0; w < SU_UNITS / 32; w++) {
+        if (w < warp) pos += wcount[w];
+        total += wcount[w];
+    }
+    if (kept) list[pos] = threadIdx.x;
+    __syncthreads();
+    for (int e = warp; e < total; e += SU_THREADS / 32) {
+        const int u = u0 + list[e];
+        const bf16_t* wr = up + (size_t)u * ldw;
+        float acc = 0.0f, wf[8];
+        #pragma unroll 4
+        for (int i = lane * 8; i < k; i += 256) {
+            unpack_bf16x8(__ldg(reinterpret_cast<const uint4*>(wr + i)), wf);
+            const float4 a = *reinterpret_cast<const float4*>(ys + i);
+            const float4 c = *reinterpret_cast<const float4*>(ys + i + 4);
+            acc += ((wf[0] * a.x + wf[1] * a.y) + (wf[2] * a.z + wf[3] * a.w)) +
+                   ((wf[4] * c.x + wf[5] * c.y) + (wf[6] * c.z + wf[7] * c.w));
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) act[u] = gelu_tanh(gate[u] - cut) * acc;
+    }
+}
+
 // The FFN activation of prefill rows, written as the down product's bf16 parts: a =
 // gelu(g') * u with g' = max(g - cut, 0), cut = mean(g) + std(g) * z over the row (the
 // Gaussian top-k of the sparse layers; z_on = 0: g' = g), split as split_bf16_rows splits

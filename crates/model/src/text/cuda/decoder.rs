@@ -1240,6 +1240,14 @@ impl CudaTextModel {
             }
             (Some(z), true) => {
                 self.mm(ws, &[gate_seg], n, 0.0)?;
+                // One row: the cut-off and the kept units' up rows in one kernel.
+                if n == 1
+                    && self.settings.sparse_up
+                    && g.sparse_up_rows(gate, up_seg.w, up_seg.ldw, y, d, act, f, z)
+                        .map_err(e)?
+                {
+                    return self.down(ws, l, f, n);
+                }
                 g.sparsity_cutoff(gate, ldgu, n, f, z).map_err(e)?;
                 up_seg.y = act;
                 up_seg.ldy = fmax;
@@ -1304,6 +1312,16 @@ impl CudaTextModel {
                     .map_err(e)?;
             }
         }
+        self.down(ws, l, f, n)
+    }
+
+    /// The FFN's down product of `n` rows of activations (`ws.act`) into `ws.fo`.
+    fn down(&self, ws: &Workspace, l: usize, f: usize, n: usize) -> Result<()> {
+        let g = &self.gpu;
+        let e = |r: gemma3n_compute::cuda::CudaError| gpu_err(r);
+        let lw = &self.w.layers[l];
+        let d = self.cpu.cfg.hidden_size;
+        let fmax = ws.fmax;
         match &lw.down {
             Down::Normal(m) => self.mm(
                 ws,

@@ -147,6 +147,7 @@ pub fn check_kernels(gpu: &Arc<Gpu>) -> Result<Vec<KernelCheck>> {
         check_sparse(gpu, ncols, kernel, &mut out)?;
     }
     check_sparse_rows(gpu, &mut out)?;
+    check_sparse_up(gpu, &mut out)?;
     check_argmax(gpu, &mut out)?;
     check_top_k(gpu, &mut out)?;
     check_flash(gpu, &mut out)?;
@@ -446,6 +447,57 @@ fn check_sparse_rows(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
             } else {
                 f64::INFINITY
             },
+            tol: F32_TOLERANCE,
+        });
+    }
+    Ok(())
+}
+
+/// The one-row sparse up product with its cut-off (`Gpu::sparse_up_rows`) against f64: the
+/// cut-off mean + z · std of the gate row, the kept units' gelu(gate - cut) · (up · y), 0 for
+/// the others (the output starts as NaN, so every unit must be written). E2B's shape, a
+/// width that leaves the last block partial, and a fixture's short rows.
+fn check_sparse_up(gpu: &Arc<Gpu>, out: &mut Vec<KernelCheck>) -> Result<()> {
+    let e = gpu_err;
+    let z = 1.644_853_6f32; // the normal quantile of 0.95
+    for (f, k) in [(8192, 2048), (1000, 256), (64, 48)] {
+        let mut gate = random(f, 31, 2.0);
+        // Two clear outliers, so that even 64 units keep some.
+        gate[5] = 9.0;
+        gate[f - 3] = 7.0;
+        let y = random(k, 32, 1.0);
+        let up = Matrix::from_f32_as(&random(f * k, 33, 1.0), f, k, DType::BF16);
+        let w = values(&up);
+        let dm = DevMatrix::upload(gpu, &up)?;
+        let (gb, yb) = (gpu.upload(&gate).map_err(e)?, gpu.upload(&y).map_err(e)?);
+        let ab = gpu.upload(&vec![f32::NAN; f]).map_err(e)?;
+        if !gpu
+            .sparse_up_rows(gb.ptr(), dm.wp(), dm.cols, yb.ptr(), k, ab.ptr(), f, z)
+            .map_err(e)?
+        {
+            return Err(crate::error::ModelError::Invalid(format!(
+                "sparse_up_rows did not take f {f}, k {k}"
+            )));
+        }
+        let mut got = vec![0f32; f];
+        gpu.read_at(ab.ptr(), &mut got).map_err(e)?;
+        let mean = gate.iter().map(|&v| v as f64).sum::<f64>() / f as f64;
+        let var = gate.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / f as f64;
+        let cut = mean + var.sqrt() * z as f64;
+        let want: Vec<f64> = (0..f)
+            .map(|u| {
+                let g = gate[u] as f64 - cut;
+                if g <= 0.0 {
+                    return 0.0;
+                }
+                let dot: f64 = (0..k).map(|i| w[u * k + i] as f64 * y[i] as f64).sum();
+                gelu_tanh(g) * dot
+            })
+            .collect();
+        let kept = want.iter().filter(|v| **v != 0.0).count();
+        out.push(KernelCheck {
+            name: format!("sparse up with its cut-off, {f} units ({kept} kept), k {k}"),
+            err: rel_err(&got, &want),
             tol: F32_TOLERANCE,
         });
     }

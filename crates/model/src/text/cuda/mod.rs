@@ -110,6 +110,9 @@ pub(crate) struct Settings {
     /// A single sequence's decode step runs every layer in one persistent launch where the
     /// weights allow (`GEMMA3N_CUDA_PERSISTENT=1`; off by default until measured).
     pub persistent: bool,
+    /// A single sequence's sparse layers run the cut-off and the up product as one kernel on
+    /// the kept units (`GEMMA3N_CUDA_SPARSE_UP=0`: the cut-off, then a masked product).
+    pub sparse_up: bool,
 }
 
 impl Settings {
@@ -133,6 +136,7 @@ impl Settings {
             bf16_gate_up: !off("GEMMA3N_CUDA_BF16_GATE_UP"),
             stacked_qkv: !off("GEMMA3N_CUDA_STACKED_QKV"),
             persistent: std::env::var_os("GEMMA3N_CUDA_PERSISTENT").is_some_and(|v| v == "1"),
+            sparse_up: !off("GEMMA3N_CUDA_SPARSE_UP"),
         }
     }
 }
