@@ -27,6 +27,22 @@ pub(crate) fn has_avx2() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// Whether the `gemm` crate runs its AVX-512 kernels here (x86-64-v4: AVX-512 F, BW, CD, DQ
+/// and VL).
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512cd")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether the NEON kernels can use the dot-product instructions (`SDOT`; Armv8.4, optional
 /// from Armv8.2). NEON itself is part of every aarch64 target.
 #[cfg(target_arch = "aarch64")]

@@ -10,9 +10,19 @@ use super::{chunk_rows, OutPtr};
 use crate::dtype::DType;
 use crate::matrix::{Layout, Matrix};
 
-/// Bytes of f32 scratch per panel. Larger panels amortise the crate's packing of `x` (done
-/// once per call) over more weight rows; 1 MiB (128 rows at k = 2048) measured best here.
-const PANEL_BYTES: usize = 1024 * 1024;
+/// Bytes of f32 scratch per panel and the panel height's multiple, by the crate's kernels.
+/// Larger panels amortise the crate's packing of `x` (done once per call) over more weight
+/// rows. With AVX2, 1 MiB in multiples of 16 rows measured best (128 rows at k = 2048). The
+/// AVX-512 kernels take weight rows 64 at a time and fall back to a half-height kernel for
+/// the rest: 32-row panels (k = 6144) ran at 168-171 GFLOP/s, 64-row ones at 199-222, and
+/// 2 MiB panels were best for every conformer shape (`kernel_speed 2 --audio`).
+fn panel_shape() -> (usize, usize) {
+    if crate::cpu::has_avx512() {
+        (2 << 20, 64)
+    } else {
+        (1 << 20, 16)
+    }
+}
 
 /// f32 weights with at least this many activation rows go to the crate in one call.
 const WHOLE_MIN_T: usize = 1024;
@@ -26,9 +36,10 @@ thread_local! {
 pub(super) fn gemm(x: &[f32], t: usize, w: &Matrix, out: &mut [f32]) {
     let n = w.rows();
     let k = w.cols();
-    // Panel height: PANEL_BYTES of f32, a multiple of 16 rows, at least 16.
-    let by_scratch = (PANEL_BYTES / (4 * k)).max(16) / 16 * 16;
-    let nb = chunk_rows(n, 4 * k, PANEL_BYTES, 16).min(by_scratch).max(1);
+    // Panel height: `bytes` of f32, a multiple of `align` rows, at least `align`.
+    let (bytes, align) = panel_shape();
+    let by_scratch = (bytes / (4 * k)).max(align) / align * align;
+    let nb = chunk_rows(n, 4 * k, bytes, align).min(by_scratch).max(1);
     let panels = n.div_ceil(nb);
     let outp = OutPtr(out.as_mut_ptr());
     // f32 weights whose rows are 4-byte aligned can be read in place.
