@@ -396,6 +396,101 @@ unsafe fn tile_q6_k<const R: usize, const T: usize>(
     res
 }
 
+/// [`tile_q6_k`] for one weight row on 512-bit registers (AVX-512 BW): each register holds
+/// two 32-value chunks, their 2-bit high parts shifted into place by per-half shift counts.
+/// Every i32 lane of the 256-bit kernel receives the same integer terms here (the two
+/// halves of a 512-bit sum are added at the end), so the outputs are identical.
+#[inline(always)]
+unsafe fn tile_q6_k_512<const T: usize>(
+    w: *const u8,
+    nb: usize,
+    a: [Act; T],
+    pf: usize,
+) -> [f32; T] {
+    let m4 = _mm512_set1_epi8(15);
+    let m30 = _mm512_set1_epi8(0x30);
+    // Shift counts per 16-bit lane: the first chunk's high bits in the low 256 bits, the
+    // second's in the high 256 (v0/v1 left by 4 and 2; v2/v3 right by 0 and 2).
+    let up = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+    let down = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+    // vpermw indices: 128-bit lane `l` of a register of chunks (2p, 2p + 1) of half `h` takes
+    // the scale of sub-block 8h + 4p + l.
+    let idx: [[__m512i; 2]; 2] = std::array::from_fn(|h| {
+        std::array::from_fn(|p| {
+            let v: [i16; 32] = std::array::from_fn(|e| (8 * h + 4 * p + e / 8) as i16);
+            _mm512_loadu_si512(v.as_ptr() as *const __m512i)
+        })
+    });
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let wb = w.add(210 * b);
+        for l in 0..4 {
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(pf + 64 * l) as *const i8);
+        }
+        let d = f16x8(wb.add(208));
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(192) as *const __m128i));
+        let sc = _mm512_castsi256_si512(sc16);
+        let mut sumi = [_mm256_setzero_si256(); T];
+        let mut wide = [_mm512_setzero_si512(); T];
+        unroll!(T, |i| {
+            let sums = _mm256_loadu_si256(a[i].s.add(16 * b) as *const __m256i);
+            let off = _mm256_madd_epi16(sums, sc16);
+            sumi[i] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(off));
+        });
+        unroll!(2, |half| {
+            let q4 = _mm512_loadu_si512(wb.add(64 * half) as *const __m512i);
+            let qh = _mm512_broadcast_i64x4(load(wb.add(128 + 32 * half)));
+            let v = [
+                _mm512_or_si512(
+                    _mm512_and_si512(q4, m4),
+                    _mm512_and_si512(_mm512_sllv_epi16(qh, up), m30),
+                ),
+                _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(q4), m4),
+                    _mm512_and_si512(_mm512_srlv_epi16(qh, down), m30),
+                ),
+            ];
+            unroll!(2, |p| {
+                let scv = _mm512_permutexvar_epi16(idx[half][p], sc);
+                unroll!(T, |i| {
+                    let x = a[i].q.add(QK_K * b + 128 * half + 64 * p);
+                    let x = _mm512_loadu_si512(x as *const __m512i);
+                    let prod = _mm512_maddubs_epi16(v[p], x);
+                    wide[i] = _mm512_add_epi32(wide[i], _mm512_madd_epi16(prod, scv));
+                });
+            });
+        });
+        unroll!(T, |i| {
+            let lo = _mm512_castsi512_si256(wide[i]);
+            let hi = _mm512_extracti64x4_epi64::<1>(wide[i]);
+            let s = _mm256_add_epi32(sumi[i], _mm256_add_epi32(lo, hi));
+            acc[i] = _mm256_fmadd_ps(
+                _mm256_mul_ps(d, _mm256_broadcast_ss(&*a[i].d.add(b))),
+                _mm256_cvtepi32_ps(s),
+                acc[i],
+            );
+        });
+    }
+    let mut res = [0f32; T];
+    unroll!(T, |i| {
+        res[i] = hsum(acc[i]);
+    });
+    res
+}
+
+/// One Q6_K weight row `j` against activation rows `i0..i0 + T` on the 512-bit kernel.
+///
+/// # Safety
+/// As [`tile`], and AVX-512 F/BW available.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn tile_q6k_512<const T: usize>(cx: Ctx, j: usize, a: [Act; T], i0: usize) {
+    let pf = cx.stride.clamp(PF_MIN, PF_MAX);
+    let res = tile_q6_k_512::<T>(cx.base.add(j * cx.stride), cx.nb, a, pf);
+    for (i, &v) in res.iter().enumerate() {
+        cx.out.write((i0 + i) * cx.n + j, v);
+    }
+}
+
 /// The dot products of the `R` weight rows at `wp` with the `T` activation rows `a`.
 #[inline(always)]
 unsafe fn tile_res<const D: u8, const R: usize, const T: usize>(
@@ -491,11 +586,12 @@ unsafe fn rows_rt<const D: u8, const R: usize, const T: usize>(
     }
 }
 
-/// Output columns `r0..r1` for all `t` activation rows, weights of format `D`.
+/// Output columns `r0..r1` for all `t` activation rows, weights of format `D`; with `wide`,
+/// Q6_K on the 512-bit kernel ([`tile_q6_k_512`]).
 ///
 /// # Safety
-/// AVX2/FMA/F16C available; `w` of format `D`; `act` holds `t` rows of `w.cols()` quantized
-/// for that format; `out` valid for `t * w.rows()` floats with columns `r0..r1` owned by the
+/// AVX2/FMA/F16C available, and AVX-512 F/BW with `wide`; `w` of format `D`; `act` holds `t`
+/// rows of `w.cols()` quantized for that format; `out` valid for `t * w.rows()` floats with columns `r0..r1` owned by the
 /// caller.
 pub(crate) unsafe fn rows_avx2<const D: u8>(
     w: &Matrix,
@@ -504,6 +600,7 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
     act: &QAct,
     t: usize,
     out: OutPtr,
+    wide: bool,
 ) {
     let k = w.cols();
     let bs = if D == Q8_0 || D == Q4_0 { QK } else { QK_K };
@@ -514,6 +611,23 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
         n: w.rows(),
         out,
     };
+    if D == Q6_K && wide {
+        // One weight row against four activation rows at a time, as below.
+        for j in r0..r1 {
+            let mut i0 = 0;
+            while i0 < t {
+                let a = |i: usize| Act::new(act, i0 + i, k, bs);
+                match t - i0 {
+                    1 => tile_q6k_512::<1>(cx, j, [a(0)], i0),
+                    2 => tile_q6k_512::<2>(cx, j, [a(0), a(1)], i0),
+                    3 => tile_q6k_512::<3>(cx, j, [a(0), a(1), a(2)], i0),
+                    _ => tile_q6k_512::<4>(cx, j, [a(0), a(1), a(2), a(3)], i0),
+                }
+                i0 += 4;
+            }
+        }
+        return;
+    }
     if t <= 4 {
         // Weight rows per tile: enough independent work per block, few enough accumulators
         // to stay in registers. Q8_0/Q4_0 at t = 1: four rows (E2B Q8_0 decode +5-11% over
@@ -626,6 +740,26 @@ unsafe fn groups_x8<const D: u8, const T: usize>(
     store_group::<T>(&acc, g, r1, i0, w.rows(), out);
 }
 
+/// [`groups_x8`] for Q4_K on the 512-bit kernel.
+///
+/// # Safety
+/// As [`groups_x8`], and AVX-512 F/BW available.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+unsafe fn groups_q4kx8_512<const T: usize>(
+    w: &Matrix,
+    g: usize,
+    r1: usize,
+    act: &QAct,
+    i0: usize,
+    out: OutPtr,
+) {
+    let k = w.cols();
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK_K));
+    let p = w.base_ptr().add(g * w.group_stride_bytes());
+    let acc = group_q4kx8_512::<T>(p, k / QK_K, &a);
+    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+}
+
 /// Writes a group's sums (slot order) for activation rows `i0..i0 + T`, output columns
 /// `8 g..` below `r1`.
 ///
@@ -657,8 +791,11 @@ unsafe fn store_group<const T: usize>(
 /// activation rows four (Q4_K: two) at a time, the group's bytes staying in L1/L2 between
 /// the passes.
 ///
+/// `wide`: Q4_K on the 512-bit kernel ([`group_q4kx8_512`]).
+///
 /// # Safety
-/// AVX2/FMA/F16C available; `w` in one of those layouts; `r0` a multiple of 8 and
+/// AVX2/FMA/F16C available, and AVX-512 F/BW with `wide`; `w` in one of those layouts; `r0`
+/// a multiple of 8 and
 /// `r1 <= w.rows()`; `act` holds `t` rows of `w.cols()` quantized for `w`'s format; `out`
 /// valid for `t * w.rows()` floats with columns `r0..r1` owned by the caller.
 pub(crate) unsafe fn rows_avx2_x8(
@@ -668,10 +805,24 @@ pub(crate) unsafe fn rows_avx2_x8(
     act: &QAct,
     t: usize,
     out: OutPtr,
+    wide: bool,
 ) {
     debug_assert!(r0.is_multiple_of(8));
     for g in r0 / 8..r1.div_ceil(8) {
         let mut i0 = 0;
+        if w.layout() == Layout::Q4_Kx8 && wide {
+            // Four activation rows at a time: 8 accumulators of 32 registers.
+            while i0 < t {
+                match t - i0 {
+                    1 => groups_q4kx8_512::<1>(w, g, r1, act, i0, out),
+                    2 => groups_q4kx8_512::<2>(w, g, r1, act, i0, out),
+                    3 => groups_q4kx8_512::<3>(w, g, r1, act, i0, out),
+                    _ => groups_q4kx8_512::<4>(w, g, r1, act, i0, out),
+                }
+                i0 += 4;
+            }
+            continue;
+        }
         if w.layout() == Layout::Q4_Kx8 {
             while i0 < t {
                 match t - i0 {
@@ -725,27 +876,7 @@ unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> 
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
         let p = g.add(b * Q4KX8_GROUP_BLOCK);
-        for l in 0..Q4KX8_GROUP_BLOCK.div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_Q4KX8 + 64 * l) as *const i8);
-        }
-        let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
-        let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
-        let mut dx = [_mm256_setzero_ps(); T];
-        unroll!(T, |i| {
-            dx[i] = _mm256_broadcast_ss(&*a[i].d.add(b));
-            // Σ_s m[r][s] · (sum of sub-block s of x), two sub-blocks per madd.
-            let s16 = a[i].s.add(16 * b);
-            let mut ms = _mm256_setzero_si256();
-            unroll!(4, |q| {
-                let bs0 = *s16.add(4 * q) as i32 + *s16.add(4 * q + 1) as i32;
-                let bs1 = *s16.add(4 * q + 2) as i32 + *s16.add(4 * q + 3) as i32;
-                let pair = (bs0 as u16 as u32 | (bs1 as u16 as u32) << 16) as i32;
-                let m16 =
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(96 + 16 * q) as *const __m128i));
-                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
-            });
-            acc[i] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx[i]), _mm256_cvtepi32_ps(ms), acc[i]);
-        });
+        let (d, dx) = q4kx8_start::<T>(p, b, a, &mut acc);
         let mut s0 = [_mm256_setzero_si256(); T];
         let mut s1 = [_mm256_setzero_si256(); T];
         unroll!(4, |c| {
@@ -797,6 +928,90 @@ unsafe fn group_q4kx8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> 
         unroll!(T, |i| {
             // Lanes: rows 0,1,4,5 | 2,3,6,7, the order of d.
             let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(s0[i], s1[i]));
+            acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx[i]), h, acc[i]);
+        });
+    }
+    acc
+}
+
+/// The start of super-block `b` (at `p`) of an interleaved Q4_K group: prefetches ahead,
+/// applies the eight rows' mins against each activation row's sums of 32 (into `acc`), and
+/// returns the rows' `d` (slot order) and each activation row's scale.
+#[inline(always)]
+unsafe fn q4kx8_start<const T: usize>(
+    p: *const u8,
+    b: usize,
+    a: &[Act; T],
+    acc: &mut [__m256; T],
+) -> (__m256, [__m256; T]) {
+    for l in 0..Q4KX8_GROUP_BLOCK.div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_Q4KX8 + 64 * l) as *const i8);
+    }
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
+    let mut dx = [_mm256_setzero_ps(); T];
+    unroll!(T, |i| {
+        dx[i] = _mm256_broadcast_ss(&*a[i].d.add(b));
+        // Σ_s m[r][s] · (sum of sub-block s of x), two sub-blocks per madd.
+        let s16 = a[i].s.add(16 * b);
+        let mut ms = _mm256_setzero_si256();
+        unroll!(4, |q| {
+            let bs0 = *s16.add(4 * q) as i32 + *s16.add(4 * q + 1) as i32;
+            let bs1 = *s16.add(4 * q + 2) as i32 + *s16.add(4 * q + 3) as i32;
+            let pair = (bs0 as u16 as u32 | (bs1 as u16 as u32) << 16) as i32;
+            let m16 = _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(96 + 16 * q) as *const __m128i));
+            ms = _mm256_add_epi32(ms, _mm256_madd_epi16(m16, _mm256_set1_epi32(pair)));
+        });
+        acc[i] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx[i]), _mm256_cvtepi32_ps(ms), acc[i]);
+    });
+    (d, dx)
+}
+
+/// [`group_q4kx8`] on 512-bit registers (AVX-512 BW): one 64-byte load holds the eight rows'
+/// pieces, so each broadcast activation piece takes one `maddubs` per nibble half where the
+/// 256-bit kernel takes two. The integer sums are the same, so the outputs are identical.
+#[inline(always)]
+unsafe fn group_q4kx8_512<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [__m256; T] {
+    let m4 = _mm512_set1_epi8(15);
+    let [m0, m1] = row_byte_masks();
+    let masks = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(m0), m1);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let p = g.add(b * Q4KX8_GROUP_BLOCK);
+        let (d, dx) = q4kx8_start::<T>(p, b, a, &mut acc);
+        let mut s = [_mm512_setzero_si512(); T];
+        unroll!(4, |c| {
+            // As in the 256-bit kernel: at most 4 x 2 x 15 x 127 = 15240 per i16 lane.
+            let mut l = [_mm512_setzero_si512(); T];
+            let mut h = [_mm512_setzero_si512(); T];
+            unroll!(4, |q| {
+                let v = _mm512_loadu_si512(p.add(160 + 64 * (4 * c + q)) as *const __m512i);
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                unroll!(T, |i| {
+                    let x = a[i].q.add(QK_K * b + 64 * c + 8 * q);
+                    let xl = _mm512_set1_epi64((x as *const i64).read_unaligned());
+                    let xh = _mm512_set1_epi64((x.add(32) as *const i64).read_unaligned());
+                    l[i] = _mm512_add_epi16(l[i], _mm512_maddubs_epi16(lo, xl));
+                    h[i] = _mm512_add_epi16(h[i], _mm512_maddubs_epi16(hi, xh));
+                });
+            });
+            let scl = _mm512_set1_epi64((p.add(32 + 16 * c) as *const i64).read_unaligned());
+            let sch = _mm512_set1_epi64((p.add(40 + 16 * c) as *const i64).read_unaligned());
+            let sl = _mm512_shuffle_epi8(scl, masks);
+            let sh = _mm512_shuffle_epi8(sch, masks);
+            unroll!(T, |i| {
+                let pl = _mm512_madd_epi16(l[i], sl);
+                let ph = _mm512_madd_epi16(h[i], sh);
+                s[i] = _mm512_add_epi32(s[i], _mm512_add_epi32(pl, ph));
+            });
+        });
+        unroll!(T, |i| {
+            // Lanes: rows 0,1 | 2,3 (low half), 4,5 | 6,7 (high half), as s0 and s1 of the
+            // 256-bit kernel.
+            let lo = _mm512_castsi512_si256(s[i]);
+            let hi = _mm512_extracti64x4_epi64::<1>(s[i]);
+            let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(lo, hi));
             acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx[i]), h, acc[i]);
         });
     }
@@ -875,4 +1090,73 @@ pub(crate) unsafe fn quantize_act_block_avx2(
         total = _mm256_add_epi32(total, _mm256_add_epi32(s0, s1));
     }
     *o = -8 * hsum_i32(total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::testing::values;
+
+    /// The 512-bit Q4_K group kernel gives exactly the 256-bit kernel's outputs (the same
+    /// integer sums, scaled in the same order), for every count of activation rows left over
+    /// after groups of four, and a partial last group of weight rows. Both are checked against
+    /// the portable kernel through the public paths in tests/quant.rs.
+    #[test]
+    fn q4kx8_512_bit_kernel_equals_the_256_bit_one() {
+        if !crate::cpu::has_avx2() || !crate::cpu::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 F/BW");
+            return;
+        }
+        let (n, k) = (21, 768);
+        let w = Matrix::from_f32_as(&values(n * k, 7), n, k, DType::Q4_K)
+            .interleave8()
+            .expect("21 rows interleave");
+        for t in [1, 2, 3, 4, 5, 7, 9] {
+            let x = values(t * k, 11 + t as u64);
+            let mut act = QAct::default();
+            act.quantize(&x, k, QK_K, false);
+            let mut narrow = vec![f32::NAN; t * n];
+            let mut wide = vec![f32::NAN; t * n];
+            // SAFETY: AVX2 and AVX-512 F/BW detected above; row 0 starts a group; the outputs
+            // hold t rows of n floats.
+            unsafe {
+                rows_avx2_x8(&w, 0, n, &act, t, OutPtr(narrow.as_mut_ptr()), false);
+                rows_avx2_x8(&w, 0, n, &act, t, OutPtr(wide.as_mut_ptr()), true);
+            }
+            for (j, (a, b)) in narrow.iter().zip(&wide).enumerate() {
+                assert!(a.is_finite(), "t={t} [{j}] not written");
+                assert_eq!(a.to_bits(), b.to_bits(), "t={t} [{j}]: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The 512-bit Q6_K kernel gives exactly the 256-bit kernel's outputs, for every count of
+    /// activation rows left over after groups of four.
+    #[test]
+    fn q6_k_512_bit_kernel_equals_the_256_bit_one() {
+        if !crate::cpu::has_avx2() || !crate::cpu::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 F/BW");
+            return;
+        }
+        let (n, k) = (13, 768);
+        let w = Matrix::from_f32_as(&values(n * k, 5), n, k, DType::Q6_K);
+        for t in [1, 2, 3, 4, 5, 7, 9] {
+            let x = values(t * k, 21 + t as u64);
+            let mut act = QAct::default();
+            act.quantize(&x, k, QK_K, false);
+            let mut narrow = vec![f32::NAN; t * n];
+            let mut wide = vec![f32::NAN; t * n];
+            // SAFETY: AVX2 and AVX-512 F/BW detected above; the outputs hold t rows of n
+            // floats.
+            unsafe {
+                rows_avx2::<Q6_K>(&w, 0, n, &act, t, OutPtr(narrow.as_mut_ptr()), false);
+                rows_avx2::<Q6_K>(&w, 0, n, &act, t, OutPtr(wide.as_mut_ptr()), true);
+            }
+            for (j, (a, b)) in narrow.iter().zip(&wide).enumerate() {
+                assert!(a.is_finite(), "t={t} [{j}] not written");
+                assert_eq!(a.to_bits(), b.to_bits(), "t={t} [{j}]: {a} vs {b}");
+            }
+        }
+    }
 }
