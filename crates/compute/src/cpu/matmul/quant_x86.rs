@@ -1098,32 +1098,18 @@ mod tests {
     use crate::dtype::DType;
     use crate::testing::values;
 
-    /// The 512-bit Q4_K group kernel gives exactly the 256-bit kernel's outputs (the same
-    /// integer sums, scaled in the same order), for every count of activation rows left over
-    /// after groups of four, and a partial last group of weight rows. Both are checked against
-    /// the portable kernel through the public paths in tests/quant.rs.
-    #[test]
-    fn q4kx8_512_bit_kernel_equals_the_256_bit_one() {
-        if !crate::cpu::has_avx2() || !crate::cpu::has_avx512() {
-            eprintln!("skipped: this CPU has no AVX-512 F/BW");
-            return;
-        }
-        let (n, k) = (21, 768);
-        let w = Matrix::from_f32_as(&values(n * k, 7), n, k, DType::Q4_K)
-            .interleave8()
-            .expect("21 rows interleave");
+    /// Runs `rows` (all `n` output columns of a `k`-column weight) with the 256-bit and the
+    /// 512-bit kernels for every count of activation rows left over after groups of four, and
+    /// requires the same bits from both.
+    fn same_bits(n: usize, k: usize, rows: impl Fn(&QAct, usize, OutPtr, bool)) {
         for t in [1, 2, 3, 4, 5, 7, 9] {
             let x = values(t * k, 11 + t as u64);
             let mut act = QAct::default();
             act.quantize(&x, k, QK_K, false);
             let mut narrow = vec![f32::NAN; t * n];
             let mut wide = vec![f32::NAN; t * n];
-            // SAFETY: AVX2 and AVX-512 F/BW detected above; row 0 starts a group; the outputs
-            // hold t rows of n floats.
-            unsafe {
-                rows_avx2_x8(&w, 0, n, &act, t, OutPtr(narrow.as_mut_ptr()), false);
-                rows_avx2_x8(&w, 0, n, &act, t, OutPtr(wide.as_mut_ptr()), true);
-            }
+            rows(&act, t, OutPtr(narrow.as_mut_ptr()), false);
+            rows(&act, t, OutPtr(wide.as_mut_ptr()), true);
             for (j, (a, b)) in narrow.iter().zip(&wide).enumerate() {
                 assert!(a.is_finite(), "t={t} [{j}] not written");
                 assert_eq!(a.to_bits(), b.to_bits(), "t={t} [{j}]: {a} vs {b}");
@@ -1131,32 +1117,44 @@ mod tests {
         }
     }
 
-    /// The 512-bit Q6_K kernel gives exactly the 256-bit kernel's outputs, for every count of
-    /// activation rows left over after groups of four.
+    fn has_both() -> bool {
+        let ok = crate::cpu::has_avx2() && crate::cpu::has_avx512();
+        if !ok {
+            eprintln!("skipped: this CPU has no AVX-512 F/BW");
+        }
+        ok
+    }
+
+    /// The 512-bit Q4_K group kernel gives exactly the 256-bit kernel's outputs (the same
+    /// integer sums, scaled in the same order), with a partial last group of weight rows. Both
+    /// are checked against the portable kernel through the public paths in tests/quant.rs.
+    #[test]
+    fn q4kx8_512_bit_kernel_equals_the_256_bit_one() {
+        if !has_both() {
+            return;
+        }
+        let (n, k) = (21, 768);
+        let w = Matrix::from_f32_as(&values(n * k, 7), n, k, DType::Q4_K)
+            .interleave8()
+            .expect("21 rows interleave");
+        // SAFETY: AVX2 and AVX-512 F/BW detected; row 0 starts a group; the outputs hold t
+        // rows of n floats.
+        same_bits(n, k, |act, t, out, wide| unsafe {
+            rows_avx2_x8(&w, 0, n, act, t, out, wide)
+        });
+    }
+
+    /// The 512-bit Q6_K kernel gives exactly the 256-bit kernel's outputs.
     #[test]
     fn q6_k_512_bit_kernel_equals_the_256_bit_one() {
-        if !crate::cpu::has_avx2() || !crate::cpu::has_avx512() {
-            eprintln!("skipped: this CPU has no AVX-512 F/BW");
+        if !has_both() {
             return;
         }
         let (n, k) = (13, 768);
         let w = Matrix::from_f32_as(&values(n * k, 5), n, k, DType::Q6_K);
-        for t in [1, 2, 3, 4, 5, 7, 9] {
-            let x = values(t * k, 21 + t as u64);
-            let mut act = QAct::default();
-            act.quantize(&x, k, QK_K, false);
-            let mut narrow = vec![f32::NAN; t * n];
-            let mut wide = vec![f32::NAN; t * n];
-            // SAFETY: AVX2 and AVX-512 F/BW detected above; the outputs hold t rows of n
-            // floats.
-            unsafe {
-                rows_avx2::<Q6_K>(&w, 0, n, &act, t, OutPtr(narrow.as_mut_ptr()), false);
-                rows_avx2::<Q6_K>(&w, 0, n, &act, t, OutPtr(wide.as_mut_ptr()), true);
-            }
-            for (j, (a, b)) in narrow.iter().zip(&wide).enumerate() {
-                assert!(a.is_finite(), "t={t} [{j}] not written");
-                assert_eq!(a.to_bits(), b.to_bits(), "t={t} [{j}]: {a} vs {b}");
-            }
-        }
+        // SAFETY: AVX2 and AVX-512 F/BW detected; the outputs hold t rows of n floats.
+        same_bits(n, k, |act, t, out, wide| unsafe {
+            rows_avx2::<Q6_K>(&w, 0, n, act, t, out, wide)
+        });
     }
 }
