@@ -415,11 +415,16 @@ unsafe fn tile_q6_k_512<const T: usize>(
     let down = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
     // vpermw indices: 128-bit lane `l` of a register of chunks (2p, 2p + 1) of half `h` takes
     // the scale of sub-block 8h + 4p + l.
-    let idx: [[__m512i; 2]; 2] = std::array::from_fn(|h| {
-        std::array::from_fn(|p| {
-            let v: [i16; 32] = std::array::from_fn(|e| (8 * h + 4 * p + e / 8) as i16);
-            _mm512_loadu_si512(v.as_ptr() as *const __m512i)
-        })
+    // (Loaded here, not in a closure: closures do not inherit the target features, so the
+    // load would become a call.)
+    let lanes: [[[i16; 32]; 2]; 2] = std::array::from_fn(|h| {
+        std::array::from_fn(|p| std::array::from_fn(|e| (8 * h + 4 * p + e / 8) as i16))
+    });
+    let mut idx = [[_mm512_setzero_si512(); 2]; 2];
+    unroll!(2, |h| {
+        unroll!(2, |p| {
+            idx[h][p] = _mm512_loadu_si512(lanes[h][p].as_ptr() as *const __m512i);
+        });
     });
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
