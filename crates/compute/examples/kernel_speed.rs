@@ -290,29 +290,28 @@ fn quant_batched() {
         // Q8_0 and Q4_K also in the interleaved layout the CPU loader gives them.
         let il = rows.interleave8().map(|m| (m, " x8"));
         for (w, layout) in std::iter::once((rows, "")).chain(il) {
-            quant_batched_one(n, k, dtype, &w, layout);
+            quant_batched_one(dtype, &w, layout);
         }
     }
 }
 
-fn quant_batched_one(n: usize, k: usize, dtype: DType, w: &Matrix, layout: &str) {
-    {
-        for threads in [1, rayon::current_num_threads()] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("pool");
-            let mut line = format!("quant batched {n}x{k} {dtype}{layout} {threads} thr GFLOP/s:");
-            for t in [1, 4, 8, 16, 32, 64, 128] {
-                let x: Vec<f32> = (0..t * k)
-                    .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
-                    .collect();
-                let mut out = vec![0f32; t * n];
-                let s =
-                    pool.install(|| time(20, || matmul_with(&x, t, w, &mut out, MatmulPath::Gemv)));
-                line += &format!(" t={t} {:.1}", 2.0 * (t * k * n) as f64 / s / 1e9);
-            }
-            println!("{line}");
+/// One table row per thread count: `w` against 1 to 128 activation rows.
+fn quant_batched_one(dtype: DType, w: &Matrix, layout: &str) {
+    let (n, k) = (w.rows(), w.cols());
+    for threads in [1, rayon::current_num_threads()] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        let mut line = format!("quant batched {n}x{k} {dtype}{layout} {threads} thr GFLOP/s:");
+        for t in [1, 4, 8, 16, 32, 64, 128] {
+            let x: Vec<f32> = (0..t * k)
+                .map(|i| ((i % 97) as f32 - 48.0) * 0.01)
+                .collect();
+            let mut out = vec![0f32; t * n];
+            let s = pool.install(|| time(20, || matmul_with(&x, t, w, &mut out, MatmulPath::Gemv)));
+            line += &format!(" t={t} {:.1}", 2.0 * (t * k * n) as f64 / s / 1e9);
         }
+        println!("{line}");
     }
 }

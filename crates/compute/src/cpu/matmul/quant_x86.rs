@@ -616,24 +616,8 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
         n: w.rows(),
         out,
     };
-    if D == Q6_K && wide {
-        // One weight row against four activation rows at a time, as below.
-        for j in r0..r1 {
-            let mut i0 = 0;
-            while i0 < t {
-                let a = |i: usize| Act::new(act, i0 + i, k, bs);
-                match t - i0 {
-                    1 => tile_q6k_512::<1>(cx, j, [a(0)], i0),
-                    2 => tile_q6k_512::<2>(cx, j, [a(0), a(1)], i0),
-                    3 => tile_q6k_512::<3>(cx, j, [a(0), a(1), a(2)], i0),
-                    _ => tile_q6k_512::<4>(cx, j, [a(0), a(1), a(2), a(3)], i0),
-                }
-                i0 += 4;
-            }
-        }
-        return;
-    }
-    if t <= 4 {
+    let wide = D == Q6_K && wide;
+    if t <= 4 && !wide {
         // Weight rows per tile: enough independent work per block, few enough accumulators
         // to stay in registers. Q8_0/Q4_0 at t = 1: four rows (E2B Q8_0 decode +5-11% over
         // two in alternating runs); the K-quants' larger unpacking keeps one.
@@ -647,21 +631,42 @@ pub(crate) unsafe fn rows_avx2<const D: u8>(
         }
         return;
     }
-    // Many activation rows: each weight row (hot in L1 after the first group) against all of
-    // them, four at a time. (Two weight rows per tile, so that each activation load serves
-    // both, measured no faster: the integer multiplies are the bound.)
+    // Many activation rows (and the 512-bit Q6_K kernel for any count): each weight row (hot
+    // in L1 after the first group) against all of them, four at a time. (Two weight rows per
+    // tile, so that each activation load serves both, measured no faster: the integer
+    // multiplies are the bound.)
     for j in r0..r1 {
         let mut i0 = 0;
         while i0 < t {
             let a = |i: usize| Act::new(act, i0 + i, k, bs);
             match t - i0 {
-                1 => tile::<D, 1, 1>(cx, j, [a(0)], i0),
-                2 => tile::<D, 1, 2>(cx, j, [a(0), a(1)], i0),
-                3 => tile::<D, 1, 3>(cx, j, [a(0), a(1), a(2)], i0),
-                _ => tile::<D, 1, 4>(cx, j, [a(0), a(1), a(2), a(3)], i0),
+                1 => row_tile::<D, 1>(cx, j, [a(0)], i0, wide),
+                2 => row_tile::<D, 2>(cx, j, [a(0), a(1)], i0, wide),
+                3 => row_tile::<D, 3>(cx, j, [a(0), a(1), a(2)], i0, wide),
+                _ => row_tile::<D, 4>(cx, j, [a(0), a(1), a(2), a(3)], i0, wide),
             }
             i0 += 4;
         }
+    }
+}
+
+/// Weight row `j` against activation rows `i0..i0 + T`: on the 512-bit Q6_K kernel with
+/// `wide`, else on [`tile`].
+///
+/// # Safety
+/// As [`tile`], and AVX-512 F/BW available with `wide` (which only Q6_K sets).
+#[inline(always)]
+unsafe fn row_tile<const D: u8, const T: usize>(
+    cx: Ctx,
+    j: usize,
+    a: [Act; T],
+    i0: usize,
+    wide: bool,
+) {
+    if wide {
+        tile_q6k_512::<T>(cx, j, a, i0)
+    } else {
+        tile::<D, 1, T>(cx, j, a, i0)
     }
 }
 
