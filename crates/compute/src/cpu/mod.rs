@@ -14,7 +14,7 @@ pub mod pool;
 pub mod sparse;
 
 pub use matmul::{
-    matmul, matmul_many, matmul_scalar, matmul_with, MatmulPath, GEMV_MAX_T, QUANT_INT_MAX_T,
+    matmul, matmul_many, matmul_scalar, matmul_with, quant_int_max_t, MatmulPath, GEMV_MAX_T,
 };
 
 /// Whether the AVX2 + FMA + F16C kernels can run on this CPU (detected once by std, then a
@@ -38,6 +38,18 @@ pub(crate) fn has_avx512() -> bool {
             && is_x86_feature_detected!("avx512cd")
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AVX-512 kernels can also use VNNI (`vpdpbusd`: byte products summed in fours
+/// into i32 lanes).
+#[inline]
+pub(crate) fn has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512() && is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -73,13 +73,24 @@ pub const GEMV_MAX_T: usize = 64;
 /// Largest number of activation rows that [`matmul`] sends to the integer (int8 activation)
 /// kernels for Q8_0/Q4_0 weights; more go to GEMM on dequantized panels. K-quant weights
 /// always take the integer kernels.
-pub const QUANT_INT_MAX_T: usize = 64;
+///
+/// Measured with `kernel_speed 2 --quant`: on a Zen 3 (AVX2) the f32 GEMM on dequantized
+/// panels overtook the integer kernels above t = 64; with AVX-512 (Zen 4, 8192 x 2048 at
+/// t = 128) the integer kernels stay ahead (Q8_0 128 against 88 GFLOP/s, 185-205 on the
+/// interleaved layout, where the f32 GEMM itself peaks at 172-183), so there is no limit.
+pub fn quant_int_max_t() -> usize {
+    if crate::cpu::has_avx512() {
+        usize::MAX
+    } else {
+        64
+    }
+}
 
 /// Which implementation [`matmul_with`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
     /// GEMV for `t <= GEMV_MAX_T`, GEMM above; SIMD where the CPU has it. Block-format
-    /// weights: the integer kernels (Q8_0/Q4_0 only up to `QUANT_INT_MAX_T`, GEMM above).
+    /// weights: the integer kernels (Q8_0/Q4_0 only up to [`quant_int_max_t`], GEMM above).
     Auto,
     /// The GEMV strategy for any `t`, with SIMD where the CPU has it (block formats: the
     /// integer kernels with int8 activations).
@@ -129,11 +140,11 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
     if w.dtype().is_quantized() {
         match path {
             MatmulPath::Gemm => gemm::gemm(x, t, w, out),
-            // Q8_0/Q4_0 dequantize cheaply and the f32 GEMM wins for long batches; the
+            // Q8_0/Q4_0 dequantize cheaply and the f32 GEMM wins for long batches on AVX2; the
             // K-quants' unpacking makes dequantized panels slower than the integer kernels at
             // any t (kernel_speed --quant: Q4_K 88 vs 62 GFLOP/s, Q6_K 150 vs 77 at t = 128).
             MatmulPath::Auto
-                if t > QUANT_INT_MAX_T && matches!(w.dtype(), DType::Q8_0 | DType::Q4_0) =>
+                if t > quant_int_max_t() && matches!(w.dtype(), DType::Q8_0 | DType::Q4_0) =>
             {
                 gemm::gemm(x, t, w, out)
             }
@@ -177,7 +188,7 @@ pub fn matmul_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut [&mut [f32]])
     }
     // The integer kernels' range of `t` (where `matmul` also takes them for every block
     // format).
-    let together = (1..=QUANT_INT_MAX_T).contains(&t)
+    let together = (1..=quant_int_max_t()).contains(&t)
         && first.cols() > 0
         && ws.iter().all(|w| {
             w.dtype().is_quantized()

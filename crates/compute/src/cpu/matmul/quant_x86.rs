@@ -724,6 +724,49 @@ unsafe fn group_q8x8<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [
     acc
 }
 
+/// [`group_q8x8`] on 512-bit registers with AVX-512 VNNI: one 64-byte load holds the eight
+/// rows' chunk of 8 values, and one `vpdpbusd` per activation row multiplies it with the
+/// broadcast activation chunk and adds each four byte products into an i32 lane (two lanes a
+/// row). `vpdpbusd` takes unsigned weights: the sign bit is flipped (`w + 128`), and the
+/// `128 · Σx` this adds to a row's block sum is taken off by starting both of its lanes at
+/// `-64 · Σx` (the activation's `o` is `-8 · Σx`). The block sums equal the 256-bit kernel's
+/// and are scaled in the same order, so the outputs are identical.
+#[inline(always)]
+unsafe fn group_q8x8_vnni<const T: usize>(g: *const u8, nb: usize, a: &[Act; T]) -> [__m256; T] {
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for b in 0..nb {
+        let p = g.add(b * Q8X8_GROUP_BLOCK);
+        for l in 0..Q8X8_GROUP_BLOCK.div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF_X8 + 64 * l) as *const i8);
+        }
+        // At most 16 x 255 x 127 + 64 x 32 x 127 in magnitude per lane: no overflow.
+        let mut s = [_mm512_setzero_si512(); T];
+        unroll!(T, |i| {
+            s[i] = _mm512_set1_epi32(8 * *a[i].o.add(b));
+        });
+        unroll!(4, |c| {
+            let w = _mm512_loadu_si512(p.add(16 + 64 * c) as *const __m512i);
+            let w = _mm512_xor_si512(w, flip);
+            unroll!(T, |i| {
+                let x = (a[i].q.add(QK * b + 8 * c) as *const i64).read_unaligned();
+                s[i] = _mm512_dpbusd_epi32(s[i], w, _mm512_set1_epi64(x));
+            });
+        });
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
+        unroll!(T, |i| {
+            // Rows 0-3 in the low half, 4-7 in the high one, two lanes each: after the
+            // pairwise add, rows 0,1,4,5 | 2,3,6,7, the order of the scales.
+            let lo = _mm512_castsi512_si256(s[i]);
+            let hi = _mm512_extracti64x4_epi64::<1>(s[i]);
+            let h = _mm256_cvtepi32_ps(_mm256_hadd_epi32(lo, hi));
+            let sc = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*a[i].d.add(b)));
+            acc[i] = _mm256_fmadd_ps(sc, h, acc[i]);
+        });
+    }
+    acc
+}
+
 /// Group `g` of an interleaved weight of format `D` (Q8_0 or Q4_K; output columns below
 /// `r1`) for activation rows `i0..i0 + T`.
 ///
@@ -767,6 +810,26 @@ unsafe fn groups_q4kx8_512<const T: usize>(
     let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK_K));
     let p = w.base_ptr().add(g * w.group_stride_bytes());
     let acc = group_q4kx8_512::<T>(p, k / QK_K, &a);
+    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+}
+
+/// [`groups_x8`] for Q8_0 on the VNNI kernel.
+///
+/// # Safety
+/// As [`groups_x8`], and AVX-512 F/BW/VNNI available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn groups_q8x8_vnni<const T: usize>(
+    w: &Matrix,
+    g: usize,
+    r1: usize,
+    act: &QAct,
+    i0: usize,
+    out: OutPtr,
+) {
+    let k = w.cols();
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK));
+    let p = w.base_ptr().add(g * w.group_stride_bytes());
+    let acc = group_q8x8_vnni::<T>(p, k / QK, &a);
     store_group::<T>(&acc, g, r1, i0, w.rows(), out);
 }
 
@@ -844,6 +907,18 @@ pub(crate) unsafe fn rows_avx2_x8(
             continue;
         }
         debug_assert!(w.layout() == Layout::Q8_0x8);
+        if wide && crate::cpu::has_avx512_vnni() {
+            while i0 < t {
+                match t - i0 {
+                    1 => groups_q8x8_vnni::<1>(w, g, r1, act, i0, out),
+                    2 => groups_q8x8_vnni::<2>(w, g, r1, act, i0, out),
+                    3 => groups_q8x8_vnni::<3>(w, g, r1, act, i0, out),
+                    _ => groups_q8x8_vnni::<4>(w, g, r1, act, i0, out),
+                }
+                i0 += 4;
+            }
+            continue;
+        }
         while i0 < t {
             match t - i0 {
                 1 => groups_x8::<Q8_0, 1>(w, g, r1, act, i0, out),
@@ -1111,11 +1186,11 @@ mod tests {
     /// Runs `rows` (all `n` output columns of a `k`-column weight) with the 256-bit and the
     /// 512-bit kernels for every count of activation rows left over after groups of four, and
     /// requires the same bits from both.
-    fn same_bits(n: usize, k: usize, rows: impl Fn(&QAct, usize, OutPtr, bool)) {
+    fn same_bits(n: usize, k: usize, bs: usize, rows: impl Fn(&QAct, usize, OutPtr, bool)) {
         for t in [1, 2, 3, 4, 5, 7, 9] {
             let x = values(t * k, 11 + t as u64);
             let mut act = QAct::default();
-            act.quantize(&x, k, QK_K, false);
+            act.quantize(&x, k, bs, false);
             let mut narrow = vec![f32::NAN; t * n];
             let mut wide = vec![f32::NAN; t * n];
             rows(&act, t, OutPtr(narrow.as_mut_ptr()), false);
@@ -1149,7 +1224,7 @@ mod tests {
             .expect("21 rows interleave");
         // SAFETY: AVX2 and AVX-512 F/BW detected; row 0 starts a group; the outputs hold t
         // rows of n floats.
-        same_bits(n, k, |act, t, out, wide| unsafe {
+        same_bits(n, k, QK_K, |act, t, out, wide| unsafe {
             rows_avx2_x8(&w, 0, n, act, t, out, wide)
         });
     }
@@ -1163,8 +1238,33 @@ mod tests {
         let (n, k) = (13, 768);
         let w = Matrix::from_f32_as(&values(n * k, 5), n, k, DType::Q6_K);
         // SAFETY: AVX2 and AVX-512 F/BW detected; the outputs hold t rows of n floats.
-        same_bits(n, k, |act, t, out, wide| unsafe {
+        same_bits(n, k, QK_K, |act, t, out, wide| unsafe {
             rows_avx2::<Q6_K>(&w, 0, n, act, t, out, wide)
+        });
+    }
+
+    /// The VNNI Q8_0 group kernel gives exactly the 256-bit kernel's outputs: weights at both
+    /// ends of the byte range (the sign flip), a partial last group of weight rows.
+    #[test]
+    fn q8x8_vnni_kernel_equals_the_256_bit_one() {
+        if !has_both() || !crate::cpu::has_avx512_vnni() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let (n, k) = (21, 256);
+        let mut v = values(n * k, 3);
+        // Blocks whose largest magnitude is negative or positive give the quantized values
+        // -127 and 127; one block of equal values quantizes to all 127.
+        v[5] = -4.0;
+        v[40] = 4.0;
+        v[64..96].fill(0.5);
+        let w = Matrix::from_f32_as(&v, n, k, DType::Q8_0)
+            .interleave8()
+            .expect("21 rows interleave");
+        // SAFETY: AVX2 and AVX-512 F/BW/VNNI detected; row 0 starts a group; the outputs hold
+        // t rows of n floats.
+        same_bits(n, k, QK, |act, t, out, wide| unsafe {
+            rows_avx2_x8(&w, 0, n, act, t, out, wide)
         });
     }
 }
