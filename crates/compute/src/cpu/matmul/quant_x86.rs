@@ -768,7 +768,32 @@ unsafe fn group_q8x8_vnni<const T: usize>(g: *const u8, nb: usize, a: &[Act; T])
 }
 
 /// Group `g` of an interleaved weight of format `D` (Q8_0 or Q4_K; output columns below
-/// `r1`) for activation rows `i0..i0 + T`.
+/// `r1`) for activation rows `i0..i0 + T`, on the kernel of level `L`: 0 the 256-bit ones, 1
+/// the 512-bit Q4_K one, 2 the VNNI Q8_0 one. The entry points below differ only in the
+/// instruction sets they enable, which a closure would not inherit.
+#[inline(always)]
+unsafe fn groups_with<const D: u8, const L: u8, const T: usize>(
+    w: &Matrix,
+    g: usize,
+    r1: usize,
+    act: &QAct,
+    i0: usize,
+    out: OutPtr,
+) {
+    let k = w.cols();
+    let bs = if D == Q8_0 { QK } else { QK_K };
+    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, bs));
+    let p = w.base_ptr().add(g * w.group_stride_bytes());
+    let acc = match (D, L) {
+        (Q8_0, 0) => group_q8x8::<T>(p, k / bs, &a),
+        (Q8_0, _) => group_q8x8_vnni::<T>(p, k / bs, &a),
+        (_, 0) => group_q4kx8::<T>(p, k / bs, &a),
+        _ => group_q4kx8_512::<T>(p, k / bs, &a),
+    };
+    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+}
+
+/// [`groups_with`] on the 256-bit kernels.
 ///
 /// # Safety
 /// As [`rows_avx2_x8`], with `i0 + T <= t`.
@@ -781,19 +806,10 @@ unsafe fn groups_x8<const D: u8, const T: usize>(
     i0: usize,
     out: OutPtr,
 ) {
-    let k = w.cols();
-    let bs = if D == Q8_0 { QK } else { QK_K };
-    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, bs));
-    let p = w.base_ptr().add(g * w.group_stride_bytes());
-    let acc = if D == Q8_0 {
-        group_q8x8::<T>(p, k / bs, &a)
-    } else {
-        group_q4kx8::<T>(p, k / bs, &a)
-    };
-    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+    groups_with::<D, 0, T>(w, g, r1, act, i0, out)
 }
 
-/// [`groups_x8`] for Q4_K on the 512-bit kernel.
+/// [`groups_with`] for Q4_K on the 512-bit kernel.
 ///
 /// # Safety
 /// As [`groups_x8`], and AVX-512 F/BW available.
@@ -806,14 +822,10 @@ unsafe fn groups_q4kx8_512<const T: usize>(
     i0: usize,
     out: OutPtr,
 ) {
-    let k = w.cols();
-    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK_K));
-    let p = w.base_ptr().add(g * w.group_stride_bytes());
-    let acc = group_q4kx8_512::<T>(p, k / QK_K, &a);
-    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+    groups_with::<Q4_K, 1, T>(w, g, r1, act, i0, out)
 }
 
-/// [`groups_x8`] for Q8_0 on the VNNI kernel.
+/// [`groups_with`] for Q8_0 on the VNNI kernel.
 ///
 /// # Safety
 /// As [`groups_x8`], and AVX-512 F/BW/VNNI available.
@@ -826,11 +838,7 @@ unsafe fn groups_q8x8_vnni<const T: usize>(
     i0: usize,
     out: OutPtr,
 ) {
-    let k = w.cols();
-    let a: [Act; T] = std::array::from_fn(|i| Act::new(act, i0 + i, k, QK));
-    let p = w.base_ptr().add(g * w.group_stride_bytes());
-    let acc = group_q8x8_vnni::<T>(p, k / QK, &a);
-    store_group::<T>(&acc, g, r1, i0, w.rows(), out);
+    groups_with::<Q8_0, 2, T>(w, g, r1, act, i0, out)
 }
 
 /// Writes a group's sums (slot order) for activation rows `i0..i0 + T`, output columns
