@@ -872,12 +872,12 @@ unsafe fn store_group<const T: usize>(
 /// activation rows four (Q4_K: two) at a time, the group's bytes staying in L1/L2 between
 /// the passes.
 ///
-/// `wide`: Q4_K on the 512-bit kernel ([`group_q4kx8_512`]).
+/// `wide`: Q4_K on the 512-bit kernel ([`group_q4kx8_512`]), Q8_0 on the VNNI kernel
+/// ([`group_q8x8_vnni`]) where the CPU has VNNI.
 ///
 /// # Safety
 /// AVX2/FMA/F16C available, and AVX-512 F/BW with `wide`; `w` in one of those layouts; `r0`
-/// a multiple of 8 and
-/// `r1 <= w.rows()`; `act` holds `t` rows of `w.cols()` quantized for `w`'s format; `out`
+/// a multiple of 8 and `r1 <= w.rows()`; `act` holds `t` rows of `w.cols()` quantized for `w`'s format; `out`
 /// valid for `t * w.rows()` floats with columns `r0..r1` owned by the caller.
 pub(crate) unsafe fn rows_avx2_x8(
     w: &Matrix,
@@ -889,9 +889,11 @@ pub(crate) unsafe fn rows_avx2_x8(
     wide: bool,
 ) {
     debug_assert!(r0.is_multiple_of(8));
+    let q4k = w.layout() == Layout::Q4_Kx8;
+    let vnni = !q4k && wide && crate::cpu::has_avx512_vnni();
     for g in r0 / 8..r1.div_ceil(8) {
         let mut i0 = 0;
-        if w.layout() == Layout::Q4_Kx8 && wide {
+        if q4k && wide {
             // Four activation rows at a time: 8 accumulators of 32 registers.
             while i0 < t {
                 match t - i0 {
@@ -904,7 +906,7 @@ pub(crate) unsafe fn rows_avx2_x8(
             }
             continue;
         }
-        if w.layout() == Layout::Q4_Kx8 {
+        if q4k {
             while i0 < t {
                 match t - i0 {
                     1 => groups_x8::<Q4_K, 1>(w, g, r1, act, i0, out),
@@ -915,7 +917,7 @@ pub(crate) unsafe fn rows_avx2_x8(
             continue;
         }
         debug_assert!(w.layout() == Layout::Q8_0x8);
-        if wide && crate::cpu::has_avx512_vnni() {
+        if vnni {
             while i0 < t {
                 match t - i0 {
                     1 => groups_q8x8_vnni::<1>(w, g, r1, act, i0, out),
