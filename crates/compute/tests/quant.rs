@@ -204,8 +204,7 @@ fn check_all_paths(x: &[f32], t: usize, w: &Matrix, what: &str) {
                 // integer kernels.
                 let int_path = *path != MatmulPath::Gemm
                     && !(*path == MatmulPath::Auto
-                        && t > gemma3n_compute::cpu::quant_int_max_t()
-                        && bs == 32);
+                        && t > gemma3n_compute::cpu::quant_int_max_t(w.dtype()));
                 if int_path {
                     let err = (g - sq).abs();
                     assert!(

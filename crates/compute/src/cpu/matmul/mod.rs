@@ -71,18 +71,29 @@ pub(crate) use convert::widen;
 pub const GEMV_MAX_T: usize = 64;
 
 /// Largest number of activation rows that [`matmul`] sends to the integer (int8 activation)
-/// kernels for Q8_0/Q4_0 weights; more go to GEMM on dequantized panels. K-quant weights
-/// always take the integer kernels.
+/// kernels for weights of format `dtype`; more go to GEMM on dequantized panels. Only Q8_0
+/// and Q4_0 have a limit: the K-quants always take the integer kernels.
 ///
-/// Measured with `kernel_speed 2 --quant`: on a Zen 3 (AVX2) the f32 GEMM on dequantized
-/// panels overtook the integer kernels above t = 64; with AVX-512 (Zen 4, 8192 x 2048 at
-/// t = 128) the integer kernels stay ahead (Q8_0 128 against 88 GFLOP/s, 185-205 on the
-/// interleaved layout, where the f32 GEMM itself peaks at 172-183), so there is no limit.
-pub fn quant_int_max_t() -> usize {
-    if crate::cpu::has_avx512() {
-        usize::MAX
-    } else {
-        64
+/// Measured with `kernel_speed 2 --quant` (8192 x 2048 at t = 128, weights in the layout the
+/// decoder uses):
+/// - AVX-512 (Zen 4): the integer kernels stay ahead for both formats (Q8_0 128 against 88
+///   GFLOP/s, 185-205 on the interleaved layout, where the f32 GEMM itself peaks at
+///   172-183), so there is no limit.
+/// - AVX2 (Zen 3, 2026-12-02): interleaved Q8_0 145.6 against 80.6 GFLOP/s for dequantize +
+///   GEMM (at t = 16, 153 against 23), so there is no limit for Q8_0 either. Q4_0, which has
+///   no interleaved layout, measured even at t = 128 (93.8 against 97.3) and keeps the
+///   limit of 64 measured on the first Zen 3.
+/// - Elsewhere (NEON): 64 for both, as first measured.
+pub fn quant_int_max_t(dtype: DType) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = crate::cpu::has_avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = false;
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 if crate::cpu::has_avx512() => usize::MAX,
+        DType::Q8_0 if avx2 => usize::MAX,
+        DType::Q8_0 | DType::Q4_0 => 64,
+        _ => usize::MAX,
     }
 }
 
@@ -90,7 +101,7 @@ pub fn quant_int_max_t() -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPath {
     /// GEMV for `t <= GEMV_MAX_T`, GEMM above; SIMD where the CPU has it. Block-format
-    /// weights: the integer kernels (Q8_0/Q4_0 only up to [`quant_int_max_t`], GEMM above).
+    /// weights: the integer kernels (up to [`quant_int_max_t`] rows, GEMM above).
     Auto,
     /// The GEMV strategy for any `t`, with SIMD where the CPU has it (block formats: the
     /// integer kernels with int8 activations).
@@ -140,14 +151,11 @@ pub fn matmul_with(x: &[f32], t: usize, w: &Matrix, out: &mut [f32], path: Matmu
     if w.dtype().is_quantized() {
         match path {
             MatmulPath::Gemm => gemm::gemm(x, t, w, out),
-            // Q8_0/Q4_0 dequantize cheaply and the f32 GEMM wins for long batches on AVX2; the
-            // K-quants' unpacking makes dequantized panels slower than the integer kernels at
-            // any t (kernel_speed --quant: Q4_K 88 vs 62 GFLOP/s, Q6_K 150 vs 77 at t = 128).
-            MatmulPath::Auto
-                if t > quant_int_max_t() && matches!(w.dtype(), DType::Q8_0 | DType::Q4_0) =>
-            {
-                gemm::gemm(x, t, w, out)
-            }
+            // Q4_0 dequantizes cheaply and the f32 GEMM catches up with its integer kernel on
+            // long batches without AVX-512; the K-quants' unpacking makes dequantized panels
+            // slower than the integer kernels at any t (kernel_speed --quant: Q4_K 88 vs 62
+            // GFLOP/s, Q6_K 150 vs 77 at t = 128).
+            MatmulPath::Auto if t > quant_int_max_t(w.dtype()) => gemm::gemm(x, t, w, out),
             MatmulPath::Scalar => quant::matmul_quant(x, t, w, out, false),
             _ => quant::matmul_quant(x, t, w, out, true),
         }
@@ -188,10 +196,11 @@ pub fn matmul_many(x: &[f32], t: usize, ws: &[&Matrix], outs: &mut [&mut [f32]])
     }
     // The integer kernels' range of `t` (where `matmul` also takes them for every block
     // format).
-    let together = (1..=quant_int_max_t()).contains(&t)
+    let together = t >= 1
         && first.cols() > 0
         && ws.iter().all(|w| {
             w.dtype().is_quantized()
+                && t <= quant_int_max_t(w.dtype())
                 && w.dtype() != DType::Q8_K
                 && w.rows() > 0
                 && quant::act_block(w.dtype()) == quant::act_block(first.dtype())
