@@ -200,8 +200,8 @@ fn check_all_paths(x: &[f32], t: usize, w: &Matrix, what: &str) {
             );
             for (path, out) in &outs {
                 let g = out[i * n + j] as f64;
-                // Auto sends long Q8_0/Q4_0 batches to GEMM, the K-quants always to the
-                // integer kernels.
+                // Auto sends batches longer than the format's `quant_int_max_t` to GEMM
+                // (Q4_0 without AVX-512, Q8_0 without AVX2; never the K-quants).
                 let int_path = *path != MatmulPath::Gemm
                     && !(*path == MatmulPath::Auto
                         && t > gemma3n_compute::cpu::quant_int_max_t(w.dtype()));
