@@ -88,15 +88,21 @@ impl Storage {
 
 /// A heap buffer of bytes aligned to 64 bytes (cache line / any SIMD load).
 pub struct AlignedBytes {
-    words: Vec<[u64; 8]>,
+    words: Vec<Line>,
     len: usize,
 }
+
+/// 64 bytes on a 64-byte boundary: the element type that aligns [`AlignedBytes`] (a
+/// `Vec<[u64; 8]>` is only 8-byte aligned; large allocations came back 16 bytes past a page).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
 
 impl AlignedBytes {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
         OWNED_BYTES_ALLOCATED.fetch_add(len, Ordering::Relaxed);
-        let words = vec![[0u64; 8]; len.div_ceil(64)];
+        let words = vec![Line([0u64; 8]); len.div_ceil(64)];
         // Large buffers (weights) on transparent huge pages where the kernel offers them:
         // decode streams every weight per token, and 4 KiB pages cost a TLB miss per page and
         // stop the hardware prefetchers at every page boundary.
@@ -136,6 +142,22 @@ fn advise_huge_pages(p: *const u8, len: usize) {
             // SAFETY: the range lies inside this live allocation; MADV_HUGEPAGE changes only
             // how the kernel backs it.
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_bytes_start_on_64_byte_boundaries() {
+        // Small, odd and large (huge-page advised, mmap-backed in the allocator) sizes.
+        for len in [1, 63, 64, 65, 4097, 3 << 20, (5 << 20) + 7] {
+            let b = AlignedBytes::zeroed(len);
+            assert_eq!(b.as_slice().len(), len);
+            assert_eq!(b.as_slice().as_ptr() as usize % 64, 0, "{len} bytes");
+            assert!(b.as_slice().iter().all(|&v| v == 0));
         }
     }
 }

@@ -14,7 +14,8 @@ pub mod pool;
 pub mod sparse;
 
 pub use matmul::{
-    matmul, matmul_many, matmul_scalar, matmul_with, quant_int_max_t, MatmulPath, GEMV_MAX_T,
+    matmul, matmul_many, matmul_scalar, matmul_with, quant_int_max_t, GemmWeight, MatmulPath,
+    GEMV_MAX_T,
 };
 
 /// Whether the AVX2 + FMA + F16C kernels can run on this CPU (detected once by std, then a

@@ -14,7 +14,7 @@ use gemma3n_compute::cpu::conformer::{
     causal_depthwise_conv1d, cumulative_group_norm, CumulativeStats, LocalAttention,
 };
 use gemma3n_compute::cpu::conv::Conv2d;
-use gemma3n_compute::cpu::{matmul, ops};
+use gemma3n_compute::cpu::{matmul, ops, GemmWeight};
 use gemma3n_compute::Matrix;
 
 use crate::checkpoint::TensorSource;
@@ -30,9 +30,9 @@ fn clamp(x: &mut [f32], bound: f32) {
     x.iter_mut().for_each(|v| *v = v.clamp(-bound, bound));
 }
 
-fn project(x: &[f32], n: usize, w: &Matrix) -> Vec<f32> {
+fn project(x: &[f32], n: usize, w: &GemmWeight) -> Vec<f32> {
     let mut out = vec![0f32; n * w.rows()];
-    matmul(x, n, w, &mut out);
+    w.matmul(x, n, &mut out);
     out
 }
 
@@ -46,30 +46,30 @@ struct SscpConv {
 
 struct FeedForward {
     pre_norm: Vec<f32>,
-    up: Matrix,
-    down: Matrix,
+    up: GemmWeight,
+    down: GemmWeight,
     post_norm: Vec<f32>,
 }
 
 struct Attention {
     pre_norm: Vec<f32>,
     /// `q_proj`, `k_proj` and `v_proj` stacked: `[3·width, width]`, one matmul.
-    qkv: Matrix,
+    qkv: GemmWeight,
     /// Per-dimension query factor `q_scale · softplus(per_dim_scale)`, repeated per head.
     q_factor: Vec<f32>,
     /// `[left + 1, width]`: row `d` is the projected sinusoid of distance `d`.
     rel: Vec<f32>,
-    post: Matrix,
+    post: GemmWeight,
     post_norm: Vec<f32>,
 }
 
 struct LightConv {
     pre_norm: Vec<f32>,
-    start: Matrix,
+    start: GemmWeight,
     /// PyTorch layout `[width, 1, k]`.
     depthwise: Vec<f32>,
     conv_norm: Vec<f32>,
-    end: Matrix,
+    end: GemmWeight,
 }
 
 struct Conformer {
@@ -85,7 +85,7 @@ pub struct AudioTower {
     sscp: [SscpConv; 2],
     /// Frequency bins after each sub-sampling convolution.
     freq: [usize; 2],
-    input_proj: Matrix,
+    input_proj: GemmWeight,
     layers: Vec<Conformer>,
 }
 
@@ -159,10 +159,10 @@ impl AudioTower {
             f_in = *fi;
             c_in = c;
         }
-        let input_proj = src.matrix(
+        let input_proj = GemmWeight::new(src.matrix(
             &n("subsample_conv_projection.input_proj_linear.weight"),
             &[d, freq[1] * cfg.sscp_channels[1]],
-        )?;
+        )?);
         let hd = cfg.head_dim();
         let left = cfg.context_left - 1;
         // q_scale = head_dim^(-1/2) / softplus(0) (spec §4.3), as the reference rounds it
@@ -175,8 +175,12 @@ impl AudioTower {
             let ffw = |which: &str| -> Result<FeedForward> {
                 Ok(FeedForward {
                     pre_norm: src.vector(&b(&format!("{which}.pre_layer_norm.weight")), d)?,
-                    up: src.matrix(&b(&format!("{which}.ffw_layer_1.weight")), &[4 * d, d])?,
-                    down: src.matrix(&b(&format!("{which}.ffw_layer_2.weight")), &[d, 4 * d])?,
+                    up: GemmWeight::new(
+                        src.matrix(&b(&format!("{which}.ffw_layer_1.weight")), &[4 * d, d])?,
+                    ),
+                    down: GemmWeight::new(
+                        src.matrix(&b(&format!("{which}.ffw_layer_2.weight")), &[d, 4 * d])?,
+                    ),
                     post_norm: src.vector(&b(&format!("{which}.post_layer_norm.weight")), d)?,
                 })
             };
@@ -198,24 +202,28 @@ impl AudioTower {
             )?;
             let attention = Attention {
                 pre_norm: src.vector(&b("attention.pre_attn_norm.weight"), d)?,
-                qkv: stacked(
+                qkv: GemmWeight::new(stacked(
                     src,
                     &["q_proj", "k_proj", "v_proj"]
                         .map(|m| b(&format!("attention.attn.{m}.weight"))),
                     d,
-                )?,
+                )?),
                 q_factor: factor.iter().cycle().take(d).copied().collect(),
-                rel: project(&sinusoids, left + 1, &pos_proj),
-                post: src.matrix(&b("attention.post.weight"), &[d, d])?,
+                rel: {
+                    let mut rel = vec![0f32; (left + 1) * d];
+                    matmul(&sinusoids, left + 1, &pos_proj, &mut rel);
+                    rel
+                },
+                post: GemmWeight::new(src.matrix(&b("attention.post.weight"), &[d, d])?),
                 post_norm: src.vector(&b("attention.post_norm.weight"), d)?,
             };
             let kk = cfg.conv_kernel_size;
             let lconv = LightConv {
                 pre_norm: src.vector(&b("lconv1d.pre_layer_norm.weight"), d)?,
-                start: src.matrix(&b("lconv1d.linear_start.weight"), &[2 * d, d])?,
+                start: GemmWeight::new(src.matrix(&b("lconv1d.linear_start.weight"), &[2 * d, d])?),
                 depthwise: src.f32_tensor(&b("lconv1d.depthwise_conv1d.weight"), &[d, 1, kk])?,
                 conv_norm: src.vector(&b("lconv1d.conv_norm.weight"), d)?,
-                end: src.matrix(&b("lconv1d.linear_end.weight"), &[d, d])?,
+                end: GemmWeight::new(src.matrix(&b("lconv1d.linear_end.weight"), &[d, d])?),
             };
             layers.push(Conformer {
                 ffw_start: ffw("ffw_layer_start")?,

@@ -46,11 +46,14 @@ mod gemm;
 mod gemv;
 #[cfg(target_arch = "aarch64")]
 mod gemv_neon;
+mod panels;
 mod quant;
 #[cfg(target_arch = "aarch64")]
 mod quant_neon;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
+
+pub use panels::GemmWeight;
 
 use crate::dtype::DType;
 use crate::matrix::Matrix;
