@@ -4,10 +4,11 @@
 //! [`GemmWeight`] stores the rows of `W` in panels of [`PANEL`]: panel `p` holds, for every
 //! column `kk`, the sixteen values `W[16p .. 16p + 16, kk]` side by side. The AVX2 kernel then
 //! computes a tile of 6 activation rows x 16 output columns in twelve registers: per column of
-//! the reduction, two loads of the panel, six broadcasts of the activations (read in place,
-//! row-major) and twelve multiply-adds. Nothing is packed per call, where the general GEMM
-//! path hands the `gemm` crate weight panels of a row-major matrix and the crate packs the
-//! activations again for every panel.
+//! the reduction, two loads of the panel, six broadcasts of the activations and twelve
+//! multiply-adds. The activations are copied once per product into tiles of 6 rows laid out
+//! the same way (one contiguous run for the broadcasts); the general GEMM path instead hands
+//! the `gemm` crate weight panels of a row-major matrix, and the crate packs the activations
+//! again for every panel.
 //!
 //! Loops, per task (a run of [`PANELS_PER_TASK`] panels, the output columns it owns): the
 //! reduction in slices of [`KC`] columns, the activation rows in blocks of [`MC`], the panels,
@@ -113,8 +114,15 @@ impl GemmWeight {
                 #[cfg(target_arch = "x86_64")]
                 {
                     XTILES.with(|cell| {
-                        let mut xt = cell.borrow_mut();
-                        tile_rows(x, t, k, &mut xt);
+                        // (A product started from inside another on this thread would find
+                        // the buffer borrowed: it gets its own.)
+                        let mut own = Vec::new();
+                        let mut held = cell.try_borrow_mut();
+                        let xt = match held.as_deref_mut() {
+                            Ok(v) => v,
+                            Err(_) => &mut own,
+                        };
+                        tile_rows(x, t, k, xt);
                         // Addresses as plain integers, which the tasks can share.
                         let (w, xt) = (data.as_slice().as_ptr() as usize, xt.as_ptr() as usize);
                         let outp = OutPtr(out.as_mut_ptr());
@@ -211,8 +219,8 @@ mod x86 {
     ///
     /// # Safety
     /// AVX2 and FMA available; `w` holds panels `0..p1` of `16 * k` floats; `x` holds the
-    /// `t.div_ceil(6)` row tiles of `6 * k` floats ([`super::tile_rows`]); `out` holds `t` rows of `n` floats, columns `16 p0 .. min(16 p1,
-    /// n)` owned by the caller.
+    /// `t.div_ceil(6)` row tiles of `6 * k` floats ([`super::tile_rows`]); `out` holds `t`
+    /// rows of `n` floats, columns `16 p0 .. min(16 p1, n)` owned by the caller.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn task(
