@@ -336,7 +336,6 @@ mod tests {
         // a partial one, activation rows over several blocks of 120 with partial tiles.
         for &(n, k) in &[(1, 1), (17, 5), (37, 300), (64, 513), (100, 1030)] {
             let w = Matrix::from_f32(&values(n * k, (n + 3 * k) as u64), n, k);
-            let wf = w.to_f32_vec();
             #[allow(unused_mut)]
             let mut weights = vec![GemmWeight::new(w.clone())];
             #[cfg(target_arch = "x86_64")]
@@ -355,22 +354,8 @@ mod tests {
                     let x = values(t * k, 7 + t as u64);
                     let mut out = vec![f32::NAN; t * n];
                     gw.matmul(&x, t, &mut out);
-                    for i in 0..t {
-                        for j in 0..n {
-                            let (mut s, mut mag) = (0f64, 0f64);
-                            for kk in 0..k {
-                                let p = x[i * k + kk] as f64 * wf[j * k + kk] as f64;
-                                s += p;
-                                mag += p.abs();
-                            }
-                            let g = out[i * n + j] as f64;
-                            assert!(
-                                (g - s).abs() <= 1e-5 * mag + 1e-30,
-                                "n {n} k {k} t {t} panels {}: out[{i},{j}] = {g}, want {s}",
-                                gw.in_panels()
-                            );
-                        }
-                    }
+                    let what = format!("n {n} k {k} t {t} panels {}", gw.in_panels());
+                    super::super::tests::check(&x, t, &w, &out, &what);
                 }
             }
         }

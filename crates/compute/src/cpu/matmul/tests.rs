@@ -6,7 +6,7 @@ use crate::testing::values;
 
 /// Checks `got` against the f64 reference computed from the weight values the view holds.
 /// The bound is relative to Σ|x·w| (the scale of the rounding errors of any summation order).
-fn check(x: &[f32], t: usize, w: &Matrix, got: &[f32], what: &str) {
+pub(super) fn check(x: &[f32], t: usize, w: &Matrix, got: &[f32], what: &str) {
     let (n, k) = (w.rows(), w.cols());
     let wf = w.to_f32_vec();
     for i in 0..t {
